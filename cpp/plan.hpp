@@ -1,0 +1,77 @@
+// The plan: per device, an ordered list of steps, plus the inputs it is judged against.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace symoe {
+
+enum class StepKind : int8_t { Load = 0, Run = 1, Unload = 2, Park = 3, Wake = 4, Pause = 5 };
+enum class Role : int8_t { Expert = 0, Aggregate = 1 };
+
+struct Step {
+    StepKind kind;
+    int32_t device;
+    int32_t model;        // -1 for Pause
+    Role role;            // Run only
+    int64_t item_begin;   // Run only: [begin, end) into Plan::items
+    int64_t item_end;
+    double seconds;       // Pause only
+    int32_t tp;           // devices the step spans (tensor parallel); 1 normally
+};
+
+struct Plan {
+    int32_t devices = 0;
+    std::vector<Step> steps;     // each device's steps in order of appearance
+    std::vector<int64_t> items;  // Expert runs: question * k + slot; Aggregate runs: question
+};
+
+// Per model cost-model figures (seconds, bytes, tokens per second).
+struct ModelCost {
+    double weight_bytes = 0, extra_bytes = 0;  // resident size = weight + extra (KV, activations)
+    double load_s = 0;    // cold start: read weights + engine init
+    double unload_s = 0;
+    double park_s = 0, wake_s = 0;  // sleep mode; negative park_s: not supported
+    double overhead_s = 0;          // fixed cost per generate call
+    double prefill_tps = 1, decode_tps = 1;  // aggregate throughput at saturation
+    double stream_tps = 1;                   // one sequence alone: floor on a batch's time
+};
+
+struct Device {
+    double memory_bytes = 0;
+    bool overlap_load = true;  // a load may proceed while another resident model generates
+};
+
+// Tokens per request by role: the run-time model needs only these.
+struct Tokens {
+    double expert_prompt = 300, expert_output = 600;
+    double aggregate_prompt = 2200, aggregate_output = 600;
+};
+
+struct Workload {
+    int64_t N = 0, k = 0;
+    const int64_t* experts = nullptr;     // N x k model ids
+    const int64_t* aggregator = nullptr;  // N model ids, -1: no aggregation for that question
+};
+
+struct Costs {
+    std::vector<ModelCost> models;
+    std::vector<Device> devices;
+    Tokens tokens;
+    double tp_efficiency = 0.5;  // speed-up of a tp-way step = 1 + (tp - 1) * efficiency
+};
+
+double resident_bytes(const ModelCost& m);
+double run_seconds(const ModelCost& m, Role role, int64_t n, const Tokens& t, int32_t tp, double tp_eff);
+
+// Checks that the workload and costs are well formed (ids in range, sizes finite and >= 0, every
+// used model fits some device). Throws std::invalid_argument naming the model and sizes.
+void check_inputs(const Workload& w, const Costs& c);
+
+// Checks every invariant of a plan: each (question, slot) run exactly once by its model, each
+// aggregation exactly once by its aggregator, runs only of resident models, memory within each
+// device at every point, steps well formed. Throws std::invalid_argument describing the first
+// violation. Aggregation-after-experts is a timing property checked by the simulator.
+void validate(const Plan& p, const Workload& w, const Costs& c);
+
+}  // namespace symoe

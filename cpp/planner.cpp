@@ -1,0 +1,313 @@
+#include "planner.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <stdexcept>
+
+namespace symoe {
+
+namespace {
+
+struct Job {
+    int32_t model;
+    Role role;
+    std::vector<int64_t> items;
+};
+
+// Items grouped by model with a counting sort, preserving question order inside each group.
+std::vector<std::vector<int64_t>> group_experts(const Workload& w, int64_t M) {
+    std::vector<int64_t> cnt(M, 0);
+    for (int64_t i = 0; i < w.N * w.k; ++i) cnt[w.experts[i]]++;
+    std::vector<std::vector<int64_t>> g(M);
+    for (int64_t m = 0; m < M; ++m) g[m].reserve(cnt[m]);
+    for (int64_t i = 0; i < w.N * w.k; ++i) g[w.experts[i]].push_back(i);
+    return g;
+}
+
+std::vector<std::vector<int64_t>> group_aggregation(const Workload& w, int64_t M) {
+    std::vector<std::vector<int64_t>> g(M);
+    if (!w.aggregator) return g;
+    for (int64_t q = 0; q < w.N; ++q)
+        if (w.aggregator[q] >= 0) g[w.aggregator[q]].push_back(q);
+    return g;
+}
+
+Step make_step(StepKind k, int32_t d, int32_t m) { return Step{k, d, m, Role::Expert, 0, 0, 0.0, 1}; }
+
+void emit_run(Plan& p, int32_t d, const Job& j, int32_t tp = 1) {
+    Step s = make_step(StepKind::Run, d, j.model);
+    s.role = j.role;
+    s.item_begin = int64_t(p.items.size());
+    p.items.insert(p.items.end(), j.items.begin(), j.items.end());
+    s.item_end = int64_t(p.items.size());
+    s.tp = tp;
+    p.steps.push_back(s);
+}
+
+// One device's jobs, in order, to steps: load on demand, unload after a model's last job, and
+// prefetch upcoming models while they fit beside the resident ones.
+void emit_device(Plan& p, int32_t d, const std::vector<Job>& jobs, const Costs& c) {
+    const double cap = c.devices[d].memory_bytes;
+    std::vector<int64_t> last(c.models.size(), -1);
+    for (size_t j = 0; j < jobs.size(); ++j) last[jobs[j].model] = int64_t(j);
+    std::vector<int32_t> resident;
+    double used = 0;
+    size_t next_load = 0;  // jobs before this have their model loaded (or loaded again)
+    auto is_resident = [&](int32_t m) { return std::find(resident.begin(), resident.end(), m) != resident.end(); };
+    auto try_load = [&](int32_t m) {
+        if (is_resident(m)) return true;
+        double sz = resident_bytes(c.models[m]);
+        if (used + sz > cap) return false;
+        p.steps.push_back(make_step(StepKind::Load, d, m));
+        resident.push_back(m);
+        used += sz;
+        return true;
+    };
+    for (size_t j = 0; j < jobs.size(); ++j) {
+        if (next_load <= j) {
+            if (!try_load(jobs[j].model))
+                throw std::invalid_argument("internal: model " + std::to_string(jobs[j].model) + " does not fit device " +
+                                            std::to_string(d) + " after unloading finished models");
+            next_load = j + 1;
+        }
+        while (next_load < jobs.size() && try_load(jobs[next_load].model)) ++next_load;
+        emit_run(p, d, jobs[j]);
+        if (last[jobs[j].model] == int64_t(j)) {
+            p.steps.push_back(make_step(StepKind::Unload, d, jobs[j].model));
+            resident.erase(std::find(resident.begin(), resident.end(), jobs[j].model));
+            used -= resident_bytes(c.models[jobs[j].model]);
+            while (next_load < jobs.size() && try_load(jobs[next_load].model)) ++next_load;
+        }
+    }
+}
+
+double unit_cost(const ModelCost& m, Role r, const Tokens& t) {
+    double pin = r == Role::Expert ? t.expert_prompt : t.aggregate_prompt;
+    double out = r == Role::Expert ? t.expert_output : t.aggregate_output;
+    return pin / m.prefill_tps + out / m.decode_tps;
+}
+
+// Largest n in [0, hi] with f(n) true, f monotone decreasing in truth.
+template <class F>
+int64_t max_true(int64_t hi, F f) {
+    int64_t lo = 0;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo + 1) / 2;
+        if (f(mid)) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+}
+
+struct Piece { int32_t model; int64_t begin, end; };
+
+// Wrap-around fill at makespan target T; returns false if the work does not fit on the devices.
+bool fill(const std::vector<int32_t>& order, const std::vector<std::vector<int64_t>>& groups, const Costs& c,
+          double T, std::vector<std::vector<Piece>>* out) {
+    const int32_t D = int32_t(c.devices.size());
+    std::vector<std::vector<Piece>> dev(D);
+    int32_t d = 0;
+    double comp = 0, io = 0, first_load = 0;
+    for (int32_t m : order) {
+        const ModelCost& mc = c.models[m];
+        int64_t n = int64_t(groups[m].size()), done = 0;
+        while (done < n) {
+            if (d >= D) return false;
+            const Device& dv = c.devices[d];
+            bool fits_mem = resident_bytes(mc) <= dv.memory_bytes;
+            auto est = [&](int64_t take) {
+                double r = run_seconds(mc, Role::Expert, take, c.tokens, 1, 0);
+                double fl = dev[d].empty() ? mc.load_s : first_load;
+                return dv.overlap_load ? std::max(fl + comp + r, io + mc.load_s + r) : io + mc.load_s + comp + r;
+            };
+            int64_t take = fits_mem ? max_true(n - done, [&](int64_t x) { return est(x) <= T; }) : 0;
+            if (take > 0) {
+                if (dev[d].empty()) first_load = mc.load_s;
+                comp += run_seconds(mc, Role::Expert, take, c.tokens, 1, 0);
+                io += mc.load_s;
+                dev[d].push_back({m, done, done + take});
+                done += take;
+            }
+            if (done < n) { ++d; comp = io = first_load = 0; }
+        }
+    }
+    if (out) *out = std::move(dev);
+    return true;
+}
+
+Plan plan_symoe(const Workload& w, const Costs& c, const PlanOptions& o) {
+    const int32_t D = int32_t(c.devices.size());
+    const int64_t M = int64_t(c.models.size());
+    auto ex = group_experts(w, M);
+    auto ag = group_aggregation(w, M);
+    std::vector<int32_t> order;
+    for (int32_t m = 0; m < M; ++m) if (!ex[m].empty()) order.push_back(m);
+    std::vector<double> work(M);
+    for (int32_t m = 0; m < M; ++m) work[m] = run_seconds(c.models[m], Role::Expert, ex[m].size(), c.tokens, 1, 0);
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return work[a] > work[b]; });
+
+    std::vector<std::vector<Piece>> placed(D);
+    if (D == 1 || !o.replicate) {
+        // Without replication: LPT, each model whole on the least-loaded device it fits.
+        std::vector<double> load(D, 0.0);
+        for (int32_t m : order) {
+            int32_t best = -1;
+            for (int32_t d = 0; d < D; ++d)
+                if (resident_bytes(c.models[m]) <= c.devices[d].memory_bytes && (best < 0 || load[d] < load[best])) best = d;
+            placed[best].push_back({m, 0, int64_t(ex[m].size())});
+            load[best] += work[m] + c.models[m].load_s;
+        }
+    } else {
+        double hi = 0;
+        for (int32_t m : order) hi += work[m] + c.models[m].load_s;
+        double lo = 0;
+        hi = hi * 1.000001 + 1e-9;
+        if (!fill(order, ex, c, hi, &placed)) {
+            // Memory-heterogeneous corner: fall back to LPT.
+            PlanOptions o2 = o; o2.replicate = false;
+            return plan_symoe(w, c, o2);
+        }
+        for (int it = 0; it < 60 && hi - lo > 1e-6 * hi; ++it) {
+            double mid = 0.5 * (lo + hi);
+            if (fill(order, ex, c, mid, nullptr)) hi = mid; else lo = mid;
+        }
+        fill(order, ex, c, hi, &placed);
+    }
+
+    // Per device jobs: experts by Johnson's rule, then aggregators (their expert work, if any,
+    // right before their aggregation so they load once).
+    std::vector<std::vector<Job>> jobs(D);
+    std::vector<int32_t> aggs;
+    for (int32_t m = 0; m < M; ++m) if (!ag[m].empty()) aggs.push_back(m);
+    for (int32_t d = 0; d < D; ++d) {
+        std::vector<Piece> ps = placed[d];
+        auto is_agg = [&](int32_t m) { return !ag[m].empty(); };
+        auto johnson_key = [&](const Piece& x) {
+            double l = c.models[x.model].load_s;
+            double r = run_seconds(c.models[x.model], Role::Expert, x.end - x.begin, c.tokens, 1, 0);
+            // Group 1 (load < run) by increasing load, then group 2 by decreasing run.
+            return l < r ? std::make_pair(0, l) : std::make_pair(1, -r);
+        };
+        std::stable_sort(ps.begin(), ps.end(), [&](const Piece& a, const Piece& b) {
+            if (is_agg(a.model) != is_agg(b.model)) return !is_agg(a.model);
+            return johnson_key(a) < johnson_key(b);
+        });
+        for (auto& x : ps)
+            jobs[d].push_back({x.model, Role::Expert, std::vector<int64_t>(ex[x.model].begin() + x.begin, ex[x.model].begin() + x.end)});
+    }
+    for (int32_t g : aggs) {
+        // Even split over the devices the aggregator fits on, in question order.
+        std::vector<int32_t> fit;
+        for (int32_t d = 0; d < D; ++d) if (resident_bytes(c.models[g]) <= c.devices[d].memory_bytes) fit.push_back(d);
+        int64_t n = int64_t(ag[g].size()), F = int64_t(fit.size());
+        for (int64_t f = 0; f < F; ++f) {
+            int64_t b = n * f / F, e = n * (f + 1) / F;
+            if (b == e) continue;
+            auto& js = jobs[fit[f]];
+            Job j{g, Role::Aggregate, std::vector<int64_t>(ag[g].begin() + b, ag[g].begin() + e)};
+            // Keep it beside this device's expert job of the same model, if any.
+            auto it = std::find_if(js.begin(), js.end(), [&](const Job& x) { return x.model == g && x.role == Role::Expert; });
+            if (it != js.end()) js.insert(it + 1, std::move(j)); else js.push_back(std::move(j));
+        }
+    }
+    Plan p;
+    p.devices = D;
+    for (int32_t d = 0; d < D; ++d) emit_device(p, d, jobs[d], c);
+    return p;
+}
+
+Plan plan_reference(const Workload& w, const Costs& c, const PlanOptions& o) {
+    const int32_t D = int32_t(c.devices.size());
+    const int64_t M = int64_t(c.models.size());
+    auto ex = group_experts(w, M);
+    auto ag = group_aggregation(w, M);
+    Plan p;
+    p.devices = D;
+    auto first_seen = [&](const int64_t* ids, int64_t n) {
+        std::vector<int32_t> seen, mark(M, 0);
+        for (int64_t i = 0; i < n; ++i)
+            if (ids[i] >= 0 && !mark[ids[i]]) { mark[ids[i]] = 1; seen.push_back(int32_t(ids[i])); }
+        return seen;
+    };
+    auto one = [&](int32_t m, Role r, const std::vector<int64_t>& items) {
+        Step s = make_step(StepKind::Load, 0, m); s.tp = D; p.steps.push_back(s);
+        emit_run(p, 0, Job{m, r, items}, D);
+        s.kind = StepKind::Unload; p.steps.push_back(s);
+    };
+    for (int32_t m : first_seen(w.experts, w.N * w.k)) {
+        one(m, Role::Expert, ex[m]);
+        Step pause = make_step(StepKind::Pause, 0, -1);
+        pause.seconds = o.pause_s;
+        pause.tp = D;
+        p.steps.push_back(pause);
+    }
+    if (w.aggregator)
+        for (int32_t g : first_seen(w.aggregator, w.N)) one(g, Role::Aggregate, ag[g]);
+    return p;
+}
+
+Plan plan_naive(const Workload& w, const Costs& c) {
+    const int32_t D = int32_t(c.devices.size());
+    Plan p;
+    p.devices = D;
+    for (int64_t q = 0; q < w.N; ++q) {
+        int32_t d = int32_t(q % D);
+        auto one = [&](int32_t m, Role r, int64_t item) {
+            p.steps.push_back(make_step(StepKind::Load, d, m));
+            emit_run(p, d, Job{m, r, {item}});
+            p.steps.push_back(make_step(StepKind::Unload, d, m));
+        };
+        for (int64_t j = 0; j < w.k; ++j) one(int32_t(w.experts[q * w.k + j]), Role::Expert, q * w.k + j);
+        if (w.aggregator && w.aggregator[q] >= 0) one(int32_t(w.aggregator[q]), Role::Aggregate, q);
+    }
+    return p;
+}
+
+}  // namespace
+
+Plan make_plan(const Workload& w, const Costs& c, const PlanOptions& o) {
+    check_inputs(w, c);
+    switch (o.strategy) {
+        case Strategy::Reference: return plan_reference(w, c, o);
+        case Strategy::Naive: return plan_naive(w, c);
+        default: return plan_symoe(w, c, o);
+    }
+}
+
+double lower_bound(const Workload& w, const Costs& c) {
+    check_inputs(w, c);
+    const int64_t M = int64_t(c.models.size());
+    const double D = double(c.devices.size());
+    std::vector<int64_t> ne(M, 0), na(M, 0);
+    for (int64_t i = 0; i < w.N * w.k; ++i) ne[w.experts[i]]++;
+    if (w.aggregator)
+        for (int64_t q = 0; q < w.N; ++q) if (w.aggregator[q] >= 0) na[w.aggregator[q]]++;
+    double Re = 0, Ra = 0, L = 0, min_load = std::numeric_limits<double>::infinity();
+    double min_run = min_load, min_agg1 = 0, per_model = 0;
+    bool any_agg = false, all_overlap = true;
+    for (auto& d : c.devices) all_overlap &= d.overlap_load;
+    for (int64_t m = 0; m < M; ++m) {
+        const ModelCost& mc = c.models[m];
+        if (ne[m] + na[m] == 0) continue;
+        // Splitting a model's work never lowers its total (run time is subadditive in n).
+        double re = ne[m] ? run_seconds(mc, Role::Expert, ne[m], c.tokens, 1, 0) : 0.0;
+        double ra = na[m] ? run_seconds(mc, Role::Aggregate, na[m], c.tokens, 1, 0) : 0.0;
+        Re += re; Ra += ra; L += mc.load_s;
+        min_load = std::min(min_load, mc.load_s);
+        if (ne[m]) min_run = std::min(min_run, run_seconds(mc, Role::Expert, 1, c.tokens, 1, 0));
+        if (na[m]) {
+            double a1 = run_seconds(mc, Role::Aggregate, 1, c.tokens, 1, 0);
+            min_agg1 = any_agg ? std::min(min_agg1, a1) : a1;
+            any_agg = true;
+        }
+        // Its busiest replica holds at least n/D of its items and must be loaded first.
+        int64_t share = int64_t(std::ceil(double(ne[m]) / D));
+        if (ne[m]) per_model = std::max(per_model, mc.load_s + run_seconds(mc, Role::Expert, share, c.tokens, 1, 0));
+    }
+    double lb = std::max({min_load + (Re + Ra) / D, min_load + Re / D + min_agg1, per_model, L / D + min_run});
+    if (!all_overlap) lb = std::max(lb, (L + Re + Ra) / D);
+    return lb;
+}
+
+}  // namespace symoe

@@ -1,0 +1,31 @@
+// The planner: turns an assignment into a load-once execution plan under device-memory limits.
+#pragma once
+#include <string>
+
+#include "plan.hpp"
+
+namespace symoe {
+
+enum class Strategy { Symoe, Reference, Naive };
+
+struct PlanOptions {
+    Strategy strategy = Strategy::Symoe;
+    double pause_s = 10.0;   // the reference's fixed sleep after each expert
+    bool replicate = true;   // symoe: split a model's work over several devices when it pays
+};
+
+// symoe: work per model is placed on devices by a wrap-around fill (McNaughton's rule with a
+// load cost per piece) at the smallest feasible makespan found by bisection, so a heavy expert is
+// replicated exactly where the imbalance it removes outweighs its extra load. Aggregation is split
+// evenly over devices after the experts. On each device the jobs follow Johnson's rule for the
+// two-stage load -> generate flow, with any model that aggregates there last so it is loaded once;
+// the next model is loaded while the current one generates whenever both fit in memory.
+// reference: the authors' schedule (one model at a time in order of first appearance, cold load,
+// pause after each expert, all devices as one tensor-parallel group).
+// naive: every question loads each of its experts and its aggregator.
+Plan make_plan(const Workload& w, const Costs& c, const PlanOptions& o);
+
+// A sound lower bound on any plan's makespan that loads every used model at least once.
+double lower_bound(const Workload& w, const Costs& c);
+
+}  // namespace symoe

@@ -1,0 +1,32 @@
+// Skill-profile scoring (SYMBOLIC_MOE.md section 4, steps 1-3): global competence gamma,
+// local suitability S(m, q), and the per-question candidate weights.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace symoe {
+
+enum class Weighting { Reference, Softmax };
+
+struct ScoringOptions {
+    double temperature = 0.5;          // gamma = shifted_competence^(1/T), normalised
+    Weighting weighting = Weighting::Reference;
+    double softmax_temperature = 0.5;  // only for Weighting::Softmax
+};
+
+// profiles: row-major M x V. Returns gamma (length M), summing to 1.
+// All-zero competence (nothing to prefer) gives a uniform gamma instead of 0/0.
+std::vector<double> global_competence(const int64_t* profiles, int64_t M, int64_t V, double temperature);
+
+// Keyword-major copy (V x M) so one question's scores read contiguous rows.
+std::vector<int64_t> transpose_profiles(const int64_t* profiles, int64_t M, int64_t V);
+
+// Unnormalised weights w (length M) for one question from its keyword ids, per the reference:
+// candidates are models with S > 0 weighted S * gamma; if none, all models weighted
+// (S - min S + 1) * gamma. No keywords: uniform. If every candidate weight is zero (gamma is zero
+// where S is positive), candidates are weighted uniformly so the draw stays defined.
+// s_buf is caller scratch of length M. Returns the total weight.
+double question_weights(const int64_t* profiles_t, int64_t M, const int64_t* kw, int64_t nkw,
+                        const double* gamma, const ScoringOptions& opt, int64_t* s_buf, double* w);
+
+}  // namespace symoe

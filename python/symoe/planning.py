@@ -1,0 +1,425 @@
+"""Load-once execution plans, their cost model and simulator (over the C++ core).
+
+Every time a plan or timeline shows is a *prediction* of the cost model, never a measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from . import _core
+from .routing import Assignment
+
+__all__ = ["ModelSpec", "Device", "Tokens", "Config", "Plan", "Timeline", "plan", "simulate", "STEP_KINDS"]
+
+STEP_KINDS = ("load", "run", "unload", "park", "wake", "pause")
+ROLES = ("expert", "aggregate")
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of the pool and its cost-model figures.
+
+    ``load_s`` is a cold start (read weights + engine init); ``park_s``/``wake_s`` are the
+    sleep-mode offload to host memory and back (``park_s < 0``: not supported). Throughputs are
+    tokens per second: ``decode_tps`` and ``prefill_tps`` for a saturated batch, ``stream_tps``
+    for one sequence alone (no batch finishes faster than its longest sequence).
+    """
+
+    name: str
+    weight_bytes: float
+    path: str | None = None
+    extra_bytes: float = 0.0
+    load_s: float = 0.0
+    unload_s: float = 0.0
+    park_s: float = -1.0
+    wake_s: float = 0.0
+    overhead_s: float = 0.0
+    prefill_tps: float = 10000.0
+    decode_tps: float = 2000.0
+    stream_tps: float = 50.0
+    chat: bool = True  # instruct model with a chat template (False: plain completion)
+
+    @property
+    def resident_bytes(self) -> float:
+        return self.weight_bytes + self.extra_bytes
+
+
+@dataclass(frozen=True)
+class Device:
+    memory_bytes: float
+    overlap_load: bool = True  # may load a model while another generates (separate engines)
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Expected tokens per request, by role."""
+
+    expert_prompt: float = 300.0
+    expert_output: float = 600.0
+    aggregate_prompt: float = 2200.0
+    aggregate_output: float = 600.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """A pool, the devices it runs on, and the workload's token figures."""
+
+    models: tuple[ModelSpec, ...]
+    devices: tuple[Device, ...]
+    tokens: Tokens = Tokens()
+    tp_efficiency: float = 0.5  # reference schedule: speed-up of tp GPUs = 1 + (tp-1)*eff
+    pause_s: float = 10.0       # reference schedule: sleep after each expert
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError("model names in the pool must be unique")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.models)
+
+    def index(self, name: str) -> int:
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise ValueError(f"model {name!r} is not in the pool ({', '.join(self.names)})") from None
+
+    def model(self, name: str) -> ModelSpec:
+        return self.models[self.index(name)]
+
+    def with_devices(self, count: int | None = None, memory_gb: float | None = None,
+                     overlap_load: bool | None = None) -> Config:
+        base = self.devices[0] if self.devices else Device(80 * GB)
+        n = len(self.devices) if count is None else count
+        if n < 1:
+            raise ValueError(f"device count must be >= 1, got {n}")
+        dev = Device(base.memory_bytes if memory_gb is None else memory_gb * GB,
+                     base.overlap_load if overlap_load is None else overlap_load)
+        return replace(self, devices=tuple([dev] * n))
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Config:
+        """Read a pool config; see ``configs/`` in the package for documented examples."""
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except OSError as e:
+            raise ValueError(f"cannot read pool config {path}: {e.strerror}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"pool config {path} is not valid TOML: {e}") from e
+        return cls.from_dict(data, base=Path(path).parent, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], base: Path | None = None, source: str = "config") -> Config:
+        known_top = {"defaults", "model", "devices", "tokens", "reference", "meta"}
+        _no_unknown(data, known_top, source)
+        d = dict(data.get("defaults", {}))
+        _no_unknown(d, {"load_bandwidth_gbps", "init_s", "unload_s", "h2d_bandwidth_gbps", "sleep", "overhead_s",
+                        "prefill_tps", "decode_tps", "stream_tps", "extra_fraction", "extra_gb", "dtype_bytes"},
+                    f"{source} [defaults]")
+        models = []
+        raw_models = data.get("model", [])
+        if not isinstance(raw_models, list) or not raw_models:
+            raise ValueError(f"{source}: needs at least one [[model]] table")
+        spec_keys = {f.name for f in fields(ModelSpec)}
+        for i, m in enumerate(raw_models):
+            where = f"{source} [[model]] #{i + 1}"
+            _no_unknown(m, spec_keys | {"params_b", "weight_gb", "extra_gb", "extra_fraction", "dtype_bytes",
+                                        "load_bandwidth_gbps", "init_s", "h2d_bandwidth_gbps", "sleep"}, where)
+            if "name" not in m:
+                raise ValueError(f"{where}: missing 'name'")
+            g = {**d, **m}
+            if "weight_bytes" in g:
+                wb = float(g["weight_bytes"])
+            elif "weight_gb" in m:
+                wb = float(m["weight_gb"]) * GB
+            elif "params_b" in g:
+                wb = float(g["params_b"]) * 1e9 * float(g.get("dtype_bytes", 2))
+            else:
+                raise ValueError(f"{where} ({m['name']}): give weight_bytes, weight_gb or params_b")
+            extra = float(g["extra_gb"]) * GB if "extra_gb" in g else wb * float(g.get("extra_fraction", 0.0))
+            bw = float(g.get("load_bandwidth_gbps", 2.0)) * GB
+            h2d = float(g.get("h2d_bandwidth_gbps", 25.0)) * GB
+            sleep = bool(g.get("sleep", False))
+            path = m.get("path")
+            if path and base is not None and not Path(path).is_absolute() and (base / path).exists():
+                path = str((base / path).resolve())
+            spec = ModelSpec(
+                name=str(m["name"]), path=path, weight_bytes=wb, extra_bytes=extra,
+                load_s=float(m.get("load_s", float(g.get("init_s", 0.0)) + wb / bw)),
+                unload_s=float(g.get("unload_s", 1.0)),
+                park_s=float(m.get("park_s", wb / h2d if sleep else -1.0)),
+                wake_s=float(m.get("wake_s", wb / h2d if sleep else 0.0)),
+                overhead_s=float(g.get("overhead_s", 0.0)), prefill_tps=float(g.get("prefill_tps", 10000.0)),
+                decode_tps=float(g.get("decode_tps", 2000.0)), stream_tps=float(g.get("stream_tps", 50.0)),
+                chat=bool(m.get("chat", True)),
+            )
+            for f in ("weight_bytes", "extra_bytes", "load_s", "unload_s", "wake_s", "overhead_s"):
+                v = getattr(spec, f)
+                if not math.isfinite(v) or v < 0:
+                    raise ValueError(f"{where} ({spec.name}): {f} must be finite and >= 0, got {v}")
+            for f in ("prefill_tps", "decode_tps", "stream_tps"):
+                v = getattr(spec, f)
+                if not math.isfinite(v) or v <= 0:
+                    raise ValueError(f"{where} ({spec.name}): {f} must be positive, got {v}")
+            models.append(spec)
+        dv = dict(data.get("devices", {}))
+        _no_unknown(dv, {"count", "memory_gb", "overlap_load"}, f"{source} [devices]")
+        count = int(dv.get("count", 1))
+        if count < 1:
+            raise ValueError(f"{source} [devices]: count must be >= 1, got {count}")
+        mem = float(dv.get("memory_gb", 80.0))
+        if not math.isfinite(mem) or mem <= 0:
+            raise ValueError(f"{source} [devices]: memory_gb must be positive, got {mem}")
+        devices = tuple(Device(mem * GB, bool(dv.get("overlap_load", True))) for _ in range(count))
+        tk = dict(data.get("tokens", {}))
+        _no_unknown(tk, {f.name for f in fields(Tokens)}, f"{source} [tokens]")
+        ref = dict(data.get("reference", {}))
+        _no_unknown(ref, {"tp_efficiency", "pause_s"}, f"{source} [reference]")
+        return cls(tuple(models), devices, Tokens(**{k: float(v) for k, v in tk.items()}),
+                   float(ref.get("tp_efficiency", 0.5)), float(ref.get("pause_s", 10.0)), dict(data.get("meta", {})))
+
+    def cost_matrix(self) -> np.ndarray:
+        cols = _core.COST_COLUMNS
+        return np.array([[float(getattr(m, c)) for c in cols] for m in self.models], dtype=np.float64).reshape(-1, len(cols))
+
+    def core_args(self) -> dict[str, Any]:
+        t = self.tokens
+        return dict(
+            model_costs=self.cost_matrix(),
+            device_memory=np.array([d.memory_bytes for d in self.devices], dtype=np.float64),
+            device_overlap=np.array([d.overlap_load for d in self.devices], dtype=bool),
+            tokens=np.array([t.expert_prompt, t.expert_output, t.aggregate_prompt, t.aggregate_output], dtype=np.float64),
+            tp_efficiency=float(self.tp_efficiency),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"models": [asdict(m) for m in self.models], "devices": [asdict(d) for d in self.devices],
+                "tokens": asdict(self.tokens), "tp_efficiency": self.tp_efficiency, "pause_s": self.pause_s}
+
+    @classmethod
+    def from_plain(cls, d: Mapping[str, Any]) -> Config:
+        return cls(tuple(ModelSpec(**m) for m in d["models"]), tuple(Device(**x) for x in d["devices"]),
+                   Tokens(**d["tokens"]), d["tp_efficiency"], d["pause_s"])
+
+
+def _no_unknown(d: Mapping[str, Any], known: set[str], where: str) -> None:
+    if not isinstance(d, Mapping):
+        raise ValueError(f"{where}: expected a table")
+    unknown = sorted(set(d) - known)
+    if unknown:
+        import difflib
+
+        hints = [f"{u!r} (did you mean {difflib.get_close_matches(u, known, 1)[0]!r}?)"
+                 if difflib.get_close_matches(u, known, 1) else repr(u) for u in unknown]
+        raise ValueError(f"{where}: unknown key {', '.join(hints)}")
+
+
+@dataclass
+class Timeline:
+    """Predicted (simulated) start/end of every step; not a measurement."""
+
+    start: np.ndarray
+    end: np.ndarray
+    makespan: float
+    busy: np.ndarray  # per device, seconds generating
+    loads: int
+    bytes_loaded: float
+
+    @property
+    def utilisation(self) -> np.ndarray:
+        return self.busy / self.makespan if self.makespan > 0 else np.zeros_like(self.busy)
+
+
+_ARRAYS = ("kind", "role", "device", "model", "tp", "item_begin", "item_end", "seconds", "items")
+_DTYPES = dict(kind=np.int8, role=np.int8, device=np.int32, model=np.int32, tp=np.int32,
+               item_begin=np.int64, item_end=np.int64, seconds=np.float64, items=np.int64)
+
+
+@dataclass
+class Plan:
+    """Per-device ordered steps for an assignment on a config, with predicted timing.
+
+    Expert runs list items ``question * k + slot``; aggregation runs list questions.
+    """
+
+    strategy: str
+    config: Config
+    experts: np.ndarray             # N x k model ids (the assignment)
+    aggregator: np.ndarray | None   # N model ids, -1 none
+    arrays: dict[str, np.ndarray]
+    timeline: Timeline | None = None
+    lower_bound: float = float("nan")
+    question_ids: tuple[str, ...] = ()
+
+    @property
+    def n_steps(self) -> int:
+        return int(len(self.arrays["kind"]))
+
+    @property
+    def k(self) -> int:
+        return int(self.experts.shape[1])
+
+    def _core_inputs(self) -> dict[str, Any]:
+        return dict(experts=self.experts, aggregator=self.aggregator, **self.config.core_args())
+
+    def _core_plan(self) -> dict[str, Any]:
+        return {"devices": len(self.config.devices), **self.arrays}
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first violated invariant (also checks timing by simulation)."""
+        _core.validate(self._core_plan(), **self._core_inputs())
+        t = simulate(self)
+        a = self.arrays
+        runs = np.flatnonzero(a["kind"] == 1)
+        done = np.zeros(len(self.experts))
+        for s in runs[a["role"][runs] == 0]:
+            q = a["items"][a["item_begin"][s]:a["item_end"][s]] // self.k
+            np.maximum.at(done, q, t.end[s])
+        for s in runs[a["role"][runs] == 1]:
+            q = a["items"][a["item_begin"][s]:a["item_end"][s]]
+            if (done[q] > t.start[s] + 1e-9).any():
+                raise ValueError(f"step {s}: aggregation starts before its questions' experts finish")
+
+    @property
+    def makespan(self) -> float:
+        return self.timeline.makespan if self.timeline else float("nan")
+
+    @property
+    def gap(self) -> float:
+        """Relative distance of the predicted makespan above the lower bound."""
+        return self.makespan / self.lower_bound - 1.0
+
+    def steps(self) -> list[dict[str, Any]]:
+        """Readable steps (device order preserved)."""
+        a, names = self.arrays, self.config.names
+        out = []
+        for s in range(self.n_steps):
+            kind = STEP_KINDS[a["kind"][s]]
+            st: dict[str, Any] = {"kind": kind, "device": int(a["device"][s])}
+            if a["model"][s] >= 0:
+                st["model"] = names[a["model"][s]]
+            if a["tp"][s] != 1:
+                st["tp"] = int(a["tp"][s])
+            if kind == "pause":
+                st["seconds"] = float(a["seconds"][s])
+            if kind == "run":
+                st["role"] = ROLES[a["role"][s]]
+                it = a["items"][a["item_begin"][s]:a["item_end"][s]]
+                if st["role"] == "expert":
+                    st["questions"] = (it // self.k).tolist()
+                    st["slots"] = (it % self.k).tolist()
+                else:
+                    st["questions"] = it.tolist()
+            if self.timeline is not None:
+                st["predicted_start"] = float(self.timeline.start[s])
+                st["predicted_end"] = float(self.timeline.end[s])
+            out.append(st)
+        return out
+
+    def metrics(self) -> dict[str, Any]:
+        t = self.timeline
+        return {
+            "strategy": self.strategy,
+            "devices": len(self.config.devices),
+            "questions": int(len(self.experts)),
+            "steps": self.n_steps,
+            "loads": t.loads if t else None,
+            "bytes_loaded": t.bytes_loaded if t else None,
+            "predicted_makespan_s": self.makespan,
+            "lower_bound_s": self.lower_bound,
+            "gap": self.gap,
+            "utilisation": t.utilisation.tolist() if t else None,
+        }
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        doc = {
+            "symoe": "plan", "version": 1, "strategy": self.strategy, "note": "times are predictions of the cost model",
+            "config": self.config.to_dict(), "k": self.k, "question_ids": list(self.question_ids),
+            "experts": self.experts.tolist(),
+            "aggregator": None if self.aggregator is None else self.aggregator.tolist(),
+            "arrays": {k: self.arrays[k].tolist() for k in _ARRAYS},
+            "metrics": self.metrics(),
+            "steps": self.steps(),
+        }
+        text = json.dumps(doc)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> Plan:
+        try:
+            doc = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot read plan {path}: {e}") from e
+        if not isinstance(doc, dict) or doc.get("symoe") != "plan":
+            raise ValueError(f"{path} is not a symoe plan")
+        cfg = Config.from_plain(doc["config"])
+        k = int(doc["k"])
+        experts = np.asarray(doc["experts"], dtype=np.int64).reshape(-1, k)
+        agg = None if doc["aggregator"] is None else np.asarray(doc["aggregator"], dtype=np.int64)
+        arrays = {name: np.asarray(doc["arrays"][name], dtype=_DTYPES[name]) for name in _ARRAYS}
+        p = cls(doc["strategy"], cfg, experts, agg, arrays, question_ids=tuple(doc.get("question_ids", ())))
+        p.timeline = simulate(p)
+        p.lower_bound = _core.lower_bound(**p._core_inputs())
+        return p
+
+
+def _aggregator_array(aggregator: str | Sequence[str] | None, n: int, cfg: Config) -> np.ndarray | None:
+    if aggregator is None:
+        return None
+    if isinstance(aggregator, str):
+        return np.full(n, cfg.index(aggregator), dtype=np.int64)
+    if len(aggregator) != n:
+        raise ValueError(f"{len(aggregator)} aggregators for {n} questions")
+    return np.array([cfg.index(a) if a is not None else -1 for a in aggregator], dtype=np.int64)
+
+
+def plan(
+    assignment: Assignment,
+    config: Config,
+    *,
+    aggregator: str | Sequence[str] | None = None,
+    strategy: Literal["symoe", "reference", "naive"] = "symoe",
+    replicate: bool = True,
+) -> Plan:
+    """Plan the assignment's expert runs (and aggregation, if an aggregator is given) on ``config``.
+
+    The assignment's model names are resolved in the pool by name; the returned plan carries its
+    simulated timeline and the lower bound.
+    """
+    if len(assignment) == 0 or assignment.k == 0:
+        raise ValueError("assignment is empty: nothing to plan")
+    if not config.devices:
+        raise ValueError("no devices: at least one device is needed")
+    remap = np.array([config.index(m) for m in assignment.models], dtype=np.int64)
+    experts = np.ascontiguousarray(remap[assignment.experts])
+    agg = _aggregator_array(aggregator, len(assignment), config)
+    args = dict(experts=experts, aggregator=agg, **config.core_args())
+    arrays = _core.make_plan(**args, strategy=strategy, pause_s=float(config.pause_s), replicate=bool(replicate))
+    arrays.pop("devices")
+    p = Plan(strategy, config, experts, agg, arrays, question_ids=assignment.question_ids)
+    p.timeline = simulate(p)
+    p.lower_bound = _core.lower_bound(**args)
+    return p
+
+
+def simulate(p: Plan, config: Config | None = None) -> Timeline:
+    """Predict the plan's timeline, optionally under another config (what-if: sleep mode,
+    bandwidth, throughput). The device count must match the plan's."""
+    cfg = config or p.config
+    r = _core.simulate({"devices": len(cfg.devices), **p.arrays}, experts=p.experts, aggregator=p.aggregator,
+                       **cfg.core_args())
+    return Timeline(r["start"], r["end"], float(r["makespan"]), r["busy"], int(r["loads"]), float(r["bytes_loaded"]))
