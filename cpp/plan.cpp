@@ -4,11 +4,10 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "check.hpp"
+
 namespace symoe {
 
-static void check(bool ok, const std::string& msg) {
-    if (!ok) throw std::invalid_argument(msg);
-}
 static std::string gb(double b) { return std::to_string(b / 1e9).substr(0, 6) + " GB"; }
 
 double resident_bytes(const ModelCost& m) { return m.weight_bytes + m.extra_bytes; }
@@ -25,49 +24,49 @@ double run_seconds(const ModelCost& m, Role role, int64_t n, const Tokens& t, in
 
 void check_inputs(const Workload& w, const Costs& c) {
     int64_t M = int64_t(c.models.size());
-    check(!c.devices.empty(), "no devices: at least one device is needed");
-    check(M > 0, "pool is empty");
-    check(w.N >= 0 && w.k >= 0, "assignment shape must be non-negative");
-    check(w.N > 0 && w.k > 0, "assignment is empty: nothing to plan");
+    SYMOE_CHECK(!c.devices.empty(), "no devices: at least one device is needed");
+    SYMOE_CHECK(M > 0, "pool is empty");
+    SYMOE_CHECK(w.N >= 0 && w.k >= 0, "assignment shape must be non-negative");
+    SYMOE_CHECK(w.N > 0 && w.k > 0, "assignment is empty: nothing to plan");
     for (size_t d = 0; d < c.devices.size(); ++d)
-        check(std::isfinite(c.devices[d].memory_bytes) && c.devices[d].memory_bytes > 0,
+        SYMOE_CHECK(std::isfinite(c.devices[d].memory_bytes) && c.devices[d].memory_bytes > 0,
               "device " + std::to_string(d) + " memory must be a positive finite number of bytes");
-    check(std::isfinite(c.tp_efficiency) && c.tp_efficiency >= 0 && c.tp_efficiency <= 1,
+    SYMOE_CHECK(std::isfinite(c.tp_efficiency) && c.tp_efficiency >= 0 && c.tp_efficiency <= 1,
           "tp_efficiency must be in [0, 1]");
     for (double v : {c.tokens.expert_prompt, c.tokens.expert_output, c.tokens.aggregate_prompt, c.tokens.aggregate_output})
-        check(std::isfinite(v) && v >= 0, "token counts must be finite and >= 0");
+        SYMOE_CHECK(std::isfinite(v) && v >= 0, "token counts must be finite and >= 0");
     double biggest = 0;
     for (auto& d : c.devices) biggest = std::max(biggest, d.memory_bytes);
     for (int64_t m = 0; m < M; ++m) {
         const ModelCost& x = c.models[m];
         std::string who = "model " + std::to_string(m);
         for (double v : {x.weight_bytes, x.extra_bytes, x.load_s, x.unload_s, x.wake_s, x.overhead_s})
-            check(std::isfinite(v) && v >= 0, who + ": sizes and times must be finite and >= 0");
-        check(std::isfinite(x.park_s), who + ": park_s must be finite");
+            SYMOE_CHECK(std::isfinite(v) && v >= 0, who + ": sizes and times must be finite and >= 0");
+        SYMOE_CHECK(std::isfinite(x.park_s), who + ": park_s must be finite");
         for (double v : {x.prefill_tps, x.decode_tps, x.stream_tps})
-            check(std::isfinite(v) && v > 0, who + ": throughputs must be positive and finite");
+            SYMOE_CHECK(std::isfinite(v) && v > 0, who + ": throughputs must be positive and finite");
     }
     std::vector<uint8_t> used(M, 0);
     for (int64_t i = 0; i < w.N * w.k; ++i) {
-        check(w.experts[i] >= 0 && w.experts[i] < M, "assignment names model id " + std::to_string(w.experts[i]) +
+        SYMOE_CHECK(w.experts[i] >= 0 && w.experts[i] < M, "assignment names model id " + std::to_string(w.experts[i]) +
                                                          " outside the pool of " + std::to_string(M));
         used[w.experts[i]] = 1;
     }
     if (w.aggregator)
         for (int64_t q = 0; q < w.N; ++q) {
-            check(w.aggregator[q] >= -1 && w.aggregator[q] < M,
+            SYMOE_CHECK(w.aggregator[q] >= -1 && w.aggregator[q] < M,
                   "aggregator id " + std::to_string(w.aggregator[q]) + " outside the pool");
             if (w.aggregator[q] >= 0) used[w.aggregator[q]] = 1;
         }
     for (int64_t m = 0; m < M; ++m)
-        check(!used[m] || resident_bytes(c.models[m]) <= biggest,
+        SYMOE_CHECK(!used[m] || resident_bytes(c.models[m]) <= biggest,
               "model " + std::to_string(m) + " needs " + gb(resident_bytes(c.models[m])) +
                   " but the largest device has " + gb(biggest));
 }
 
 void validate(const Plan& p, const Workload& w, const Costs& c) {
     int64_t M = int64_t(c.models.size());
-    check(p.devices == int32_t(c.devices.size()), "plan has " + std::to_string(p.devices) +
+    SYMOE_CHECK(p.devices == int32_t(c.devices.size()), "plan has " + std::to_string(p.devices) +
                                                       " devices, the cost model " + std::to_string(c.devices.size()));
     std::vector<int32_t> expert_done(size_t(w.N * w.k), 0), agg_done(size_t(w.N), 0);
     std::vector<std::vector<int8_t>> state(p.devices, std::vector<int8_t>(M, 0));  // 0 out, 1 resident, 2 parked
@@ -75,71 +74,71 @@ void validate(const Plan& p, const Workload& w, const Costs& c) {
     for (size_t s = 0; s < p.steps.size(); ++s) {
         const Step& st = p.steps[s];
         std::string at = "step " + std::to_string(s) + ": ";
-        check(st.device >= 0 && st.device < p.devices, at + "device out of range");
-        if (st.kind == StepKind::Pause) { check(st.seconds >= 0, at + "negative pause"); continue; }
-        check(st.model >= 0 && st.model < M, at + "model out of range");
-        check(st.tp >= 1 && st.device + st.tp <= p.devices, at + "tensor-parallel span out of range");
+        SYMOE_CHECK(st.device >= 0 && st.device < p.devices, at + "device out of range");
+        if (st.kind == StepKind::Pause) { SYMOE_CHECK(st.seconds >= 0, at + "negative pause"); continue; }
+        SYMOE_CHECK(st.model >= 0 && st.model < M, at + "model out of range");
+        SYMOE_CHECK(st.tp >= 1 && st.device + st.tp <= p.devices, at + "tensor-parallel span out of range");
         int8_t& s8 = state[st.device][st.model];
         double size = resident_bytes(c.models[st.model]) / st.tp;
         switch (st.kind) {
             case StepKind::Load:
-                check(s8 == 0, at + "model " + std::to_string(st.model) + " loaded while already loaded");
+                SYMOE_CHECK(s8 == 0, at + "model " + std::to_string(st.model) + " loaded while already loaded");
                 for (int32_t d = st.device; d < st.device + st.tp; ++d) {
                     used[d] += size;
-                    check(used[d] <= c.devices[d].memory_bytes * (1 + 1e-12),
+                    SYMOE_CHECK(used[d] <= c.devices[d].memory_bytes * (1 + 1e-12),
                           at + "device " + std::to_string(d) + " memory exceeded: " + gb(used[d]) + " > " +
                               gb(c.devices[d].memory_bytes));
                 }
                 s8 = 1;
                 break;
             case StepKind::Unload:
-                check(s8 == 1, at + "unload of a model that is not resident");
+                SYMOE_CHECK(s8 == 1, at + "unload of a model that is not resident");
                 for (int32_t d = st.device; d < st.device + st.tp; ++d) used[d] -= size;
                 s8 = 0;
                 break;
             case StepKind::Park:
-                check(s8 == 1 && c.models[st.model].park_s >= 0, at + "park of a non-resident or unparkable model");
+                SYMOE_CHECK(s8 == 1 && c.models[st.model].park_s >= 0, at + "park of a non-resident or unparkable model");
                 for (int32_t d = st.device; d < st.device + st.tp; ++d) used[d] -= size;
                 s8 = 2;
                 break;
             case StepKind::Wake:
-                check(s8 == 2, at + "wake of a model that is not parked");
+                SYMOE_CHECK(s8 == 2, at + "wake of a model that is not parked");
                 for (int32_t d = st.device; d < st.device + st.tp; ++d) {
                     used[d] += size;
-                    check(used[d] <= c.devices[d].memory_bytes * (1 + 1e-12), at + "memory exceeded on wake");
+                    SYMOE_CHECK(used[d] <= c.devices[d].memory_bytes * (1 + 1e-12), at + "memory exceeded on wake");
                 }
                 s8 = 1;
                 break;
             case StepKind::Run: {
-                check(s8 == 1, at + "run of model " + std::to_string(st.model) + " that is not resident on device " +
+                SYMOE_CHECK(s8 == 1, at + "run of model " + std::to_string(st.model) + " that is not resident on device " +
                                    std::to_string(st.device));
-                check(0 <= st.item_begin && st.item_begin <= st.item_end && st.item_end <= int64_t(p.items.size()),
+                SYMOE_CHECK(0 <= st.item_begin && st.item_begin <= st.item_end && st.item_end <= int64_t(p.items.size()),
                       at + "item range out of bounds");
                 for (int64_t i = st.item_begin; i < st.item_end; ++i) {
                     int64_t it = p.items[i];
                     if (st.role == Role::Expert) {
-                        check(it >= 0 && it < w.N * w.k, at + "expert item out of range");
-                        check(w.experts[it] == st.model, at + "question " + std::to_string(it / w.k) + " slot " +
+                        SYMOE_CHECK(it >= 0 && it < w.N * w.k, at + "expert item out of range");
+                        SYMOE_CHECK(w.experts[it] == st.model, at + "question " + std::to_string(it / w.k) + " slot " +
                                                              std::to_string(it % w.k) + " run by the wrong model");
                         expert_done[it]++;
                     } else {
-                        check(it >= 0 && it < w.N, at + "aggregation item out of range");
-                        check(w.aggregator && w.aggregator[it] == st.model,
+                        SYMOE_CHECK(it >= 0 && it < w.N, at + "aggregation item out of range");
+                        SYMOE_CHECK(w.aggregator && w.aggregator[it] == st.model,
                               at + "question " + std::to_string(it) + " aggregated by the wrong model");
                         agg_done[it]++;
                     }
                 }
                 break;
             }
-            default: check(false, at + "unknown step kind");
+            default: SYMOE_CHECK(false, at + "unknown step kind");
         }
     }
     for (int64_t i = 0; i < w.N * w.k; ++i)
-        check(expert_done[i] == 1, "question " + std::to_string(i / w.k) + " slot " + std::to_string(i % w.k) +
+        SYMOE_CHECK(expert_done[i] == 1, "question " + std::to_string(i / w.k) + " slot " + std::to_string(i % w.k) +
                                        " runs " + std::to_string(expert_done[i]) + " times, expected once");
     for (int64_t q = 0; q < w.N; ++q) {
         int want = (w.aggregator && w.aggregator[q] >= 0) ? 1 : 0;
-        check(agg_done[q] == want, "question " + std::to_string(q) + " aggregated " + std::to_string(agg_done[q]) +
+        SYMOE_CHECK(agg_done[q] == want, "question " + std::to_string(q) + " aggregated " + std::to_string(agg_done[q]) +
                                        " times, expected " + std::to_string(want));
     }
 }

@@ -13,10 +13,17 @@ inline uint64_t mix64(uint64_t z) {
     return z ^ (z >> 31);
 }
 
-// Uniform double in [0, 1) with 53 random bits.
+// Key of one question's streams; computed once per question, then one mix per draw.
+inline uint64_t question_key(uint64_t seed, uint64_t question) { return mix64(mix64(seed) ^ question); }
+
+// Uniform double in [0, 1) with 53 random bits:
+// mix64(mix64(mix64(seed) ^ question) ^ (stream << 32 | slot)) >> 11, scaled by 2^-53.
+inline double uniform_at(uint64_t key, uint32_t stream, uint32_t slot) {
+    return double(mix64(key ^ ((uint64_t(stream) << 32) | slot)) >> 11) * 0x1.0p-53;
+}
+
 inline double uniform(uint64_t seed, uint64_t question, uint32_t stream, uint32_t slot) {
-    uint64_t h = mix64(mix64(mix64(seed) ^ question) ^ ((uint64_t(stream) << 32) | slot));
-    return double(h >> 11) * 0x1.0p-53;
+    return uniform_at(question_key(seed, question), stream, slot);
 }
 
 // Streams keep independent uses of the same (seed, question) apart.

@@ -16,11 +16,15 @@ int64_t draw_one(const double* w, int64_t M, double total, double u) {
     return last;  // only when rounding puts x at the very top of the range
 }
 
-void draw_k(double* w, int64_t M, double total, int64_t k, bool replace, uint64_t seed,
+void draw_k(double* w, const double* cum, int64_t M, double total, int64_t k, bool replace, uint64_t seed,
             uint64_t question, int64_t* out) {
+    if (replace) {
+        uint64_t key = question_key(seed, question);
+        for (int64_t j = 0; j < k; ++j) out[j] = draw_cum(cum, w, M, uniform_at(key, kExpertDraw, uint32_t(j)));
+        return;
+    }
     for (int64_t j = 0; j < k; ++j) {
         double u = uniform(seed, question, kExpertDraw, uint32_t(j));
-        if (replace) { out[j] = draw_one(w, M, total, u); continue; }
         if (total <= 0) {
             // Positive-weight candidates exhausted: fill from the models not yet chosen.
             int64_t free_models = M - j, pick = int64_t(u * double(free_models)), seen = 0;

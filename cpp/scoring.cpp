@@ -5,6 +5,11 @@
 
 namespace symoe {
 
+namespace {
+inline int32_t positive_part(int32_t x) { return x & -int32_t(x > 0); }
+inline double positive_part(double x) { return std::max(x, 0.0); }
+}  // namespace
+
 std::vector<double> global_competence(const int64_t* profiles, int64_t M, int64_t V, double temperature) {
     std::vector<double> gamma(M, 0.0);
     if (M == 0) return gamma;
@@ -24,31 +29,35 @@ std::vector<double> global_competence(const int64_t* profiles, int64_t M, int64_
     return gamma;
 }
 
-std::vector<int64_t> transpose_profiles(const int64_t* profiles, int64_t M, int64_t V) {
-    std::vector<int64_t> t(size_t(M * V));
+template <class T>
+std::vector<T> transpose_profiles(const int64_t* profiles, int64_t M, int64_t V) {
+    std::vector<T> t(size_t(M * V));
     for (int64_t m = 0; m < M; ++m)
-        for (int64_t v = 0; v < V; ++v) t[v * M + m] = profiles[m * V + v];
+        for (int64_t v = 0; v < V; ++v) t[v * M + m] = T(profiles[m * V + v]);
     return t;
 }
 
-double question_weights(const int64_t* pt, int64_t M, const int64_t* kw, int64_t nkw,
-                        const double* gamma, const ScoringOptions& opt, int64_t* s, double* w) {
+template <class T>
+double question_weights(const T* __restrict pt, int64_t M, const int64_t* kw, int64_t nkw,
+                        const double* __restrict gamma, const ScoringOptions& opt, T* __restrict s,
+                        double* __restrict w, double* __restrict cum) {
     if (nkw == 0) {
-        for (int64_t m = 0; m < M; ++m) w[m] = 1.0;
+        for (int64_t m = 0; m < M; ++m) { w[m] = 1.0; cum[m] = double(m + 1); }
         return double(M);
     }
-    std::fill(s, s + M, int64_t(0));
-    for (int64_t j = 0; j < nkw; ++j) {
-        const int64_t* row = pt + kw[j] * M;
+    const T* row = pt + kw[0] * M;
+    for (int64_t m = 0; m < M; ++m) s[m] = row[m];
+    for (int64_t j = 1; j < nkw; ++j) {
+        row = pt + kw[j] * M;
         for (int64_t m = 0; m < M; ++m) s[m] += row[m];
     }
-    bool any_pos = false;
-    int64_t lo = s[0];
-    for (int64_t m = 0; m < M; ++m) { any_pos |= s[m] > 0; lo = std::min(lo, s[m]); }
-    for (int64_t m = 0; m < M; ++m) {
-        if (any_pos) w[m] = s[m] > 0 ? double(s[m]) * gamma[m] : 0.0;
-        else w[m] = double(s[m] - lo + 1) * gamma[m];
-    }
+    T lo = s[0], hi = s[0];
+    for (int64_t m = 1; m < M; ++m) { lo = s[m] < lo ? s[m] : lo; hi = s[m] > hi ? s[m] : hi; }
+    bool any_pos = hi > 0;
+    if (any_pos)  // max(s, 0) * gamma is s * gamma or exactly 0; branch-free (signs are random)
+        for (int64_t m = 0; m < M; ++m) w[m] = double(positive_part(s[m])) * gamma[m];
+    else
+        for (int64_t m = 0; m < M; ++m) w[m] = double(s[m] - lo + 1) * gamma[m];
     if (opt.weighting == Weighting::Softmax) {
         // Paper's text: softmax with temperature over the candidates' weights.
         double hi = -INFINITY;
@@ -57,15 +66,23 @@ double question_weights(const int64_t* pt, int64_t M, const int64_t* kw, int64_t
         for (int64_t m = 0; m < M; ++m)
             w[m] = (!any_pos || s[m] > 0) ? std::exp((w[m] - hi) / opt.softmax_temperature) : 0.0;
     }
+    // One sequential cumsum: its last entry is the total, in the order every draw assumes.
     double total = 0.0;
-    for (int64_t m = 0; m < M; ++m) total += w[m];
+    for (int64_t m = 0; m < M; ++m) cum[m] = total += w[m];
     if (total > 0) return total;
     total = 0.0;
     for (int64_t m = 0; m < M; ++m) {
         w[m] = (!any_pos || s[m] > 0) ? 1.0 : 0.0;
-        total += w[m];
+        cum[m] = total += w[m];
     }
     return total;
 }
+
+template std::vector<int32_t> transpose_profiles<int32_t>(const int64_t*, int64_t, int64_t);
+template std::vector<double> transpose_profiles<double>(const int64_t*, int64_t, int64_t);
+template double question_weights<int32_t>(const int32_t*, int64_t, const int64_t*, int64_t, const double*,
+                                          const ScoringOptions&, int32_t*, double*, double*);
+template double question_weights<double>(const double*, int64_t, const int64_t*, int64_t, const double*,
+                                         const ScoringOptions&, double*, double*, double*);
 
 }  // namespace symoe

@@ -18,15 +18,19 @@ struct ScoringOptions {
 // All-zero competence (nothing to prefer) gives a uniform gamma instead of 0/0.
 std::vector<double> global_competence(const int64_t* profiles, int64_t M, int64_t V, double temperature);
 
-// Keyword-major copy (V x M) so one question's scores read contiguous rows.
-std::vector<int64_t> transpose_profiles(const int64_t* profiles, int64_t M, int64_t V);
+// Keyword-major copy (V x M) so one question's scores read contiguous rows. T = int32_t when
+// sums fit (a 16-model row is one cache line), else double (exact below 2^53; caller checks).
+template <class T>
+std::vector<T> transpose_profiles(const int64_t* profiles, int64_t M, int64_t V);
 
 // Unnormalised weights w (length M) for one question from its keyword ids, per the reference:
 // candidates are models with S > 0 weighted S * gamma; if none, all models weighted
 // (S - min S + 1) * gamma. No keywords: uniform. If every candidate weight is zero (gamma is zero
 // where S is positive), candidates are weighted uniformly so the draw stays defined.
-// s_buf is caller scratch of length M. Returns the total weight.
-double question_weights(const int64_t* profiles_t, int64_t M, const int64_t* kw, int64_t nkw,
-                        const double* gamma, const ScoringOptions& opt, int64_t* s_buf, double* w);
+// s_buf is caller scratch of length M; cum receives the sequential cumsum of w. Returns the
+// total weight (cum[M-1]).
+template <class T>
+double question_weights(const T* profiles_t, int64_t M, const int64_t* kw, int64_t nkw,
+                        const double* gamma, const ScoringOptions& opt, T* s_buf, double* w, double* cum);
 
 }  // namespace symoe

@@ -140,9 +140,7 @@ class Assignment:
             raise ValueError("experts must be a 2-D (questions x k) array")
         if self.experts.size and (self.experts.min() < 0 or self.experts.max() >= len(self.models)):
             raise ValueError(f"expert ids must lie in [0, {len(self.models)})")
-        if not self.question_ids:
-            self.question_ids = tuple(str(i) for i in range(len(self.experts)))
-        if len(self.question_ids) != len(self.experts):
+        if self.question_ids and len(self.question_ids) != len(self.experts):
             raise ValueError(f"{len(self.question_ids)} question ids for {len(self.experts)} questions")
 
     @property
@@ -151,6 +149,10 @@ class Assignment:
 
     def __len__(self) -> int:
         return int(self.experts.shape[0])
+
+    def ids(self) -> tuple[str, ...]:
+        """Question ids (their positions when none were given)."""
+        return self.question_ids or tuple(str(i) for i in range(len(self)))
 
     def names(self, i: int) -> list[str]:
         return [self.models[m] for m in self.experts[i]]
@@ -163,7 +165,7 @@ class Assignment:
         """JSONL: a header line with the pool, then one line per question."""
         with open(path, "w") as f:
             f.write(json.dumps({"symoe": "assignment", "models": list(self.models), "k": self.k, "seed": self.seed}) + "\n")
-            for qid, row in zip(self.question_ids, self.experts):
+            for qid, row in zip(self.ids(), self.experts):
                 f.write(json.dumps({"id": qid, "experts": [self.models[m] for m in row]}) + "\n")
 
     @classmethod
