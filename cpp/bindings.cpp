@@ -77,13 +77,14 @@ struct Inputs {
 };
 
 static Inputs make_inputs(const carray<int64_t>& experts, const py::object& aggregator, const carray<double>& model_costs,
-                          const carray<double>& device_memory, const carray<bool>& device_overlap,
+                          const carray<double>& device_memory, const carray<bool>& device_overlap, const carray<double>& device_host,
                           const carray<double>& tokens, double tp_efficiency) {
     if (experts.ndim() != 2) throw std::invalid_argument("experts must be a 2-D (questions x k) array");
     if (model_costs.ndim() != 2 || model_costs.shape(1) != kNumCost)
         throw std::invalid_argument("model_costs must be M x " + std::to_string(kNumCost));
-    if (device_memory.ndim() != 1 || device_overlap.ndim() != 1 || device_overlap.shape(0) != device_memory.shape(0))
-        throw std::invalid_argument("device_memory and device_overlap must be 1-D of equal length");
+    if (device_memory.ndim() != 1 || device_overlap.ndim() != 1 || device_host.ndim() != 1 ||
+        device_overlap.shape(0) != device_memory.shape(0) || device_host.shape(0) != device_memory.shape(0))
+        throw std::invalid_argument("device_memory, device_overlap and device_host must be 1-D of equal length");
     if (tokens.ndim() != 1 || tokens.shape(0) != 4) throw std::invalid_argument("tokens must have 4 entries");
     Inputs in;
     in.w.N = experts.shape(0);
@@ -104,7 +105,7 @@ static Inputs make_inputs(const carray<int64_t>& experts, const py::object& aggr
         in.c.models.push_back(x);
     }
     for (py::ssize_t d = 0; d < device_memory.shape(0); ++d)
-        in.c.devices.push_back(Device{device_memory.data()[d], device_overlap.data()[d]});
+        in.c.devices.push_back(Device{device_memory.data()[d], device_overlap.data()[d], device_host.data()[d]});
     in.c.tokens = Tokens{tokens.data()[0], tokens.data()[1], tokens.data()[2], tokens.data()[3]};
     in.c.tp_efficiency = tp_efficiency;
     return in;
@@ -167,11 +168,11 @@ static Plan plan_from_dict(const py::dict& d) {
 
 #define INPUT_ARGS                                                                                                   \
     carray<int64_t> experts, py::object aggregator, carray<double> model_costs, carray<double> device_memory,       \
-        carray<bool> device_overlap, carray<double> tokens, double tp_efficiency
-#define INPUT_CALL experts, aggregator, model_costs, device_memory, device_overlap, tokens, tp_efficiency
+        carray<bool> device_overlap, carray<double> device_host, carray<double> tokens, double tp_efficiency
+#define INPUT_CALL experts, aggregator, model_costs, device_memory, device_overlap, device_host, tokens, tp_efficiency
 #define INPUT_PYARGS                                                                                                 \
     py::arg("experts"), py::arg("aggregator"), py::arg("model_costs"), py::arg("device_memory"),                    \
-        py::arg("device_overlap"), py::arg("tokens"), py::arg("tp_efficiency")
+        py::arg("device_overlap"), py::arg("device_host"), py::arg("tokens"), py::arg("tp_efficiency")
 
 static py::dict make_plan_py(INPUT_ARGS, const std::string& strategy, double pause_s, bool replicate) {
     Inputs in = make_inputs(INPUT_CALL);

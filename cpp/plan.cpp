@@ -29,8 +29,9 @@ void check_inputs(const Workload& w, const Costs& c) {
     SYMOE_CHECK(w.N >= 0 && w.k >= 0, "assignment shape must be non-negative");
     SYMOE_CHECK(w.N > 0 && w.k > 0, "assignment is empty: nothing to plan");
     for (size_t d = 0; d < c.devices.size(); ++d)
-        SYMOE_CHECK(std::isfinite(c.devices[d].memory_bytes) && c.devices[d].memory_bytes > 0,
-              "device " + std::to_string(d) + " memory must be a positive finite number of bytes");
+        SYMOE_CHECK(std::isfinite(c.devices[d].memory_bytes) && c.devices[d].memory_bytes > 0 &&
+                        std::isfinite(c.devices[d].host_bytes) && c.devices[d].host_bytes >= 0,
+                    "device " + std::to_string(d) + " memory must be a positive finite number of bytes");
     SYMOE_CHECK(std::isfinite(c.tp_efficiency) && c.tp_efficiency >= 0 && c.tp_efficiency <= 1,
           "tp_efficiency must be in [0, 1]");
     for (double v : {c.tokens.expert_prompt, c.tokens.expert_output, c.tokens.aggregate_prompt, c.tokens.aggregate_output})
@@ -70,7 +71,7 @@ void validate(const Plan& p, const Workload& w, const Costs& c) {
                                                       " devices, the cost model " + std::to_string(c.devices.size()));
     std::vector<int32_t> expert_done(size_t(w.N * w.k), 0), agg_done(size_t(w.N), 0);
     std::vector<std::vector<int8_t>> state(p.devices, std::vector<int8_t>(M, 0));  // 0 out, 1 resident, 2 parked
-    std::vector<double> used(p.devices, 0.0);
+    std::vector<double> used(p.devices, 0.0), host(p.devices, 0.0);
     for (size_t s = 0; s < p.steps.size(); ++s) {
         const Step& st = p.steps[s];
         std::string at = "step " + std::to_string(s) + ": ";
@@ -98,13 +99,19 @@ void validate(const Plan& p, const Workload& w, const Costs& c) {
                 break;
             case StepKind::Park:
                 SYMOE_CHECK(s8 == 1 && c.models[st.model].park_s >= 0, at + "park of a non-resident or unparkable model");
-                for (int32_t d = st.device; d < st.device + st.tp; ++d) used[d] -= size;
+                for (int32_t d = st.device; d < st.device + st.tp; ++d) {
+                    used[d] -= size;
+                    host[d] += c.models[st.model].weight_bytes / st.tp;
+                    SYMOE_CHECK(host[d] <= c.devices[d].host_bytes * (1 + 1e-12),
+                                at + "host memory for parked models exceeded on device " + std::to_string(d));
+                }
                 s8 = 2;
                 break;
             case StepKind::Wake:
                 SYMOE_CHECK(s8 == 2, at + "wake of a model that is not parked");
                 for (int32_t d = st.device; d < st.device + st.tp; ++d) {
                     used[d] += size;
+                    host[d] -= c.models[st.model].weight_bytes / st.tp;
                     SYMOE_CHECK(used[d] <= c.devices[d].memory_bytes * (1 + 1e-12), at + "memory exceeded on wake");
                 }
                 s8 = 1;

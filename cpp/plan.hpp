@@ -40,6 +40,7 @@ struct ModelCost {
 struct Device {
     double memory_bytes = 0;
     bool overlap_load = true;  // a load may proceed while another resident model generates
+    double host_bytes = 0;     // host memory for weights parked by sleep mode
 };
 
 // Tokens per request by role: the run-time model needs only these.

@@ -1,5 +1,7 @@
 #include "planner.hpp"
 
+#include "simulator.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -13,7 +15,8 @@ namespace {
 struct Job {
     int32_t model;
     Role role;
-    std::vector<int64_t> items;
+    const int64_t* items;  // into the grouped item lists
+    int64_t n;
 };
 
 // Items grouped by model with a counting sort, preserving question order inside each group.
@@ -40,7 +43,7 @@ void emit_run(Plan& p, int32_t d, const Job& j, int32_t tp = 1) {
     Step s = make_step(StepKind::Run, d, j.model);
     s.role = j.role;
     s.item_begin = int64_t(p.items.size());
-    p.items.insert(p.items.end(), j.items.begin(), j.items.end());
+    p.items.insert(p.items.end(), j.items, j.items + j.n);
     s.item_end = int64_t(p.items.size());
     s.tp = tp;
     p.steps.push_back(s);
@@ -136,6 +139,84 @@ bool fill(const std::vector<int32_t>& order, const std::vector<std::vector<int64
     return true;
 }
 
+// Wrap-around fill at the smallest feasible target found by bisection (balanced, replicating).
+bool balanced_placement(const std::vector<int32_t>& order, const std::vector<std::vector<int64_t>>& ex,
+                        const std::vector<double>& work, const Costs& c, std::vector<std::vector<Piece>>& placed) {
+    double hi = 0, lo = 0;
+    for (int32_t m : order) hi += work[m] + c.models[m].load_s;
+    hi = hi * 1.000001 + 1e-9;
+    if (!fill(order, ex, c, hi, nullptr)) return false;  // memory-heterogeneous corner
+    for (int it = 0; it < 60 && hi - lo > 1e-6 * hi; ++it) {
+        double mid = 0.5 * (lo + hi);
+        if (fill(order, ex, c, mid, nullptr)) hi = mid; else lo = mid;
+    }
+    return fill(order, ex, c, hi, &placed);
+}
+
+// LPT: each model whole on the least-loaded device it fits.
+std::vector<std::vector<Piece>> lpt_placement(const std::vector<int32_t>& order, const std::vector<std::vector<int64_t>>& ex,
+                                              const std::vector<double>& work, const Costs& c) {
+    const int32_t D = int32_t(c.devices.size());
+    std::vector<std::vector<Piece>> placed(D);
+    std::vector<double> load(D, 0.0);
+    for (int32_t m : order) {
+        int32_t best = -1;
+        for (int32_t d = 0; d < D; ++d)
+            if (resident_bytes(c.models[m]) <= c.devices[d].memory_bytes && (best < 0 || load[d] < load[best])) best = d;
+        placed[best].push_back({m, 0, int64_t(ex[m].size())});
+        load[best] += work[m] + c.models[m].load_s;
+    }
+    return placed;
+}
+
+// Jobs per device from a placement: experts by Johnson's rule, then each aggregator's work split
+// evenly over `replicas` devices (least expert work first), beside its own expert job if any.
+Plan build(const std::vector<std::vector<Piece>>& placed, int32_t replicas, const std::vector<std::vector<int64_t>>& ex,
+           const std::vector<std::vector<int64_t>>& ag, const Costs& c) {
+    const int32_t D = int32_t(c.devices.size());
+    const int64_t M = int64_t(c.models.size());
+    std::vector<std::vector<Job>> jobs(D);
+    std::vector<double> est(D, 0.0);
+    auto is_agg = [&](int32_t m) { return !ag[m].empty(); };
+    for (int32_t d = 0; d < D; ++d) {
+        std::vector<Piece> ps = placed[d];
+        auto johnson_key = [&](const Piece& x) {
+            double l = c.models[x.model].load_s;
+            double r = run_seconds(c.models[x.model], Role::Expert, x.end - x.begin, c.tokens, 1, 0);
+            // Group 1 (load < run) by increasing load, then group 2 by decreasing run.
+            return l < r ? std::make_pair(0, l) : std::make_pair(1, -r);
+        };
+        std::stable_sort(ps.begin(), ps.end(), [&](const Piece& a, const Piece& b) {
+            if (is_agg(a.model) != is_agg(b.model)) return !is_agg(a.model);
+            return johnson_key(a) < johnson_key(b);
+        });
+        for (auto& x : ps) {
+            jobs[d].push_back({x.model, Role::Expert, ex[x.model].data() + x.begin, x.end - x.begin});
+            est[d] += c.models[x.model].load_s + run_seconds(c.models[x.model], Role::Expert, x.end - x.begin, c.tokens, 1, 0);
+        }
+    }
+    for (int32_t g = 0; g < M; ++g) {
+        if (!is_agg(g)) continue;
+        std::vector<int32_t> fit;
+        for (int32_t d = 0; d < D; ++d) if (resident_bytes(c.models[g]) <= c.devices[d].memory_bytes) fit.push_back(d);
+        std::stable_sort(fit.begin(), fit.end(), [&](int32_t a, int32_t b) { return est[a] < est[b]; });
+        int64_t n = int64_t(ag[g].size()), F = std::min<int64_t>(replicas, int64_t(fit.size()));
+        for (int64_t f = 0; f < F; ++f) {
+            int64_t b = n * f / F, e = n * (f + 1) / F;
+            if (b == e) continue;
+            auto& js = jobs[fit[f]];
+            Job j{g, Role::Aggregate, ag[g].data() + b, e - b};
+            est[fit[f]] += run_seconds(c.models[g], Role::Aggregate, e - b, c.tokens, 1, 0);
+            auto it = std::find_if(js.begin(), js.end(), [&](const Job& x) { return x.model == g && x.role == Role::Expert; });
+            if (it != js.end()) js.insert(it + 1, j); else js.push_back(j);
+        }
+    }
+    Plan p;
+    p.devices = D;
+    for (int32_t d = 0; d < D; ++d) emit_device(p, d, jobs[d], c);
+    return p;
+}
+
 Plan plan_symoe(const Workload& w, const Costs& c, const PlanOptions& o) {
     const int32_t D = int32_t(c.devices.size());
     const int64_t M = int64_t(c.models.size());
@@ -147,74 +228,24 @@ Plan plan_symoe(const Workload& w, const Costs& c, const PlanOptions& o) {
     for (int32_t m = 0; m < M; ++m) work[m] = run_seconds(c.models[m], Role::Expert, ex[m].size(), c.tokens, 1, 0);
     std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return work[a] > work[b]; });
 
-    std::vector<std::vector<Piece>> placed(D);
-    if (D == 1 || !o.replicate) {
-        // Without replication: LPT, each model whole on the least-loaded device it fits.
-        std::vector<double> load(D, 0.0);
-        for (int32_t m : order) {
-            int32_t best = -1;
-            for (int32_t d = 0; d < D; ++d)
-                if (resident_bytes(c.models[m]) <= c.devices[d].memory_bytes && (best < 0 || load[d] < load[best])) best = d;
-            placed[best].push_back({m, 0, int64_t(ex[m].size())});
-            load[best] += work[m] + c.models[m].load_s;
-        }
-    } else {
-        double hi = 0;
-        for (int32_t m : order) hi += work[m] + c.models[m].load_s;
-        double lo = 0;
-        hi = hi * 1.000001 + 1e-9;
-        if (!fill(order, ex, c, hi, &placed)) {
-            // Memory-heterogeneous corner: fall back to LPT.
-            PlanOptions o2 = o; o2.replicate = false;
-            return plan_symoe(w, c, o2);
-        }
-        for (int it = 0; it < 60 && hi - lo > 1e-6 * hi; ++it) {
-            double mid = 0.5 * (lo + hi);
-            if (fill(order, ex, c, mid, nullptr)) hi = mid; else lo = mid;
-        }
-        fill(order, ex, c, hi, &placed);
-    }
-
-    // Per device jobs: experts by Johnson's rule, then aggregators (their expert work, if any,
-    // right before their aggregation so they load once).
-    std::vector<std::vector<Job>> jobs(D);
-    std::vector<int32_t> aggs;
-    for (int32_t m = 0; m < M; ++m) if (!ag[m].empty()) aggs.push_back(m);
-    for (int32_t d = 0; d < D; ++d) {
-        std::vector<Piece> ps = placed[d];
-        auto is_agg = [&](int32_t m) { return !ag[m].empty(); };
-        auto johnson_key = [&](const Piece& x) {
-            double l = c.models[x.model].load_s;
-            double r = run_seconds(c.models[x.model], Role::Expert, x.end - x.begin, c.tokens, 1, 0);
-            // Group 1 (load < run) by increasing load, then group 2 by decreasing run.
-            return l < r ? std::make_pair(0, l) : std::make_pair(1, -r);
-        };
-        std::stable_sort(ps.begin(), ps.end(), [&](const Piece& a, const Piece& b) {
-            if (is_agg(a.model) != is_agg(b.model)) return !is_agg(a.model);
-            return johnson_key(a) < johnson_key(b);
-        });
-        for (auto& x : ps)
-            jobs[d].push_back({x.model, Role::Expert, std::vector<int64_t>(ex[x.model].begin() + x.begin, ex[x.model].begin() + x.end)});
-    }
-    for (int32_t g : aggs) {
-        // Even split over the devices the aggregator fits on, in question order.
-        std::vector<int32_t> fit;
-        for (int32_t d = 0; d < D; ++d) if (resident_bytes(c.models[g]) <= c.devices[d].memory_bytes) fit.push_back(d);
-        int64_t n = int64_t(ag[g].size()), F = int64_t(fit.size());
-        for (int64_t f = 0; f < F; ++f) {
-            int64_t b = n * f / F, e = n * (f + 1) / F;
-            if (b == e) continue;
-            auto& js = jobs[fit[f]];
-            Job j{g, Role::Aggregate, std::vector<int64_t>(ag[g].begin() + b, ag[g].begin() + e)};
-            // Keep it beside this device's expert job of the same model, if any.
-            auto it = std::find_if(js.begin(), js.end(), [&](const Job& x) { return x.model == g && x.role == Role::Expert; });
-            if (it != js.end()) js.insert(it + 1, std::move(j)); else js.push_back(std::move(j));
-        }
-    }
-    Plan p;
-    p.devices = D;
-    for (int32_t d = 0; d < D; ++d) emit_device(p, d, jobs[d], c);
-    return p;
+    // Candidates are cheap to simulate, so the planner keeps the best predicted one: whole-model
+    // LPT vs the replicating balanced fill, and how many devices share the aggregation.
+    std::vector<std::vector<std::vector<Piece>>> placements{lpt_placement(order, ex, work, c)};
+    std::vector<std::vector<Piece>> balanced(D);
+    if (D > 1 && o.replicate && balanced_placement(order, ex, work, c, balanced)) placements.push_back(std::move(balanced));
+    Plan best;
+    double best_t = std::numeric_limits<double>::infinity();
+    auto consider = [&](const std::vector<std::vector<Piece>>& pl, int32_t r) {
+        Plan p = build(pl, r, ex, ag, c);
+        double t = simulate(p, w, c).makespan;
+        if (t < best_t) { best_t = t; best = std::move(p); return true; }
+        return false;
+    };
+    size_t best_placement = 0;
+    for (size_t i = 0; i < placements.size(); ++i)
+        if (consider(placements[i], D)) best_placement = i;
+    for (int32_t r = D - 1; r >= 1; --r) consider(placements[best_placement], r);
+    return best;
 }
 
 Plan plan_reference(const Workload& w, const Costs& c, const PlanOptions& o) {
@@ -232,7 +263,7 @@ Plan plan_reference(const Workload& w, const Costs& c, const PlanOptions& o) {
     };
     auto one = [&](int32_t m, Role r, const std::vector<int64_t>& items) {
         Step s = make_step(StepKind::Load, 0, m); s.tp = D; p.steps.push_back(s);
-        emit_run(p, 0, Job{m, r, items}, D);
+        emit_run(p, 0, Job{m, r, items.data(), int64_t(items.size())}, D);
         s.kind = StepKind::Unload; p.steps.push_back(s);
     };
     for (int32_t m : first_seen(w.experts, w.N * w.k)) {
@@ -249,14 +280,26 @@ Plan plan_reference(const Workload& w, const Costs& c, const PlanOptions& o) {
 
 Plan plan_naive(const Workload& w, const Costs& c) {
     const int32_t D = int32_t(c.devices.size());
+    const int64_t M = int64_t(c.models.size());
     Plan p;
     p.devices = D;
+    // With sleep mode a model is parked in host memory after use and woken when used again.
+    std::vector<std::vector<uint8_t>> parked(D, std::vector<uint8_t>(M, 0));
+    std::vector<double> host(D, 0.0);
     for (int64_t q = 0; q < w.N; ++q) {
         int32_t d = int32_t(q % D);
         auto one = [&](int32_t m, Role r, int64_t item) {
-            p.steps.push_back(make_step(StepKind::Load, d, m));
-            emit_run(p, d, Job{m, r, {item}});
-            p.steps.push_back(make_step(StepKind::Unload, d, m));
+            const ModelCost& mc = c.models[m];
+            if (parked[d][m]) { p.steps.push_back(make_step(StepKind::Wake, d, m)); parked[d][m] = 0; host[d] -= mc.weight_bytes; }
+            else p.steps.push_back(make_step(StepKind::Load, d, m));
+            emit_run(p, d, Job{m, r, &item, 1});
+            if (mc.park_s >= 0 && host[d] + mc.weight_bytes <= c.devices[d].host_bytes) {
+                p.steps.push_back(make_step(StepKind::Park, d, m));
+                parked[d][m] = 1;
+                host[d] += mc.weight_bytes;
+            } else {
+                p.steps.push_back(make_step(StepKind::Unload, d, m));
+            }
         };
         for (int64_t j = 0; j < w.k; ++j) one(int32_t(w.experts[q * w.k + j]), Role::Expert, q * w.k + j);
         if (w.aggregator && w.aggregator[q] >= 0) one(int32_t(w.aggregator[q]), Role::Aggregate, q);

@@ -22,7 +22,8 @@ struct PlanOptions {
 // the next model is loaded while the current one generates whenever both fit in memory.
 // reference: the authors' schedule (one model at a time in order of first appearance, cold load,
 // pause after each expert, all devices as one tensor-parallel group).
-// naive: every question loads each of its experts and its aggregator.
+// naive: every question loads each of its experts and its aggregator (with sleep mode and host
+// memory: parks each model after use and wakes it when used again).
 Plan make_plan(const Workload& w, const Costs& c, const PlanOptions& o);
 
 // A sound lower bound on any plan's makespan that loads every used model at least once.

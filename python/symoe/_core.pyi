@@ -27,6 +27,7 @@ def make_plan(
     model_costs: npt.NDArray[np.float64],
     device_memory: npt.NDArray[np.float64],
     device_overlap: npt.NDArray[np.bool_],
+    device_host: npt.NDArray[np.float64],
     tokens: npt.NDArray[np.float64],
     tp_efficiency: float,
     strategy: str,
@@ -39,6 +40,7 @@ def lower_bound(
     model_costs: npt.NDArray[np.float64],
     device_memory: npt.NDArray[np.float64],
     device_overlap: npt.NDArray[np.bool_],
+    device_host: npt.NDArray[np.float64],
     tokens: npt.NDArray[np.float64],
     tp_efficiency: float,
 ) -> float: ...
@@ -49,6 +51,7 @@ def validate(
     model_costs: npt.NDArray[np.float64],
     device_memory: npt.NDArray[np.float64],
     device_overlap: npt.NDArray[np.bool_],
+    device_host: npt.NDArray[np.float64],
     tokens: npt.NDArray[np.float64],
     tp_efficiency: float,
 ) -> None: ...
@@ -59,6 +62,7 @@ def simulate(
     model_costs: npt.NDArray[np.float64],
     device_memory: npt.NDArray[np.float64],
     device_overlap: npt.NDArray[np.bool_],
+    device_host: npt.NDArray[np.float64],
     tokens: npt.NDArray[np.float64],
     tp_efficiency: float,
 ) -> dict[str, Any]: ...

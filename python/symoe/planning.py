@@ -18,7 +18,7 @@ import numpy as np
 from . import _core
 from .routing import Assignment
 
-__all__ = ["ModelSpec", "Device", "Tokens", "Config", "Plan", "Timeline", "plan", "simulate", "STEP_KINDS"]
+__all__ = ["ModelSpec", "Device", "Tokens", "Config", "Plan", "Timeline", "plan", "simulate", "save_picture", "STEP_KINDS"]
 
 STEP_KINDS = ("load", "run", "unload", "park", "wake", "pause")
 ROLES = ("expert", "aggregate")
@@ -58,6 +58,7 @@ class ModelSpec:
 class Device:
     memory_bytes: float
     overlap_load: bool = True  # may load a model while another generates (separate engines)
+    host_bytes: float = 0.0    # host memory for weights parked by sleep mode
 
 
 @dataclass(frozen=True)
@@ -100,14 +101,23 @@ class Config:
         return self.models[self.index(name)]
 
     def with_devices(self, count: int | None = None, memory_gb: float | None = None,
-                     overlap_load: bool | None = None) -> Config:
+                     overlap_load: bool | None = None, host_memory_gb: float | None = None) -> Config:
+        """The same pool on ``count`` identical devices (what-if: more GPUs, less memory, ...)."""
         base = self.devices[0] if self.devices else Device(80 * GB)
         n = len(self.devices) if count is None else count
         if n < 1:
             raise ValueError(f"device count must be >= 1, got {n}")
         dev = Device(base.memory_bytes if memory_gb is None else memory_gb * GB,
-                     base.overlap_load if overlap_load is None else overlap_load)
+                     base.overlap_load if overlap_load is None else overlap_load,
+                     base.host_bytes if host_memory_gb is None else host_memory_gb * GB)
         return replace(self, devices=tuple([dev] * n))
+
+    def with_sleep(self, enabled: bool, h2d_bandwidth_gbps: float = 25.0) -> Config:
+        """What-if: sleep mode on (park/wake over host<->device copies) or off."""
+        bw = h2d_bandwidth_gbps * GB
+        models = tuple(replace(m, park_s=m.weight_bytes / bw if enabled else -1.0,
+                               wake_s=m.weight_bytes / bw if enabled else 0.0) for m in self.models)
+        return replace(self, models=models)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> Config:
@@ -175,14 +185,17 @@ class Config:
                     raise ValueError(f"{where} ({spec.name}): {f} must be positive, got {v}")
             models.append(spec)
         dv = dict(data.get("devices", {}))
-        _no_unknown(dv, {"count", "memory_gb", "overlap_load"}, f"{source} [devices]")
+        _no_unknown(dv, {"count", "memory_gb", "overlap_load", "host_memory_gb"}, f"{source} [devices]")
         count = int(dv.get("count", 1))
         if count < 1:
             raise ValueError(f"{source} [devices]: count must be >= 1, got {count}")
         mem = float(dv.get("memory_gb", 80.0))
         if not math.isfinite(mem) or mem <= 0:
             raise ValueError(f"{source} [devices]: memory_gb must be positive, got {mem}")
-        devices = tuple(Device(mem * GB, bool(dv.get("overlap_load", True))) for _ in range(count))
+        host = float(dv.get("host_memory_gb", 0.0))
+        if not math.isfinite(host) or host < 0:
+            raise ValueError(f"{source} [devices]: host_memory_gb must be >= 0, got {host}")
+        devices = tuple(Device(mem * GB, bool(dv.get("overlap_load", True)), host * GB) for _ in range(count))
         tk = dict(data.get("tokens", {}))
         _no_unknown(tk, {f.name for f in fields(Tokens)}, f"{source} [tokens]")
         ref = dict(data.get("reference", {}))
@@ -200,6 +213,7 @@ class Config:
             model_costs=self.cost_matrix(),
             device_memory=np.array([d.memory_bytes for d in self.devices], dtype=np.float64),
             device_overlap=np.array([d.overlap_load for d in self.devices], dtype=bool),
+            device_host=np.array([d.host_bytes for d in self.devices], dtype=np.float64),
             tokens=np.array([t.expert_prompt, t.expert_output, t.aggregate_prompt, t.aggregate_output], dtype=np.float64),
             tp_efficiency=float(self.tp_efficiency),
         )
@@ -423,3 +437,14 @@ def simulate(p: Plan, config: Config | None = None) -> Timeline:
     r = _core.simulate({"devices": len(cfg.devices), **p.arrays}, experts=p.experts, aggregator=p.aggregator,
                        **cfg.core_args())
     return Timeline(r["start"], r["end"], float(r["makespan"]), r["busy"], int(r["loads"]), float(r["bytes_loaded"]))
+
+
+def save_picture(p: Plan, path: str | Path, title: str | None = None) -> None:
+    """Timeline PNG of the plan's predicted run (one lane pair per device)."""
+    from .picture import draw_timeline
+
+    if p.timeline is None:
+        p.timeline = simulate(p)
+    kinds = [STEP_KINDS[k] for k in p.arrays["kind"]]
+    draw_timeline(path, p.config.names, p.arrays["device"], p.arrays["model"], kinds, p.timeline.start,
+                  p.timeline.end, title or f"{p.strategy} plan: predicted makespan {p.makespan:,.0f} s (cost model)")
