@@ -49,39 +49,66 @@ void emit_run(Plan& p, int32_t d, const Job& j, int32_t tp = 1) {
     p.steps.push_back(s);
 }
 
-// One device's jobs, in order, to steps: load on demand, unload after a model's last job, and
-// prefetch upcoming models while they fit beside the resident ones.
+// One device's jobs, in order, to steps: load on demand, unload after a model's last job, prefetch
+// upcoming models while they fit beside the resident ones. When a model does not fit, models needed
+// again later are evicted farthest-next-use first (Belady): parked in host memory when sleep mode
+// and the host budget allow (woken later), else unloaded (loaded again later).
 void emit_device(Plan& p, int32_t d, const std::vector<Job>& jobs, const Costs& c) {
     const double cap = c.devices[d].memory_bytes;
-    std::vector<int64_t> last(c.models.size(), -1);
-    for (size_t j = 0; j < jobs.size(); ++j) last[jobs[j].model] = int64_t(j);
-    std::vector<int32_t> resident;
-    double used = 0;
-    size_t next_load = 0;  // jobs before this have their model loaded (or loaded again)
-    auto is_resident = [&](int32_t m) { return std::find(resident.begin(), resident.end(), m) != resident.end(); };
-    auto try_load = [&](int32_t m) {
-        if (is_resident(m)) return true;
+    const size_t J = jobs.size();
+    const int64_t M = int64_t(c.models.size());
+    std::vector<int64_t> next_use(J, int64_t(J)), seen(M, int64_t(J));
+    for (size_t j = J; j-- > 0;) { next_use[j] = seen[jobs[j].model]; seen[jobs[j].model] = int64_t(j); }
+    std::vector<int64_t> upcoming = seen;  // per model: index of its next job from the cursor on
+    std::vector<int8_t> state(M, 0);      // 0 out, 1 resident, 2 parked
+    double used = 0, host = 0;
+    size_t next_load = 0;
+    auto bring = [&](int32_t m) {  // load or wake into free memory; false if it does not fit
+        if (state[m] == 1) return true;
         double sz = resident_bytes(c.models[m]);
         if (used + sz > cap) return false;
-        p.steps.push_back(make_step(StepKind::Load, d, m));
-        resident.push_back(m);
+        if (state[m] == 2) { p.steps.push_back(make_step(StepKind::Wake, d, m)); host -= c.models[m].weight_bytes; }
+        else p.steps.push_back(make_step(StepKind::Load, d, m));
+        state[m] = 1;
         used += sz;
         return true;
     };
-    for (size_t j = 0; j < jobs.size(); ++j) {
-        if (next_load <= j) {
-            if (!try_load(jobs[j].model))
-                throw std::invalid_argument("internal: model " + std::to_string(jobs[j].model) + " does not fit device " +
-                                            std::to_string(d) + " after unloading finished models");
-            next_load = j + 1;
+    auto evict = [&](int32_t m) {
+        const ModelCost& mc = c.models[m];
+        bool again = upcoming[m] < int64_t(J);
+        if (again && mc.park_s >= 0 && host + mc.weight_bytes <= c.devices[d].host_bytes) {
+            p.steps.push_back(make_step(StepKind::Park, d, m));
+            state[m] = 2;
+            host += mc.weight_bytes;
+        } else {
+            p.steps.push_back(make_step(StepKind::Unload, d, m));
+            state[m] = 0;
         }
-        while (next_load < jobs.size() && try_load(jobs[next_load].model)) ++next_load;
+        used -= resident_bytes(mc);
+    };
+    for (size_t j = 0; j < J; ++j) {
+        int32_t m = jobs[j].model;
+        upcoming[m] = int64_t(j);
+        if (state[m] != 1) {
+            while (!bring(m)) {
+                int32_t victim = -1;
+                for (int32_t x = 0; x < M; ++x)
+                    if (state[x] == 1 && x != m && (victim < 0 || upcoming[x] > upcoming[victim])) victim = x;
+                if (victim < 0)
+                    throw std::invalid_argument("model " + std::to_string(m) + " does not fit device " + std::to_string(d));
+                evict(victim);
+            }
+        }
+        next_load = std::max(next_load, j + 1);
+        // Prefetch the following jobs' models into free memory only, in job order.
+        while (next_load < J && (state[jobs[next_load].model] == 1 || bring(jobs[next_load].model))) ++next_load;
         emit_run(p, d, jobs[j]);
-        if (last[jobs[j].model] == int64_t(j)) {
-            p.steps.push_back(make_step(StepKind::Unload, d, jobs[j].model));
-            resident.erase(std::find(resident.begin(), resident.end(), jobs[j].model));
-            used -= resident_bytes(c.models[jobs[j].model]);
-            while (next_load < jobs.size() && try_load(jobs[next_load].model)) ++next_load;
+        upcoming[m] = next_use[j];
+        if (next_use[j] == int64_t(J)) {
+            p.steps.push_back(make_step(StepKind::Unload, d, m));
+            state[m] = 0;
+            used -= resident_bytes(c.models[m]);
+            while (next_load < J && (state[jobs[next_load].model] == 1 || bring(jobs[next_load].model))) ++next_load;
         }
     }
 }
@@ -195,6 +222,10 @@ Plan build(const std::vector<std::vector<Piece>>& placed, int32_t replicas, cons
             est[d] += c.models[x.model].load_s + run_seconds(c.models[x.model], Role::Expert, x.end - x.begin, c.tokens, 1, 0);
         }
     }
+    // Aggregation runs after every expert job of its device (no device ever waits on a later step
+    // of its own). Aggregators whose expert job is here go first, in reverse order of those jobs,
+    // so the last one loaded is still resident when its aggregation starts.
+    std::vector<std::vector<Job>> agg_jobs(D);
     for (int32_t g = 0; g < M; ++g) {
         if (!is_agg(g)) continue;
         std::vector<int32_t> fit;
@@ -204,12 +235,18 @@ Plan build(const std::vector<std::vector<Piece>>& placed, int32_t replicas, cons
         for (int64_t f = 0; f < F; ++f) {
             int64_t b = n * f / F, e = n * (f + 1) / F;
             if (b == e) continue;
-            auto& js = jobs[fit[f]];
-            Job j{g, Role::Aggregate, ag[g].data() + b, e - b};
+            agg_jobs[fit[f]].push_back(Job{g, Role::Aggregate, ag[g].data() + b, e - b});
             est[fit[f]] += run_seconds(c.models[g], Role::Aggregate, e - b, c.tokens, 1, 0);
-            auto it = std::find_if(js.begin(), js.end(), [&](const Job& x) { return x.model == g && x.role == Role::Expert; });
-            if (it != js.end()) js.insert(it + 1, j); else js.push_back(j);
         }
+    }
+    for (int32_t d = 0; d < D; ++d) {
+        auto rank = [&](const Job& a) {  // position of a's expert job from the end; none: after all
+            for (size_t i = jobs[d].size(); i-- > 0;)
+                if (jobs[d][i].model == a.model) return int64_t(jobs[d].size() - i);
+            return int64_t(jobs[d].size() + 1);
+        };
+        std::stable_sort(agg_jobs[d].begin(), agg_jobs[d].end(), [&](const Job& a, const Job& b) { return rank(a) < rank(b); });
+        jobs[d].insert(jobs[d].end(), agg_jobs[d].begin(), agg_jobs[d].end());
     }
     Plan p;
     p.devices = D;

@@ -25,15 +25,9 @@ def _fail(e: Exception) -> None:
     raise click.ClickException(str(e))
 
 
-def bundled_config(name: str) -> Path:
-    return Path(str(resources.files("symoe") / "configs" / f"{name}.toml"))
-
-
 def _load_config(path: str) -> Config:
-    p = Path(path)
-    if not p.exists() and bundled_config(path).exists():
-        p = bundled_config(path)
-    return Config.from_toml(p)
+    """A TOML path, or the name of a bundled config."""
+    return Config.from_toml(path) if Path(path).exists() else Config.bundled(path)
 
 
 @click.group()
@@ -147,7 +141,7 @@ def demo_cmd(devices, png_path):
     from .workloads import category_keywords, skewed_profiles
 
     qs = json.loads((resources.files("symoe") / "data" / "mmlu_pro_sample.json").read_text())
-    cfg = Config.from_toml(bundled_config("paper16"))
+    cfg = Config.bundled("paper16")
     cats = sorted({q["category"] for q in qs})
     prof = skewed_profiles(cfg.names, cats)
     a = route(prof, category_keywords([q["category"] for q in qs]), seed=0)

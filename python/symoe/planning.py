@@ -120,6 +120,11 @@ class Config:
         return replace(self, models=models)
 
     @classmethod
+    def bundled(cls, name: str) -> Config:
+        """A config shipped with the package (``paper16``, ...)."""
+        return cls.from_toml(bundled_config_path(name))
+
+    @classmethod
     def from_toml(cls, path: str | Path) -> Config:
         """Read a pool config; see ``configs/`` in the package for documented examples."""
         try:
@@ -226,6 +231,15 @@ class Config:
     def from_plain(cls, d: Mapping[str, Any]) -> Config:
         return cls(tuple(ModelSpec(**m) for m in d["models"]), tuple(Device(**x) for x in d["devices"]),
                    Tokens(**d["tokens"]), d["tp_efficiency"], d["pause_s"])
+
+
+def bundled_config_path(name: str) -> Path:
+    from importlib import resources
+
+    p = Path(str(resources.files("symoe") / "configs" / f"{name}.toml"))
+    if not p.exists():
+        raise ValueError(f"no bundled config named {name!r}")
+    return p
 
 
 def _no_unknown(d: Mapping[str, Any], known: set[str], where: str) -> None:
@@ -375,11 +389,19 @@ class Plan:
     @classmethod
     def from_json(cls, path: str | Path) -> Plan:
         try:
-            doc = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"cannot read plan {path}: {e}") from e
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ValueError(f"cannot read plan {path}: {e.strerror}") from e
+        return cls.from_json_text(text, str(path))
+
+    @classmethod
+    def from_json_text(cls, text: str, source: str = "plan") -> Plan:
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{source} is not valid JSON: {e}") from e
         if not isinstance(doc, dict) or doc.get("symoe") != "plan":
-            raise ValueError(f"{path} is not a symoe plan")
+            raise ValueError(f"{source} is not a symoe plan")
         cfg = Config.from_plain(doc["config"])
         k = int(doc["k"])
         experts = np.asarray(doc["experts"], dtype=np.int64).reshape(-1, k)

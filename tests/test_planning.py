@@ -1,0 +1,276 @@
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import symoe
+from symoe import Config, Device, ModelSpec, Tokens
+from symoe.planning import GB, STEP_KINDS, save_picture
+
+
+def make_config(sizes, devices=1, memory=80.0, overlap=True, host=0.0, sleep=False):
+    models = tuple(
+        ModelSpec(name=f"m{i}", weight_bytes=s * GB, extra_bytes=1 * GB, load_s=5 + s, unload_s=0.5,
+                  park_s=s / 25 if sleep else -1.0, wake_s=s / 25 if sleep else 0.0, overhead_s=0.5,
+                  prefill_tps=20000, decode_tps=1000 + 100 * i, stream_tps=50)
+        for i, s in enumerate(sizes))
+    return Config(models, tuple(Device(memory * GB, overlap, host * GB) for _ in range(devices)), Tokens(100, 200, 500, 200))
+
+
+def assignment(names, experts):
+    return symoe.Assignment(tuple(names), np.asarray(experts, dtype=np.int64))
+
+
+def check_plan_invariants(p: symoe.Plan):
+    """Independent checks of a plan against its own timeline (not via the core's validate)."""
+    cfg, a, t = p.config, p.arrays, p.timeline
+    N, k = p.experts.shape
+    ran = np.zeros(N * k, dtype=int)
+    aggregated = np.zeros(N, dtype=int)
+    expert_end = np.zeros(N)
+    agg_start = np.full(N, np.inf)
+    for s in range(p.n_steps):
+        kind = STEP_KINDS[a["kind"][s]]
+        if kind != "run":
+            continue
+        items = a["items"][a["item_begin"][s]:a["item_end"][s]]
+        if a["role"][s] == 0:
+            assert (p.experts.ravel()[items] == a["model"][s]).all()
+            np.add.at(ran, items, 1)
+            np.maximum.at(expert_end, items // k, t.end[s])
+        else:
+            assert (p.aggregator[items] == a["model"][s]).all()
+            np.add.at(aggregated, items, 1)
+            np.minimum.at(agg_start, items, t.start[s])
+    assert (ran == 1).all(), "every (question, slot) runs exactly once"
+    if p.aggregator is not None:
+        want = (p.aggregator >= 0).astype(int)
+        assert (aggregated == want).all()
+        has = p.aggregator >= 0
+        assert (agg_start[has] >= expert_end[has] - 1e-9).all(), "aggregation after its experts"
+    # Memory at every instant: a model occupies its device from load/wake start to unload/park end.
+    for d in range(len(cfg.devices)):
+        intervals, open_at = [], {}
+        for s in np.flatnonzero(a["device"] == d):
+            kind, m = STEP_KINDS[a["kind"][s]], int(a["model"][s])
+            if kind in ("load", "wake"):
+                open_at[m] = t.start[s]
+            elif kind in ("unload", "park"):
+                intervals.append((open_at.pop(m), t.end[s], cfg.models[m].resident_bytes / a["tp"][s]))
+        intervals += [(b, np.inf, cfg.models[m].resident_bytes) for m, b in open_at.items()]
+        for b, _, _ in intervals:
+            in_use = sum(sz for s0, e0, sz in intervals if s0 <= b < e0)
+            assert in_use <= cfg.devices[d].memory_bytes * (1 + 1e-9), f"device {d} over memory at t={b}"
+    assert t.makespan >= p.lower_bound * (1 - 1e-9)
+
+
+workloads = st.fixed_dictionaries({
+    "sizes": st.lists(st.floats(1, 30), min_size=1, max_size=6),
+    "N": st.integers(1, 40), "k": st.integers(1, 4), "devices": st.integers(1, 4),
+    "spare": st.floats(0, 60), "overlap": st.booleans(), "host": st.sampled_from([0.0, 20.0, 500.0]),
+    "agg": st.sampled_from(["none", "one", "per-question"]), "seed": st.integers(0, 2**32 - 1),
+})
+
+
+@settings(max_examples=120, deadline=None)
+@given(w=workloads, strategy=st.sampled_from(["symoe", "reference", "naive"]))
+def test_property_plans_are_valid(w, strategy):
+    rng = np.random.default_rng(w["seed"])
+    M = len(w["sizes"])
+    cfg = make_config(w["sizes"], w["devices"], max(w["sizes"]) + 1 + w["spare"], w["overlap"], w["host"], sleep=True)
+    skew = rng.dirichlet(np.ones(M) * 0.5)
+    a = assignment(cfg.names, rng.choice(M, size=(w["N"], w["k"]), p=skew))
+    agg = {"none": None, "one": cfg.names[int(rng.integers(M))],
+           "per-question": [cfg.names[int(i)] for i in rng.integers(0, M, size=w["N"])]}[w["agg"]]
+    p = symoe.plan(a, cfg, aggregator=agg, strategy=strategy)
+    p.validate()
+    check_plan_invariants(p)
+    q = symoe.Plan.from_json_text(p.to_json())
+    for name in p.arrays:
+        assert np.array_equal(p.arrays[name], q.arrays[name])
+    assert q.makespan == p.makespan and q.lower_bound == p.lower_bound
+    if strategy == "symoe" and w["devices"] == 1:
+        ref = symoe.plan(a, cfg, aggregator=agg, strategy="reference")
+        assert p.makespan <= ref.makespan * (1 + 1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.floats(10, 30), min_size=1, max_size=6), N=st.integers(1, 50), seed=st.integers(0, 999))
+def test_one_device_without_coresidency_loads_each_model_once(sizes, N, seed):
+    # Memory holds exactly one model at a time: every used model must be loaded exactly once.
+    rng = np.random.default_rng(seed)
+    cfg = make_config(sizes, memory=max(sizes) + 1 + 5)  # < two models (each >= 11 GB resident)
+    a = assignment(cfg.names, rng.integers(0, len(sizes), size=(N, 3)))
+    agg = cfg.names[int(rng.integers(len(sizes)))]
+    p = symoe.plan(a, cfg, aggregator=agg)
+    used = set(a.experts.ravel().tolist()) | {cfg.index(agg)}
+    loads = p.arrays["model"][p.arrays["kind"] == STEP_KINDS.index("load")]
+    assert sorted(loads.tolist()) == sorted(used)
+    check_plan_invariants(p)
+
+
+def test_coresidency_prefetch_overlaps_loads_with_generation():
+    cfg = make_config([5, 5, 5], memory=40)
+    a = assignment(cfg.names, np.array([[0, 1, 2]] * 200))
+    p = symoe.plan(a, cfg)
+    t = p.timeline
+    kinds = [STEP_KINDS[x] for x in p.arrays["kind"]]
+    loads = [s for s, k in enumerate(kinds) if k == "load"]
+    runs = [s for s, k in enumerate(kinds) if k == "run"]
+    # Some load runs while an earlier run generates.
+    assert any(t.start[l] < t.end[r] and t.end[l] > t.start[r] for l in loads for r in runs)
+    serial = symoe.plan(a, cfg.with_devices(overlap_load=False))
+    assert p.makespan < serial.makespan
+
+
+def test_replication_balances_a_dominant_expert():
+    cfg = make_config([8, 8], devices=4)
+    experts = np.zeros((2000, 3), dtype=np.int64)
+    experts[:50, 2] = 1
+    p = symoe.plan(assignment(cfg.names, experts), cfg)
+    loads0 = np.sum((p.arrays["kind"] == 0) & (p.arrays["model"] == 0))
+    assert loads0 >= 3  # the heavy expert is replicated
+    assert p.gap < 0.05
+    single = symoe.plan(assignment(cfg.names, experts), cfg, replicate=False)
+    assert p.makespan < 0.5 * single.makespan
+
+
+def test_aggregator_that_is_also_an_expert_loads_once():
+    cfg = make_config([5, 5, 5], memory=12)  # one model at a time
+    a = assignment(cfg.names, np.array([[0, 1, 2], [2, 2, 1]] * 30))
+    p = symoe.plan(a, cfg, aggregator="m2")
+    assert np.sum((p.arrays["kind"] == 0) & (p.arrays["model"] == 2)) == 1
+    ref = symoe.plan(a, cfg, aggregator="m2", strategy="reference")
+    assert np.sum((ref.arrays["kind"] == 0) & (ref.arrays["model"] == 2)) == 2  # the authors reload it
+
+
+def test_reference_schedule_shape():
+    cfg = make_config([5, 6, 7], devices=2)
+    a = assignment(cfg.names, np.array([[2, 0, 2], [1, 2, 0]]))
+    p = symoe.plan(a, cfg, aggregator="m1", strategy="reference")
+    steps = p.steps()
+    seq = [(s["kind"], s.get("model")) for s in steps]
+    assert seq == [("load", "m2"), ("run", "m2"), ("unload", "m2"), ("pause", None),
+                   ("load", "m0"), ("run", "m0"), ("unload", "m0"), ("pause", None),
+                   ("load", "m1"), ("run", "m1"), ("unload", "m1"), ("pause", None),
+                   ("load", "m1"), ("run", "m1"), ("unload", "m1")]
+    assert all(s.get("tp") == 2 for s in steps)
+    assert steps[3]["seconds"] == 10.0
+
+
+def test_naive_with_sleep_mode_parks_and_wakes():
+    cfg = make_config([5, 6], host=100, sleep=True)
+    a = assignment(cfg.names, np.array([[0, 1, 0]] * 5))
+    p = symoe.plan(a, cfg, strategy="naive")
+    kinds = [STEP_KINDS[x] for x in p.arrays["kind"]]
+    assert kinds.count("load") == 2 and kinds.count("wake") == 13 and kinds.count("park") == 15
+    cold = symoe.plan(a, cfg.with_sleep(False), strategy="naive")
+    assert [STEP_KINDS[x] for x in cold.arrays["kind"]].count("load") == 15
+    assert p.makespan < cold.makespan
+    # What-if on the same plan: the simulator under other cost figures.
+    slower = symoe.simulate(p, cfg.with_sleep(True, h2d_bandwidth_gbps=1.0))
+    assert slower.makespan > p.makespan
+
+
+def test_paper_workload_targets():
+    """The planner's quality on the paper's pool (simulated; deterministic)."""
+    import json as _json
+
+    from conftest import DATA
+    from symoe.workloads import category_keywords, skewed_profiles
+
+    cfg = Config.bundled("paper16")
+    qs = _json.loads((DATA / "MMLU_Pro_test.json").read_text())
+    cats = sorted({q["category"] for q in qs})
+    a = symoe.route(skewed_profiles(cfg.names, cats), category_keywords([q["category"] for q in qs]))
+    agg = "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"
+    for d in (1, 4):
+        c = cfg.with_devices(d)
+        p = symoe.plan(a, c, aggregator=agg)
+        ref = symoe.plan(a, c, aggregator=agg, strategy="reference")
+        p.validate()
+        assert p.gap <= 0.05
+        assert ref.makespan / p.makespan >= (2.5 if d == 4 else 1.0)
+
+
+# ---- bad input ----------------------------------------------------------------------------
+
+def test_bad_inputs():
+    cfg = make_config([5, 6])
+    a = assignment(cfg.names, [[0, 1]])
+    with pytest.raises(ValueError, match="device count"):
+        cfg.with_devices(0)
+    with pytest.raises(ValueError, match="no devices"):
+        symoe.plan(a, Config(cfg.models, ()))
+    small = make_config([5, 60], memory=30)
+    with pytest.raises(ValueError, match=r"model 1 needs 61\.0.* GB but the largest device has 30\.0"):
+        symoe.plan(assignment(small.names, [[0, 1]]), small)
+    neg = Config((ModelSpec("a", weight_bytes=-1.0),), cfg.devices)
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        symoe.plan(assignment(["a"], [[0]]), neg)
+    with pytest.raises(ValueError, match="'zz' is not in the pool"):
+        symoe.plan(assignment(["m0", "zz"], [[0, 1]]), cfg)
+    with pytest.raises(ValueError, match="assignment is empty"):
+        symoe.plan(assignment(cfg.names, np.zeros((0, 3))), cfg)
+    with pytest.raises(ValueError, match="not in the pool"):
+        symoe.plan(a, cfg, aggregator="nobody")
+    with pytest.raises(ValueError, match="strategy"):
+        symoe.plan(a, cfg, strategy="magic")
+
+
+def test_validate_catches_tampered_plans():
+    cfg = make_config([5, 6], memory=12)
+    a = assignment(cfg.names, np.array([[0, 1]] * 4))
+    p = symoe.plan(a, cfg, aggregator="m0")
+    p.validate()
+    bad = symoe.Plan(p.strategy, p.config, p.experts, p.aggregator, {k: v.copy() for k, v in p.arrays.items()})
+    bad.arrays["items"][0] = bad.arrays["items"][1]  # one slot twice, another never
+    with pytest.raises(ValueError, match=r"runs [02] times, expected once|wrong model"):
+        bad.validate()
+    bad = symoe.Plan(p.strategy, p.config, p.experts, p.aggregator, {k: v.copy() for k, v in p.arrays.items()})
+    first_unload = int(np.flatnonzero(bad.arrays["kind"] == 2)[0])
+    bad.arrays["kind"][first_unload] = 5  # drop an unload: the next load exceeds memory
+    with pytest.raises(ValueError, match="memory exceeded|loaded while already"):
+        bad.validate()
+
+
+def test_config_errors(tmp_path):
+    f = tmp_path / "pool.toml"
+    f.write_text('[[model]]\nname = "a"\nparams_b = 1\nlaod_s = 3\n')
+    with pytest.raises(ValueError, match="unknown key 'laod_s' \\(did you mean 'load_s'\\?\\)"):
+        Config.from_toml(f)
+    f.write_text('[[model]]\nname = "a"\n')
+    with pytest.raises(ValueError, match="weight_bytes, weight_gb or params_b"):
+        Config.from_toml(f)
+    f.write_text("[[model]\n")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        Config.from_toml(f)
+    f.write_text('[devices]\ncount = 2\n')
+    with pytest.raises(ValueError, match="at least one"):
+        Config.from_toml(f)
+
+
+def test_config_paper16_sizes():
+    cfg = Config.bundled("paper16")
+    assert len(cfg.models) == 16
+    nemo = cfg.model("mistralai/Mistral-Nemo-Instruct-2407")
+    assert nemo.weight_bytes == pytest.approx(24.5e9)
+    assert nemo.load_s == pytest.approx(25 + 24.5 / 2)
+
+
+def test_plan_json_file_and_picture(tmp_path):
+    cfg = make_config([5, 6], devices=2)
+    p = symoe.plan(assignment(cfg.names, np.array([[0, 1]] * 10)), cfg, aggregator="m1")
+    p.to_json(tmp_path / "plan.json")
+    doc = json.loads((tmp_path / "plan.json").read_text())
+    assert doc["note"].startswith("times are predictions")
+    assert doc["steps"][0]["kind"] == "load"
+    q = symoe.Plan.from_json(tmp_path / "plan.json")
+    assert q.makespan == p.makespan
+    save_picture(p, tmp_path / "t.png")
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a symoe plan"):
+        symoe.Plan.from_json(tmp_path / "bad.json")
