@@ -1,0 +1,67 @@
+"""Planner benchmarks.
+
+    pytest bench/test_bench_planning.py -s --benchmark-group-by=group
+
+Prints the paper workload's simulated makespans (naive / reference / symoe on 1 and 4 GPUs, gap to
+the lower bound; predictions of the documented cost model in configs/paper16.toml) and times
+planning 1,000,000 questions x 16 experts.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import symoe
+from symoe.workloads import category_keywords, skewed_profiles
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "symbolic_moe"
+AGG = "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"
+
+
+@pytest.fixture(scope="module")
+def paper():
+    cfg = symoe.Config.bundled("paper16")
+    qs = json.loads((DATA / "MMLU_Pro_test.json").read_text())
+    cats = sorted({q["category"] for q in qs})
+    a = symoe.route(skewed_profiles(cfg.names, cats), category_keywords([q["category"] for q in qs]))
+    return cfg, a
+
+
+def test_paper_workload_report(paper):
+    cfg, a = paper
+    used = sum(1 for n in a.counts().values() if n)
+    print(f"\nMMLU-Pro test, {len(a)} questions, k=3, {used} experts after the rare filter + aggregator "
+          f"(simulated with configs/paper16.toml)")
+    print(f"{'devices':>7} {'strategy':>9} {'loads':>5} {'makespan s':>11} {'lower bound':>11} {'gap':>7} {'vs symoe':>8}")
+    for d in (1, 4):
+        c = cfg.with_devices(d)
+        plans = {s: symoe.plan(a, c, aggregator=AGG, strategy=s) for s in ("naive", "reference", "symoe")}
+        for s, p in plans.items():
+            print(f"{d:>7} {s:>9} {p.timeline.loads:>5} {p.makespan:>11,.0f} {p.lower_bound:>11,.0f} "
+                  f"{100 * p.gap:>6.1f}% {p.makespan / plans['symoe'].makespan:>7.2f}x")
+    for eff in (0.5, 1.0):
+        c = symoe.Config(cfg.models, cfg.with_devices(4).devices, cfg.tokens, eff, cfg.pause_s)
+        r = symoe.plan(a, c, aggregator=AGG, strategy="reference").makespan
+        s = symoe.plan(a, c, aggregator=AGG).makespan
+        print(f"sensitivity: reference tensor-parallel efficiency {eff}: reference/symoe on 4 GPUs = {r / s:.2f}x")
+
+
+@pytest.fixture(scope="module")
+def million():
+    cfg = symoe.Config.bundled("paper16")
+    rng = np.random.default_rng(0)
+    p = np.array([25, 20, 15, 10, 8, 6, 5, 4, 3, 2, 1, 0.4, 0.3, 0.2, 0.05, 0.05])
+    experts = rng.choice(16, size=(1_000_000, 3), p=p / p.sum())
+    return cfg, symoe.Assignment(cfg.names, experts)
+
+
+@pytest.mark.benchmark(group="plan-1M")
+@pytest.mark.parametrize("devices", [1, 4])
+def test_plan_million(benchmark, million, devices):
+    cfg, a = million
+    c = cfg.with_devices(devices)
+    p = benchmark.pedantic(symoe.plan, args=(a, c), kwargs={"aggregator": AGG}, rounds=3, iterations=1)
+    benchmark.extra_info["gap"] = p.gap
+    assert p.n_steps > 0
