@@ -60,7 +60,7 @@ void check_inputs(const Workload& w, const Costs& c) {
             if (w.aggregator[q] >= 0) used[w.aggregator[q]] = 1;
         }
     for (int64_t m = 0; m < M; ++m)
-        SYMOE_CHECK(!used[m] || resident_bytes(c.models[m]) <= biggest,
+        SYMOE_CHECK(!used[m] || fits(resident_bytes(c.models[m]), biggest),
               "model " + std::to_string(m) + " needs " + gb(resident_bytes(c.models[m])) +
                   " but the largest device has " + gb(biggest));
 }
@@ -86,7 +86,7 @@ void validate(const Plan& p, const Workload& w, const Costs& c) {
                 SYMOE_CHECK(s8 == 0, at + "model " + std::to_string(st.model) + " loaded while already loaded");
                 for (int32_t d = st.device; d < st.device + st.tp; ++d) {
                     used[d] += size;
-                    SYMOE_CHECK(used[d] <= c.devices[d].memory_bytes * (1 + 1e-12),
+                    SYMOE_CHECK(fits(used[d], c.devices[d].memory_bytes),
                           at + "device " + std::to_string(d) + " memory exceeded: " + gb(used[d]) + " > " +
                               gb(c.devices[d].memory_bytes));
                 }
@@ -102,7 +102,7 @@ void validate(const Plan& p, const Workload& w, const Costs& c) {
                 for (int32_t d = st.device; d < st.device + st.tp; ++d) {
                     used[d] -= size;
                     host[d] += c.models[st.model].weight_bytes / st.tp;
-                    SYMOE_CHECK(host[d] <= c.devices[d].host_bytes * (1 + 1e-12),
+                    SYMOE_CHECK(fits(host[d], c.devices[d].host_bytes),
                                 at + "host memory for parked models exceeded on device " + std::to_string(d));
                 }
                 s8 = 2;
@@ -112,7 +112,7 @@ void validate(const Plan& p, const Workload& w, const Costs& c) {
                 for (int32_t d = st.device; d < st.device + st.tp; ++d) {
                     used[d] += size;
                     host[d] -= c.models[st.model].weight_bytes / st.tp;
-                    SYMOE_CHECK(used[d] <= c.devices[d].memory_bytes * (1 + 1e-12), at + "memory exceeded on wake");
+                    SYMOE_CHECK(fits(used[d], c.devices[d].memory_bytes), at + "memory exceeded on wake");
                 }
                 s8 = 1;
                 break;

@@ -63,6 +63,8 @@ struct Costs {
 };
 
 double resident_bytes(const ModelCost& m);
+// Memory comparisons tolerate rounding of sizes given in GB.
+inline bool fits(double bytes, double capacity) { return bytes <= capacity * (1 + 1e-12); }
 double run_seconds(const ModelCost& m, Role role, int64_t n, const Tokens& t, int32_t tp, double tp_eff);
 
 // Checks that the workload and costs are well formed (ids in range, sizes finite and >= 0, every

@@ -66,7 +66,7 @@ void emit_device(Plan& p, int32_t d, const std::vector<Job>& jobs, const Costs& 
     auto bring = [&](int32_t m) {  // load or wake into free memory; false if it does not fit
         if (state[m] == 1) return true;
         double sz = resident_bytes(c.models[m]);
-        if (used + sz > cap) return false;
+        if (!fits(used + sz, cap)) return false;
         if (state[m] == 2) { p.steps.push_back(make_step(StepKind::Wake, d, m)); host -= c.models[m].weight_bytes; }
         else p.steps.push_back(make_step(StepKind::Load, d, m));
         state[m] = 1;
@@ -76,7 +76,7 @@ void emit_device(Plan& p, int32_t d, const std::vector<Job>& jobs, const Costs& 
     auto evict = [&](int32_t m) {
         const ModelCost& mc = c.models[m];
         bool again = upcoming[m] < int64_t(J);
-        if (again && mc.park_s >= 0 && host + mc.weight_bytes <= c.devices[d].host_bytes) {
+        if (again && mc.park_s >= 0 && fits(host + mc.weight_bytes, c.devices[d].host_bytes)) {
             p.steps.push_back(make_step(StepKind::Park, d, m));
             state[m] = 2;
             host += mc.weight_bytes;
@@ -145,7 +145,7 @@ bool fill(const std::vector<int32_t>& order, const std::vector<std::vector<int64
         while (done < n) {
             if (d >= D) return false;
             const Device& dv = c.devices[d];
-            bool fits_mem = resident_bytes(mc) <= dv.memory_bytes;
+            bool fits_mem = fits(resident_bytes(mc), dv.memory_bytes);
             auto est = [&](int64_t take) {
                 double r = run_seconds(mc, Role::Expert, take, c.tokens, 1, 0);
                 double fl = dev[d].empty() ? mc.load_s : first_load;
@@ -189,7 +189,7 @@ std::vector<std::vector<Piece>> lpt_placement(const std::vector<int32_t>& order,
     for (int32_t m : order) {
         int32_t best = -1;
         for (int32_t d = 0; d < D; ++d)
-            if (resident_bytes(c.models[m]) <= c.devices[d].memory_bytes && (best < 0 || load[d] < load[best])) best = d;
+            if (fits(resident_bytes(c.models[m]), c.devices[d].memory_bytes) && (best < 0 || load[d] < load[best])) best = d;
         placed[best].push_back({m, 0, int64_t(ex[m].size())});
         load[best] += work[m] + c.models[m].load_s;
     }
@@ -229,7 +229,7 @@ Plan build(const std::vector<std::vector<Piece>>& placed, int32_t replicas, cons
     for (int32_t g = 0; g < M; ++g) {
         if (!is_agg(g)) continue;
         std::vector<int32_t> fit;
-        for (int32_t d = 0; d < D; ++d) if (resident_bytes(c.models[g]) <= c.devices[d].memory_bytes) fit.push_back(d);
+        for (int32_t d = 0; d < D; ++d) if (fits(resident_bytes(c.models[g]), c.devices[d].memory_bytes)) fit.push_back(d);
         std::stable_sort(fit.begin(), fit.end(), [&](int32_t a, int32_t b) { return est[a] < est[b]; });
         int64_t n = int64_t(ag[g].size()), F = std::min<int64_t>(replicas, int64_t(fit.size()));
         for (int64_t f = 0; f < F; ++f) {
@@ -330,7 +330,7 @@ Plan plan_naive(const Workload& w, const Costs& c) {
             if (parked[d][m]) { p.steps.push_back(make_step(StepKind::Wake, d, m)); parked[d][m] = 0; host[d] -= mc.weight_bytes; }
             else p.steps.push_back(make_step(StepKind::Load, d, m));
             emit_run(p, d, Job{m, r, &item, 1});
-            if (mc.park_s >= 0 && host[d] + mc.weight_bytes <= c.devices[d].host_bytes) {
+            if (mc.park_s >= 0 && fits(host[d] + mc.weight_bytes, c.devices[d].host_bytes)) {
                 p.steps.push_back(make_step(StepKind::Park, d, m));
                 parked[d][m] = 1;
                 host[d] += mc.weight_bytes;
