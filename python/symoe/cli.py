@@ -155,5 +155,101 @@ def demo_cmd(devices, png_path):
         click.echo(f"wrote {png_path}")
 
 
+@main.group("models")
+def models_grp() -> None:
+    """Obtain model pools."""
+
+
+@models_grp.command("fetch")
+@click.argument("pool", type=click.Choice(["tiny"]))
+@click.option("--only", multiple=True, help="Fetch only these models of the pool.")
+def models_fetch(pool, only):
+    """Fetch, verify (SHA-256) and convert the tiny CPU pool into the cache; print its config path."""
+    from .models import fetch_tiny
+
+    try:
+        path = fetch_tiny(list(only) or None)
+    except (ValueError, RuntimeError) as e:
+        _fail(e)
+    click.echo(str(path))
+
+
+def _sampling(temperature, max_tokens, agg_max_tokens, seed):
+    from .execute import Sampling
+
+    return Sampling(temperature, max_tokens, agg_max_tokens or max_tokens, seed)
+
+
+def print_run(report, plan) -> None:
+    rows = {}
+    for r in report.steps:
+        x = rows.setdefault(r.kind, [r.kind, 0, 0.0, 0.0, 0])
+        x[1] += 1
+        x[2] += r.end - r.start
+        x[3] += r.predicted_end - r.predicted_start
+        x[4] += r.tokens
+    click.echo(_table(list(rows.values()), ["step", "count", "measured s", "predicted s", "tokens"]))
+    click.echo(f"makespan: measured {report.makespan:,.1f} s, predicted {report.predicted_makespan:,.1f} s; "
+               f"{report.generated} generations made, {report.reused} reused from the store")
+    used = sorted({e for r in report.results for e in r.experts})
+    click.echo(f"experts used: {', '.join(used)}")
+    click.echo(f"accuracy: {100 * report.accuracy:.1f}% ({sum(r.correct for r in report.results)}/{len(report.results)})")
+
+
+@main.command("run-plan")
+@click.option("--questions", "questions_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["mmlu_pro", "medmcqa", "gpqa", "aime", "jsonl"]), default=None)
+@click.option("--limit", type=int, default=None, help="Use the first N questions (must match the plan).")
+@click.option("--plan", "plan_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--assignment", "assignment_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Check the plan against this assignment.")
+@click.option("--config", "config_path", default=None, help="Pool config (engine settings, model paths); "
+              "default: the one stored in the plan.")
+@click.option("--store", "store_path", default="runs/store.sqlite", show_default=True)
+@click.option("--run-dir", default="runs/last", show_default=True)
+@click.option("--temperature", default=0.7, show_default=True)
+@click.option("--max-tokens", default=4096, show_default=True)
+@click.option("--aggregate-max-tokens", default=None, type=int)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--calibrate", "calibrate_path", default=None, help="Write measured cost figures to this TOML.")
+def run_plan_cmd(questions_path, fmt, limit, plan_path, assignment_path, config_path, store_path, run_dir,
+                 temperature, max_tokens, aggregate_max_tokens, seed, calibrate_path):
+    """Execute a plan on real engines; generations go to a durable store (resumable)."""
+    from .datasets import load_questions
+    from .execute import calibrate, run_plan
+    from .store import Store
+
+    try:
+        qs = load_questions(questions_path, fmt, limit)
+        p = Plan.from_json(plan_path)
+        if config_path:
+            cfg = _load_config(config_path)
+            p = plan_with_config(p, cfg)
+        asg = Assignment.load(assignment_path) if assignment_path else None
+        rows = [asg.names(i) for i in range(len(asg))] if asg else None
+        with Store(store_path) as store:
+            report = run_plan(p, qs, store, run_dir, _sampling(temperature, max_tokens, aggregate_max_tokens, seed), rows)
+    except (ValueError, RuntimeError) as e:
+        _fail(e)
+    print_run(report, p)
+    click.echo(f"wrote {run_dir}/results.jsonl, run_log.jsonl, timeline_measured.png, timeline_predicted.png")
+    if calibrate_path:
+        Path(calibrate_path).write_text(calibrate(p.config, report).to_toml())
+        click.echo(f"wrote calibrated cost figures to {calibrate_path}")
+
+
+def plan_with_config(p: Plan, cfg: Config) -> Plan:
+    """The same steps with another config's engine settings and paths (same models, same devices)."""
+    if cfg.names != p.config.names or len(cfg.devices) != len(p.config.devices):
+        raise ValueError("config does not match the plan: models or device count differ")
+    from dataclasses import replace as _replace
+
+    from .planning import simulate
+
+    q = _replace(p, config=cfg)
+    q.timeline = simulate(q)
+    return q
+
+
 if __name__ == "__main__":
     sys.exit(main())

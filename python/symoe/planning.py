@@ -81,6 +81,7 @@ class Config:
     tp_efficiency: float = 0.5  # reference schedule: speed-up of tp GPUs = 1 + (tp-1)*eff
     pause_s: float = 10.0       # reference schedule: sleep after each expert
     meta: Mapping[str, Any] = field(default_factory=dict)
+    engine: Mapping[str, Any] = field(default_factory=dict)  # platform, dtype, max_model_len, kv_cache_gb, threads
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.models]
@@ -137,7 +138,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], base: Path | None = None, source: str = "config") -> Config:
-        known_top = {"defaults", "model", "devices", "tokens", "reference", "meta"}
+        known_top = {"defaults", "model", "devices", "tokens", "reference", "meta", "engine"}
         _no_unknown(data, known_top, source)
         d = dict(data.get("defaults", {}))
         _no_unknown(d, {"load_bandwidth_gbps", "init_s", "unload_s", "h2d_bandwidth_gbps", "sleep", "overhead_s",
@@ -155,7 +156,7 @@ class Config:
             if "name" not in m:
                 raise ValueError(f"{where}: missing 'name'")
             g = {**d, **m}
-            if "weight_bytes" in g:
+            if "weight_bytes" in m:
                 wb = float(g["weight_bytes"])
             elif "weight_gb" in m:
                 wb = float(m["weight_gb"]) * GB
@@ -163,11 +164,18 @@ class Config:
                 wb = float(g["params_b"]) * 1e9 * float(g.get("dtype_bytes", 2))
             else:
                 raise ValueError(f"{where} ({m['name']}): give weight_bytes, weight_gb or params_b")
-            extra = float(g["extra_gb"]) * GB if "extra_gb" in g else wb * float(g.get("extra_fraction", 0.0))
+            if "extra_bytes" in m:
+                extra = float(m["extra_bytes"])
+            else:
+                extra = float(g["extra_gb"]) * GB if "extra_gb" in g else wb * float(g.get("extra_fraction", 0.0))
             bw = float(g.get("load_bandwidth_gbps", 2.0)) * GB
             h2d = float(g.get("h2d_bandwidth_gbps", 25.0)) * GB
             sleep = bool(g.get("sleep", False))
             path = m.get("path")
+            if path and "{cache}" in path:
+                from .models import cache_dir
+
+                path = path.replace("{cache}", str(cache_dir()))
             if path and base is not None and not Path(path).is_absolute() and (base / path).exists():
                 path = str((base / path).resolve())
             spec = ModelSpec(
@@ -205,8 +213,34 @@ class Config:
         _no_unknown(tk, {f.name for f in fields(Tokens)}, f"{source} [tokens]")
         ref = dict(data.get("reference", {}))
         _no_unknown(ref, {"tp_efficiency", "pause_s"}, f"{source} [reference]")
+        eng = dict(data.get("engine", {}))
+        _no_unknown(eng, {"platform", "dtype", "max_model_len", "kv_cache_gb", "threads", "enforce_eager"},
+                    f"{source} [engine]")
+        if eng.get("platform", "gpu") not in ("cpu", "gpu"):
+            raise ValueError(f"{source} [engine]: platform must be 'cpu' or 'gpu', got {eng['platform']!r}")
         return cls(tuple(models), devices, Tokens(**{k: float(v) for k, v in tk.items()}),
-                   float(ref.get("tp_efficiency", 0.5)), float(ref.get("pause_s", 10.0)), dict(data.get("meta", {})))
+                   float(ref.get("tp_efficiency", 0.5)), float(ref.get("pause_s", 10.0)), dict(data.get("meta", {})),
+                   eng)
+
+    def to_toml(self) -> str:
+        """Every figure explicit, so ``from_toml`` reads back the same config."""
+        def val(v: Any) -> str:
+            if isinstance(v, bool):
+                return "true" if v else "false"
+            if isinstance(v, (int, float)):
+                return repr(float(v)) if isinstance(v, float) else str(v)
+            return json.dumps(str(v))
+
+        d0 = self.devices[0]
+        lines = ["[devices]", f"count = {len(self.devices)}", f"memory_gb = {d0.memory_bytes / GB!r}",
+                 f"overlap_load = {val(d0.overlap_load)}", f"host_memory_gb = {d0.host_bytes / GB!r}", "", "[tokens]"]
+        lines += [f"{k} = {v!r}" for k, v in asdict(self.tokens).items()]
+        lines += ["", "[reference]", f"tp_efficiency = {self.tp_efficiency!r}", f"pause_s = {self.pause_s!r}"]
+        if self.engine:
+            lines += ["", "[engine]"] + [f"{k} = {val(v)}" for k, v in self.engine.items()]
+        for m in self.models:
+            lines += ["", "[[model]]"] + [f"{k} = {val(v)}" for k, v in asdict(m).items() if v is not None]
+        return "\n".join(lines) + "\n"
 
     def cost_matrix(self) -> np.ndarray:
         cols = _core.COST_COLUMNS
@@ -225,12 +259,13 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return {"models": [asdict(m) for m in self.models], "devices": [asdict(d) for d in self.devices],
-                "tokens": asdict(self.tokens), "tp_efficiency": self.tp_efficiency, "pause_s": self.pause_s}
+                "tokens": asdict(self.tokens), "tp_efficiency": self.tp_efficiency, "pause_s": self.pause_s,
+                "engine": dict(self.engine)}
 
     @classmethod
     def from_plain(cls, d: Mapping[str, Any]) -> Config:
         return cls(tuple(ModelSpec(**m) for m in d["models"]), tuple(Device(**x) for x in d["devices"]),
-                   Tokens(**d["tokens"]), d["tp_efficiency"], d["pause_s"])
+                   Tokens(**d["tokens"]), d["tp_efficiency"], d["pause_s"], engine=d.get("engine", {}))
 
 
 def bundled_config_path(name: str) -> Path:

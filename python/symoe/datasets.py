@@ -1,0 +1,83 @@
+"""Benchmark loaders: MMLU-Pro (10 options), MedMCQA and GPQA (4 options), AIME (numeric), and a
+plain JSONL format for users' own questions."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .prompts import AnswerKind
+
+Format = Literal["mmlu_pro", "medmcqa", "gpqa", "aime", "jsonl"]
+_OPTIONS = {"mmlu_pro": 10, "medmcqa": 4, "gpqa": 4}
+_OPTION = re.compile(r"\(([A-J])\)")
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    text: str
+    gold: str
+    kind: AnswerKind
+    category: str = ""
+
+
+def guess_format(path: str | Path) -> Format:
+    name = Path(path).name.lower()
+    for key, fmt in (("mmlu_pro", "mmlu_pro"), ("mmlu-pro", "mmlu_pro"), ("medmcqa", "medmcqa"), ("gpqa", "gpqa"),
+                     ("aime", "aime")):
+        if key in name:
+            return fmt  # type: ignore[return-value]
+    if name.endswith(".jsonl"):
+        return "jsonl"
+    raise ValueError(f"cannot tell the dataset format of {path}; pass one of mmlu_pro, medmcqa, gpqa, aime, jsonl")
+
+
+def load_questions(path: str | Path, fmt: Format | None = None, limit: int | None = None) -> list[Question]:
+    """Read a dataset file; every item is checked and a bad one named by index and field."""
+    fmt = fmt or guess_format(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ValueError(f"cannot read dataset {path}: {e.strerror}") from e
+    try:
+        items = [json.loads(ln) for ln in text.splitlines() if ln.strip()] if fmt == "jsonl" else json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid {'JSONL' if fmt == 'jsonl' else 'JSON'}: {e}") from e
+    if not isinstance(items, list):
+        raise ValueError(f"{path}: expected a list of questions")
+    stem = Path(path).stem
+    out = []
+    for i, it in enumerate(items[:limit] if limit else items):
+        where = f"{path} item {i}"
+        if not isinstance(it, dict):
+            raise ValueError(f"{where}: expected an object")
+        if fmt == "jsonl":
+            q, gold = it.get("question"), it.get("answer", it.get("gold_answer"))
+            kind = it.get("kind", "letter" if isinstance(gold, str) and re.fullmatch(r"[A-J]", gold.strip()) else "number")
+            if kind not in ("letter", "number"):
+                raise ValueError(f"{where}: kind must be 'letter' or 'number', got {kind!r}")
+        else:
+            q, gold = it.get("question"), it.get("gold_answer")
+            kind = "number" if fmt == "aime" else "letter"
+        if not isinstance(q, str) or not q.strip():
+            raise ValueError(f"{where}: missing field 'question'")
+        if gold is None or (isinstance(gold, str) and not gold.strip()):
+            raise ValueError(f"{where}: missing field 'gold_answer'" if fmt != "jsonl" else f"{where}: missing field 'answer'")
+        gold = str(gold).strip()
+        if kind == "letter":
+            opts = _OPTION.findall(q)
+            if not opts:
+                raise ValueError(f"{where}: multiple-choice question with no options '(A) ...' in its text")
+            n = _OPTIONS.get(fmt)
+            if n is not None and len(set(opts)) > n:
+                raise ValueError(f"{where}: {len(set(opts))} options, {fmt} has at most {n}")
+            if not re.fullmatch(r"[A-J]", gold) or gold not in opts:
+                raise ValueError(f"{where}: gold answer {gold!r} is not one of its options")
+        out.append(Question(str(it.get("id", f"{stem}-{i}")), q, gold, kind, str(it.get("category", ""))))
+    if not out:
+        raise ValueError(f"{path}: no questions")
+    return out

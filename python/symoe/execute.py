@@ -1,0 +1,379 @@
+"""Run a plan on real engines: every step executed and timed, every generation stored as it
+completes, aggregation after its experts, results graded."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .datasets import Question
+from .engine import Device, WorkerError, engine_env
+from .grading import extract_answer, is_correct
+from .planning import ROLES, STEP_KINDS, Config, Plan
+from .prompts import aggregator_messages, as_completion, expert_messages
+from .store import Generation, Store, generation_key
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Paper defaults: temperature 0.7, up to 4096 new tokens."""
+
+    temperature: float = 0.7
+    max_tokens: int = 4096
+    aggregate_max_tokens: int = 4096
+    seed: int = 0
+
+
+@dataclass
+class StepRecord:
+    step: int
+    device: int
+    kind: str
+    model: str | None
+    start: float
+    end: float
+    predicted_start: float
+    predicted_end: float
+    items: int = 0
+    tokens: int = 0
+    prompt_tokens: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class QuestionResult:
+    id: str
+    experts: list[str]
+    expert_answers: list[str | None]
+    aggregator: str | None
+    final_answer: str | None
+    gold: str
+    correct: bool
+    expert_texts: list[str] = field(default_factory=list)
+    final_text: str = ""
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    steps: list[StepRecord]
+    results: list[QuestionResult]
+    makespan: float
+    predicted_makespan: float
+    generated: int
+    reused: int
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.mean([r.correct for r in self.results])) if self.results else 0.0
+
+
+def _seed(base: int, qid: str, role: str, slot: int) -> int:
+    h = hashlib.sha256(f"{base}|{qid}|{role}|{slot}".encode()).digest()
+    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+class Prompts:
+    """Requests (prompt, sampling parameters, store key) for expert slots and aggregations."""
+
+    def __init__(self, plan: Plan, questions: Sequence[Question], sampling: Sampling):
+        self.plan, self.qs, self.s = plan, questions, sampling
+        self.cfg = plan.config
+
+    def _payload(self, model: str, messages: list[dict[str, str]]) -> dict[str, Any]:
+        return {"messages": messages} if self.cfg.model(model).chat else {"prompt": as_completion(messages)}
+
+    def expert(self, item: int) -> dict[str, Any]:
+        q, slot = divmod(int(item), self.plan.k)
+        model = self.cfg.names[self.plan.experts[q, slot]]
+        qu = self.qs[q]
+        payload = self._payload(model, expert_messages(qu.text, qu.kind))
+        params = {"temperature": self.s.temperature, "max_tokens": self.s.max_tokens,
+                  "seed": _seed(self.s.seed, qu.id, "expert", slot)}
+        key = generation_key(model, payload, params, "expert", slot)
+        return {"id": key, "key": key, "model": model, "question": qu.id, "role": "expert", "slot": slot,
+                "params": params, **payload, **{k: v for k, v in params.items()}}
+
+    def aggregate(self, q: int, expert_texts: list[str]) -> dict[str, Any]:
+        model = self.cfg.names[self.plan.aggregator[q]]
+        qu = self.qs[q]
+        payload = self._payload(model, aggregator_messages(qu.text, qu.kind, expert_texts))
+        params = {"temperature": self.s.temperature, "max_tokens": self.s.aggregate_max_tokens,
+                  "seed": _seed(self.s.seed, qu.id, "aggregate", 0)}
+        key = generation_key(model, payload, params, "aggregate", 0)
+        return {"id": key, "key": key, "model": model, "question": qu.id, "role": "aggregate", "slot": 0,
+                "params": params, **payload, **params}
+
+
+def model_spec(cfg: Config, name: str) -> dict[str, Any]:
+    m = cfg.model(name)
+    eng = dict(cfg.engine)
+    platform = eng.get("platform", "gpu")
+    spec: dict[str, Any] = {"name": m.name, "path": m.path or m.name, "chat": m.chat,
+                            "dtype": eng.get("dtype", "float32" if platform == "cpu" else "auto"),
+                            "max_model_len": int(eng.get("max_model_len", 4096)),
+                            "enforce_eager": bool(eng.get("enforce_eager", platform == "cpu")),
+                            "sleep": m.park_s >= 0 and platform != "cpu"}
+    if platform != "cpu":
+        dev_mem = cfg.devices[0].memory_bytes
+        spec["gpu_memory_utilization"] = min(0.95, m.resident_bytes / dev_mem)
+    if platform == "cpu" and m.path and not Path(m.path).exists():
+        raise ValueError(f"model {name}: path {m.path} does not exist (run `symoe models fetch tiny`?)")
+    return spec
+
+
+def check_plan_matches(plan: Plan, questions: Sequence[Question], experts_by_name: Sequence[Sequence[str]] | None) -> None:
+    if len(questions) != len(plan.experts):
+        raise ValueError(f"plan is for {len(plan.experts)} questions, {len(questions)} were given")
+    if plan.question_ids and tuple(plan.question_ids) != tuple(q.id for q in questions):
+        raise ValueError("plan does not match the questions: question ids differ")
+    if experts_by_name is not None:
+        names = plan.config.names
+        planned = [[names[m] for m in row] for row in plan.experts]
+        if [list(r) for r in experts_by_name] != planned:
+            raise ValueError("plan does not match the assignment: the experts per question differ")
+
+
+def run_plan(plan: Plan, questions: Sequence[Question], store: Store, run_dir: str | Path,
+             sampling: Sampling = Sampling(), assignment: Sequence[Sequence[str]] | None = None,
+             progress: bool = True, run_id: str | None = None) -> RunReport:
+    """Execute every step of ``plan``; generations already in ``store`` are reused, not redone."""
+    check_plan_matches(plan, questions, assignment)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = plan.config
+    for name in {cfg.names[m] for m in np.unique(plan.arrays["model"]) if m >= 0}:
+        model_spec(cfg, name)  # bad paths fail before any engine starts
+    run_id = run_id or uuid.uuid4().hex[:12]
+    prompts = Prompts(plan, questions, sampling)
+    eng = dict(cfg.engine)
+    platform = eng.get("platform", "gpu")
+    D = len(cfg.devices)
+    devices = [Device(d, engine_env(platform, d, eng.get("threads"), float(eng.get("kv_cache_gb", 1.0))), run_dir / "logs")
+               for d in range(D)]
+    a = plan.arrays
+    per_device = [np.flatnonzero(a["device"] == d) for d in range(D)]
+    loads_left = [int(np.sum(a["kind"][idx] == 0)) for idx in per_device]
+    t = plan.timeline
+    records: list[StepRecord] = []
+    done = threading.Condition()
+    counters = Counter()
+    errors: list[BaseException] = []
+    bar = _progress(progress, int(np.sum(a["item_end"][a["kind"] == 1] - a["item_begin"][a["kind"] == 1])))
+    t0 = time.perf_counter()
+
+    def expert_texts(q: int) -> list[str] | None:
+        keys = [prompts.expert(q * plan.k + j)["key"] for j in range(plan.k)]
+        got = store.generations(keys)
+        return [got[k].text for k in keys] if len(got) == len(keys) else None
+
+    def run_step(d: int, s: int) -> None:
+        kind, model = STEP_KINDS[a["kind"][s]], (cfg.names[a["model"][s]] if a["model"][s] >= 0 else None)
+        what = f"step {s} ({kind} {model or ''} on device {d})"
+        rec = StepRecord(s, d, kind, model, 0, 0, float(t.start[s]), float(t.end[s]))
+        start = time.perf_counter()
+        dev = devices[d]
+        if kind == "load":
+            loads_left[d] -= 1
+            rec.info = dev.load(model, model_spec(cfg, model), what, keep_spare=loads_left[d] > 0)
+        elif kind == "unload":
+            dev.unload(model, what)
+        elif kind in ("park", "wake"):
+            dev.worker(model, what).request({"op": kind}, what)
+        elif kind == "pause":
+            time.sleep(float(a["seconds"][s]))
+        elif kind == "run":
+            items = a["items"][a["item_begin"][s]:a["item_end"][s]]
+            role = ROLES[a["role"][s]]
+            if role == "expert":
+                reqs = [prompts.expert(i) for i in items]
+            else:
+                reqs = []
+                for q in items:
+                    with done:
+                        while (texts := expert_texts(int(q))) is None:
+                            if errors:
+                                raise WorkerError(f"{what}: aborted, another device failed")
+                            done.wait(timeout=1.0)
+                    reqs.append(prompts.aggregate(int(q), texts))
+            start = time.perf_counter()  # waiting for other devices is not this step's work
+            have = store.existing([r["key"] for r in reqs])
+            todo = [r for r in reqs if r["key"] not in have]
+            by_id = {r["id"]: r for r in todo}
+            counters["reused"] += len(reqs) - len(todo)
+            bar(len(reqs) - len(todo))
+
+            def on_done(ev: dict[str, Any]) -> None:
+                r = by_id[ev["id"]]
+                store.put(Generation(r["key"], r["model"], r["question"], r["role"], r["slot"],
+                                     json.dumps(r["params"], sort_keys=True), ev["text"], ev["prompt_tokens"],
+                                     ev["tokens"], ev["finish"]))
+                counters["generated"] += 1
+                bar(1)
+                with done:
+                    done.notify_all()
+
+            rec.items = len(reqs)
+            if todo:
+                wire = [{k: r[k] for k in ("id", "messages", "prompt", "temperature", "max_tokens", "seed") if k in r}
+                        for r in todo]
+                info = dev.worker(model, what).request({"op": "generate", "requests": wire}, what, on_event=on_done)
+                rec.tokens, rec.prompt_tokens = int(info["tokens"]), int(info["prompt_tokens"])
+                rec.info = {"role": role, "generated": len(todo), "first_token_s": info.get("first_token_s")}
+            else:
+                rec.info = {"role": role, "generated": 0}
+        rec.start, rec.end = start - t0, time.perf_counter() - t0
+        records.append(rec)
+        store.log_event(run_id, s, d, kind, model, rec.start, rec.end, (rec.predicted_start, rec.predicted_end),
+                        rec.items, rec.tokens, rec.info)
+
+    def drive(d: int) -> None:
+        try:
+            if len(per_device[d]) and loads_left[d]:
+                devices[d].prepare_spare()
+            for s in per_device[d]:
+                if errors:
+                    return
+                run_step(d, int(s))
+        except BaseException as e:  # reported by the main thread with model and step
+            errors.append(e)
+            with done:
+                done.notify_all()
+
+    threads = [threading.Thread(target=drive, args=(d,), daemon=True) for d in range(D)]
+    try:
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    finally:
+        for dev in devices:
+            dev.close()
+        bar(None)
+    if errors:
+        raise errors[0]
+    makespan = time.perf_counter() - t0
+    results = grade(plan, questions, prompts, store)
+    records.sort(key=lambda r: (r.start, r.step))
+    report = RunReport(run_id, records, results, makespan, plan.makespan, counters["generated"], counters["reused"])
+    write_report(report, plan, run_dir)
+    return report
+
+
+def grade(plan: Plan, questions: Sequence[Question], prompts: Prompts, store: Store) -> list[QuestionResult]:
+    names = plan.config.names
+    out = []
+    for q, qu in enumerate(questions):
+        keys = [prompts.expert(q * plan.k + j)["key"] for j in range(plan.k)]
+        got = store.generations(keys)
+        texts = [got[k].text for k in keys if k in got]
+        answers = [extract_answer(x, qu.kind) for x in texts]
+        agg = None
+        final_text = ""
+        if plan.aggregator is not None and plan.aggregator[q] >= 0 and len(texts) == plan.k:
+            agg = names[plan.aggregator[q]]
+            g = store.get(prompts.aggregate(q, texts)["key"])
+            final_text = g.text if g else ""
+            final = extract_answer(final_text, qu.kind)
+        else:
+            final = majority(answers)
+        out.append(QuestionResult(qu.id, [names[m] for m in plan.experts[q]], answers, agg, final, qu.gold,
+                                  is_correct(final, qu.gold, qu.kind), texts, final_text))
+    return out
+
+
+def majority(answers: Sequence[str | None]) -> str | None:
+    """Most frequent extracted answer; ties go to the earliest slot."""
+    valid = [x for x in answers if x is not None]
+    if not valid:
+        return None
+    c = Counter(valid)
+    best = max(c.values())
+    return next(x for x in valid if c[x] == best)
+
+
+def write_report(report: RunReport, plan: Plan, run_dir: Path) -> None:
+    with open(run_dir / "run_log.jsonl", "w") as f:
+        for r in report.steps:
+            f.write(json.dumps(asdict(r)) + "\n")
+    with open(run_dir / "results.jsonl", "w") as f:
+        for r in report.results:
+            f.write(json.dumps(asdict(r)) + "\n")
+    try:
+        from .picture import draw_timeline
+
+        names = list(plan.config.names)
+        idx = {n: i for i, n in enumerate(names)}
+        dev = np.array([r.device for r in report.steps])
+        mod = np.array([idx[r.model] if r.model else -1 for r in report.steps])
+        kinds = [r.kind for r in report.steps]
+        draw_timeline(run_dir / "timeline_measured.png", names, dev, mod, kinds, np.array([r.start for r in report.steps]),
+                      np.array([r.end for r in report.steps]), f"{plan.strategy}: measured {report.makespan:,.1f} s")
+        draw_timeline(run_dir / "timeline_predicted.png", names, dev, mod, kinds,
+                      np.array([r.predicted_start for r in report.steps]), np.array([r.predicted_end for r in report.steps]),
+                      f"{plan.strategy}: predicted {plan.makespan:,.1f} s (cost model)")
+    except ImportError:
+        pass
+
+
+def calibrate(cfg: Config, report: RunReport) -> Config:
+    """Cost-model figures from a measured run: per model load time and generation throughput,
+    and the observed tokens per request, for the next plan."""
+    loads: dict[str, list[float]] = {}
+    runs: dict[str, list[StepRecord]] = {}
+    for r in report.steps:
+        if r.kind == "load" and r.model:
+            loads.setdefault(r.model, []).append(r.end - r.start)
+        if r.kind == "run" and r.model and r.info.get("generated"):
+            runs.setdefault(r.model, []).append(r)
+    models = []
+    for m in cfg.models:
+        upd: dict[str, Any] = {}
+        if m.name in loads:
+            upd["load_s"] = float(np.median(loads[m.name]))
+        rs = runs.get(m.name, [])
+        secs = sum(r.end - r.start for r in rs) - m.overhead_s * len(rs)
+        toks = sum(r.tokens for r in rs)
+        ptoks = sum(r.prompt_tokens for r in rs)
+        if secs > 0 and toks > 0:
+            # Seconds left after prefill at the configured prefill rate are decode time.
+            decode_s = max(secs - ptoks / m.prefill_tps, 1e-3)
+            upd["decode_tps"] = toks / decode_s
+        models.append(replace(m, **upd))
+    tokens = cfg.tokens
+    for role in ("expert", "aggregate"):
+        rs = [r for r in report.steps if r.kind == "run" and r.info.get("role") == role and r.info.get("generated")]
+        n = sum(r.info["generated"] for r in rs)
+        if n:
+            tokens = replace(tokens, **{f"{role}_prompt": sum(r.prompt_tokens for r in rs) / n,
+                                        f"{role}_output": sum(r.tokens for r in rs) / n})
+    return replace(cfg, models=tuple(models), tokens=tokens)
+
+
+def _progress(enabled: bool, total: int):
+    if not enabled:
+        return lambda n: None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return lambda n: None
+    bar = tqdm(total=total, desc="generations", unit="gen", leave=True)
+    lock = threading.Lock()
+
+    def update(n: int | None) -> None:
+        with lock:
+            if n is None:
+                bar.close()
+            else:
+                bar.update(n)
+    return update

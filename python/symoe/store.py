@@ -1,0 +1,127 @@
+"""Durable store of generations (SQLite in WAL mode): every generation is committed the moment it
+completes, keyed by model, prompt, sampling parameters and slot, so a killed run resumes without
+redoing or losing finished work."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS generations (
+    key TEXT PRIMARY KEY, model TEXT NOT NULL, question TEXT NOT NULL, role TEXT NOT NULL, slot INTEGER NOT NULL,
+    params TEXT NOT NULL, text TEXT NOT NULL, prompt_tokens INTEGER, tokens INTEGER, finish TEXT, created REAL
+);
+CREATE TABLE IF NOT EXISTS events (
+    run TEXT NOT NULL, step INTEGER NOT NULL, device INTEGER, kind TEXT, model TEXT, start REAL, end REAL,
+    predicted_start REAL, predicted_end REAL, items INTEGER, tokens INTEGER, info TEXT
+);
+"""
+
+
+def generation_key(model: str, prompt: Any, params: dict[str, Any], role: str, slot: int) -> str:
+    blob = json.dumps([model, prompt, params, role, slot], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Generation:
+    key: str
+    model: str
+    question: str
+    role: str
+    slot: int
+    params: str
+    text: str
+    prompt_tokens: int
+    tokens: int
+    finish: str
+
+
+class Store:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise ValueError(f"store {self.path} is not a usable SQLite database: {e}") from e
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def put(self, g: Generation) -> bool:
+        """Commit one generation; False if its key was already stored (never overwritten)."""
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO generations VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (g.key, g.model, g.question, g.role, g.slot, g.params, g.text, g.prompt_tokens, g.tokens, g.finish,
+                 time.time()))
+            return cur.rowcount == 1
+
+    def get(self, key: str) -> Generation | None:
+        with self._lock:
+            row = self._db.execute("SELECT key, model, question, role, slot, params, text, prompt_tokens, tokens, finish "
+                                   "FROM generations WHERE key = ?", (key,)).fetchone()
+        return Generation(*row) if row else None
+
+    def existing(self, keys: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        with self._lock:
+            for i in range(0, len(keys), 500):
+                chunk = list(keys[i:i + 500])
+                q = f"SELECT key FROM generations WHERE key IN ({','.join('?' * len(chunk))})"
+                found.update(r[0] for r in self._db.execute(q, chunk))
+        return found
+
+    def count(self, role: str | None = None) -> int:
+        with self._lock:
+            if role is None:
+                return self._db.execute("SELECT COUNT(*) FROM generations").fetchone()[0]
+            return self._db.execute("SELECT COUNT(*) FROM generations WHERE role = ?", (role,)).fetchone()[0]
+
+    def all_keys(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT key FROM generations ORDER BY key")]
+
+    def log_event(self, run: str, step: int, device: int, kind: str, model: str | None, start: float, end: float,
+                  predicted: tuple[float, float] | None, items: int = 0, tokens: int = 0, info: dict | None = None) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                             (run, step, device, kind, model, start, end, predicted[0] if predicted else None,
+                              predicted[1] if predicted else None, items, tokens, json.dumps(info or {})))
+
+    def events(self, run: str) -> list[dict[str, Any]]:
+        cols = ["run", "step", "device", "kind", "model", "start", "end", "predicted_start", "predicted_end", "items",
+                "tokens", "info"]
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM events WHERE run = ? ORDER BY start", (run,)).fetchall()
+        return [dict(zip(cols, r)) for r in rows]
+
+    def generations(self, keys: Iterable[str]) -> dict[str, Generation]:
+        keys = list(keys)
+        out = {}
+        with self._lock:
+            for i in range(0, len(keys), 500):
+                chunk = keys[i:i + 500]
+                q = (f"SELECT key, model, question, role, slot, params, text, prompt_tokens, tokens, finish FROM generations "
+                     f"WHERE key IN ({','.join('?' * len(chunk))})")
+                out.update({r[0]: Generation(*r) for r in self._db.execute(q, chunk)})
+        return out
