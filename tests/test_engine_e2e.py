@@ -149,5 +149,7 @@ def test_fetch_detects_corrupted_cache(tmp_path, smol_config):
     with open(copy / "config.json", "a") as f:
         f.write(" ")
     assert "config.json does not match its recorded SHA-256" in cache_state(copy)
+    shutil.copy(folder / "config.json", copy / "config.json")
+    assert cache_state(copy) == "valid"
     (copy / "model.safetensors").unlink()
     assert cache_state(copy) == "model.safetensors missing"
