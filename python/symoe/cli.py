@@ -140,7 +140,7 @@ def demo_cmd(devices, png_path):
     """Route the bundled MMLU-Pro sample with synthetic profiles and plan it on the paper's pool."""
     from .workloads import category_keywords, skewed_profiles
 
-    qs = json.loads((resources.files("symoe") / "data" / "mmlu_pro_sample.json").read_text())
+    qs = json.loads((resources.files("symoe") / "data" / "mmlu_pro_sample.json").read_text())  # real questions
     cfg = Config.bundled("paper16")
     cats = sorted({q["category"] for q in qs})
     prof = skewed_profiles(cfg.names, cats)
@@ -236,6 +236,198 @@ def run_plan_cmd(questions_path, fmt, limit, plan_path, assignment_path, config_
     if calibrate_path:
         Path(calibrate_path).write_text(calibrate(p.config, report).to_toml())
         click.echo(f"wrote calibrated cost figures to {calibrate_path}")
+
+
+def _questions(path, fmt, limit, per_category=None):
+    from .datasets import load_questions
+
+    qs = load_questions(path, fmt)
+    if per_category:
+        seen: dict[str, int] = {}
+        keep = []
+        for q in qs:
+            if seen.get(q.category, 0) < per_category:
+                seen[q.category] = seen.get(q.category, 0) + 1
+                keep.append(q)
+        qs = keep
+    return qs[:limit] if limit else qs
+
+
+def _default_data(name):
+    from .pipeline import bundled
+
+    return str(bundled(name))
+
+
+questions_opt = click.option("--questions", "questions_path", default=None,
+                             help="Dataset file (default: the bundled MMLU-Pro sample).")
+format_opt = click.option("--format", "fmt", type=click.Choice(["mmlu_pro", "medmcqa", "gpqa", "aime", "jsonl"]),
+                          default=None, help="Dataset format (default: from the file name).")
+config_opt = click.option("--config", "config_path", default="tiny", show_default=True,
+                          help="Pool config: a TOML path or a bundled name (tiny, paper16).")
+store_opt = click.option("--store", "store_path", default="runs/store.sqlite", show_default=True)
+tokens_opt = click.option("--max-tokens", default=None, type=int, help="New tokens per expert answer "
+                          "(default: the config's [engine] max_tokens, else 4096 as in the paper).")
+
+
+def _max_tokens(cfg, given):
+    return given or int(dict(cfg.engine).get("max_tokens", 4096))
+
+
+@main.command("keywords")
+@questions_opt
+@format_opt
+@config_opt
+@store_opt
+@click.option("--model", default=None, help="Keyword LLM (default: the bundled task's keyword model).")
+@click.option("--limit", type=int, default=None)
+@click.option("--per-category", type=int, default=None)
+@click.option("--out", "out_path", required=True, help="JSON {question id: [keywords]}.")
+def keywords_cmd(questions_path, fmt, config_path, store_path, model, limit, per_category, out_path):
+    """Annotate questions with skill keywords (5 samples at T=0.7, filtered as the reference)."""
+    from .keywords import annotate
+    from .pipeline import Task
+    from .store import Store
+
+    try:
+        cfg = _load_config(config_path)
+        qs = _questions(questions_path or _default_data("mmlu_pro_sample.json"), fmt, limit, per_category)
+        model = model or Task.from_json(_default_data("tiny_task.json")).keyword_model
+        cfg.index(model)
+        with Store(store_path) as store:
+            kws = annotate(qs, cfg, model, store, Path(out_path).parent)
+    except (ValueError, RuntimeError) as e:
+        _fail(e)
+    Path(out_path).write_text(json.dumps(kws, indent=1))
+    empty = sum(1 for v in kws.values() if not v)
+    click.echo(f"{len(kws)} questions annotated ({empty} without keywords); wrote {out_path}")
+
+
+@main.command("profile")
+@questions_opt
+@format_opt
+@config_opt
+@store_opt
+@click.option("--keywords", "keywords_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Keywords of the validation questions (from `symoe keywords`).")
+@click.option("--limit", type=int, default=None)
+@click.option("--per-category", type=int, default=None)
+@tokens_opt
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", "out_path", required=True, help="Profiles JSON {profiles, accuracy}.")
+@click.option("--records", "records_path", required=True, help="Graded profiling generations (JSONL).")
+def profile_cmd(questions_path, fmt, config_path, store_path, keywords_path, limit, per_category, max_tokens, seed,
+                out_path, records_path):
+    """Profile every pool model on the validation split."""
+    from .execute import Sampling
+    from .profiling import profile_pool, save_records
+    from .store import Store
+
+    try:
+        cfg = _load_config(config_path)
+        if not questions_path:
+            raise ValueError("--questions: give the validation split (e.g. MMLU_Pro_train.json)")
+        qs = _questions(questions_path, fmt, limit, per_category)
+        kws = json.loads(Path(keywords_path).read_text())
+        mt = _max_tokens(cfg, max_tokens)
+        with Store(store_path) as store:
+            prof, records = profile_pool(qs, kws, cfg, store, Path(out_path).parent, Sampling(0.7, mt, mt, seed))
+    except (ValueError, RuntimeError) as e:
+        _fail(e)
+    prof.save(out_path)
+    save_records(records, records_path)
+    rows = [[m, 100.0 * prof.accuracy[m], len(prof.to_dict()[m])] for m in prof.models]
+    click.echo(_table(rows, ["model", "validation accuracy %", "keywords"]))
+    click.echo(f"wrote {out_path} and {records_path}")
+
+
+@main.command("select-aggregator")
+@questions_opt
+@format_opt
+@config_opt
+@store_opt
+@click.option("--records", "records_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--limit", type=int, default=None)
+@click.option("--per-category", type=int, default=None)
+@tokens_opt
+@click.option("--seed", default=0, show_default=True)
+@click.option("--task", "task_name", default="mmlu_pro", show_default=True)
+@click.option("--keyword-model", default=None, help="Recorded in the task config (default: the pool's first model).")
+@click.option("--out", "out_path", required=True, help="Task config JSON to write.")
+def select_aggregator_cmd(questions_path, fmt, config_path, store_path, records_path, limit, per_category, max_tokens,
+                          seed, task_name, keyword_model, out_path):
+    """Evaluate every candidate aggregator on the synthetic benchmark; keep the best."""
+    from .aggregator import select_aggregator
+    from .execute import Sampling
+    from .pipeline import Task
+    from .profiling import load_records
+    from .store import Store
+
+    try:
+        cfg = _load_config(config_path)
+        if not questions_path:
+            raise ValueError("--questions: give the validation split used for profiling")
+        qs = _questions(questions_path, fmt, limit, per_category)
+        records = load_records(records_path)
+        mt = _max_tokens(cfg, max_tokens)
+        with Store(store_path) as store:
+            best, table = select_aggregator(qs, records, cfg, store, Path(out_path).parent, Sampling(0.7, mt, mt, seed))
+    except (ValueError, RuntimeError) as e:
+        _fail(e)
+    click.echo(_table([[m, 100.0 * a, "<- selected" if m == best else ""] for m, a in table.items()],
+                      ["candidate", "synthetic-benchmark accuracy %", ""]))
+    Task(task_name, best, keyword_model or cfg.names[0], table,
+         f"selected on {len(qs)} validation questions of {Path(questions_path).name}").save(out_path)
+    click.echo(f"wrote {out_path}")
+
+
+@main.command("run")
+@questions_opt
+@format_opt
+@config_opt
+@store_opt
+@click.option("--profiles", "profiles_path", default=None, help="Profiles JSON (default: the bundled tiny-pool profiles).")
+@click.option("--task", "task_path", default=None, help="Task config JSON (default: the bundled one).")
+@click.option("--limit", type=int, default=None)
+@click.option("-k", default=3, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--rare-threshold", default=0.05, show_default=True)
+@click.option("--similarity-floor", type=float, default=None, help="Drop test keywords whose best match is below this.")
+@click.option("--baseline", type=click.Choice(["none", "single-best", "top-k", "random", "majority"]), default="none",
+              show_default=True, help="Run an ablation instead of Symbolic-MoE (reuses the store).")
+@click.option("--devices", type=int, default=None)
+@tokens_opt
+@click.option("--out", "out_dir", default="runs/default", show_default=True)
+def run_cmd(questions_path, fmt, config_path, store_path, profiles_path, task_path, limit, k, seed, rare_threshold,
+            similarity_floor, baseline, devices, max_tokens, out_dir):
+    """The whole Symbolic-MoE pipeline on real models (default: bundled MMLU-Pro sample, tiny pool)."""
+    from .execute import Sampling
+    from .pipeline import Task, run_pipeline
+    from .store import Store
+
+    try:
+        if config_path == "tiny":
+            from .models import fetch_tiny
+
+            fetch_tiny()  # instant when the cache is valid
+        cfg = _load_config(config_path).with_devices(devices)
+        qs = _questions(questions_path or _default_data("mmlu_pro_sample.json"), fmt, limit)
+        prof = Profiles.from_json(profiles_path or _default_data("tiny_profiles.json"))
+        task = Task.from_json(task_path or _default_data("tiny_task.json"))
+        mt = _max_tokens(cfg, max_tokens)
+        t0 = __import__("time").perf_counter()
+        with Store(store_path) as store:
+            res = run_pipeline(qs, cfg, prof, task, store, out_dir, Sampling(0.7, mt, mt, seed), k, seed, rare_threshold,
+                               baseline, similarity_floor)
+        wall = __import__("time").perf_counter() - t0
+    except (ValueError, RuntimeError) as e:
+        _fail(e)
+    click.echo(f"\n{len(qs)} questions, baseline={baseline}, aggregator="
+               f"{task.aggregator if baseline not in ('single-best', 'majority') else '(none)'}")
+    print_counts(res.assignment)
+    print_run(res.report, res.plan)
+    click.echo(_table([[k2, v] for k2, v in res.stage_seconds.items()] + [["total", wall]], ["stage", "seconds"]))
+    click.echo(f"wrote {out_dir}/results.jsonl, summary.json, run/timeline_measured.png")
 
 
 @main.group("bench")

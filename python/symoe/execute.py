@@ -83,6 +83,49 @@ def _seed(base: int, qid: str, role: str, slot: int) -> int:
     return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
 
 
+def make_request(cfg: Config, model: str, messages: list[dict[str, str]], params: dict[str, Any], role: str,
+                 slot: int, question: str) -> dict[str, Any]:
+    """One generation request with its store key (chat messages, or a completion prompt for base models)."""
+    payload = {"messages": messages} if cfg.model(model).chat else {"prompt": as_completion(messages)}
+    key = generation_key(model, payload, params, role, slot)
+    return {"id": key, "key": key, "model": model, "question": question, "role": role, "slot": slot,
+            "params": params, **payload, **params}
+
+
+def generate_jobs(cfg: Config, jobs: Sequence[tuple[str, Sequence[dict[str, Any]]]], store: Store, run_dir: str | Path,
+                  progress: bool = True, label: str = "generations") -> dict[str, Generation]:
+    """One model at a time on device 0: load, generate what the store lacks, unload. For stages
+    that run one model over many prompts (keywords, profiling, aggregator selection)."""
+    eng = dict(cfg.engine)
+    dev = Device(0, engine_env(eng.get("platform", "gpu"), 0, eng.get("threads"), float(eng.get("kv_cache_gb", 1.0))),
+                 Path(run_dir) / "logs")
+    keys = [r["key"] for _, reqs in jobs for r in reqs]
+    have = store.existing(keys)
+    todo = [(m, [r for r in reqs if r["key"] not in have]) for m, reqs in jobs]
+    todo = [(m, reqs) for m, reqs in todo if reqs]
+    bar = _progress(progress, sum(len(r) for _, r in todo), label)
+    try:
+        for i, (model, reqs) in enumerate(todo):
+            what = f"{label}: model {model}"
+            dev.load(model, model_spec(cfg, model), f"{what} (load)", keep_spare=i + 1 < len(todo))
+            by_id = {r["id"]: r for r in reqs}
+
+            def on_done(ev: dict[str, Any]) -> None:
+                r = by_id[ev["id"]]
+                store.put(Generation(r["key"], r["model"], r["question"], r["role"], r["slot"],
+                                     json.dumps(r["params"], sort_keys=True), ev["text"], ev["prompt_tokens"],
+                                     ev["tokens"], ev["finish"]))
+                bar(1)
+
+            wire = [{k: r[k] for k in ("id", "messages", "prompt", "temperature", "max_tokens", "seed") if k in r} for r in reqs]
+            dev.worker(model, what).request({"op": "generate", "requests": wire}, f"{what} (generate)", on_event=on_done)
+            dev.unload(model, f"{what} (unload)")
+    finally:
+        dev.close()
+        bar(None)
+    return store.generations(keys)
+
+
 class Prompts:
     """Requests (prompt, sampling parameters, store key) for expert slots and aggregations."""
 
@@ -90,29 +133,22 @@ class Prompts:
         self.plan, self.qs, self.s = plan, questions, sampling
         self.cfg = plan.config
 
-    def _payload(self, model: str, messages: list[dict[str, str]]) -> dict[str, Any]:
-        return {"messages": messages} if self.cfg.model(model).chat else {"prompt": as_completion(messages)}
-
     def expert(self, item: int) -> dict[str, Any]:
         q, slot = divmod(int(item), self.plan.k)
-        model = self.cfg.names[self.plan.experts[q, slot]]
-        qu = self.qs[q]
-        payload = self._payload(model, expert_messages(qu.text, qu.kind))
-        params = {"temperature": self.s.temperature, "max_tokens": self.s.max_tokens,
-                  "seed": _seed(self.s.seed, qu.id, "expert", slot)}
-        key = generation_key(model, payload, params, "expert", slot)
-        return {"id": key, "key": key, "model": model, "question": qu.id, "role": "expert", "slot": slot,
-                "params": params, **payload, **{k: v for k, v in params.items()}}
+        return expert_request(self.cfg, self.cfg.names[self.plan.experts[q, slot]], self.qs[q], slot, self.s)
 
     def aggregate(self, q: int, expert_texts: list[str]) -> dict[str, Any]:
-        model = self.cfg.names[self.plan.aggregator[q]]
         qu = self.qs[q]
-        payload = self._payload(model, aggregator_messages(qu.text, qu.kind, expert_texts))
         params = {"temperature": self.s.temperature, "max_tokens": self.s.aggregate_max_tokens,
                   "seed": _seed(self.s.seed, qu.id, "aggregate", 0)}
-        key = generation_key(model, payload, params, "aggregate", 0)
-        return {"id": key, "key": key, "model": model, "question": qu.id, "role": "aggregate", "slot": 0,
-                "params": params, **payload, **params}
+        return make_request(self.cfg, self.cfg.names[self.plan.aggregator[q]],
+                            aggregator_messages(qu.text, qu.kind, expert_texts), params, "aggregate", 0, qu.id)
+
+
+def expert_request(cfg: Config, model: str, qu: Question, slot: int, s: Sampling) -> dict[str, Any]:
+    """The expert's chain-of-thought request; profiling uses the same one (slot 0)."""
+    params = {"temperature": s.temperature, "max_tokens": s.max_tokens, "seed": _seed(s.seed, qu.id, "expert", slot)}
+    return make_request(cfg, model, expert_messages(qu.text, qu.kind), params, "expert", slot, qu.id)
 
 
 def model_spec(cfg: Config, name: str) -> dict[str, Any]:
@@ -124,6 +160,8 @@ def model_spec(cfg: Config, name: str) -> dict[str, Any]:
                             "max_model_len": int(eng.get("max_model_len", 4096)),
                             "enforce_eager": bool(eng.get("enforce_eager", platform == "cpu")),
                             "sleep": m.park_s >= 0 and platform != "cpu"}
+    if platform == "cpu":
+        spec["chunked_prefill"] = False
     if platform != "cpu":
         dev_mem = cfg.devices[0].memory_bytes
         spec["gpu_memory_utilization"] = min(0.95, m.resident_bytes / dev_mem)
@@ -360,14 +398,14 @@ def calibrate(cfg: Config, report: RunReport) -> Config:
     return replace(cfg, models=tuple(models), tokens=tokens)
 
 
-def _progress(enabled: bool, total: int):
+def _progress(enabled: bool, total: int, label: str = "generations"):
     if not enabled:
         return lambda n: None
     try:
         from tqdm import tqdm
     except ImportError:
         return lambda n: None
-    bar = tqdm(total=total, desc="generations", unit="gen", leave=True)
+    bar = tqdm(total=total, desc=label, unit="gen", leave=True)
     lock = threading.Lock()
 
     def update(n: int | None) -> None:

@@ -214,7 +214,7 @@ class Config:
         ref = dict(data.get("reference", {}))
         _no_unknown(ref, {"tp_efficiency", "pause_s"}, f"{source} [reference]")
         eng = dict(data.get("engine", {}))
-        _no_unknown(eng, {"platform", "dtype", "max_model_len", "kv_cache_gb", "threads", "enforce_eager"},
+        _no_unknown(eng, {"platform", "dtype", "max_model_len", "kv_cache_gb", "threads", "enforce_eager", "max_tokens"},
                     f"{source} [engine]")
         if eng.get("platform", "gpu") not in ("cpu", "gpu"):
             raise ValueError(f"{source} [engine]: platform must be 'cpu' or 'gpu', got {eng['platform']!r}")

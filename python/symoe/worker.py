@@ -49,6 +49,9 @@ class VllmEngine:
             kwargs["gpu_memory_utilization"] = float(spec["gpu_memory_utilization"])
         if spec.get("sleep"):
             kwargs["enable_sleep_mode"] = True
+        if spec.get("chunked_prefill") is False:
+            # vLLM CPU: chunked prefill with per-request seeds fails ("CPU Generator does not use offset").
+            kwargs["enable_chunked_prefill"] = False
         self.llm = LLM(**kwargs)
         self.chat = bool(spec.get("chat", True))
         self.name = spec["name"]

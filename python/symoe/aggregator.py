@@ -1,0 +1,55 @@
+"""Choosing the task's aggregator (SYMBOLIC_MOE.md section 5): a synthetic benchmark built from
+the profiling generations (per validation question one correct and two wrong chains of thought,
+empty strings where none exists, shuffled), answered by every candidate; the best one wins."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .datasets import Question
+from .execute import Sampling, _seed, generate_jobs, make_request
+from .grading import extract_answer, is_correct
+from .planning import Config
+from .prompts import aggregator_messages
+from .store import Store
+
+
+def synthetic_items(questions: Sequence[Question], records: Sequence[Mapping[str, Any]], seed: int = 0
+                    ) -> list[tuple[Question, list[str]]]:
+    """Per question: one correct and two wrong responses from the pool's profiling runs, shuffled."""
+    rng = random.Random(seed)
+    by_q: dict[str, list[Mapping[str, Any]]] = {}
+    for r in records:
+        by_q.setdefault(r["question"], []).append(r)
+    items = []
+    for q in questions:
+        rs = by_q.get(q.id, [])
+        right = [r["text"] for r in rs if r["correct"]]
+        wrong = [r["text"] for r in rs if not r["correct"]]
+        chosen = [rng.choice(right) if right else ""] + (rng.sample(wrong, 2) if len(wrong) >= 2 else wrong + [""] * (2 - len(wrong)))
+        rng.shuffle(chosen)
+        items.append((q, chosen))
+    return items
+
+
+def select_aggregator(questions: Sequence[Question], records: Sequence[Mapping[str, Any]], cfg: Config, store: Store,
+                      run_dir: str | Path, sampling: Sampling, candidates: Sequence[str] | None = None,
+                      progress: bool = True) -> tuple[str, dict[str, float]]:
+    candidates = list(candidates or cfg.names)
+    items = synthetic_items(questions, records, sampling.seed)
+    if not items:
+        raise ValueError("the validation split is empty: no synthetic aggregation benchmark")
+    params = {"temperature": sampling.temperature, "max_tokens": sampling.aggregate_max_tokens}
+    jobs = [(m, [make_request(cfg, m, aggregator_messages(q.text, q.kind, resp),
+                              {**params, "seed": _seed(sampling.seed, q.id, "aggregate", 0)}, "aggregator-benchmark", 0, q.id)
+                 for q, resp in items]) for m in candidates]
+    gens = generate_jobs(cfg, jobs, store, run_dir, progress, "aggregator benchmark")
+    table = {}
+    for m, reqs in jobs:
+        ok = [is_correct(extract_answer(gens[r["key"]].text, q.kind), q.gold, q.kind) for (q, _), r in zip(items, reqs)]
+        table[m] = sum(ok) / len(ok)
+    best = max(candidates, key=lambda m: (table[m], -candidates.index(m)))
+    return best, table
