@@ -108,22 +108,29 @@ def generate_jobs(cfg: Config, jobs: Sequence[tuple[str, Sequence[dict[str, Any]
         for i, (model, reqs) in enumerate(todo):
             what = f"{label}: model {model}"
             dev.load(model, model_spec(cfg, model), f"{what} (load)", keep_spare=i + 1 < len(todo))
-            by_id = {r["id"]: r for r in reqs}
-
-            def on_done(ev: dict[str, Any]) -> None:
-                r = by_id[ev["id"]]
-                store.put(Generation(r["key"], r["model"], r["question"], r["role"], r["slot"],
-                                     json.dumps(r["params"], sort_keys=True), ev["text"], ev["prompt_tokens"],
-                                     ev["tokens"], ev["finish"]))
-                bar(1)
-
-            wire = [{k: r[k] for k in ("id", "messages", "prompt", "temperature", "max_tokens", "seed") if k in r} for r in reqs]
-            dev.worker(model, what).request({"op": "generate", "requests": wire}, f"{what} (generate)", on_event=on_done)
+            generate_into(dev.worker(model, what), reqs, store, f"{what} (generate)", lambda: bar(1))
             dev.unload(model, f"{what} (unload)")
     finally:
         dev.close()
         bar(None)
     return store.generations(keys)
+
+
+def generate_into(worker: Any, reqs: Sequence[dict[str, Any]], store: Store, what: str,
+                  on_stored: Any = None) -> dict[str, Any]:
+    """Generate ``reqs`` on a worker, committing each generation to the store as it finishes."""
+    by_id = {r["id"]: r for r in reqs}
+
+    def on_done(ev: dict[str, Any]) -> None:
+        r = by_id[ev["id"]]
+        store.put(Generation(r["key"], r["model"], r["question"], r["role"], r["slot"],
+                             json.dumps(r["params"], sort_keys=True), ev["text"], ev["prompt_tokens"], ev["tokens"],
+                             ev["finish"]))
+        if on_stored:
+            on_stored()
+
+    wire = [{k: r[k] for k in ("id", "messages", "prompt", "temperature", "max_tokens", "seed") if k in r} for r in reqs]
+    return worker.request({"op": "generate", "requests": wire}, what, on_event=on_done)
 
 
 class Prompts:
@@ -247,15 +254,10 @@ def run_plan(plan: Plan, questions: Sequence[Question], store: Store, run_dir: s
             start = time.perf_counter()  # waiting for other devices is not this step's work
             have = store.existing([r["key"] for r in reqs])
             todo = [r for r in reqs if r["key"] not in have]
-            by_id = {r["id"]: r for r in todo}
             counters["reused"] += len(reqs) - len(todo)
             bar(len(reqs) - len(todo))
 
-            def on_done(ev: dict[str, Any]) -> None:
-                r = by_id[ev["id"]]
-                store.put(Generation(r["key"], r["model"], r["question"], r["role"], r["slot"],
-                                     json.dumps(r["params"], sort_keys=True), ev["text"], ev["prompt_tokens"],
-                                     ev["tokens"], ev["finish"]))
+            def stored() -> None:
                 counters["generated"] += 1
                 bar(1)
                 with done:
@@ -263,9 +265,7 @@ def run_plan(plan: Plan, questions: Sequence[Question], store: Store, run_dir: s
 
             rec.items = len(reqs)
             if todo:
-                wire = [{k: r[k] for k in ("id", "messages", "prompt", "temperature", "max_tokens", "seed") if k in r}
-                        for r in todo]
-                info = dev.worker(model, what).request({"op": "generate", "requests": wire}, what, on_event=on_done)
+                info = generate_into(dev.worker(model, what), todo, store, what, stored)
                 rec.tokens, rec.prompt_tokens = int(info["tokens"]), int(info["prompt_tokens"])
                 rec.info = {"role": role, "generated": len(todo), "first_token_s": info.get("first_token_s")}
             else:
