@@ -46,8 +46,10 @@ def main() -> None:
         kws = annotate(qs, cfg, task.keyword_model, st, out / "kw", progress=False)
     matched = match_keywords(kws, prof.vocabulary, Embedder(out / "emb.npz"))
     a = symoe.route(prof, [matched[q.id] for q in qs], k=3, seed=0, question_ids=[q.id for q in qs])
+    a.save(out / "assignment.jsonl")
     sampling = Sampling(0.7, args.max_tokens, args.max_tokens, 0)
     summary = {"questions": len(qs), "experts": a.counts(), "aggregator": task.aggregator, "runs": {}}
+    calibrated = {}
     for strategy in args.strategies.split(","):
         n = args.naive_questions if strategy == "naive" and args.naive_questions else len(qs)
         sub = symoe.Assignment(a.models, a.experts[:n], a.question_ids[:n])
@@ -65,7 +67,16 @@ def main() -> None:
                                      "predicted_s": p.makespan, "predicted_after_calibration_s": pc.makespan,
                                      "loads": sum(s.kind == "load" for s in rep.steps), "accuracy": rep.accuracy}
         (out / f"calibrated-{strategy}.toml").write_text(cal.to_toml())
+        calibrated[strategy] = (cal, sub, rep.makespan)
         print(strategy, json.dumps(summary["runs"][strategy]), flush=True)
+    # Out of sample: figures calibrated on one strategy's run predict the others' runs.
+    summary["cross"] = {}
+    for src, (cal, _, _) in calibrated.items():
+        for dst, (_, sub, measured) in calibrated.items():
+            pred = symoe.plan(sub, cal, aggregator=task.aggregator, strategy=dst).makespan
+            summary["cross"][f"{src}->{dst}"] = {"predicted_s": pred, "measured_s": measured,
+                                                 "error": pred / measured - 1}
+            print(f"calibrated on {src}: {dst} predicted {pred:.1f} s, measured {measured:.1f} s", flush=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
 
 

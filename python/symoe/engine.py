@@ -138,6 +138,8 @@ class Device:
             raise WorkerError(f"{what}: model {name} is already resident on device {self.index}")
         w = self.spare or self._new_worker()
         self.spare = None
+        if keep_spare:  # the next worker imports vllm while this one loads
+            self.prepare_spare()
         t0 = time.perf_counter()
         w.wait_ready()
         ready_s = time.perf_counter() - t0
@@ -148,8 +150,6 @@ class Device:
             raise
         w.model = name
         self.resident[name] = w
-        if keep_spare:
-            self.prepare_spare()
         return {**info, "spare_wait_s": ready_s}
 
     def worker(self, name: str, what: str) -> Worker:

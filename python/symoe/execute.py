@@ -365,8 +365,10 @@ def write_report(report: RunReport, plan: Plan, run_dir: Path) -> None:
 
 
 def calibrate(cfg: Config, report: RunReport) -> Config:
-    """Cost-model figures from a measured run: per model load time and generation throughput,
-    and the observed tokens per request, for the next plan."""
+    """Cost-model figures from a measured run, for the next plan: per model the median load time
+    and prefill/decode throughputs fitted by least squares to its generate steps
+    (``seconds - overhead = prompt_tokens / prefill_tps + tokens / decode_tps``), and the observed
+    tokens per request by role."""
     loads: dict[str, list[float]] = {}
     runs: dict[str, list[StepRecord]] = {}
     for r in report.steps:
@@ -380,13 +382,14 @@ def calibrate(cfg: Config, report: RunReport) -> Config:
         if m.name in loads:
             upd["load_s"] = float(np.median(loads[m.name]))
         rs = runs.get(m.name, [])
-        secs = sum(r.end - r.start for r in rs) - m.overhead_s * len(rs)
-        toks = sum(r.tokens for r in rs)
-        ptoks = sum(r.prompt_tokens for r in rs)
-        if secs > 0 and toks > 0:
-            # Seconds left after prefill at the configured prefill rate are decode time.
-            decode_s = max(secs - ptoks / m.prefill_tps, 1e-3)
-            upd["decode_tps"] = toks / decode_s
+        if rs:
+            A = np.array([[r.prompt_tokens, r.tokens] for r in rs], dtype=float)
+            y = np.array([max(r.end - r.start - m.overhead_s, 1e-3) for r in rs])
+            x = np.linalg.lstsq(A, y, rcond=None)[0] if len(rs) >= 2 and np.linalg.matrix_rank(A) == 2 else None
+            if x is not None and (x > 0).all():
+                upd["prefill_tps"], upd["decode_tps"] = 1.0 / x[0], 1.0 / x[1]
+            elif A[:, 1].sum() > 0:  # one run: keep the configured prefill rate, fit decode
+                upd["decode_tps"] = A[:, 1].sum() / max(y.sum() - A[:, 0].sum() / m.prefill_tps, 1e-3)
         models.append(replace(m, **upd))
     tokens = cfg.tokens
     for role in ("expert", "aggregate"):
