@@ -382,7 +382,11 @@ def calibrate(cfg: Config, report: RunReport) -> Config:
         if m.name in loads:
             upd["load_s"] = float(np.median(loads[m.name]))
         rs = runs.get(m.name, [])
-        if rs:
+        if rs and all(r.info["generated"] == 1 for r in rs):
+            # Only single requests (a naive run): they measure one stream, not a saturated batch.
+            t = sum(max(r.end - r.start - m.overhead_s, 1e-3) for r in rs)
+            upd["stream_tps"] = sum(r.tokens for r in rs) / t
+        elif rs:
             A = np.array([[r.prompt_tokens, r.tokens] for r in rs], dtype=float)
             y = np.array([max(r.end - r.start - m.overhead_s, 1e-3) for r in rs])
             x = np.linalg.lstsq(A, y, rcond=None)[0] if len(rs) >= 2 and np.linalg.matrix_rank(A) == 2 else None
