@@ -153,3 +153,24 @@ def test_fetch_detects_corrupted_cache(tmp_path, smol_config):
     assert cache_state(copy) == "valid"
     (copy / "model.safetensors").unlink()
     assert cache_state(copy) == "model.safetensors missing"
+
+
+def test_overlapped_load_runs_beside_generation(smol_config, tmp_path):
+    # Two pool entries backed by the same small model; the device may load while it generates,
+    # so the second model's load runs on the I/O thread during the first model's generation.
+    base = smol_config.models[0]
+    models = tuple(base.__class__(**{**base.__dict__, "name": n}) for n in ("smol-a", "smol-b"))
+    cfg = symoe.Config(models, smol_config.with_devices(overlap_load=True).devices, smol_config.tokens,
+                       engine=smol_config.engine)
+    qs = load_questions(DATA / "MMLU_Pro_test.json", limit=6)
+    a = symoe.Assignment(cfg.names, np.array([[0, 1]] * 6), tuple(q.id for q in qs))
+    p = symoe.plan(a, cfg)
+    kinds = [symoe.planning.STEP_KINDS[k] for k in p.arrays["kind"]]
+    assert kinds[:3] == ["load", "load", "run"]  # the plan prefetches the second model
+    with Store(tmp_path / "s.sqlite") as store:
+        r = run_plan(p, qs, store, tmp_path / "run", Sampling(max_tokens=48), progress=False)
+        assert store.count("expert") == 12
+    by = {(s.kind, s.model): s for s in r.steps}
+    load_b, run_a = by[("load", "smol-b")], by[("run", "smol-a")]
+    assert load_b.start < run_a.end and run_a.start < load_b.end  # they overlapped in time
+    assert by[("run", "smol-b")].start >= load_b.end

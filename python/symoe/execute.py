@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 import time
 import uuid
 from collections import Counter
@@ -222,15 +223,39 @@ def run_plan(plan: Plan, questions: Sequence[Question], store: Store, run_dir: s
         got = store.generations(keys)
         return [got[k].text for k in keys] if len(got) == len(keys) else None
 
+    # Devices that may load while generating run their loads on an I/O thread, as planned; any
+    # later step of the same model waits for its load.
+    io = [ThreadPoolExecutor(1) if cfg.devices[d].overlap_load else None for d in range(D)]
+    loading: dict[tuple[int, str], Future] = {}
+
+    def finish(rec: StepRecord, start: float) -> None:
+        rec.start, rec.end = start - t0, time.perf_counter() - t0
+        records.append(rec)
+        store.log_event(run_id, rec.step, rec.device, rec.kind, rec.model, rec.start, rec.end,
+                        (rec.predicted_start, rec.predicted_end), rec.items, rec.tokens, rec.info)
+
     def run_step(d: int, s: int) -> None:
         kind, model = STEP_KINDS[a["kind"][s]], (cfg.names[a["model"][s]] if a["model"][s] >= 0 else None)
         what = f"step {s} ({kind} {model or ''} on device {d})"
         rec = StepRecord(s, d, kind, model, 0, 0, float(t.start[s]), float(t.end[s]))
+        if model is not None and (d, model) in loading:
+            loading.pop((d, model)).result()  # re-raises a failed load
         start = time.perf_counter()
         dev = devices[d]
         if kind == "load":
             loads_left[d] -= 1
-            rec.info = dev.load(model, model_spec(cfg, model), what, keep_spare=loads_left[d] > 0)
+            keep = loads_left[d] > 0
+
+            def do_load() -> None:
+                t_load = time.perf_counter()
+                rec.info = dev.load(model, model_spec(cfg, model), what, keep_spare=keep)
+                finish(rec, t_load)
+
+            if io[d] is not None:
+                loading[(d, model)] = io[d].submit(do_load)
+            else:
+                do_load()
+            return
         elif kind == "unload":
             dev.unload(model, what)
         elif kind in ("park", "wake"):
@@ -270,10 +295,7 @@ def run_plan(plan: Plan, questions: Sequence[Question], store: Store, run_dir: s
                 rec.info = {"role": role, "generated": len(todo), "first_token_s": info.get("first_token_s")}
             else:
                 rec.info = {"role": role, "generated": 0}
-        rec.start, rec.end = start - t0, time.perf_counter() - t0
-        records.append(rec)
-        store.log_event(run_id, s, d, kind, model, rec.start, rec.end, (rec.predicted_start, rec.predicted_end),
-                        rec.items, rec.tokens, rec.info)
+        finish(rec, start)
 
     def drive(d: int) -> None:
         try:
@@ -283,6 +305,8 @@ def run_plan(plan: Plan, questions: Sequence[Question], store: Store, run_dir: s
                 if errors:
                     return
                 run_step(d, int(s))
+            for key in [k for k in loading if k[0] == d]:
+                loading.pop(key).result()
         except BaseException as e:  # reported by the main thread with model and step
             errors.append(e)
             with done:
@@ -295,6 +319,9 @@ def run_plan(plan: Plan, questions: Sequence[Question], store: Store, run_dir: s
         for th in threads:
             th.join()
     finally:
+        for pool in io:
+            if pool is not None:
+                pool.shutdown(wait=True)
         for dev in devices:
             dev.close()
         bar(None)
