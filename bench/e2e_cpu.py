@@ -10,7 +10,6 @@ summary and the measured/predicted timeline pictures under --out.
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 

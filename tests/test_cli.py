@@ -1,6 +1,5 @@
 import json
 
-import numpy as np
 from click.testing import CliRunner
 
 from symoe.cli import main

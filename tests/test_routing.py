@@ -81,7 +81,6 @@ def test_sampled_frequencies_match_probabilities():
 
 
 def test_rare_filter_removes_rare_models_and_keeps_frequent_ones():
-    rng = np.random.default_rng(5)
     # Model 3 is strong only on a keyword few questions use.
     prof = np.array([[4, 2, 0], [3, 4, 0], [2, 3, 0], [-9, -9, 20]])
     qs = [[0, 1]] * 980 + [[2]] * 20
