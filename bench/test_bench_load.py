@@ -9,8 +9,7 @@ files beside them. `symoe bench load` prints the fuller table (first token, thro
 import pytest
 
 import symoe
-from symoe.engine import Device, engine_env
-from symoe.execute import model_spec
+from symoe.execute import model_spec, open_device
 from symoe.loadbench import file_read_gbps
 from symoe.models import TINY, fetch_tiny
 
@@ -25,8 +24,7 @@ def cfg():
 @pytest.mark.benchmark(group="load+unload")
 @pytest.mark.parametrize("name", NAMES)
 def test_load_unload(benchmark, cfg, name, tmp_path):
-    eng = dict(cfg.engine)
-    dev = Device(0, engine_env("cpu", 0, None, float(eng.get("kv_cache_gb", 1.0))), tmp_path)
+    dev = open_device(cfg, 0, tmp_path)
     spec = model_spec(cfg, name)
     timings = []
 

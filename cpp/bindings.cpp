@@ -198,14 +198,6 @@ static double lower_bound_py(INPUT_ARGS) {
     return lower_bound(in.w, in.c);
 }
 
-static void validate_py(const py::dict& plan, INPUT_ARGS) {
-    Inputs in = make_inputs(INPUT_CALL);
-    Plan p = plan_from_dict(plan);
-    py::gil_scoped_release nogil;
-    check_inputs(in.w, in.c);
-    validate(p, in.w, in.c);
-}
-
 static py::dict simulate_py(const py::dict& plan, INPUT_ARGS) {
     Inputs in = make_inputs(INPUT_CALL);
     Plan p = plan_from_dict(plan);
@@ -237,8 +229,8 @@ PYBIND11_MODULE(_core, m) {
           "The counter-based uniform used for every draw (exposed for reference implementations).");
     m.def("make_plan", &make_plan_py, INPUT_PYARGS, py::arg("strategy"), py::arg("pause_s"), py::arg("replicate"));
     m.def("lower_bound", &lower_bound_py, INPUT_PYARGS);
-    m.def("validate", &validate_py, py::arg("plan"), INPUT_PYARGS);
-    m.def("simulate", &simulate_py, py::arg("plan"), INPUT_PYARGS);
+    m.def("simulate", &simulate_py, py::arg("plan"), INPUT_PYARGS,
+          "Checks every invariant of the plan (ValueError naming the first violation), then simulates it.");
     std::vector<std::string> cols(kCostColumns, kCostColumns + kNumCost);
     m.attr("COST_COLUMNS") = py::cast(cols);
 }

@@ -1,12 +1,11 @@
 #include "planner.hpp"
 
-#include "simulator.hpp"
-
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <numeric>
 #include <stdexcept>
+
+#include "simulator.hpp"
 
 namespace symoe {
 
@@ -49,6 +48,19 @@ void emit_run(Plan& p, int32_t d, const Job& j, int32_t tp = 1) {
     p.steps.push_back(s);
 }
 
+// Takes model m off device d: parked in host memory when it is needed again, sleep mode is
+// supported and the host budget allows, else unloaded. Returns true if parked.
+bool park_or_unload(Plan& p, int32_t d, int32_t m, bool again, const Costs& c, double& host) {
+    const ModelCost& mc = c.models[m];
+    if (again && mc.park_s >= 0 && fits(host + mc.weight_bytes, c.devices[d].host_bytes)) {
+        p.steps.push_back(make_step(StepKind::Park, d, m));
+        host += mc.weight_bytes;
+        return true;
+    }
+    p.steps.push_back(make_step(StepKind::Unload, d, m));
+    return false;
+}
+
 // One device's jobs, in order, to steps: load on demand, unload after a model's last job, prefetch
 // upcoming models while they fit beside the resident ones. When a model does not fit, models needed
 // again later are evicted farthest-next-use first (Belady): parked in host memory when sleep mode
@@ -73,19 +85,12 @@ void emit_device(Plan& p, int32_t d, const std::vector<Job>& jobs, const Costs& 
         used += sz;
         return true;
     };
-    auto evict = [&](int32_t m) {
-        const ModelCost& mc = c.models[m];
-        bool again = upcoming[m] < int64_t(J);
-        if (again && mc.park_s >= 0 && fits(host + mc.weight_bytes, c.devices[d].host_bytes)) {
-            p.steps.push_back(make_step(StepKind::Park, d, m));
-            state[m] = 2;
-            host += mc.weight_bytes;
-        } else {
-            p.steps.push_back(make_step(StepKind::Unload, d, m));
-            state[m] = 0;
-        }
-        used -= resident_bytes(mc);
+    auto evict = [&](int32_t m, bool again) {
+        state[m] = park_or_unload(p, d, m, again, c, host) ? 2 : 0;
+        used -= resident_bytes(c.models[m]);
     };
+    // Prefetch the following jobs' models into free memory only, in job order.
+    auto prefetch = [&] { while (next_load < J && bring(jobs[next_load].model)) ++next_load; };
     for (size_t j = 0; j < J; ++j) {
         int32_t m = jobs[j].model;
         upcoming[m] = int64_t(j);
@@ -96,27 +101,18 @@ void emit_device(Plan& p, int32_t d, const std::vector<Job>& jobs, const Costs& 
                     if (state[x] == 1 && x != m && (victim < 0 || upcoming[x] > upcoming[victim])) victim = x;
                 if (victim < 0)
                     throw std::invalid_argument("model " + std::to_string(m) + " does not fit device " + std::to_string(d));
-                evict(victim);
+                evict(victim, upcoming[victim] < int64_t(J));
             }
         }
         next_load = std::max(next_load, j + 1);
-        // Prefetch the following jobs' models into free memory only, in job order.
-        while (next_load < J && (state[jobs[next_load].model] == 1 || bring(jobs[next_load].model))) ++next_load;
+        prefetch();
         emit_run(p, d, jobs[j]);
         upcoming[m] = next_use[j];
         if (next_use[j] == int64_t(J)) {
-            p.steps.push_back(make_step(StepKind::Unload, d, m));
-            state[m] = 0;
-            used -= resident_bytes(c.models[m]);
-            while (next_load < J && (state[jobs[next_load].model] == 1 || bring(jobs[next_load].model))) ++next_load;
+            evict(m, false);
+            prefetch();
         }
     }
-}
-
-double unit_cost(const ModelCost& m, Role r, const Tokens& t) {
-    double pin = r == Role::Expert ? t.expert_prompt : t.aggregate_prompt;
-    double out = r == Role::Expert ? t.expert_output : t.aggregate_output;
-    return pin / m.prefill_tps + out / m.decode_tps;
 }
 
 // Largest n in [0, hi] with f(n) true, f monotone decreasing in truth.
@@ -330,13 +326,7 @@ Plan plan_naive(const Workload& w, const Costs& c) {
             if (parked[d][m]) { p.steps.push_back(make_step(StepKind::Wake, d, m)); parked[d][m] = 0; host[d] -= mc.weight_bytes; }
             else p.steps.push_back(make_step(StepKind::Load, d, m));
             emit_run(p, d, Job{m, r, &item, 1});
-            if (mc.park_s >= 0 && fits(host[d] + mc.weight_bytes, c.devices[d].host_bytes)) {
-                p.steps.push_back(make_step(StepKind::Park, d, m));
-                parked[d][m] = 1;
-                host[d] += mc.weight_bytes;
-            } else {
-                p.steps.push_back(make_step(StepKind::Unload, d, m));
-            }
+            parked[d][m] = park_or_unload(p, d, m, true, c, host[d]);
         };
         for (int64_t j = 0; j < w.k; ++j) one(int32_t(w.experts[q * w.k + j]), Role::Expert, q * w.k + j);
         if (w.aggregator && w.aggregator[q] >= 0) one(int32_t(w.aggregator[q]), Role::Aggregate, q);

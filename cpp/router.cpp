@@ -2,16 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
-#include <stdexcept>
-
-#include "check.hpp"
 #include <string>
 
+#include "check.hpp"
 #include "parallel.hpp"
 #include "sampling.hpp"
 
 namespace symoe {
-
 
 template <class T>
 static void sample_all(RouteResult& r, const int64_t* profiles, int64_t M, int64_t V, const int64_t* indptr,
@@ -45,16 +42,18 @@ RouteResult route(const int64_t* profiles, int64_t M, int64_t V, const int64_t* 
           "rare_threshold must be finite and at most 1");
     SYMOE_CHECK(indptr[0] == 0, "indptr[0] must be 0");
     SYMOE_CHECK(indptr[N] == nnz, "indptr[-1] must equal len(indices)");
-    for (int64_t i = 0; i < N; ++i)
+    int64_t max_len = 0;
+    for (int64_t i = 0; i < N; ++i) {
         SYMOE_CHECK(indptr[i] <= indptr[i + 1], "indptr must be non-decreasing (question " + std::to_string(i) + ")");
+        max_len = std::max(max_len, indptr[i + 1] - indptr[i]);
+    }
     for (int64_t j = 0; j < nnz; ++j)
         SYMOE_CHECK(indices[j] >= 0 && indices[j] < V, "keyword id " + std::to_string(indices[j]) +
                                                      " out of range [0, " + std::to_string(V) + ")");
 
     // Sums of scores must stay exact (and competence sums must not overflow).
     const int64_t limit = int64_t(1) << 40;
-    int64_t max_len = 0, max_abs = 0;
-    for (int64_t i = 0; i < N; ++i) max_len = std::max(max_len, indptr[i + 1] - indptr[i]);
+    int64_t max_abs = 0;
     for (int64_t i = 0; i < M * V; ++i) {
         SYMOE_CHECK(profiles[i] > -limit && profiles[i] < limit, "profile score " + std::to_string(profiles[i]) +
                                                                      " out of range (|score| < 2^40)");

@@ -225,30 +225,31 @@ def test_validate_catches_tampered_plans():
     a = assignment(cfg.names, np.array([[0, 1]] * 4))
     p = symoe.plan(a, cfg, aggregator="m0")
     p.validate()
-    bad = symoe.Plan(p.strategy, p.config, p.experts, p.aggregator, {k: v.copy() for k, v in p.arrays.items()})
+    def copy(plan):
+        return symoe.Plan(plan.strategy, plan.config, plan.experts, plan.aggregator,
+                          {k: v.copy() for k, v in plan.arrays.items()})
+
+    bad = copy(p)
     bad.arrays["items"][0] = bad.arrays["items"][1]  # one slot twice, another never
     with pytest.raises(ValueError, match=r"runs [02] times, expected once|wrong model"):
         bad.validate()
-    bad = symoe.Plan(p.strategy, p.config, p.experts, p.aggregator, {k: v.copy() for k, v in p.arrays.items()})
+    bad = copy(p)
     first_unload = int(np.flatnonzero(bad.arrays["kind"] == 2)[0])
     bad.arrays["kind"][first_unload] = 5  # drop an unload: the next load exceeds memory
     with pytest.raises(ValueError, match="memory exceeded|loaded while already"):
         bad.validate()
 
 
-def test_config_errors(tmp_path):
+@pytest.mark.parametrize("text, match", [
+    ('[[model]]\nname = "a"\nparams_b = 1\nlaod_s = 3\n', "unknown key 'laod_s' \\(did you mean 'load_s'\\?\\)"),
+    ('[[model]]\nname = "a"\n', "weight_bytes, weight_gb or params_b"),
+    ("[[model]\n", "not valid TOML"),
+    ("[devices]\ncount = 2\n", "at least one"),
+])
+def test_config_errors(tmp_path, text, match):
     f = tmp_path / "pool.toml"
-    f.write_text('[[model]]\nname = "a"\nparams_b = 1\nlaod_s = 3\n')
-    with pytest.raises(ValueError, match="unknown key 'laod_s' \\(did you mean 'load_s'\\?\\)"):
-        Config.from_toml(f)
-    f.write_text('[[model]]\nname = "a"\n')
-    with pytest.raises(ValueError, match="weight_bytes, weight_gb or params_b"):
-        Config.from_toml(f)
-    f.write_text("[[model]\n")
-    with pytest.raises(ValueError, match="not valid TOML"):
-        Config.from_toml(f)
-    f.write_text('[devices]\ncount = 2\n')
-    with pytest.raises(ValueError, match="at least one"):
+    f.write_text(text)
+    with pytest.raises(ValueError, match=match):
         Config.from_toml(f)
 
 

@@ -44,17 +44,6 @@ def lower_bound(
     tokens: npt.NDArray[np.float64],
     tp_efficiency: float,
 ) -> float: ...
-def validate(
-    plan: dict[str, Any],
-    experts: npt.NDArray[np.int64],
-    aggregator: npt.NDArray[np.int64] | None,
-    model_costs: npt.NDArray[np.float64],
-    device_memory: npt.NDArray[np.float64],
-    device_overlap: npt.NDArray[np.bool_],
-    device_host: npt.NDArray[np.float64],
-    tokens: npt.NDArray[np.float64],
-    tp_efficiency: float,
-) -> None: ...
 def simulate(
     plan: dict[str, Any],
     experts: npt.NDArray[np.int64],

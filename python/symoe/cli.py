@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from importlib import resources
+import time
 from pathlib import Path
 
 import click
@@ -140,7 +140,7 @@ def demo_cmd(devices, png_path):
     """Route the bundled MMLU-Pro sample with synthetic profiles and plan it on the paper's pool."""
     from .workloads import category_keywords, skewed_profiles
 
-    qs = json.loads((resources.files("symoe") / "data" / "mmlu_pro_sample.json").read_text())  # real questions
+    qs = json.loads(Path(_default_data("mmlu_pro_sample.json")).read_text())  # real questions
     cfg = Config.bundled("paper16")
     cats = sorted({q["category"] for q in qs})
     prof = skewed_profiles(cfg.names, cats)
@@ -178,6 +178,11 @@ def _sampling(temperature, max_tokens, agg_max_tokens, seed):
     from .execute import Sampling
 
     return Sampling(temperature, max_tokens, agg_max_tokens or max_tokens, seed)
+
+
+def _paper_sampling(cfg, max_tokens, seed):
+    """Temperature 0.7 as in the paper; new tokens from the option, else the config."""
+    return _sampling(0.7, _max_tokens(cfg, max_tokens), None, seed)
 
 
 def print_run(report, plan) -> None:
@@ -319,7 +324,6 @@ def keywords_cmd(questions_path, fmt, config_path, store_path, model, limit, per
 def profile_cmd(questions_path, fmt, config_path, store_path, keywords_path, limit, per_category, max_tokens, seed,
                 out_path, records_path):
     """Profile every pool model on the validation split."""
-    from .execute import Sampling
     from .profiling import profile_pool, save_records
     from .store import Store
 
@@ -329,9 +333,8 @@ def profile_cmd(questions_path, fmt, config_path, store_path, keywords_path, lim
             raise ValueError("--questions: give the validation split (e.g. MMLU_Pro_train.json)")
         qs = _questions(questions_path, fmt, limit, per_category)
         kws = json.loads(Path(keywords_path).read_text())
-        mt = _max_tokens(cfg, max_tokens)
         with Store(store_path) as store:
-            prof, records = profile_pool(qs, kws, cfg, store, Path(out_path).parent, Sampling(0.7, mt, mt, seed))
+            prof, records = profile_pool(qs, kws, cfg, store, Path(out_path).parent, _paper_sampling(cfg, max_tokens, seed))
     except (ValueError, RuntimeError) as e:
         _fail(e)
     prof.save(out_path)
@@ -358,7 +361,6 @@ def select_aggregator_cmd(questions_path, fmt, config_path, store_path, records_
                           seed, task_name, keyword_model, out_path):
     """Evaluate every candidate aggregator on the synthetic benchmark; keep the best."""
     from .aggregator import select_aggregator
-    from .execute import Sampling
     from .pipeline import Task
     from .profiling import load_records
     from .store import Store
@@ -369,9 +371,9 @@ def select_aggregator_cmd(questions_path, fmt, config_path, store_path, records_
             raise ValueError("--questions: give the validation split used for profiling")
         qs = _questions(questions_path, fmt, limit, per_category)
         records = load_records(records_path)
-        mt = _max_tokens(cfg, max_tokens)
         with Store(store_path) as store:
-            best, table = select_aggregator(qs, records, cfg, store, Path(out_path).parent, Sampling(0.7, mt, mt, seed))
+            best, table = select_aggregator(qs, records, cfg, store, Path(out_path).parent,
+                                            _paper_sampling(cfg, max_tokens, seed))
     except (ValueError, RuntimeError) as e:
         _fail(e)
     click.echo(_table([[m, 100.0 * a, "<- selected" if m == best else ""] for m, a in table.items()],
@@ -401,7 +403,6 @@ def select_aggregator_cmd(questions_path, fmt, config_path, store_path, records_
 def run_cmd(questions_path, fmt, config_path, store_path, profiles_path, task_path, limit, k, seed, rare_threshold,
             similarity_floor, baseline, devices, max_tokens, out_dir):
     """The whole Symbolic-MoE pipeline on real models (default: bundled MMLU-Pro sample, tiny pool)."""
-    from .execute import Sampling
     from .pipeline import Task, run_pipeline
     from .store import Store
 
@@ -414,12 +415,11 @@ def run_cmd(questions_path, fmt, config_path, store_path, profiles_path, task_pa
         qs = _questions(questions_path or _default_data("mmlu_pro_sample.json"), fmt, limit)
         prof = Profiles.from_json(profiles_path or _default_data("tiny_profiles.json"))
         task = Task.from_json(task_path or _default_data("tiny_task.json"))
-        mt = _max_tokens(cfg, max_tokens)
-        t0 = __import__("time").perf_counter()
+        t0 = time.perf_counter()
         with Store(store_path) as store:
-            res = run_pipeline(qs, cfg, prof, task, store, out_dir, Sampling(0.7, mt, mt, seed), k, seed, rare_threshold,
-                               baseline, similarity_floor)
-        wall = __import__("time").perf_counter() - t0
+            res = run_pipeline(qs, cfg, prof, task, store, out_dir, _paper_sampling(cfg, max_tokens, seed), k, seed,
+                               rare_threshold, baseline, similarity_floor)
+        wall = time.perf_counter() - t0
     except (ValueError, RuntimeError) as e:
         _fail(e)
     click.echo(f"\n{len(qs)} questions, baseline={baseline}, aggregator="

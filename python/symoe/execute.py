@@ -6,9 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -20,6 +20,7 @@ import numpy as np
 from .datasets import Question
 from .engine import Device, WorkerError, engine_env
 from .grading import extract_answer, is_correct
+from .picture import draw_timeline
 from .planning import ROLES, STEP_KINDS, Config, Plan
 from .prompts import aggregator_messages, as_completion, expert_messages
 from .store import Generation, Store, generation_key
@@ -93,13 +94,18 @@ def make_request(cfg: Config, model: str, messages: list[dict[str, str]], params
             "params": params, **payload, **params}
 
 
+def open_device(cfg: Config, d: int, log_dir: Path) -> Device:
+    """Device ``d`` of ``cfg``, its workers started with the config's engine environment."""
+    eng = dict(cfg.engine)
+    env = engine_env(eng.get("platform", "gpu"), d, eng.get("threads"), float(eng.get("kv_cache_gb", 1.0)))
+    return Device(d, env, log_dir)
+
+
 def generate_jobs(cfg: Config, jobs: Sequence[tuple[str, Sequence[dict[str, Any]]]], store: Store, run_dir: str | Path,
                   progress: bool = True, label: str = "generations") -> dict[str, Generation]:
     """One model at a time on device 0: load, generate what the store lacks, unload. For stages
     that run one model over many prompts (keywords, profiling, aggregator selection)."""
-    eng = dict(cfg.engine)
-    dev = Device(0, engine_env(eng.get("platform", "gpu"), 0, eng.get("threads"), float(eng.get("kv_cache_gb", 1.0))),
-                 Path(run_dir) / "logs")
+    dev = open_device(cfg, 0, Path(run_dir) / "logs")
     keys = [r["key"] for _, reqs in jobs for r in reqs]
     have = store.existing(keys)
     todo = [(m, [r for r in reqs if r["key"] not in have]) for m, reqs in jobs]
@@ -140,10 +146,18 @@ class Prompts:
     def __init__(self, plan: Plan, questions: Sequence[Question], sampling: Sampling):
         self.plan, self.qs, self.s = plan, questions, sampling
         self.cfg = plan.config
+        self._experts: dict[int, dict[str, Any]] = {}  # polled while aggregation waits, and by grading
 
     def expert(self, item: int) -> dict[str, Any]:
-        q, slot = divmod(int(item), self.plan.k)
-        return expert_request(self.cfg, self.cfg.names[self.plan.experts[q, slot]], self.qs[q], slot, self.s)
+        item = int(item)
+        if item not in self._experts:
+            q, slot = divmod(item, self.plan.k)
+            self._experts[item] = expert_request(self.cfg, self.cfg.names[self.plan.experts[q, slot]], self.qs[q], slot,
+                                                 self.s)
+        return self._experts[item]
+
+    def expert_keys(self, q: int) -> list[str]:
+        return [self.expert(q * self.plan.k + j)["key"] for j in range(self.plan.k)]
 
     def aggregate(self, q: int, expert_texts: list[str]) -> dict[str, Any]:
         qu = self.qs[q]
@@ -170,11 +184,10 @@ def model_spec(cfg: Config, name: str) -> dict[str, Any]:
                             "sleep": m.park_s >= 0 and platform != "cpu"}
     if platform == "cpu":
         spec["chunked_prefill"] = False
-    if platform != "cpu":
-        dev_mem = cfg.devices[0].memory_bytes
-        spec["gpu_memory_utilization"] = min(0.95, m.resident_bytes / dev_mem)
-    if platform == "cpu" and m.path and not Path(m.path).exists():
-        raise ValueError(f"model {name}: path {m.path} does not exist (run `symoe models fetch tiny`?)")
+        if m.path and not Path(m.path).exists():
+            raise ValueError(f"model {name}: path {m.path} does not exist (run `symoe models fetch tiny`?)")
+    else:
+        spec["gpu_memory_utilization"] = min(0.95, m.resident_bytes / cfg.devices[0].memory_bytes)
     return spec
 
 
@@ -202,11 +215,8 @@ def run_plan(plan: Plan, questions: Sequence[Question], store: Store, run_dir: s
         model_spec(cfg, name)  # bad paths fail before any engine starts
     run_id = run_id or uuid.uuid4().hex[:12]
     prompts = Prompts(plan, questions, sampling)
-    eng = dict(cfg.engine)
-    platform = eng.get("platform", "gpu")
     D = len(cfg.devices)
-    devices = [Device(d, engine_env(platform, d, eng.get("threads"), float(eng.get("kv_cache_gb", 1.0))), run_dir / "logs")
-               for d in range(D)]
+    devices = [open_device(cfg, d, run_dir / "logs") for d in range(D)]
     a = plan.arrays
     per_device = [np.flatnonzero(a["device"] == d) for d in range(D)]
     loads_left = [int(np.sum(a["kind"][idx] == 0)) for idx in per_device]
@@ -219,7 +229,7 @@ def run_plan(plan: Plan, questions: Sequence[Question], store: Store, run_dir: s
     t0 = time.perf_counter()
 
     def expert_texts(q: int) -> list[str] | None:
-        keys = [prompts.expert(q * plan.k + j)["key"] for j in range(plan.k)]
+        keys = prompts.expert_keys(q)
         got = store.generations(keys)
         return [got[k].text for k in keys] if len(got) == len(keys) else None
 
@@ -339,7 +349,7 @@ def grade(plan: Plan, questions: Sequence[Question], prompts: Prompts, store: St
     names = plan.config.names
     out = []
     for q, qu in enumerate(questions):
-        keys = [prompts.expert(q * plan.k + j)["key"] for j in range(plan.k)]
+        keys = prompts.expert_keys(q)
         got = store.generations(keys)
         texts = [got[k].text for k in keys if k in got]
         answers = [extract_answer(x, qu.kind) for x in texts]
@@ -374,21 +384,16 @@ def write_report(report: RunReport, plan: Plan, run_dir: Path) -> None:
     with open(run_dir / "results.jsonl", "w") as f:
         for r in report.results:
             f.write(json.dumps(asdict(r)) + "\n")
-    try:
-        from .picture import draw_timeline
-
-        names = list(plan.config.names)
-        idx = {n: i for i, n in enumerate(names)}
-        dev = np.array([r.device for r in report.steps])
-        mod = np.array([idx[r.model] if r.model else -1 for r in report.steps])
-        kinds = [r.kind for r in report.steps]
-        draw_timeline(run_dir / "timeline_measured.png", names, dev, mod, kinds, np.array([r.start for r in report.steps]),
-                      np.array([r.end for r in report.steps]), f"{plan.strategy}: measured {report.makespan:,.1f} s")
-        draw_timeline(run_dir / "timeline_predicted.png", names, dev, mod, kinds,
-                      np.array([r.predicted_start for r in report.steps]), np.array([r.predicted_end for r in report.steps]),
-                      f"{plan.strategy}: predicted {plan.makespan:,.1f} s (cost model)")
-    except ImportError:
-        pass
+    names = list(plan.config.names)
+    idx = {n: i for i, n in enumerate(names)}
+    dev = np.array([r.device for r in report.steps])
+    mod = np.array([idx[r.model] if r.model else -1 for r in report.steps])
+    kinds = [r.kind for r in report.steps]
+    draw_timeline(run_dir / "timeline_measured.png", names, dev, mod, kinds, np.array([r.start for r in report.steps]),
+                  np.array([r.end for r in report.steps]), f"{plan.strategy}: measured {report.makespan:,.1f} s")
+    draw_timeline(run_dir / "timeline_predicted.png", names, dev, mod, kinds,
+                  np.array([r.predicted_start for r in report.steps]), np.array([r.predicted_end for r in report.steps]),
+                  f"{plan.strategy}: predicted {plan.makespan:,.1f} s (cost model)")
 
 
 def calibrate(cfg: Config, report: RunReport) -> Config:

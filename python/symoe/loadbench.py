@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .engine import Device, engine_env
-from .execute import model_spec
+from .execute import model_spec, open_device
 from .planning import Config
 
 PROMPT = [{"role": "user", "content": "Explain step by step why the sky is blue."}]
@@ -48,9 +47,7 @@ def h2d_gbps(nbytes: int) -> float | None:
 
 def bench_model(cfg: Config, name: str, batch_sizes: tuple[int, ...] = (1, 4, 16), max_tokens: int = 64,
                 log_dir: Path = Path("runs/bench-load")) -> dict[str, Any]:
-    eng = dict(cfg.engine)
-    platform = eng.get("platform", "gpu")
-    dev = Device(0, engine_env(platform, 0, eng.get("threads"), float(eng.get("kv_cache_gb", 1.0))), log_dir)
+    dev = open_device(cfg, 0, log_dir)
     spec = model_spec(cfg, name)
     row: dict[str, Any] = {"model": name}
     if os.path.isdir(spec["path"]):
