@@ -1,15 +1,21 @@
-// The only file that knows about Python: converts NumPy arrays to pointers, releases the GIL,
-// and maps std::invalid_argument to ValueError (pybind11's default translation).
+// The only file that knows about Python: converts every argument to its exact C++ type (a
+// ValueError naming the argument and value when it cannot be), keeps each converted array alive
+// for the whole call, releases the GIL, and maps std::invalid_argument to ValueError (pybind11's
+// default translation).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <cmath>
+#include <cstring>
+#include <initializer_list>
+#include <limits>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
+#include "check.hpp"
 #include "planner.hpp"
 #include "rng.hpp"
 #include "router.hpp"
@@ -29,42 +35,141 @@ static py::array_t<T> to_numpy(std::vector<T>&& v, std::vector<py::ssize_t> shap
     return py::array_t<T>(shape, heap->data(), owner);
 }
 
-static py::dict route_py(carray<int64_t> profiles, carray<int64_t> indptr, carray<int64_t> indices,
-                         int64_t k, bool replace, double temperature, const std::string& weighting,
-                         double softmax_temperature, double rare_threshold, uint64_t seed,
-                         uint64_t question_offset, int threads, bool return_probabilities) {
-    if (profiles.ndim() != 2) throw std::invalid_argument("profiles must be a 2-D (models x keywords) array");
-    if (indptr.ndim() != 1 || indptr.shape(0) < 1) throw std::invalid_argument("indptr must be 1-D with length N+1 >= 1");
-    if (indices.ndim() != 1) throw std::invalid_argument("indices must be 1-D");
+// ---- argument conversion: pybind11's own casters answer a float, an out-of-range integer or a
+// wrong dtype with TypeError (or convert an array into a temporary), so every argument is taken
+// as a Python object and converted here.
+
+static std::string show(py::handle v) {  // bounded text for messages (a huge int's may fail)
+    try {
+        std::string s = PyNumber_Check(v.ptr()) ? std::string(py::str(v)) : std::string(py::repr(v));
+        return s.size() > 80 ? s.substr(0, 77) + "..." : s;
+    } catch (py::error_already_set&) {
+        return std::string("a ") + Py_TYPE(v.ptr())->tp_name;
+    }
+}
+
+// A Python integer, or anything with __index__ (NumPy integers); never a float.
+template <class T>
+static T to_int(py::handle v, const std::string& name) {
+    if (PyObject* i = PyNumber_Index(v.ptr())) {
+        py::object keep = py::reinterpret_steal<py::object>(i);
+        if constexpr (std::is_signed_v<T>) {
+            int overflow = 0;
+            long long x = PyLong_AsLongLongAndOverflow(i, &overflow);
+            if (!overflow && x >= std::numeric_limits<T>::min() && x <= std::numeric_limits<T>::max()) return T(x);
+        } else {
+            unsigned long long x = PyLong_AsUnsignedLongLong(i);  // OverflowError when negative
+            if (!PyErr_Occurred() && x <= std::numeric_limits<T>::max()) return T(x);
+        }
+    }
+    PyErr_Clear();
+    throw std::invalid_argument(name + " must be an integer in [" + num(std::numeric_limits<T>::min()) + ", " +
+                                num(std::numeric_limits<T>::max()) + "], got " + show(v));
+}
+
+static double to_real(py::handle v, const std::string& name) {
+    double x = PyFloat_AsDouble(v.ptr());
+    if (x != -1.0 || !PyErr_Occurred()) return x;
+    PyErr_Clear();
+    throw std::invalid_argument(name + " must be a real number, got " + show(v));
+}
+
+static bool to_flag(py::handle v, const std::string& name) {
+    const char* t = Py_TYPE(v.ptr())->tp_name;
+    if (PyBool_Check(v.ptr()) || !std::strcmp(t, "numpy.bool") || !std::strcmp(t, "numpy.bool_"))
+        return PyObject_IsTrue(v.ptr()) == 1;
+    throw std::invalid_argument(name + " must be True or False, got " + show(v));
+}
+
+// Index of v among the options.
+static int to_choice(py::handle v, const std::string& name, std::initializer_list<const char*> options) {
+    std::string list;
+    int i = 0;
+    for (const char* o : options) {
+        if (py::isinstance<py::str>(v) && v.equal(py::str(o))) return i;
+        list += (i++ ? ", '" : "'") + std::string(o) + "'";
+    }
+    throw std::invalid_argument(name + " must be one of " + list + "; got " + show(v));
+}
+
+// Any array-like as a C-contiguous, aligned array of exactly T, owning its data (a copy when
+// anything had to change): pointers into it stay valid while the returned object lives. Integer
+// targets take integer or bool input whose values fit int64; real targets also take floats.
+template <class T>
+static carray<T> to_array(py::handle v, const std::string& name) {
+    constexpr bool real = std::is_floating_point_v<T>, flag = std::is_same_v<T, bool>;
+    py::module_ np = py::module_::import("numpy");
+    py::object a;
+    try {
+        a = np.attr("asarray")(v);
+    } catch (py::error_already_set& e) {  // ragged lists and the like
+        if (!e.matches(PyExc_ValueError) && !e.matches(PyExc_TypeError) && !e.matches(PyExc_OverflowError)) throw;
+        throw std::invalid_argument(name + " is not an array: " + e.what());
+    }
+    py::dtype dt = a.attr("dtype");
+    char kind = dt.kind();
+    if (!(kind == 'b' || kind == 'i' || kind == 'u' || (real && kind == 'f')))
+        throw std::invalid_argument(name + " must be an array of " +
+                                    (real ? "real numbers" : flag ? "booleans" : "integers") + ", got dtype " +
+                                    std::string(py::str(dt)));
+    if (!real && !flag && kind == 'u' && dt.itemsize() == 8 && a.attr("size").cast<py::ssize_t>() > 0) {
+        py::object hi = a.attr("max")();  // would wrap when cast to int64
+        if (to_int<uint64_t>(hi, name) > uint64_t(std::numeric_limits<int64_t>::max()))
+            throw std::invalid_argument(name + " has value " + show(hi) + " beyond the int64 range");
+    }
+    return carray<T>::ensure(np.attr("require")(a, py::dtype::of<T>(), "CA"));
+}
+
+static std::string dims(const py::array& a) {
+    std::string s = "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + num(a.shape(i));
+    return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+// ---- routing
+
+static py::dict route_py(py::object profiles_, py::object indptr_, py::object indices_, py::object k,
+                         py::object replace, py::object temperature, py::object weighting,
+                         py::object softmax_temperature, py::object rare_threshold, py::object seed,
+                         py::object question_offset, py::object threads, py::object return_probabilities) {
+    auto profiles = to_array<int64_t>(profiles_, "profiles");
+    auto indptr = to_array<int64_t>(indptr_, "indptr");
+    auto indices = to_array<int64_t>(indices_, "indices");
+    if (profiles.ndim() != 2)
+        throw std::invalid_argument("profiles must be a 2-D (models x keywords) array, got shape " + dims(profiles));
+    if (indptr.ndim() != 1 || indptr.shape(0) < 1)
+        throw std::invalid_argument("indptr must be 1-D with length N+1 >= 1, got shape " + dims(indptr));
+    if (indices.ndim() != 1) throw std::invalid_argument("indices must be 1-D, got shape " + dims(indices));
     RouteOptions o;
-    o.k = k;
-    o.replace = replace;
-    o.scoring.temperature = temperature;
-    o.scoring.softmax_temperature = softmax_temperature;
-    if (weighting == "reference") o.scoring.weighting = Weighting::Reference;
-    else if (weighting == "softmax") o.scoring.weighting = Weighting::Softmax;
-    else throw std::invalid_argument("weighting must be 'reference' or 'softmax', got '" + weighting + "'");
-    o.rare_threshold = rare_threshold;
-    o.seed = seed;
-    o.question_offset = question_offset;
-    o.threads = threads;
+    o.k = to_int<int64_t>(k, "k");
+    o.replace = to_flag(replace, "replace");
+    o.scoring.temperature = to_real(temperature, "temperature");
+    o.scoring.weighting = to_choice(weighting, "weighting", {"reference", "softmax"}) ? Weighting::Softmax
+                                                                                       : Weighting::Reference;
+    o.scoring.softmax_temperature = to_real(softmax_temperature, "softmax_temperature");
+    o.rare_threshold = to_real(rare_threshold, "rare_threshold");
+    o.seed = to_int<uint64_t>(seed, "seed");
+    o.question_offset = to_int<uint64_t>(question_offset, "question_offset");
+    o.threads = to_int<int>(threads, "threads");
+    bool want_p = to_flag(return_probabilities, "return_probabilities");
     int64_t M = profiles.shape(0), V = profiles.shape(1), N = indptr.shape(0) - 1;
     RouteResult r;
     {
         py::gil_scoped_release nogil;
-        r = route(profiles.data(), M, V, indptr.data(), N, indices.data(), indices.shape(0), o,
-                  return_probabilities);
+        r = route(profiles.data(), M, V, indptr.data(), N, indices.data(), indices.shape(0), o, want_p);
     }
     py::dict d;
-    d["experts"] = to_numpy(std::move(r.experts), {N, k});
+    d["experts"] = to_numpy(std::move(r.experts), {N, o.k});
     d["gamma"] = to_numpy(std::move(r.gamma), {M});
     d["counts_before_filter"] = to_numpy(std::move(r.filter.counts_before), {M});
     std::vector<bool> kept(r.filter.kept.begin(), r.filter.kept.end());
     d["kept"] = py::cast(kept);
     d["replaced"] = r.filter.replaced;
-    if (return_probabilities) d["probabilities"] = to_numpy(std::move(r.probabilities), {N, M});
+    if (want_p) d["probabilities"] = to_numpy(std::move(r.probabilities), {N, M});
     return d;
 }
+
+// ---- planning
 
 // Model cost columns, in this order (the Python layer builds the matrix).
 static const char* kCostColumns[] = {"weight_bytes", "extra_bytes", "load_s",    "unload_s",   "park_s",
@@ -72,29 +177,40 @@ static const char* kCostColumns[] = {"weight_bytes", "extra_bytes", "load_s",   
 constexpr int kNumCost = 10;
 
 struct Inputs {
+    carray<int64_t> experts, aggregator;  // w points into these: they live as long as the Inputs
     Workload w;
     Costs c;
 };
 
-static Inputs make_inputs(const carray<int64_t>& experts, const py::object& aggregator, const carray<double>& model_costs,
-                          const carray<double>& device_memory, const carray<bool>& device_overlap, const carray<double>& device_host,
-                          const carray<double>& tokens, double tp_efficiency) {
-    if (experts.ndim() != 2) throw std::invalid_argument("experts must be a 2-D (questions x k) array");
+static Inputs make_inputs(py::handle experts, py::handle aggregator, py::handle model_costs_, py::handle device_memory_,
+                          py::handle device_overlap_, py::handle device_host_, py::handle tokens_,
+                          py::handle tp_efficiency) {
+    Inputs in;
+    in.experts = to_array<int64_t>(experts, "experts");
+    auto model_costs = to_array<double>(model_costs_, "model_costs");
+    auto device_memory = to_array<double>(device_memory_, "device_memory");
+    auto device_overlap = to_array<bool>(device_overlap_, "device_overlap");
+    auto device_host = to_array<double>(device_host_, "device_host");
+    auto tokens = to_array<double>(tokens_, "tokens");
+    if (in.experts.ndim() != 2)
+        throw std::invalid_argument("experts must be a 2-D (questions x k) array, got shape " + dims(in.experts));
     if (model_costs.ndim() != 2 || model_costs.shape(1) != kNumCost)
-        throw std::invalid_argument("model_costs must be M x " + std::to_string(kNumCost));
+        throw std::invalid_argument("model_costs must be M x " + num(kNumCost) + ", got shape " + dims(model_costs));
     if (device_memory.ndim() != 1 || device_overlap.ndim() != 1 || device_host.ndim() != 1 ||
         device_overlap.shape(0) != device_memory.shape(0) || device_host.shape(0) != device_memory.shape(0))
-        throw std::invalid_argument("device_memory, device_overlap and device_host must be 1-D of equal length");
-    if (tokens.ndim() != 1 || tokens.shape(0) != 4) throw std::invalid_argument("tokens must have 4 entries");
-    Inputs in;
-    in.w.N = experts.shape(0);
-    in.w.k = experts.shape(1);
-    in.w.experts = experts.data();
+        throw std::invalid_argument("device_memory, device_overlap and device_host must be 1-D of equal length, got "
+                                    "shapes " + dims(device_memory) + ", " + dims(device_overlap) + ", " + dims(device_host));
+    if (tokens.ndim() != 1 || tokens.shape(0) != 4)
+        throw std::invalid_argument("tokens must have 4 entries, got shape " + dims(tokens));
+    in.w.N = in.experts.shape(0);
+    in.w.k = in.experts.shape(1);
+    in.w.experts = in.experts.data();
     if (!aggregator.is_none()) {
-        auto a = aggregator.cast<carray<int64_t>>();
-        if (a.ndim() != 1 || a.shape(0) != in.w.N)
-            throw std::invalid_argument("aggregator must have one entry per question (" + std::to_string(in.w.N) + ")");
-        in.w.aggregator = a.data();
+        in.aggregator = to_array<int64_t>(aggregator, "aggregator");
+        if (in.aggregator.ndim() != 1 || in.aggregator.shape(0) != in.w.N)
+            throw std::invalid_argument("aggregator must have one entry per question (" + num(in.w.N) + "), got shape " +
+                                        dims(in.aggregator));
+        in.w.aggregator = in.aggregator.data();
     }
     for (py::ssize_t m = 0; m < model_costs.shape(0); ++m) {
         const double* r = model_costs.data(m, 0);
@@ -107,7 +223,7 @@ static Inputs make_inputs(const carray<int64_t>& experts, const py::object& aggr
     for (py::ssize_t d = 0; d < device_memory.shape(0); ++d)
         in.c.devices.push_back(Device{device_memory.data()[d], device_overlap.data()[d], device_host.data()[d]});
     in.c.tokens = Tokens{tokens.data()[0], tokens.data()[1], tokens.data()[2], tokens.data()[3]};
-    in.c.tp_efficiency = tp_efficiency;
+    in.c.tp_efficiency = to_real(tp_efficiency, "tp_efficiency");
     return in;
 }
 
@@ -138,52 +254,61 @@ static py::dict plan_to_dict(Plan&& p) {
     return d;
 }
 
-static Plan plan_from_dict(const py::dict& d) {
+// A plan field's value must fit its Step member before narrowing (validate() checks its range).
+template <class T>
+static T narrow(const carray<int64_t>& a, py::ssize_t s, const char* name) {
+    int64_t v = a.data()[s];
+    if (v < std::numeric_limits<T>::min() || v > std::numeric_limits<T>::max())
+        throw std::invalid_argument("step " + num(s) + ": " + name + " " + num(v) + " out of range");
+    return T(v);
+}
+
+static Plan plan_from_dict(py::handle plan) {
+    if (!py::isinstance<py::dict>(plan)) throw std::invalid_argument("plan must be a dict of step arrays, got " + show(plan));
+    auto d = py::reinterpret_borrow<py::dict>(plan);
+    auto get = [&](const char* key) -> py::object {
+        if (!d.contains(key)) throw std::invalid_argument(std::string("plan has no '") + key + "'");
+        return d[key];
+    };
+    static const char* names[] = {"kind", "role", "device", "model", "tp", "item_begin", "item_end"};
+    std::vector<carray<int64_t>> f;
+    for (const char* n : names) f.push_back(to_array<int64_t>(get(n), std::string("plan ") + n));
+    auto sec = to_array<double>(get("seconds"), "plan seconds");
+    auto items = to_array<int64_t>(get("items"), "plan items");
     Plan p;
-    p.devices = d["devices"].cast<int32_t>();
-    auto kind = d["kind"].cast<carray<int8_t>>();
-    auto role = d["role"].cast<carray<int8_t>>();
-    auto device = d["device"].cast<carray<int32_t>>();
-    auto model = d["model"].cast<carray<int32_t>>();
-    auto tp = d["tp"].cast<carray<int32_t>>();
-    auto b = d["item_begin"].cast<carray<int64_t>>();
-    auto e = d["item_end"].cast<carray<int64_t>>();
-    auto sec = d["seconds"].cast<carray<double>>();
-    auto items = d["items"].cast<carray<int64_t>>();
-    py::ssize_t S = kind.size();
-    for (auto* a : {(py::array*)&role, (py::array*)&device, (py::array*)&model, (py::array*)&tp, (py::array*)&b,
-                    (py::array*)&e, (py::array*)&sec})
-        if (a->ndim() != 1 || a->size() != S) throw std::invalid_argument("plan step arrays must all have the same length");
-    p.steps.resize(S);
-    for (py::ssize_t s = 0; s < S; ++s) {
-        int8_t k = kind.data()[s], r = role.data()[s];
-        if (k < 0 || k > 5) throw std::invalid_argument("step " + std::to_string(s) + ": unknown kind " + std::to_string(k));
-        if (r < 0 || r > 1) throw std::invalid_argument("step " + std::to_string(s) + ": unknown role " + std::to_string(r));
-        p.steps[s] = Step{StepKind(k), device.data()[s], model.data()[s], Role(r), b.data()[s], e.data()[s],
-                          sec.data()[s], tp.data()[s]};
+    p.devices = to_int<int32_t>(get("devices"), "plan devices");
+    py::ssize_t S = f[0].ndim() == 1 ? f[0].shape(0) : -1;
+    for (size_t j = 0; j <= f.size(); ++j) {
+        const py::array& a = j < f.size() ? static_cast<const py::array&>(f[j]) : sec;
+        if (a.ndim() != 1 || a.shape(0) != S)
+            throw std::invalid_argument("plan step arrays must be 1-D of one length: kind has shape " + dims(f[0]) +
+                                        ", " + (j < f.size() ? names[j] : "seconds") + " " + dims(a));
     }
-    p.items.assign(items.data(), items.data() + items.size());
+    if (items.ndim() != 1) throw std::invalid_argument("plan items must be 1-D, got shape " + dims(items));
+    p.steps.resize(size_t(S));
+    for (py::ssize_t s = 0; s < S; ++s)
+        p.steps[s] = Step{StepKind(narrow<int8_t>(f[0], s, "kind")), narrow<int32_t>(f[2], s, "device"),
+                          narrow<int32_t>(f[3], s, "model"), Role(narrow<int8_t>(f[1], s, "role")),
+                          f[5].data()[s], f[6].data()[s], sec.data()[s], narrow<int32_t>(f[4], s, "tp")};
+    p.items.assign(items.data(), items.data() + items.shape(0));
     return p;
 }
 
-#define INPUT_ARGS                                                                                                   \
-    carray<int64_t> experts, py::object aggregator, carray<double> model_costs, carray<double> device_memory,       \
-        carray<bool> device_overlap, carray<double> device_host, carray<double> tokens, double tp_efficiency
+#define INPUT_ARGS                                                                                            \
+    py::object experts, py::object aggregator, py::object model_costs, py::object device_memory,              \
+        py::object device_overlap, py::object device_host, py::object tokens, py::object tp_efficiency
 #define INPUT_CALL experts, aggregator, model_costs, device_memory, device_overlap, device_host, tokens, tp_efficiency
-#define INPUT_PYARGS                                                                                                 \
-    py::arg("experts"), py::arg("aggregator"), py::arg("model_costs"), py::arg("device_memory"),                    \
+#define INPUT_PYARGS                                                                                          \
+    py::arg("experts"), py::arg("aggregator").none(true), py::arg("model_costs"), py::arg("device_memory"),   \
         py::arg("device_overlap"), py::arg("device_host"), py::arg("tokens"), py::arg("tp_efficiency")
 
-static py::dict make_plan_py(INPUT_ARGS, const std::string& strategy, double pause_s, bool replicate) {
+static py::dict make_plan_py(INPUT_ARGS, py::object strategy, py::object pause_s, py::object replicate) {
     Inputs in = make_inputs(INPUT_CALL);
     PlanOptions o;
-    if (strategy == "symoe") o.strategy = Strategy::Symoe;
-    else if (strategy == "reference") o.strategy = Strategy::Reference;
-    else if (strategy == "naive") o.strategy = Strategy::Naive;
-    else throw std::invalid_argument("strategy must be 'symoe', 'reference' or 'naive', got '" + strategy + "'");
-    if (!std::isfinite(pause_s) || pause_s < 0) throw std::invalid_argument("pause_s must be finite and >= 0");
-    o.pause_s = pause_s;
-    o.replicate = replicate;
+    static const Strategy kinds[] = {Strategy::Symoe, Strategy::Reference, Strategy::Naive};
+    o.strategy = kinds[to_choice(strategy, "strategy", {"symoe", "reference", "naive"})];
+    o.pause_s = to_real(pause_s, "pause_s");
+    o.replicate = to_flag(replicate, "replicate");
     Plan p;
     {
         py::gil_scoped_release nogil;
@@ -194,11 +319,11 @@ static py::dict make_plan_py(INPUT_ARGS, const std::string& strategy, double pau
 
 static double lower_bound_py(INPUT_ARGS) {
     Inputs in = make_inputs(INPUT_CALL);
-    py::gil_scoped_release nogil;
+    py::gil_scoped_release nogil;  // declared after `in`, so the GIL is back before `in` is destroyed
     return lower_bound(in.w, in.c);
 }
 
-static py::dict simulate_py(const py::dict& plan, INPUT_ARGS) {
+static py::dict simulate_py(py::object plan, INPUT_ARGS) {
     Inputs in = make_inputs(INPUT_CALL);
     Plan p = plan_from_dict(plan);
     Timeline t;
@@ -225,12 +350,19 @@ PYBIND11_MODULE(_core, m) {
           py::arg("replace"), py::arg("temperature"), py::arg("weighting"), py::arg("softmax_temperature"),
           py::arg("rare_threshold"), py::arg("seed"), py::arg("question_offset"), py::arg("threads"),
           py::arg("return_probabilities"));
-    m.def("uniform", [](uint64_t s, uint64_t q, uint32_t st, uint32_t sl) { return uniform(s, q, st, sl); }, py::arg("seed"), py::arg("question"), py::arg("stream"), py::arg("slot"),
-          "The counter-based uniform used for every draw (exposed for reference implementations).");
+    m.def(
+        "uniform",
+        [](py::object s, py::object q, py::object st, py::object sl) {
+            return uniform(to_int<uint64_t>(s, "seed"), to_int<uint64_t>(q, "question"),
+                           to_int<uint32_t>(st, "stream"), to_int<uint32_t>(sl, "slot"));
+        },
+        py::arg("seed"), py::arg("question"), py::arg("stream"), py::arg("slot"),
+        "The counter-based uniform used for every draw (exposed for reference implementations).");
     m.def("make_plan", &make_plan_py, INPUT_PYARGS, py::arg("strategy"), py::arg("pause_s"), py::arg("replicate"));
     m.def("lower_bound", &lower_bound_py, INPUT_PYARGS);
     m.def("simulate", &simulate_py, py::arg("plan"), INPUT_PYARGS,
           "Checks every invariant of the plan (ValueError naming the first violation), then simulates it.");
     std::vector<std::string> cols(kCostColumns, kCostColumns + kNumCost);
     m.attr("COST_COLUMNS") = py::cast(cols);
+    m.attr("MAX_K") = kMaxK;
 }

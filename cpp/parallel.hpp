@@ -16,10 +16,16 @@ inline int resolve_threads(int threads) {
     return hw ? int(hw) : 1;
 }
 
+// Chunks parallel_chunks uses: at most one per 4096 indices, so per-chunk scratch stays small
+// whatever thread count is asked for.
+inline int chunk_count(int64_t n, int threads) {
+    return int(std::max<int64_t>(1, std::min<int64_t>(resolve_threads(threads), (n + 4095) / 4096)));
+}
+
 // fn(begin, end, chunk_index); the first exception thrown by any chunk is rethrown here.
 template <class F>
 void parallel_chunks(int64_t n, int threads, F&& fn) {
-    int t = int(std::max<int64_t>(1, std::min<int64_t>(resolve_threads(threads), (n + 4095) / 4096)));
+    int t = chunk_count(n, threads);
     if (t <= 1) { fn(int64_t(0), n, 0); return; }
     std::vector<std::thread> pool;
     std::exception_ptr err;

@@ -23,40 +23,48 @@ double run_seconds(const ModelCost& m, Role role, int64_t n, const Tokens& t, in
 }
 
 void check_inputs(const Workload& w, const Costs& c) {
-    int64_t M = int64_t(c.models.size());
-    SYMOE_CHECK(!c.devices.empty(), "no devices: at least one device is needed");
+    int64_t M = int64_t(c.models.size()), D = int64_t(c.devices.size());
+    SYMOE_CHECK(D > 0, "no devices: at least one device is needed");
     SYMOE_CHECK(M > 0, "pool is empty");
     SYMOE_CHECK(w.N >= 0 && w.k >= 0, "assignment shape must be non-negative");
     SYMOE_CHECK(w.N > 0 && w.k > 0, "assignment is empty: nothing to plan");
-    for (size_t d = 0; d < c.devices.size(); ++d)
-        SYMOE_CHECK(std::isfinite(c.devices[d].memory_bytes) && c.devices[d].memory_bytes > 0 &&
-                        std::isfinite(c.devices[d].host_bytes) && c.devices[d].host_bytes >= 0,
-                    "device " + std::to_string(d) + " memory must be a positive finite number of bytes");
+    // Planner, validator and simulator keep devices x models tables.
+    SYMOE_CHECK(product_within(D, M, kMaxDeviceModels),
+                num(D) + " devices x " + num(M) + " models exceed the limit of 2^24 pairs");
+    for (int64_t d = 0; d < D; ++d) {
+        const Device& x = c.devices[d];
+        SYMOE_CHECK(std::isfinite(x.memory_bytes) && x.memory_bytes > 0,
+                    "device " + num(d) + " memory must be a positive finite number of bytes, got " + num(x.memory_bytes));
+        SYMOE_CHECK(std::isfinite(x.host_bytes) && x.host_bytes >= 0,
+                    "device " + num(d) + " host memory must be finite and >= 0, got " + num(x.host_bytes));
+    }
     SYMOE_CHECK(std::isfinite(c.tp_efficiency) && c.tp_efficiency >= 0 && c.tp_efficiency <= 1,
-          "tp_efficiency must be in [0, 1]");
-    for (double v : {c.tokens.expert_prompt, c.tokens.expert_output, c.tokens.aggregate_prompt, c.tokens.aggregate_output})
-        SYMOE_CHECK(std::isfinite(v) && v >= 0, "token counts must be finite and >= 0");
+                "tp_efficiency must be in [0, 1], got " + num(c.tp_efficiency));
+    const Tokens& t = c.tokens;
+    for (double v : {t.expert_prompt, t.expert_output, t.aggregate_prompt, t.aggregate_output})
+        SYMOE_CHECK(std::isfinite(v) && v >= 0, "token counts must be finite and >= 0, got " + num(v));
     double biggest = 0;
     for (auto& d : c.devices) biggest = std::max(biggest, d.memory_bytes);
     for (int64_t m = 0; m < M; ++m) {
         const ModelCost& x = c.models[m];
-        std::string who = "model " + std::to_string(m);
+        std::string who = "model " + num(m);
         for (double v : {x.weight_bytes, x.extra_bytes, x.load_s, x.unload_s, x.wake_s, x.overhead_s})
-            SYMOE_CHECK(std::isfinite(v) && v >= 0, who + ": sizes and times must be finite and >= 0");
-        SYMOE_CHECK(std::isfinite(x.park_s), who + ": park_s must be finite");
+            SYMOE_CHECK(std::isfinite(v) && v >= 0, who + ": sizes and times must be finite and >= 0, got " + num(v));
+        SYMOE_CHECK(std::isfinite(x.park_s), who + ": park_s must be finite, got " + num(x.park_s));
         for (double v : {x.prefill_tps, x.decode_tps, x.stream_tps})
-            SYMOE_CHECK(std::isfinite(v) && v > 0, who + ": throughputs must be positive and finite");
+            SYMOE_CHECK(std::isfinite(v) && v > 0, who + ": throughputs must be positive and finite, got " + num(v));
     }
     std::vector<uint8_t> used(M, 0);
     for (int64_t i = 0; i < w.N * w.k; ++i) {
-        SYMOE_CHECK(w.experts[i] >= 0 && w.experts[i] < M, "assignment names model id " + std::to_string(w.experts[i]) +
-                                                         " outside the pool of " + std::to_string(M));
+        SYMOE_CHECK(w.experts[i] >= 0 && w.experts[i] < M,
+                    "assignment names model id " + num(w.experts[i]) + " (question " + num(i / w.k) + ", slot " +
+                        num(i % w.k) + ") outside the pool of " + num(M));
         used[w.experts[i]] = 1;
     }
     if (w.aggregator)
         for (int64_t q = 0; q < w.N; ++q) {
             SYMOE_CHECK(w.aggregator[q] >= -1 && w.aggregator[q] < M,
-                  "aggregator id " + std::to_string(w.aggregator[q]) + " outside the pool");
+                        "aggregator id " + num(w.aggregator[q]) + " (question " + num(q) + ") outside [-1, " + num(M) + ")");
             if (w.aggregator[q] >= 0) used[w.aggregator[q]] = 1;
         }
     for (int64_t m = 0; m < M; ++m)
@@ -67,18 +75,35 @@ void check_inputs(const Workload& w, const Costs& c) {
 
 void validate(const Plan& p, const Workload& w, const Costs& c) {
     int64_t M = int64_t(c.models.size());
-    SYMOE_CHECK(p.devices == int32_t(c.devices.size()), "plan has " + std::to_string(p.devices) +
+    SYMOE_CHECK(p.devices == int64_t(c.devices.size()), "plan has " + std::to_string(p.devices) +
                                                       " devices, the cost model " + std::to_string(c.devices.size()));
     std::vector<int32_t> expert_done(size_t(w.N * w.k), 0), agg_done(size_t(w.N), 0);
     std::vector<std::vector<int8_t>> state(p.devices, std::vector<int8_t>(M, 0));  // 0 out, 1 resident, 2 parked
     std::vector<double> used(p.devices, 0.0), host(p.devices, 0.0);
+    const int64_t n_items = int64_t(p.items.size());
+    // Every field of every step in range first: the checks below and simulate() index with them.
+    for (size_t s = 0; s < p.steps.size(); ++s) {
+        const Step& st = p.steps[s];
+        std::string at = "step " + num(s) + ": ";
+        SYMOE_CHECK(int(st.kind) >= 0 && int(st.kind) <= int(StepKind::Pause), at + "unknown kind " + num(int(st.kind)));
+        SYMOE_CHECK(st.role == Role::Expert || st.role == Role::Aggregate, at + "unknown role " + num(int(st.role)));
+        SYMOE_CHECK(st.device >= 0 && st.device < p.devices,
+                    at + "device " + num(st.device) + " out of range [0, " + num(p.devices) + ")");
+        SYMOE_CHECK(st.tp >= 1 && int64_t(st.device) + st.tp <= p.devices,
+                    at + "tp " + num(st.tp) + " on device " + num(st.device) + " spans beyond the plan's " +
+                        num(p.devices) + " devices");
+        SYMOE_CHECK(st.model >= (st.kind == StepKind::Pause ? -1 : 0) && st.model < M,
+                    at + "model " + num(st.model) + " out of range [0, " + num(M) + ")");
+        SYMOE_CHECK(0 <= st.item_begin && st.item_begin <= st.item_end && st.item_end <= n_items,
+                    at + "item range [" + num(st.item_begin) + ", " + num(st.item_end) + ") out of bounds [0, " +
+                        num(n_items) + "]");
+        SYMOE_CHECK(std::isfinite(st.seconds) && st.seconds >= 0,
+                    at + "seconds must be finite and >= 0, got " + num(st.seconds));
+    }
     for (size_t s = 0; s < p.steps.size(); ++s) {
         const Step& st = p.steps[s];
         std::string at = "step " + std::to_string(s) + ": ";
-        SYMOE_CHECK(st.device >= 0 && st.device < p.devices, at + "device out of range");
-        if (st.kind == StepKind::Pause) { SYMOE_CHECK(st.seconds >= 0, at + "negative pause"); continue; }
-        SYMOE_CHECK(st.model >= 0 && st.model < M, at + "model out of range");
-        SYMOE_CHECK(st.tp >= 1 && st.device + st.tp <= p.devices, at + "tensor-parallel span out of range");
+        if (st.kind == StepKind::Pause) continue;
         int8_t& s8 = state[st.device][st.model];
         double size = resident_bytes(c.models[st.model]) / st.tp;
         switch (st.kind) {
@@ -119,17 +144,15 @@ void validate(const Plan& p, const Workload& w, const Costs& c) {
             case StepKind::Run: {
                 SYMOE_CHECK(s8 == 1, at + "run of model " + std::to_string(st.model) + " that is not resident on device " +
                                    std::to_string(st.device));
-                SYMOE_CHECK(0 <= st.item_begin && st.item_begin <= st.item_end && st.item_end <= int64_t(p.items.size()),
-                      at + "item range out of bounds");
                 for (int64_t i = st.item_begin; i < st.item_end; ++i) {
                     int64_t it = p.items[i];
                     if (st.role == Role::Expert) {
-                        SYMOE_CHECK(it >= 0 && it < w.N * w.k, at + "expert item out of range");
+                        SYMOE_CHECK(it >= 0 && it < w.N * w.k, at + "expert item " + num(it) + " out of range");
                         SYMOE_CHECK(w.experts[it] == st.model, at + "question " + std::to_string(it / w.k) + " slot " +
                                                              std::to_string(it % w.k) + " run by the wrong model");
                         expert_done[it]++;
                     } else {
-                        SYMOE_CHECK(it >= 0 && it < w.N, at + "aggregation item out of range");
+                        SYMOE_CHECK(it >= 0 && it < w.N, at + "aggregation item " + num(it) + " out of range");
                         SYMOE_CHECK(w.aggregator && w.aggregator[it] == st.model,
                               at + "question " + std::to_string(it) + " aggregated by the wrong model");
                         agg_done[it]++;

@@ -67,13 +67,17 @@ double resident_bytes(const ModelCost& m);
 inline bool fits(double bytes, double capacity) { return bytes <= capacity * (1 + 1e-12); }
 double run_seconds(const ModelCost& m, Role role, int64_t n, const Tokens& t, int32_t tp, double tp_eff);
 
+// Most devices x models pairs (the planner, validator and simulator keep tables of them).
+constexpr int64_t kMaxDeviceModels = int64_t(1) << 24;
+
 // Checks that the workload and costs are well formed (ids in range, sizes finite and >= 0, every
 // used model fits some device). Throws std::invalid_argument naming the model and sizes.
 void check_inputs(const Workload& w, const Costs& c);
 
 // Checks every invariant of a plan: each (question, slot) run exactly once by its model, each
 // aggregation exactly once by its aggregator, runs only of resident models, memory within each
-// device at every point, steps well formed. Throws std::invalid_argument describing the first
+// device at every point, every step's fields in range (checked before anything is indexed by
+// them, so simulate() may then trust them). Throws std::invalid_argument describing the first
 // violation. Aggregation-after-experts is a timing property checked by the simulator.
 void validate(const Plan& p, const Workload& w, const Costs& c);
 

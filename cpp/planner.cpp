@@ -5,6 +5,7 @@
 #include <limits>
 #include <stdexcept>
 
+#include "check.hpp"
 #include "simulator.hpp"
 
 namespace symoe {
@@ -338,6 +339,7 @@ Plan plan_naive(const Workload& w, const Costs& c) {
 
 Plan make_plan(const Workload& w, const Costs& c, const PlanOptions& o) {
     check_inputs(w, c);
+    SYMOE_CHECK(std::isfinite(o.pause_s) && o.pause_s >= 0, "pause_s must be finite and >= 0, got " + num(o.pause_s));
     switch (o.strategy) {
         case Strategy::Reference: return plan_reference(w, c, o);
         case Strategy::Naive: return plan_naive(w, c);

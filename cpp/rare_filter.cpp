@@ -11,7 +11,7 @@ RareFilterResult rare_filter(int64_t* ex, int64_t N, int64_t k, int64_t M, doubl
     RareFilterResult r;
     r.counts_before.assign(M, 0);
     r.kept.assign(M, 1);
-    int nt = resolve_threads(threads);
+    int nt = chunk_count(N, threads);  // chunk indices stay below this
     std::vector<std::vector<int64_t>> partial(nt, std::vector<int64_t>(M, 0));
     parallel_chunks(N, nt, [&](int64_t b, int64_t e, int c) {
         auto& cnt = partial[c];

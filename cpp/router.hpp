@@ -8,14 +8,19 @@
 
 namespace symoe {
 
+// Bounds checked before anything is allocated: k per question, and the cells of each table route
+// builds (questions x k experts, questions x models probabilities, models x keywords profiles).
+constexpr int64_t kMaxK = int64_t(1) << 16;
+constexpr int64_t kMaxCells = int64_t(1) << 32;
+
 struct RouteOptions {
     ScoringOptions scoring;
-    int64_t k = 3;
+    int64_t k = 3;                 // in [0, kMaxK]
     bool replace = true;
     double rare_threshold = 0.05;
     uint64_t seed = 0;
     uint64_t question_offset = 0;  // global index of the first question (batch splits)
-    int threads = 0;               // 0: all hardware threads
+    int threads = 0;               // >= 0; 0: all hardware threads
 };
 
 struct RouteResult {

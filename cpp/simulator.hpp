@@ -18,7 +18,8 @@ struct Timeline {
 // overlap_load off they are one lane. Steps keep their order within a lane. A load or wake
 // waits for every earlier unload/park of its device (so memory never exceeds what validate()
 // checked), a run waits for its model and, for aggregation, for every expert slot of its
-// questions on any device. Throws std::invalid_argument if the plan deadlocks.
+// questions on any device. Throws std::invalid_argument if the plan deadlocks. The plan must be
+// one make_plan() built or one validate() accepted: its fields index memory unchecked.
 Timeline simulate(const Plan& p, const Workload& w, const Costs& c);
 
 }  // namespace symoe

@@ -275,3 +275,96 @@ def test_plan_json_file_and_picture(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="not a symoe plan"):
         symoe.Plan.from_json(tmp_path / "bad.json")
+
+
+# ---- memory safety and clear errors at the binding (issue 10) -----------------------------
+
+def core_plan_args(p: symoe.Plan) -> dict:
+    return dict(experts=p.experts, aggregator=p.aggregator, **p.config.core_args())
+
+
+@pytest.mark.parametrize("convert", [lambda a: a.tolist(), lambda a: a.astype(np.int32), lambda a: a[::-1][::-1],
+                                     lambda a: np.repeat(a, 2, axis=0)[::2]])
+def test_simulate_keeps_converted_arrays_alive(convert):
+    # A list or int32 aggregator was converted into a temporary the core then read after it was
+    # freed (ASan: heap-use-after-free in check_inputs; over 1 KiB, so NumPy's small-buffer cache
+    # does not hide it).
+    cfg = make_config([5, 6], devices=2)
+    p = symoe.plan(assignment(cfg.names, np.array([[0, 1], [1, 1], [0, 0]] * 100)), cfg, aggregator="m1")
+    args = core_plan_args(p)
+    want = symoe.planning._core.simulate({"devices": 2, **p.arrays}, **args)
+    plan = {"devices": 2, **{k: convert(v) for k, v in p.arrays.items()}}
+    got = symoe.planning._core.simulate(plan, **{**args, "aggregator": convert(p.aggregator), "experts": convert(p.experts)})
+    assert np.array_equal(got["end"], want["end"]) and got["makespan"] == want["makespan"]
+    bad = p.aggregator.astype(np.int32)
+    bad[3] = 7
+    with pytest.raises(ValueError, match=r"aggregator id 7 \(question 3\) outside \[-1, 2\)"):
+        symoe.planning._core.simulate({"devices": 2, **p.arrays}, **{**args, "aggregator": bad.tolist()})
+
+
+def _reference_plan():
+    cfg = make_config([5, 6, 7], devices=2)
+    return symoe.plan(assignment(cfg.names, np.array([[2, 0, 2], [1, 2, 0]])), cfg, aggregator="m1", strategy="reference")
+
+
+_PAUSE = 3  # the reference plan's first pause step (tp = 2 over both devices)
+
+
+@pytest.mark.parametrize("field, step, value, match", [
+    ("tp", _PAUSE, 3, r"step 3: tp 3 on device 0 spans beyond the plan's 2 devices"),  # was heap corruption
+    ("tp", _PAUSE, 0, r"step 3: tp 0 on device 0 spans"),
+    ("tp", 0, -5, r"step 0: tp -5 on device 0 spans"),
+    ("tp", 0, 2**31 - 1, r"step 0: tp 2147483647 on device 0 spans"),
+    ("tp", 0, 2**40, r"step 0: tp 1099511627776 out of range"),
+    ("device", _PAUSE, 1, r"step 3: tp 2 on device 1 spans beyond"),
+    ("device", 1, 2, r"step 1: device 2 out of range \[0, 2\)"),
+    ("device", 1, -1, r"step 1: device -1 out of range"),
+    ("model", 0, 3, r"step 0: model 3 out of range \[0, 3\)"),
+    ("model", 0, -1, r"step 0: model -1 out of range"),
+    ("model", _PAUSE, 2**31, r"step 3: model 2147483648 out of range"),
+    ("kind", 2, 6, r"step 2: unknown kind 6"),
+    ("kind", 2, 300, r"step 2: kind 300 out of range"),
+    ("role", 1, 2, r"step 1: unknown role 2"),
+    ("item_begin", 1, 5, r"step 1: item range \[5, 3\) out of bounds"),
+    ("item_end", 1, 99, r"step 1: item range \[0, 99\) out of bounds \[0, 8\]"),
+    ("item_begin", 1, -1, r"step 1: item range \[-1, 3\)"),
+    ("seconds", _PAUSE, float("nan"), r"step 3: seconds must be finite and >= 0, got nan"),
+    ("seconds", _PAUSE, float("inf"), r"step 3: seconds must be finite and >= 0, got inf"),
+    ("seconds", _PAUSE, -1.0, r"step 3: seconds must be finite and >= 0, got -1"),
+    ("items", 0, 2**62, r"step 1: expert item 4611686018427387904 out of range"),
+    ("items", 0, -1, r"step 1: expert item -1 out of range"),
+])
+def test_every_plan_field_is_range_checked(field, step, value, match):
+    p = _reference_plan()
+    assert p.arrays["kind"][_PAUSE] == STEP_KINDS.index("pause") and p.arrays["tp"][_PAUSE] == 2
+    arrays = {k: v.copy() for k, v in p.arrays.items()}
+    if arrays[field].dtype.kind == "i" and not np.can_cast(np.min_scalar_type(value), arrays[field].dtype):
+        arrays[field] = arrays[field].astype(np.int64)  # the binding takes any integer dtype
+    arrays[field][step] = value
+    with pytest.raises(ValueError, match=match):
+        symoe.planning._core.simulate({"devices": 2, **arrays}, **core_plan_args(p))
+
+
+def test_malformed_plan_dicts():
+    p = _reference_plan()
+    args = core_plan_args(p)
+    sim = symoe.planning._core.simulate
+    for plan, match in [
+        ({"devices": 2**40, **p.arrays}, r"plan devices must be an integer in .*got 1099511627776"),
+        ({"devices": 3, **p.arrays}, r"plan has 3 devices, the cost model 2"),
+        ({"devices": 2, **{**p.arrays, "tp": p.arrays["tp"][:-1]}}, r"1-D of one length: kind has shape \(15,\), tp \(14,\)"),
+        ({"devices": 2, **{**p.arrays, "seconds": p.arrays["seconds"].astype(str)}}, "plan seconds must be an array of real"),
+        ({"devices": 2, **{**p.arrays, "items": p.arrays["items"] + 0.5}}, "plan items must be an array of integers"),
+        ({"devices": 2}, "plan has no 'kind'"),
+        ([1, 2], r"plan must be a dict of step arrays, got \[1, 2\]"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            sim(plan, **args)
+    with pytest.raises(ValueError, match=r"pause_s must be finite and >= 0, got -1"):
+        symoe.planning._core.make_plan(**args, strategy="reference", pause_s=-1.0, replicate=True)
+    with pytest.raises(ValueError, match=r"tp_efficiency must be in \[0, 1\], got nan"):
+        symoe.planning._core.lower_bound(**{**args, "tp_efficiency": float("nan")})
+    huge = p.experts.astype(np.uint64)
+    huge[1, 2] = 2**64 - 1
+    with pytest.raises(ValueError, match=r"experts has value 18446744073709551615 beyond the int64 range"):
+        symoe.planning._core.lower_bound(**{**args, "experts": huge})

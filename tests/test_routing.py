@@ -241,3 +241,74 @@ def test_profiles_json_roundtrip(tmp_path):
     p.save(tmp_path / "p.json")
     q = symoe.Profiles.from_json(tmp_path / "p.json")
     assert q.to_dict() == p.to_dict() and q.accuracy == {"a": 0.5, "b": 0.25}
+
+
+# ---- memory safety and clear errors at the binding (issue 10) -----------------------------
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(k=2**62), r"^k must be in \[0, 65536\], got 4611686018427387904$"),  # was SIGSEGV (N x k overflow)
+    (dict(k=2**31), r"^k must be in \[0, 65536\], got 2147483648$"),  # was MemoryError
+    (dict(k=2**40), r"^k must be in \[0, 65536\], got 1099511627776$"),
+    (dict(question_offset=2**64), r"^question_offset must be an integer in \[0, 18446744073709551615\], "
+                                  r"got 18446744073709551616$"),  # was TypeError
+    (dict(threads=-1), r"^threads must be >= 0 .*got -1$"),
+    (dict(threads=2**31), r"^threads must be an integer in .*got 2147483648$"),
+    (dict(seed=2**64), r"seed must be an integer in \[0, 2\*\*64\), got 18446744073709551616"),
+])
+def test_out_of_range_scalars_name_argument_and_value(kw, match):
+    p = symoe.Profiles(("a", "b"), ("x",), np.array([[1], [2]]))
+    with pytest.raises(ValueError, match=match):
+        symoe.route(p, [["x"]] * 3, **kw)
+
+
+def test_core_route_arguments_converted_or_value_error():
+    prof, indptr, idx = np.array([[1], [2]]), np.array([0, 1]), np.array([0])
+    args = dict(profiles=prof, indptr=indptr, indices=idx, k=2, replace=True, temperature=0.5, weighting="reference",
+                softmax_temperature=0.5, rare_threshold=0.0, seed=0, question_offset=0, threads=0,
+                return_probabilities=True)
+    base = _core.route(**args)
+    # Lists, narrower dtypes, non-contiguous and NumPy scalars are converted, not rejected.
+    same = _core.route(**{**args, "profiles": prof.tolist(), "indptr": indptr.astype(np.uint8),
+                          "indices": np.array([0, 0])[::2], "k": np.int8(2), "seed": np.uint64(0), "replace": np.True_})
+    assert np.array_equal(same["experts"], base["experts"])
+    for name, value, match in [
+        ("question_offset", -1, r"question_offset must be an integer in \[0, \d+\], got -1"),
+        ("seed", 2**64, "seed .*got 18446744073709551616"),
+        ("seed", 1.5, "seed must be an integer .*got 1.5"),
+        ("k", 2.0, "k must be an integer .*got 2.0"),
+        ("replace", "yes", "replace must be True or False, got 'yes'"),
+        ("weighting", 3, "weighting must be one of 'reference', 'softmax'; got 3"),
+        ("temperature", "hot", "temperature must be a real number, got 'hot'"),
+        ("temperature", float("inf"), "temperature must be a positive finite number, got inf"),
+        ("rare_threshold", float("nan"), "rare_threshold must be finite and at most 1, got nan"),
+        ("profiles", prof.astype(float), "profiles must be an array of integers, got dtype float64"),
+        ("profiles", np.array([[2**63], [1]], dtype=np.uint64), "profiles has value 9223372036854775808 beyond"),
+        ("profiles", np.array([1, 2]), r"profiles must be a 2-D .*got shape \(2,\)"),
+        ("indptr", np.array(0), r"indptr must be 1-D .*got shape \(\)"),
+        ("indices", [[0], [0, 1]], "indices is not an array"),
+        ("indices", ["x"], "indices must be an array of integers, got dtype <U1"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            _core.route(**{**args, name: value})
+
+
+@pytest.mark.parametrize("score, shown", [(1e30, r"1e\+30"), (-2.0**40, r"-1099511627776\.0"), (2**63, "9223372036854775808")])
+def test_huge_profile_scores_quote_the_real_value(score, shown):
+    # 1e30 was reported as the wrapped int64 -9223372036854775808.
+    with pytest.raises(ValueError, match=rf"model 'm'.*keyword 'x' is {shown}, out of range"):
+        symoe.Profiles.from_dict({"m": {"x": float(score)}}) if isinstance(score, float) else \
+            symoe.Profiles(("m",), ("x",), np.array([[score]], dtype=np.uint64))
+
+
+def test_extreme_scores_match_reference():
+    # |S| just below 2^31: the shifted score S - min S + 1 overflowed int32 (UBSan: signed overflow).
+    for prof, qs in [([[0, 1], [-(2**31 - 1), 0]], [[0], [1], []]), ([[-1], [-(2**30)]], [[0]]),
+                     ([[2**39, -(2**39)], [-(2**39), 3]], [[0], [1], [0, 1], []])]:
+        _, probs = ref.route(prof, qs, rare_threshold=0)
+        a = core_route(np.array(prof), qs, rare_threshold=0, return_probabilities=True)
+        assert np.array_equal(a.probabilities, np.array(probs))
+
+
+def test_huge_thread_count_is_capped_by_the_work():
+    p = symoe.Profiles(("a", "b"), ("x",), np.array([[1], [2]]))
+    assert symoe.route(p, [["x"]] * 5, threads=2**31 - 1).experts.shape == (5, 3)

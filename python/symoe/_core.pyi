@@ -1,57 +1,61 @@
+# Every argument is converted and checked at the binding: arrays may be any array-like (lists,
+# any integer dtype, non-contiguous) and are copied to the exact dtype when needed; integer
+# arrays must hold integers (bool allowed, no floats) within int64. A value of the wrong kind or
+# out of range raises ValueError naming the argument and the value.
 from typing import Any
 
-import numpy as np
 import numpy.typing as npt
 
 COST_COLUMNS: list[str]
+MAX_K: int  # 65536: most experts per question; questions x k is capped at 2**32 slots
 
 def route(
-    profiles: npt.NDArray[np.int64],
-    indptr: npt.NDArray[np.int64],
-    indices: npt.NDArray[np.int64],
-    k: int,
+    profiles: npt.ArrayLike,  # int64 models x keywords, |score| < 2**40
+    indptr: npt.ArrayLike,  # int64, N+1
+    indices: npt.ArrayLike,  # int64 keyword ids in [0, keywords)
+    k: int,  # [0, MAX_K]
     replace: bool,
     temperature: float,
-    weighting: str,
+    weighting: str,  # 'reference' or 'softmax'
     softmax_temperature: float,
     rare_threshold: float,
-    seed: int,
-    question_offset: int,
-    threads: int,
+    seed: int,  # [0, 2**64)
+    question_offset: int,  # [0, 2**64)
+    threads: int,  # >= 0, 0: all hardware threads
     return_probabilities: bool,
 ) -> dict[str, Any]: ...
-def uniform(seed: int, question: int, stream: int, slot: int) -> float: ...
+def uniform(seed: int, question: int, stream: int, slot: int) -> float: ...  # uint64, uint64, uint32, uint32
 def make_plan(
-    experts: npt.NDArray[np.int64],
-    aggregator: npt.NDArray[np.int64] | None,
-    model_costs: npt.NDArray[np.float64],
-    device_memory: npt.NDArray[np.float64],
-    device_overlap: npt.NDArray[np.bool_],
-    device_host: npt.NDArray[np.float64],
-    tokens: npt.NDArray[np.float64],
+    experts: npt.ArrayLike,  # int64, N x k model ids
+    aggregator: npt.ArrayLike | None,  # int64, N model ids, -1 none
+    model_costs: npt.ArrayLike,  # float64, M x len(COST_COLUMNS)
+    device_memory: npt.ArrayLike,  # float64, D
+    device_overlap: npt.ArrayLike,  # bool, D
+    device_host: npt.ArrayLike,  # float64, D
+    tokens: npt.ArrayLike,  # float64, 4
     tp_efficiency: float,
-    strategy: str,
+    strategy: str,  # 'symoe', 'reference' or 'naive'
     pause_s: float,
     replicate: bool,
 ) -> dict[str, Any]: ...
 def lower_bound(
-    experts: npt.NDArray[np.int64],
-    aggregator: npt.NDArray[np.int64] | None,
-    model_costs: npt.NDArray[np.float64],
-    device_memory: npt.NDArray[np.float64],
-    device_overlap: npt.NDArray[np.bool_],
-    device_host: npt.NDArray[np.float64],
-    tokens: npt.NDArray[np.float64],
+    experts: npt.ArrayLike,
+    aggregator: npt.ArrayLike | None,
+    model_costs: npt.ArrayLike,
+    device_memory: npt.ArrayLike,
+    device_overlap: npt.ArrayLike,
+    device_host: npt.ArrayLike,
+    tokens: npt.ArrayLike,
     tp_efficiency: float,
 ) -> float: ...
 def simulate(
-    plan: dict[str, Any],
-    experts: npt.NDArray[np.int64],
-    aggregator: npt.NDArray[np.int64] | None,
-    model_costs: npt.NDArray[np.float64],
-    device_memory: npt.NDArray[np.float64],
-    device_overlap: npt.NDArray[np.bool_],
-    device_host: npt.NDArray[np.float64],
-    tokens: npt.NDArray[np.float64],
+    plan: dict[str, Any],  # devices, and the step arrays as make_plan returns them
+    experts: npt.ArrayLike,
+    aggregator: npt.ArrayLike | None,
+    model_costs: npt.ArrayLike,
+    device_memory: npt.ArrayLike,
+    device_overlap: npt.ArrayLike,
+    device_host: npt.ArrayLike,
+    tokens: npt.ArrayLike,
     tp_efficiency: float,
 ) -> dict[str, Any]: ...

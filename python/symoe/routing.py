@@ -83,6 +83,11 @@ def _as_int_matrix(m: np.ndarray, models: Sequence[str], vocab: Sequence[str]) -
             raise ValueError(f"profile of model {models[i]!r}: keyword {vocab[j]!r} is {m[i, j]}, scores must be integers")
     elif m.dtype.kind not in "iub":
         raise ValueError(f"profile matrix must be numeric, got dtype {m.dtype}")
+    # The core takes |score| < 2**40; checked before the int64 cast, which would wrap larger values.
+    big = np.abs(m.astype(np.float64)) >= 2.0**40
+    if big.any():
+        i, j = np.argwhere(big)[0]
+        raise ValueError(f"profile of model {models[i]!r}: keyword {vocab[j]!r} is {m[i, j]}, out of range (|score| < 2**40)")
     return np.ascontiguousarray(m, dtype=np.int64)
 
 
