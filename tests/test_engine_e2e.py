@@ -15,12 +15,13 @@ import pytest
 import symoe
 from conftest import DATA
 from symoe.datasets import load_questions
-from symoe.engine import WorkerError
-from symoe.execute import Sampling, run_plan
+from symoe.execution import RunOptions, run_plan
+from symoe.generation import EngineError, Sampling
 from symoe.models import fetch_tiny
 from symoe.store import Store
 
 SMOL = "SmolLM2-135M-Instruct"
+QUIET = RunOptions(progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_plan_generate_aggregate_grade(smol_config, tmp_path):
     a = uniform_assignment(smol_config, qs, k=2)
     p = symoe.plan(a, smol_config, aggregator=SMOL)
     with Store(tmp_path / "store.sqlite") as store:
-        r = run_plan(p, qs, store, tmp_path / "run", Sampling(max_tokens=24, aggregate_max_tokens=24), progress=False)
+        r = run_plan(p, qs, store, tmp_path / "run", Sampling(max_tokens=24, aggregate_max_tokens=24), options=QUIET)
         assert store.count("expert") == 4 and store.count("aggregate") == 2
         texts = {k: store.get(k).text for k in store.all_keys()}
     assert r.generated == 6 and r.reused == 0
@@ -58,7 +59,7 @@ def test_plan_generate_aggregate_grade(smol_config, tmp_path):
     assert [x["kind"] for x in log] == kinds and all(x["predicted_end"] > 0 for x in log)
     # A second run finds every generation in the store: nothing is generated again.
     with Store(tmp_path / "store.sqlite") as store:
-        r2 = run_plan(p, qs, store, tmp_path / "run2", Sampling(max_tokens=24, aggregate_max_tokens=24), progress=False)
+        r2 = run_plan(p, qs, store, tmp_path / "run2", Sampling(max_tokens=24, aggregate_max_tokens=24), options=QUIET)
         assert store.count() == 6 and {k: store.get(k).text for k in store.all_keys()} == texts
     assert r2.generated == 0 and r2.reused == 6
     assert [x.final_answer for x in r2.results] == [x.final_answer for x in r.results]
@@ -109,29 +110,29 @@ def test_bad_inputs_leave_the_store_intact(smol_config, tmp_path):
     a = uniform_assignment(smol_config, qs, k=1)
     store = Store(tmp_path / "s.sqlite")
     p = symoe.plan(a, smol_config)
-    run_plan(p, qs, store, tmp_path / "ok", Sampling(max_tokens=8), progress=False)
+    run_plan(p, qs, store, tmp_path / "ok", Sampling(max_tokens=8), options=QUIET)
     assert store.count() == 2
     # A model path that does not exist: refused before any engine starts.
     missing = symoe.Config(tuple(m.__class__(**{**m.__dict__, "path": str(tmp_path / "nope")}) for m in smol_config.models),
                            smol_config.devices, smol_config.tokens, engine=smol_config.engine)
     with pytest.raises(ValueError, match="does not exist"):
-        run_plan(symoe.plan(a, missing), qs, store, tmp_path / "r1", progress=False)
+        run_plan(symoe.plan(a, missing), qs, store, tmp_path / "r1", options=QUIET)
     # A plan that does not match the assignment or the questions.
     with pytest.raises(ValueError, match="plan is for 2 questions, 1 were given"):
-        run_plan(p, qs[:1], store, tmp_path / "r2", progress=False)
+        run_plan(p, qs[:1], store, tmp_path / "r2", options=QUIET)
     other = load_questions(DATA / "MMLU_Pro_test.json", limit=4)[2:]
     with pytest.raises(ValueError, match="question ids differ"):
-        run_plan(p, other, store, tmp_path / "r3", progress=False)
+        run_plan(p, other, store, tmp_path / "r3", options=QUIET)
     with pytest.raises(ValueError, match="experts per question differ"):
-        run_plan(p, qs, store, tmp_path / "r4", assignment=[["x"], ["y"]], progress=False)
+        run_plan(p, qs, store, tmp_path / "r4", assignment=[["x"], ["y"]], options=QUIET)
     # An engine that fails to start: reported with the model and the step.
     broken = tmp_path / "broken-model"
     broken.mkdir()
     (broken / "config.json").write_text("{\"model_type\": \"no-such-architecture\"}")
     bad = symoe.Config(tuple(m.__class__(**{**m.__dict__, "path": str(broken)}) for m in smol_config.models),
                        smol_config.devices, smol_config.tokens, engine=smol_config.engine)
-    with pytest.raises(WorkerError, match=rf"step 0 \(load {SMOL} on device 0\)"):
-        run_plan(symoe.plan(a, bad), qs, store, tmp_path / "r5", Sampling(max_tokens=8), progress=False)
+    with pytest.raises(EngineError, match=rf"step 0 \(load {SMOL} on device 0\)"):
+        run_plan(symoe.plan(a, bad), qs, store, tmp_path / "r5", Sampling(max_tokens=8), options=QUIET)
     assert store.count() == 2
     store.close()
 
@@ -167,7 +168,7 @@ def test_overlapped_load_runs_beside_generation(smol_config, tmp_path):
     kinds = [symoe.planning.STEP_KINDS[k] for k in p.arrays["kind"]]
     assert kinds[:3] == ["load", "load", "run"]  # the plan prefetches the second model
     with Store(tmp_path / "s.sqlite") as store:
-        r = run_plan(p, qs, store, tmp_path / "run", Sampling(max_tokens=48), progress=False)
+        r = run_plan(p, qs, store, tmp_path / "run", Sampling(max_tokens=48), options=QUIET)
         assert store.count("expert") == 12
     by = {(s.kind, s.model): s for s in r.steps}
     load_b, run_a = by[("load", "smol-b")], by[("run", "smol-a")]

@@ -6,10 +6,7 @@ from hypothesis import strategies as st
 
 from conftest import DATA
 from symoe.datasets import load_questions
-try:  # the executor is being split into a package; majority lives in its report module there
-    from symoe.execution.report import majority
-except ImportError:
-    from symoe.execute import majority
+from symoe.grading import answer_of, majority
 from symoe.grading import extract_answer, extract_boxed, extract_letter, extract_number, is_correct, option_count
 from symoe.prompts import aggregator_messages, as_completion, expert_messages, strip_reasoning
 
@@ -286,3 +283,14 @@ def test_aime_integers_extract_and_grade(k, form, lead):
     got = extract_number(lead + form % k)
     assert got == str(k)
     assert is_correct(got, str(k), "number") and not is_correct(got, str(k + 1), "number")
+
+
+def test_answer_of_uses_the_questions_own_options():
+    from symoe.datasets import Question
+
+    four = Question("g1", "Which?\n(A) a\n(B) b\n(C) c\n(D) d", "B", "letter")
+    ten = Question("m1", "Which?\n" + "\n".join(f"({c}) x" for c in "ABCDEFGHIJ"), "F", "letter")
+    assert answer_of("The answer is (F).", ten) == "F"
+    assert answer_of("The answer is (F).", four) is None  # F is not an option of a 4-option question
+    assert answer_of("The answer is (C).", four) == "C"
+    assert answer_of("The answer is \\boxed{33}", Question("a1", "Find n.", "33", "number")) == "33"

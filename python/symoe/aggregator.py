@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from .datasets import Question
-from .execute import Sampling, _seed, generate_jobs, make_request
-from .grading import extract_answer, is_correct
+from .generation import Requests, Sampling
+from .generation.batch import generate_jobs
+from .grading import answer_of, is_correct
 from .planning import Config
-from .prompts import aggregator_messages
 from .store import Store
 
 
@@ -42,14 +42,12 @@ def select_aggregator(questions: Sequence[Question], records: Sequence[Mapping[s
     items = synthetic_items(questions, records, sampling.seed)
     if not items:
         raise ValueError("the validation split is empty: no synthetic aggregation benchmark")
-    params = {"temperature": sampling.temperature, "max_tokens": sampling.aggregate_max_tokens}
-    jobs = [(m, [make_request(cfg, m, aggregator_messages(q.text, q.kind, resp),
-                              {**params, "seed": _seed(sampling.seed, q.id, "aggregate", 0)}, "aggregator-benchmark", 0, q.id)
-                 for q, resp in items]) for m in candidates]
+    build = Requests(cfg, sampling)
+    jobs = [(m, [build.aggregator_benchmark(m, q, resp) for q, resp in items]) for m in candidates]
     gens = generate_jobs(cfg, jobs, store, run_dir, progress, "aggregator benchmark")
     table = {}
     for m, reqs in jobs:
-        ok = [is_correct(extract_answer(gens[r["key"]].text, q.kind), q.gold, q.kind) for (q, _), r in zip(items, reqs)]
+        ok = [is_correct(answer_of(gens[r.key].text, q), q.gold, q.kind) for (q, _), r in zip(items, reqs)]
         table[m] = sum(ok) / len(ok)
     best = max(candidates, key=lambda m: (table[m], -candidates.index(m)))
     return best, table

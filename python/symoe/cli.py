@@ -25,6 +25,25 @@ def _fail(e: Exception) -> None:
     raise click.ClickException(str(e))
 
 
+def faults_opts(f):
+    """--retries and the deadline of every engine call."""
+    from .execution import RunOptions
+
+    d = RunOptions()
+    f = click.option("--deadline-margin", type=float, default=d.deadline_margin_s, show_default=True,
+                     help="Seconds added to every engine call's deadline.")(f)
+    f = click.option("--deadline-factor", type=float, default=d.deadline_factor, show_default=True,
+                     help="An engine call may take this multiple of its predicted time (plus the margin).")(f)
+    return click.option("--retries", type=int, default=d.retries, show_default=True,
+                        help="Per step: after an engine fault, reload the model and redo what the store lacks.")(f)
+
+
+def _run_options(retries, deadline_factor, deadline_margin):
+    from .execution import RunOptions
+
+    return RunOptions(deadline_factor=deadline_factor, deadline_margin_s=deadline_margin, retries=retries)
+
+
 def _load_config(path: str) -> Config:
     """A TOML path, or the name of a bundled config."""
     return Config.from_toml(path) if Path(path).exists() else Config.bundled(path)
@@ -175,7 +194,7 @@ def models_fetch(pool, only):
 
 
 def _sampling(temperature, max_tokens, agg_max_tokens, seed):
-    from .execute import Sampling
+    from .generation import Sampling
 
     return Sampling(temperature, max_tokens, agg_max_tokens or max_tokens, seed)
 
@@ -217,11 +236,13 @@ def print_run(report, plan) -> None:
 @click.option("--aggregate-max-tokens", default=None, type=int)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--calibrate", "calibrate_path", default=None, help="Write measured cost figures to this TOML.")
+@faults_opts
 def run_plan_cmd(questions_path, fmt, limit, plan_path, assignment_path, config_path, store_path, run_dir,
-                 temperature, max_tokens, aggregate_max_tokens, seed, calibrate_path):
+                 temperature, max_tokens, aggregate_max_tokens, seed, calibrate_path, retries, deadline_factor,
+                 deadline_margin):
     """Execute a plan on real engines; generations go to a durable store (resumable)."""
     from .datasets import load_questions
-    from .execute import calibrate, run_plan
+    from .execution import calibrate, run_plan
     from .store import Store
 
     try:
@@ -233,7 +254,8 @@ def run_plan_cmd(questions_path, fmt, limit, plan_path, assignment_path, config_
         asg = Assignment.load(assignment_path) if assignment_path else None
         rows = [asg.names(i) for i in range(len(asg))] if asg else None
         with Store(store_path) as store:
-            report = run_plan(p, qs, store, run_dir, _sampling(temperature, max_tokens, aggregate_max_tokens, seed), rows)
+            report = run_plan(p, qs, store, run_dir, _sampling(temperature, max_tokens, aggregate_max_tokens, seed), rows,
+                              _run_options(retries, deadline_factor, deadline_margin))
     except (ValueError, RuntimeError) as e:
         _fail(e)
     print_run(report, p)
@@ -400,8 +422,9 @@ def select_aggregator_cmd(questions_path, fmt, config_path, store_path, records_
 @click.option("--devices", type=int, default=None)
 @tokens_opt
 @click.option("--out", "out_dir", default="runs/default", show_default=True)
+@faults_opts
 def run_cmd(questions_path, fmt, config_path, store_path, profiles_path, task_path, limit, k, seed, rare_threshold,
-            similarity_floor, baseline, devices, max_tokens, out_dir):
+            similarity_floor, baseline, devices, max_tokens, out_dir, retries, deadline_factor, deadline_margin):
     """The whole Symbolic-MoE pipeline on real models (default: bundled MMLU-Pro sample, tiny pool)."""
     from .pipeline import Task, run_pipeline
     from .store import Store
@@ -418,7 +441,8 @@ def run_cmd(questions_path, fmt, config_path, store_path, profiles_path, task_pa
         t0 = time.perf_counter()
         with Store(store_path) as store:
             res = run_pipeline(qs, cfg, prof, task, store, out_dir, _paper_sampling(cfg, max_tokens, seed), k, seed,
-                               rare_threshold, baseline, similarity_floor)
+                               rare_threshold, baseline, similarity_floor,
+                               _run_options(retries, deadline_factor, deadline_margin))
         wall = time.perf_counter() - t0
     except (ValueError, RuntimeError) as e:
         _fail(e)
@@ -476,5 +500,32 @@ def plan_with_config(p: Plan, cfg: Config) -> Plan:
     return q
 
 
+def _terminate_as_interrupt() -> None:
+    """SIGTERM stops a run like Ctrl-C: engines killed, every finished generation kept."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def cli() -> None:
+    """Entry point: interrupts end with a one-line message and exit code 130; rerunning resumes."""
+    _terminate_as_interrupt()
+    try:
+        main(standalone_mode=False)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted: finished generations are kept in the store; rerun the same command to resume",
+                   err=True)
+        sys.exit(130)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import re
 import threading
+from collections import Counter
+from collections.abc import Sequence
 from fractions import Fraction
 from functools import lru_cache
 
+from .datasets import Question
 from .prompts import AnswerKind
 
 DEFAULT_OPTIONS = 10  # A-J (MMLU-Pro); GPQA and MedMCQA have 4 (A-D)
@@ -291,3 +294,18 @@ def is_correct(predicted: str | None, gold: str, kind: AnswerKind) -> bool:
         return bool(verify(_mv_parse(f"${g}$"), _mv_parse(f"${p}$"), timeout_seconds=_timeout()))
     except Exception:
         return False
+
+
+def answer_of(text: str, q: Question) -> str | None:
+    """The answer a response gives to ``q``, letters restricted to the question's own options."""
+    return extract_answer(text, q.kind, option_count(q.text) if q.kind == "letter" else None)
+
+
+def majority(answers: Sequence[str | None]) -> str | None:
+    """Most frequent extracted answer; ties go to the earliest slot."""
+    valid = [x for x in answers if x is not None]
+    if not valid:
+        return None
+    c = Counter(valid)
+    best = max(c.values())
+    return next(x for x in valid if c[x] == best)

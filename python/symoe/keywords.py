@@ -3,18 +3,16 @@ temperature 0.7; parsed and filtered exactly as the reference does."""
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from .datasets import Question
-from .execute import generate_jobs, make_request
+from .generation import Requests, Sampling
+from .generation.batch import generate_jobs
 from .planning import Config
-from .prompts import keyword_messages
 from .store import Store
 
-SAMPLES = 5
 MAX_LEN = 20
 
 
@@ -41,16 +39,11 @@ def filter_keywords(samples: Sequence[str]) -> list[str]:
     return list(seen)
 
 
-def _seed(qid: str, i: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"keywords|{qid}|{i}".encode()).digest()[:4], "little") & 0x7FFFFFFF
-
-
 def annotate(questions: Sequence[Question], cfg: Config, model: str, store: Store, run_dir: str | Path,
-             samples: int = SAMPLES, temperature: float = 0.7, max_tokens: int = 48, progress: bool = True
-             ) -> dict[str, list[str]]:
-    """Keywords per question id (possibly empty), generated once and kept in the store."""
-    reqs = {q.id: [make_request(cfg, model, keyword_messages(q.text), {"temperature": temperature,
-                                "max_tokens": max_tokens, "seed": _seed(q.id, i)}, "keywords", i, q.id)
-                   for i in range(samples)] for q in questions}
+             sampling: Sampling = Sampling(), progress: bool = True) -> dict[str, list[str]]:
+    """Keywords per question id (possibly empty), generated once and kept in the store; the
+    samples' seeds derive from ``sampling.seed``."""
+    build = Requests(cfg, sampling)
+    reqs = {q.id: build.keywords(model, q) for q in questions}
     gens = generate_jobs(cfg, [(model, [r for rs in reqs.values() for r in rs])], store, run_dir, progress, "keywords")
-    return {qid: filter_keywords([gens[r["key"]].text for r in rs]) for qid, rs in reqs.items()}
+    return {qid: filter_keywords([gens[r.key].text for r in rs]) for qid, rs in reqs.items()}

@@ -3,15 +3,18 @@ the raw read bandwidth of the same weight files; host-to-device bandwidth where 
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from .execute import model_spec, open_device
+from .generation import Generation, ModelSettings, Request, SamplingParams
+from .generation.local import LocalEngine
 from .planning import Config
 
-PROMPT = [{"role": "user", "content": "Explain step by step why the sky is blue."}]
+PROMPT = ({"role": "user", "content": "Explain step by step why the sky is blue."},)
+NO_DEADLINE = math.inf
 
 
 def file_read_gbps(folder: str | Path) -> dict[str, float]:
@@ -45,40 +48,45 @@ def h2d_gbps(nbytes: int) -> float | None:
     return 3 * nbytes / (time.perf_counter() - t0) / 1e9
 
 
+def bench_requests(model: str, chat: bool, batch: int, max_tokens: int) -> list[Request]:
+    return [Request(f"bench-{batch}-{i}", model, "expert", i, "bench", SamplingParams(0.7, max_tokens, i),
+                    PROMPT if chat else None, None if chat else "Why is the sky blue?") for i in range(batch)]
+
+
 def bench_model(cfg: Config, name: str, batch_sizes: tuple[int, ...] = (1, 4, 16), max_tokens: int = 64,
                 log_dir: Path = Path("runs/bench-load")) -> dict[str, Any]:
-    dev = open_device(cfg, 0, log_dir)
-    spec = model_spec(cfg, name)
+    eng = LocalEngine.for_config(cfg, 0, log_dir)
+    settings = ModelSettings.of(cfg, name)
     row: dict[str, Any] = {"model": name}
-    if os.path.isdir(spec["path"]):
-        row["file_read"] = file_read_gbps(spec["path"])
+    if os.path.isdir(settings.path):
+        row["file_read"] = file_read_gbps(settings.path)
     try:
-        dev.prepare_spare()
-        dev.spare.wait_ready()  # the import of vllm is not part of a load
+        eng.prepare()
+        assert eng.spare is not None
+        eng.spare.wait_ready("bench: worker start", NO_DEADLINE)  # the import of vllm is not part of a load
         t0 = time.perf_counter()
-        info = dev.load(name, spec, f"bench load {name}", keep_spare=False)
+        info = eng.load(settings, f"bench load {name}", NO_DEADLINE, keep_spare=False)
         row["load_s"] = time.perf_counter() - t0
         row["engine_load_s"] = info["load_s"]
-        w = dev.worker(name, "bench")
         row["batches"] = []
         for b in batch_sizes:
-            reqs = [{"id": str(i), "messages": PROMPT, "prompt": "Why is the sky blue?", "temperature": 0.7,
-                     "max_tokens": max_tokens, "seed": i} for i in range(b)]
-            r = w.request({"op": "generate", "requests": reqs}, f"bench generate {name} x{b}")
-            row["batches"].append({"batch": b, "seconds": r["seconds"], "first_token_s": r["first_token_s"],
-                                   "tokens": r["tokens"], "tokens_per_s": r["tokens"] / r["seconds"]})
-        if spec.get("sleep"):
+            got: list[Generation] = []
+            r = eng.generate(name, bench_requests(name, settings.chat, b, max_tokens), got.append,
+                             f"bench generate {name} x{b}", NO_DEADLINE)
+            row["batches"].append({"batch": b, "seconds": r.seconds, "first_token_s": r.first_token_s,
+                                   "tokens": r.tokens, "tokens_per_s": r.tokens / r.seconds})
+        if settings.sleep:
             t0 = time.perf_counter()
-            w.request({"op": "park"}, "bench park")
+            eng.park(name, "bench park", NO_DEADLINE)
             row["park_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            w.request({"op": "wake"}, "bench wake")
+            eng.wake(name, "bench wake", NO_DEADLINE)
             row["wake_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        dev.unload(name, "bench unload")
+        eng.unload(name, "bench unload", NO_DEADLINE)
         row["unload_s"] = time.perf_counter() - t0
     finally:
-        dev.close()
+        eng.close()
     weights = row.get("file_read", {}).get("bytes")
     if weights:
         row["h2d_gbps"] = h2d_gbps(int(weights))

@@ -14,7 +14,8 @@ from typing import Literal
 import numpy as np
 
 from .datasets import Question
-from .execute import RunReport, Sampling, run_plan
+from .execution import RunOptions, RunReport, run_plan
+from .generation import Sampling
 from .keywords import annotate
 from .matching import Embedder, match_keywords
 from .planning import Config, Plan, plan
@@ -71,8 +72,8 @@ def check_pool(profiles: Profiles, cfg: Config, task: Task) -> None:
 
 def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles, task: Task, store: Store,
                  out_dir: str | Path, sampling: Sampling, k: int = 3, seed: int = 0, rare_threshold: float = 0.05,
-                 baseline: Baseline = "none", similarity_floor: float | None = None, progress: bool = True
-                 ) -> PipelineResult:
+                 baseline: Baseline = "none", similarity_floor: float | None = None,
+                 options: RunOptions = RunOptions()) -> PipelineResult:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     check_pool(profiles, cfg, task)
@@ -82,7 +83,7 @@ def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles,
     matched: dict[str, list[str]] = {}
     t = time.perf_counter()
     if baseline in ("none", "majority"):
-        kws = annotate(questions, cfg, task.keyword_model, store, out, progress=progress)
+        kws = annotate(questions, cfg, task.keyword_model, store, out, sampling, progress=options.progress)
         times["keywords"] = time.perf_counter() - t
         t = time.perf_counter()
         matched = match_keywords(kws, profiles.vocabulary, Embedder(out.parent / "embeddings.npz"), similarity_floor)
@@ -108,7 +109,7 @@ def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles,
     p.to_json(out / "plan.json")
     times["planning"] = time.perf_counter() - t
     t = time.perf_counter()
-    report = run_plan(p, questions, store, out / "run", sampling, progress=progress)
+    report = run_plan(p, questions, store, out / "run", sampling, options=options)
     times["generation"] = time.perf_counter() - t
     with open(out / "results.jsonl", "w") as f:
         for qu, r in zip(questions, report.results):

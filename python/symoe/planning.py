@@ -5,6 +5,7 @@ Every time a plan or timeline shows is a *prediction* of the cost model, never a
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import tomllib
@@ -53,6 +54,14 @@ class ModelSpec:
     def resident_bytes(self) -> float:
         return self.weight_bytes + self.extra_bytes
 
+    def run_seconds(self, n: int, prompt_tokens: float, output_tokens: float, tp: int = 1, tp_eff: float = 0.0) -> float:
+        """Predicted time of one batch of ``n`` requests (the core's ``run_seconds``): throughput
+        bound, but never faster than one sequence decoded alone."""
+        if n <= 0:
+            return 0.0
+        work = n * (prompt_tokens / self.prefill_tps + output_tokens / self.decode_tps)
+        return self.overhead_s + max(work, output_tokens / self.stream_tps) / (1.0 + (tp - 1) * tp_eff)
+
 
 @dataclass(frozen=True)
 class Device:
@@ -69,6 +78,12 @@ class Tokens:
     expert_output: float = 600.0
     aggregate_prompt: float = 2200.0
     aggregate_output: float = 600.0
+
+    def of(self, role: str) -> tuple[float, float]:
+        """(prompt, output) tokens of a request of ``role`` (aggregations and their benchmark vs the rest)."""
+        if role in ("aggregate", "aggregator-benchmark"):
+            return self.aggregate_prompt, self.aggregate_output
+        return self.expert_prompt, self.expert_output
 
 
 @dataclass(frozen=True)
@@ -90,12 +105,16 @@ class Config:
 
     @property
     def names(self) -> tuple[str, ...]:
-        return tuple(m.name for m in self.models)
+        return tuple(self._index)
+
+    @functools.cached_property
+    def _index(self) -> dict[str, int]:
+        return {m.name: i for i, m in enumerate(self.models)}
 
     def index(self, name: str) -> int:
         try:
-            return self.names.index(name)
-        except ValueError:
+            return self._index[name]
+        except KeyError:
             raise ValueError(f"model {name!r} is not in the pool ({', '.join(self.names)})") from None
 
     def model(self, name: str) -> ModelSpec:

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from .datasets import Question
-from .execute import Sampling, expert_request, generate_jobs
-from .grading import extract_answer, is_correct
+from .generation import Requests, Sampling
+from .generation.batch import generate_jobs
+from .grading import answer_of, is_correct
 from .planning import Config
 from .routing import Profiles
 from .store import Store
@@ -42,13 +43,14 @@ def profile_pool(questions: Sequence[Question], keywords: Mapping[str, Sequence[
     if not questions:
         raise ValueError("the validation split is empty: nothing to profile on")
     models = list(models or cfg.names)
-    jobs = [(m, [expert_request(cfg, m, q, 0, sampling) for q in questions]) for m in models]
+    build = Requests(cfg, sampling)
+    jobs = [(m, [build.expert(m, q, 0) for q in questions]) for m in models]
     gens = generate_jobs(cfg, jobs, store, run_dir, progress, "profiling")
     records = []
     for m, reqs in jobs:
         for q, r in zip(questions, reqs):
-            text = gens[r["key"]].text
-            ans = extract_answer(text, q.kind)
+            text = gens[r.key].text
+            ans = answer_of(text, q)
             records.append({"model": m, "question": q.id, "answer": ans, "gold": q.gold,
                             "correct": is_correct(ans, q.gold, q.kind), "text": text})
     return build_profiles(records, keywords, models), records

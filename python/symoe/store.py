@@ -1,23 +1,31 @@
 """Durable store of generations (SQLite in WAL mode): every generation is committed the moment it
 completes, keyed by model, prompt, sampling parameters and slot, so a killed run resumes without
-redoing or losing finished work."""
+redoing or losing finished work.
+
+``synchronous=NORMAL`` in WAL mode: a commit survives the death of the process (kill -9 included);
+only an operating-system crash or power loss may roll back the last commits, which a rerun then
+regenerates. FULL would fsync every generation and cap the commit rate at the disk's.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .generation.requests import Generation, generation_key
+
+__all__ = ["Generation", "Store", "generation_key"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS generations (
     key TEXT PRIMARY KEY, model TEXT NOT NULL, question TEXT NOT NULL, role TEXT NOT NULL, slot INTEGER NOT NULL,
-    params TEXT NOT NULL, text TEXT NOT NULL, prompt_tokens INTEGER, tokens INTEGER, finish TEXT, created REAL
+    params TEXT NOT NULL, text TEXT NOT NULL, prompt_tokens INTEGER, tokens INTEGER, finish TEXT, created REAL,
+    seconds REAL
 );
 CREATE TABLE IF NOT EXISTS events (
     run TEXT NOT NULL, step INTEGER NOT NULL, device INTEGER, kind TEXT, model TEXT, start REAL, end REAL,
@@ -26,23 +34,7 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 
-def generation_key(model: str, prompt: Any, params: dict[str, Any], role: str, slot: int) -> str:
-    blob = json.dumps([model, prompt, params, role, slot], sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class Generation:
-    key: str
-    model: str
-    question: str
-    role: str
-    slot: int
-    params: str
-    text: str
-    prompt_tokens: int
-    tokens: int
-    finish: str
+_COLS = "key, model, question, role, slot, params, text, prompt_tokens, tokens, finish, COALESCE(seconds, 0.0)"
 
 
 class Store:
@@ -52,8 +44,11 @@ class Store:
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            cols = {r[1] for r in self._db.execute("PRAGMA table_info(generations)")}
+            if "seconds" not in cols:  # a store written before generations kept their timing
+                self._db.execute("ALTER TABLE generations ADD COLUMN seconds REAL")
         except sqlite3.DatabaseError as e:
             raise ValueError(f"store {self.path} is not a usable SQLite database: {e}") from e
         self._lock = threading.Lock()
@@ -71,15 +66,15 @@ class Store:
         """Commit one generation; False if its key was already stored (never overwritten)."""
         with self._lock:
             cur = self._db.execute(
-                "INSERT OR IGNORE INTO generations VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR IGNORE INTO generations (key, model, question, role, slot, params, text, prompt_tokens, tokens, "
+                "finish, created, seconds) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (g.key, g.model, g.question, g.role, g.slot, g.params, g.text, g.prompt_tokens, g.tokens, g.finish,
-                 time.time()))
+                 time.time(), g.seconds))
             return cur.rowcount == 1
 
     def get(self, key: str) -> Generation | None:
         with self._lock:
-            row = self._db.execute("SELECT key, model, question, role, slot, params, text, prompt_tokens, tokens, finish "
-                                   "FROM generations WHERE key = ?", (key,)).fetchone()
+            row = self._db.execute(f"SELECT {_COLS} FROM generations WHERE key = ?", (key,)).fetchone()
         return Generation(*row) if row else None
 
     def existing(self, keys: Sequence[str]) -> set[str]:
@@ -121,7 +116,6 @@ class Store:
         with self._lock:
             for i in range(0, len(keys), 500):
                 chunk = keys[i:i + 500]
-                q = (f"SELECT key, model, question, role, slot, params, text, prompt_tokens, tokens, finish FROM generations "
-                     f"WHERE key IN ({','.join('?' * len(chunk))})")
+                q = f"SELECT {_COLS} FROM generations WHERE key IN ({','.join('?' * len(chunk))})"
                 out.update({r[0]: Generation(*r) for r in self._db.execute(q, chunk)})
         return out

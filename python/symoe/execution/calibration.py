@@ -1,0 +1,52 @@
+"""Cost-model figures from a measured run, written back into the pool config for the next plan."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from ..planning import Config
+from .report import RunReport, StepRecord
+
+
+def calibrate(cfg: Config, report: RunReport) -> Config:
+    """Cost-model figures from a measured run, for the next plan: per model the median load time
+    and prefill/decode throughputs fitted by least squares to its generate steps
+    (``seconds - overhead = prompt_tokens / prefill_tps + tokens / decode_tps``), and the observed
+    tokens per request by role."""
+    loads: dict[str, list[float]] = {}
+    runs: dict[str, list[StepRecord]] = {}
+    for r in report.steps:
+        if r.kind == "load" and r.model:
+            loads.setdefault(r.model, []).append(r.end - r.start)
+        if r.kind == "run" and r.model and r.info.get("generated"):
+            runs.setdefault(r.model, []).append(r)
+    models = []
+    for m in cfg.models:
+        upd: dict[str, Any] = {}
+        if m.name in loads:
+            upd["load_s"] = float(np.median(loads[m.name]))
+        rs = runs.get(m.name, [])
+        if rs and all(r.info["generated"] == 1 for r in rs):
+            # Only single requests (a naive run): they measure one stream, not a saturated batch.
+            t = sum(max(r.end - r.start - m.overhead_s, 1e-3) for r in rs)
+            upd["stream_tps"] = sum(r.tokens for r in rs) / t
+        elif rs:
+            A = np.array([[r.prompt_tokens, r.tokens] for r in rs], dtype=float)
+            y = np.array([max(r.end - r.start - m.overhead_s, 1e-3) for r in rs])
+            x = np.linalg.lstsq(A, y, rcond=None)[0] if len(rs) >= 2 and np.linalg.matrix_rank(A) == 2 else None
+            if x is not None and (x > 0).all():
+                upd["prefill_tps"], upd["decode_tps"] = 1.0 / x[0], 1.0 / x[1]
+            elif A[:, 1].sum() > 0:  # one run: keep the configured prefill rate, fit decode
+                upd["decode_tps"] = A[:, 1].sum() / max(y.sum() - A[:, 0].sum() / m.prefill_tps, 1e-3)
+        models.append(replace(m, **upd))
+    tokens = cfg.tokens
+    for role in ("expert", "aggregate"):
+        rs = [r for r in report.steps if r.kind == "run" and r.info.get("role") == role and r.info.get("generated")]
+        n = sum(r.info["generated"] for r in rs)
+        if n:
+            tokens = replace(tokens, **{f"{role}_prompt": sum(r.prompt_tokens for r in rs) / n,
+                                        f"{role}_output": sum(r.tokens for r in rs) / n})
+    return replace(cfg, models=tuple(models), tokens=tokens)

@@ -1,0 +1,148 @@
+"""The engine interface: the only thing the scheduler knows about whatever hosts models.
+
+An :class:`Engine` serves one device: it loads models onto it, generates batches (each finished
+generation handed back the moment it completes), parks and wakes models where sleep mode exists,
+unloads them, and says whether a model's host is still alive. Every call takes a deadline in the
+engine's clock; a call that misses it kills what it waited on and raises :class:`EngineTimeout`.
+Implementations: :mod:`.local` (vLLM worker processes) and :mod:`.fake` (tests, simulation).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .requests import Generation, Request
+
+if TYPE_CHECKING:
+    from ..planning import Config
+
+
+class EngineError(RuntimeError):
+    """An engine failed; the message names the model, device and step."""
+
+
+class EngineTimeout(EngineError):
+    """An engine call missed its deadline; what it waited on was killed."""
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """How an engine hosts one model (from the pool config's model and ``[engine]`` tables)."""
+
+    name: str
+    path: str
+    chat: bool = True
+    platform: str = "gpu"
+    dtype: str = "auto"
+    max_model_len: int = 4096
+    enforce_eager: bool = False
+    sleep: bool = False
+    gpu_memory_utilization: float | None = None
+
+    @classmethod
+    def of(cls, cfg: Config, name: str) -> ModelSettings:
+        m = cfg.model(name)
+        eng = dict(cfg.engine)
+        platform = str(eng.get("platform", "gpu"))
+        if platform == "cpu" and m.path and not Path(m.path).exists():
+            raise ValueError(f"model {name}: path {m.path} does not exist (run `symoe models fetch tiny`?)")
+        share = None if platform == "cpu" else min(0.95, m.resident_bytes / cfg.devices[0].memory_bytes)
+        return cls(m.name, m.path or m.name, m.chat, platform, str(eng.get("dtype", "float32" if platform == "cpu" else "auto")),
+                   int(eng.get("max_model_len", 4096)), bool(eng.get("enforce_eager", platform == "cpu")),
+                   m.park_s >= 0 and platform != "cpu", share)
+
+    def wire(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    seconds: float
+    tokens: int
+    prompt_tokens: int
+    generated: int
+    first_token_s: float | None = None
+
+
+OnDone = Callable[[Generation], None]
+
+
+class Engine(ABC):
+    """One device's host of models. Calls for different models may run on different threads
+    (a load beside a generation); calls for one model never overlap."""
+
+    device: int
+
+    def prepare(self) -> None:
+        """Warm up ahead of the first load (e.g. start a spare process). Optional."""
+
+    @abstractmethod
+    def load(self, model: ModelSettings, what: str, deadline: float, keep_spare: bool = True) -> dict[str, Any]:
+        """Make ``model`` resident; returns timing details."""
+
+    @abstractmethod
+    def generate(self, model: str, requests: Sequence[Request], on_done: OnDone, what: str, deadline: float) -> BatchInfo:
+        """Generate ``requests`` on a resident model, calling ``on_done`` once per finished one."""
+
+    def park(self, model: str, what: str, deadline: float) -> None:
+        raise EngineError(f"{what}: sleep mode is not supported by this engine")
+
+    def wake(self, model: str, what: str, deadline: float) -> None:
+        raise EngineError(f"{what}: sleep mode is not supported by this engine")
+
+    @abstractmethod
+    def unload(self, model: str, what: str, deadline: float) -> None:
+        """Free the model's memory."""
+
+    @abstractmethod
+    def alive(self, model: str) -> bool:
+        """Whether the model is resident and its host is still running."""
+
+    @abstractmethod
+    def kill(self, model: str) -> None:
+        """Drop the model at once (its host is killed), e.g. after a fault."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Kill everything this engine started; safe to call from any thread, more than once."""
+
+
+class Clock:
+    """Wall-clock seconds; the fake engine's :class:`ScaledClock` runs faster."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def real(self, seconds: float) -> float:
+        """Real seconds for ``seconds`` of this clock."""
+        return seconds
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(self.real(seconds))
+
+
+def generation_from_event(ev: Any, pending: Mapping[str, Request], what: str, seconds: float) -> Generation:
+    """Check one finished-generation event of an engine against the requests it was sent;
+    anything malformed is an engine fault, never stored."""
+    try:
+        r = pending[ev["id"]]
+        text, tokens, prompt_tokens, finish = ev["text"], ev["tokens"], ev["prompt_tokens"], ev["finish"]
+        ok = (isinstance(text, str) and isinstance(tokens, int) and isinstance(prompt_tokens, int) and tokens >= 0
+              and prompt_tokens >= 0 and isinstance(finish, str))
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise EngineError(f"{what}: malformed generation from the engine: {str(ev)[:200]}")
+    return Generation.of(r, text, prompt_tokens, tokens, finish, seconds)
+
+
+def remaining(deadline: float, clock: Clock) -> float:
+    """Seconds of ``clock`` left before ``deadline`` (inf for no deadline)."""
+    return math.inf if math.isinf(deadline) else deadline - clock.now()

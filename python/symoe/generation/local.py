@@ -1,0 +1,253 @@
+"""Local engine: vLLM worker processes on this machine, one per resident model.
+
+A model lives in its own process (``worker.py``), so unloading it really frees its memory (vLLM
+does not return all of it in-process) and several models can share a device. A warm spare
+process, with ``vllm`` already imported, is kept per device so a load only pays the engine start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .engine import BatchInfo, Clock, Engine, EngineError, EngineTimeout, ModelSettings, OnDone, generation_from_event
+from .requests import Request
+
+WORKER = Path(__file__).with_name("worker.py")
+# Workers are started from one long-lived thread: their die-with-parent signal fires when the
+# thread that started them ends, and scheduler threads come and go.
+_spawner = ThreadPoolExecutor(1, thread_name_prefix="symoe-spawn")
+
+
+def engine_env(platform: str, device: int, devices: int = 1, threads: int | None = None,
+               kv_cache_gb: float = 1.0) -> dict[str, str]:
+    """Environment a worker needs before vLLM is imported. On CPU each of ``devices`` devices is
+    bound to its own cores (``threads`` each, default: an equal share)."""
+    env = dict(os.environ)
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    if platform == "cpu":
+        cores = os.cpu_count() or 1
+        n = threads or max(1, cores // devices)
+        first = (device * n) % cores
+        env["VLLM_CPU_OMP_THREADS_BIND"] = f"{first}-{min(first + n, cores) - 1}"
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(round(kv_cache_gb))))  # whole GiB
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        iomp = Path(sys.prefix) / "lib" / "libiomp5.so"
+        if iomp.exists():  # vLLM's CPU kernels want Intel OpenMP loaded first
+            env["LD_PRELOAD"] = " ".join(x for x in (str(iomp), env.get("LD_PRELOAD", "")) if x)
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = str(device)
+    return env
+
+
+class Worker:
+    """One worker process and its JSON-lines pipe."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path, preimport: bool = True):
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_path, "ab")
+        env = dict(env, SYMOE_WORKER_PREIMPORT="1" if preimport else "0", SYMOE_PARENT_PID=str(os.getpid()))
+        self.proc = _spawner.submit(subprocess.Popen, [sys.executable, str(WORKER)], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=self._log, env=env, text=True, bufsize=1).result()
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+        self._ready = False
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def read(self, what: str, deadline: float) -> dict[str, Any]:
+        try:
+            line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()) if deadline != float("inf") else None)
+        except queue.Empty:
+            self.kill()
+            raise EngineTimeout(f"{what}: no answer from the worker (pid {self.proc.pid}) by its deadline; "
+                                f"killed. Log: {self.log_path}") from None
+        if line is None:
+            code = self.proc.wait()
+            raise EngineError(f"{what}: worker exited with code {code}\n{self.log_tail()}")
+        try:
+            msg = json.loads(line)
+            if not isinstance(msg, dict):
+                raise ValueError
+        except ValueError:
+            self.kill()
+            raise EngineError(f"{what}: malformed reply from the worker: {line[:200]!r}") from None
+        return msg
+
+    def wait_ready(self, what: str, deadline: float) -> None:
+        if not self._ready:
+            self.read(what, deadline)
+            self._ready = True
+
+    def request(self, msg: dict[str, Any], what: str, deadline: float, on_event: Any = None) -> dict[str, Any]:
+        self.wait_ready(what, deadline)
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(msg) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise EngineError(f"{what}: worker is gone\n{self.log_tail()}") from None
+        while True:
+            reply = self.read(what, deadline)
+            if reply.get("event"):
+                if on_event:
+                    on_event(reply)
+                continue
+            if not reply.get("ok"):
+                raise EngineError(f"{what}: {reply.get('error')}\n{self.log_tail()}")
+            return reply
+
+    def log_tail(self, n: int = 15) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "worker log tail:\n  " + "\n  ".join(lines[-n:])
+
+    def kill(self) -> None:
+        """End the process: its memory, the model's included, goes back to the system. The worker
+        holds nothing that needs a clean shutdown, and vLLM's takes seconds, so it is killed."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if not self._log.closed:
+            self._log.close()
+
+
+class LocalEngine(Engine):
+    """The workers of one device: the resident models and one warm spare."""
+
+    def __init__(self, device: int, env: Mapping[str, str], log_dir: Path):
+        self.device, self.env, self.log_dir = device, env, log_dir
+        self.clock = Clock()
+        self._lock = threading.Lock()  # guards resident, spare and closed
+        self.resident: dict[str, Worker] = {}
+        self.spare: Worker | None = None
+        self._n = 0
+        self._closed = False
+
+    @classmethod
+    def for_config(cls, cfg: Any, device: int, log_dir: Path) -> LocalEngine:
+        eng = dict(cfg.engine)
+        env = engine_env(str(eng.get("platform", "gpu")), device, len(cfg.devices), eng.get("threads"),
+                         float(eng.get("kv_cache_gb", 1.0)))
+        return cls(device, env, log_dir)
+
+    def _new_worker(self) -> Worker:
+        with self._lock:
+            if self._closed:
+                raise EngineError(f"device {self.device}: engine closed")
+            self._n += 1
+            n = self._n
+        w = Worker(self.env, self.log_dir / f"device{self.device}-worker{n}.log")
+        with self._lock:
+            if self._closed:  # closed while it started
+                w.kill()
+                raise EngineError(f"device {self.device}: engine closed")
+        return w
+
+    def prepare(self) -> None:
+        with self._lock:
+            need = self.spare is None
+        if need:
+            w = self._new_worker()
+            with self._lock:
+                self.spare, extra = (w, None) if self.spare is None else (self.spare, w)
+            if extra:
+                extra.kill()
+
+    def load(self, model: ModelSettings, what: str, deadline: float, keep_spare: bool = True) -> dict[str, Any]:
+        with self._lock:
+            if model.name in self.resident:
+                raise EngineError(f"{what}: model {model.name} is already resident on device {self.device}")
+            w, self.spare = self.spare, None
+        w = w or self._new_worker()
+        if keep_spare:  # the next worker imports vllm while this one loads
+            self.prepare()
+        t0 = time.perf_counter()
+        try:
+            w.wait_ready(what, deadline)
+            ready_s = time.perf_counter() - t0
+            info = w.request({"op": "load", "model": model.wire()}, what, deadline)
+        except EngineError:
+            w.kill()
+            raise
+        with self._lock:
+            self.resident[model.name] = w
+        return {"import_s": info.get("import_s"), "load_s": info.get("load_s"), "spare_wait_s": ready_s}
+
+    def _worker(self, model: str, what: str) -> Worker:
+        with self._lock:
+            w = self.resident.get(model)
+        if w is None:
+            raise EngineError(f"{what}: model {model} is not resident on device {self.device}")
+        return w
+
+    def generate(self, model: str, requests: Sequence[Request], on_done: OnDone, what: str, deadline: float) -> BatchInfo:
+        pending = {r.key: r for r in requests}
+        stats = [0, 0, 0]
+        t0 = time.perf_counter()
+
+        def done(ev: dict[str, Any]) -> None:
+            g = generation_from_event(ev, pending, what, time.perf_counter() - t0)
+            del pending[g.key]
+            stats[0] += g.tokens
+            stats[1] += g.prompt_tokens
+            stats[2] += 1
+            on_done(g)
+
+        w = self._worker(model, what)
+        try:
+            reply = w.request({"op": "generate", "requests": [r.wire() for r in requests]}, what, deadline, done)
+        except EngineError:
+            self.kill(model)
+            raise
+        if pending:
+            raise EngineError(f"{what}: the worker finished without {len(pending)} of the requests")
+        return BatchInfo(time.perf_counter() - t0, stats[0], stats[1], stats[2], reply.get("first_token_s"))
+
+    def park(self, model: str, what: str, deadline: float) -> None:
+        self._worker(model, what).request({"op": "park"}, what, deadline)
+
+    def wake(self, model: str, what: str, deadline: float) -> None:
+        self._worker(model, what).request({"op": "wake"}, what, deadline)
+
+    def unload(self, model: str, what: str, deadline: float) -> None:
+        self._worker(model, what)
+        self.kill(model)
+
+    def alive(self, model: str) -> bool:
+        with self._lock:
+            w = self.resident.get(model)
+        return w is not None and w.proc.poll() is None
+
+    def kill(self, model: str) -> None:
+        with self._lock:
+            w = self.resident.pop(model, None)
+        if w is not None:
+            w.kill()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            workers = list(self.resident.values()) + ([self.spare] if self.spare else [])
+            self.resident.clear()
+            self.spare = None
+        for w in workers:
+            w.kill()

@@ -1,0 +1,170 @@
+"""The scheduler on fake engines (scaled clock): plans of 10,000 questions on 1, 4 and 16 devices
+run as predicted, every generation once and stored, aggregation after its experts; faults
+(death, hang, garbage, slow) stop the run cleanly or are recovered with retries."""
+
+import threading
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import symoe
+from symoe.datasets import Question
+from symoe.execution import RunOptions, run_plan
+from symoe.generation import EngineError, EngineTimeout, Sampling
+from symoe.generation.fake import Fault, FakeEngine, ScaledClock
+from symoe.planning import STEP_KINDS
+from symoe.store import Store
+from symoe.workloads import category_keywords, skewed_profiles
+
+PAPER = symoe.Config.bundled("paper16")
+AGG = "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"
+QUIET = RunOptions(progress=False, pictures=False)
+
+
+def workload(n, seed=0):
+    rng = np.random.default_rng(seed)
+    cats = [f"c{i}" for i in range(14)]
+    qcats = [cats[i] for i in rng.integers(0, 14, n)]
+    qs = [Question(f"q{i}", f"Question {i} about {c}?\n(A) yes\n(B) no", "A", "letter", c) for i, c in enumerate(qcats)]
+    a = symoe.route(skewed_profiles(PAPER.names, cats), category_keywords(qcats), seed=seed,
+                    question_ids=[q.id for q in qs])
+    return qs, a
+
+
+def fake_run(p, qs, tmp_path, real_seconds=3.0, faults=(), options=QUIET, slow=None):
+    # Real time per plan second: the plan's predicted makespan takes about ``real_seconds``.
+    clock = ScaledClock(real_seconds / p.makespan)
+    engines = [FakeEngine(d, p.config, clock, faults if d == 0 else (), (slow or {}).get(d, 1.0))
+               for d in range(len(p.config.devices))]
+    store = Store(tmp_path / "store.sqlite")
+    try:
+        report = run_plan(p, qs, store, tmp_path / "run", Sampling(), options=options, engines=engines, clock=clock)
+    finally:
+        store.close()
+    return report, engines
+
+
+def check_exactly_once_and_ordered(p, qs, engines, tmp_path):
+    log = [x for e in engines for x in e.log]
+    counts = Counter(x[0] for x in log)
+    assert max(counts.values()) == 1  # nothing generated twice
+    experts = [x for x in log if x[1] == "expert"]
+    aggs = [x for x in log if x[1] == "aggregate"]
+    assert len(experts) == len(qs) * p.k and len(aggs) == len(qs)
+    assert Counter(x[2] for x in experts) == {q.id: p.k for q in qs}
+    done = {}
+    for _, _, q, _, finish in experts:
+        done[q] = max(done.get(q, 0.0), finish)
+    assert all(start >= done[q] for _, _, q, start, _ in aggs)  # each aggregation after its experts
+    with Store(tmp_path / "store.sqlite") as s:
+        assert s.count("expert") == len(qs) * p.k and s.count("aggregate") == len(qs)
+
+
+@pytest.mark.parametrize("devices", [1, 4, 16])
+def test_large_plans_run_as_predicted(devices, tmp_path):
+    qs, a = workload(10_000)
+    p = symoe.plan(a, PAPER.with_devices(devices), aggregator=AGG)
+    aggregating = {int(d) for d in p.arrays["device"][(p.arrays["kind"] == 1) & (p.arrays["role"] == 1)]}
+    raised = []
+    old = threading.excepthook
+    threading.excepthook = lambda args: raised.append(args)
+    try:
+        report, engines = fake_run(p, qs, tmp_path, real_seconds=10.0)
+    finally:
+        threading.excepthook = old
+    assert not raised
+    check_exactly_once_and_ordered(p, qs, engines, tmp_path)
+    assert report.generated == len(qs) * (p.k + 1) and report.reused == 0
+    assert abs(report.makespan / p.makespan - 1) < 0.05, (report.makespan, p.makespan)
+    if devices > 1:  # cross-device aggregation: experts of one question on several devices
+        assert len({int(d) for d in p.arrays["device"][p.arrays["kind"] == 1]}) == devices
+        assert aggregating
+
+
+@pytest.mark.parametrize("case", ["prefetch", "naive-sleep"])
+def test_coresidency_prefetch_and_evictions(case, tmp_path):
+    if case == "prefetch":  # two models resident at once; the next loads while one generates
+        qs, a = workload(2_000)
+        cfg = PAPER.with_devices(2, memory_gb=50)
+        p = symoe.plan(a, cfg, aggregator=AGG)
+    else:  # one model fits: every other model is parked (sleep mode) and woken, per question
+        qs, a = workload(60)
+        cfg = PAPER.with_devices(2, memory_gb=30, host_memory_gb=400).with_sleep(True)
+        p = symoe.plan(a, cfg, aggregator=AGG, strategy="naive")
+    kinds = Counter(STEP_KINDS[k] for k in p.arrays["kind"])
+    if case == "prefetch":
+        assert [STEP_KINDS[k] for k in p.arrays["kind"][p.arrays["device"] == 0]][:3] == ["load", "load", "run"]
+    else:
+        assert kinds["park"] > 10 and kinds["wake"] > 10
+    report, engines = fake_run(p, qs, tmp_path, real_seconds=8.0)
+    check_exactly_once_and_ordered(p, qs, engines, tmp_path)
+    assert abs(report.makespan / p.makespan - 1) < 0.05, (report.makespan, p.makespan)
+
+
+def small(tmp_path, n=200, devices=2):
+    qs, a = workload(n)
+    return qs, symoe.plan(a, PAPER.with_devices(devices), aggregator=AGG)
+
+
+@pytest.mark.parametrize("kind", ["die", "hang", "garbage"])
+def test_fault_stops_the_run_cleanly(kind, tmp_path):
+    qs, p = small(tmp_path)
+    opts = RunOptions(progress=False, pictures=False, deadline_factor=1.5, deadline_margin_s=0.0)
+    fault = Fault(kind, after=5)
+    with pytest.raises(EngineError) as e:
+        fake_run(p, qs, tmp_path, faults=[fault], options=opts)
+    msg = str(e.value)
+    assert "on device 0" in msg and "run" in msg
+    assert msg.startswith("step ") and any(m in msg for m in p.config.names)
+    if kind == "hang":
+        assert isinstance(e.value, EngineTimeout) and "deadline" in msg
+    if kind == "garbage":
+        assert "malformed" in msg
+    with Store(tmp_path / "store.sqlite") as s:
+        kept = s.count()
+        assert kept >= 5  # what finished before the fault is stored
+    # Rerun without the fault: only what the store lacks is generated.
+    report, engines = fake_run(p, qs, tmp_path)
+    assert report.reused >= kept and report.generated + report.reused == len(qs) * (p.k + 1)
+    assert report.generated == sum(len(e.log) for e in engines)
+    check_exactly_once_and_ordered_after_resume(p, qs, tmp_path)
+
+
+def check_exactly_once_and_ordered_after_resume(p, qs, tmp_path):
+    with Store(tmp_path / "store.sqlite") as s:
+        assert s.count("expert") == len(qs) * p.k and s.count("aggregate") == len(qs)
+
+
+@pytest.mark.parametrize("kind,op", [("die", "generate"), ("hang", "generate"), ("garbage", "generate"),
+                                     ("die", "load")])
+def test_retries_recover(kind, op, tmp_path):
+    qs, p = small(tmp_path)
+    opts = RunOptions(progress=False, pictures=False, deadline_factor=1.5, deadline_margin_s=0.0, retries=2)
+    report, engines = fake_run(p, qs, tmp_path, faults=[Fault(kind, op=op, after=7)], options=opts)
+    assert report.retries == 1
+    assert report.generated == len(qs) * (p.k + 1)
+    check_exactly_once_and_ordered(p, qs, engines, tmp_path)
+    assert engines[0].calls.count(("load", engines[0].calls[0][1])) >= 1
+
+
+def test_retries_are_bounded(tmp_path):
+    qs, p = small(tmp_path)
+    opts = RunOptions(progress=False, pictures=False, retries=2)
+    with pytest.raises(EngineError, match="fake death"):
+        fake_run(p, qs, tmp_path, faults=[Fault("die", times=3)], options=opts)
+
+
+def test_slow_device_is_not_a_fault_within_its_deadline(tmp_path):
+    qs, p = small(tmp_path)
+    report, _ = fake_run(p, qs, tmp_path, slow={1: 1.5})
+    assert report.generated == len(qs) * (p.k + 1)
+    assert report.makespan > p.makespan * 1.05  # the slow device shows in the measured makespan
+
+
+def test_resume_reuses_everything(tmp_path):
+    qs, p = small(tmp_path, n=100)
+    fake_run(p, qs, tmp_path)
+    report, engines = fake_run(p, qs, tmp_path)
+    assert report.generated == 0 and report.reused == len(qs) * (p.k + 1)
+    assert all(not e.log for e in engines)
