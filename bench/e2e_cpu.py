@@ -3,6 +3,7 @@ schedule vs the naive plan on the same routed MMLU-Pro test questions; then cali
 predicted-vs-measured check.
 
     python bench/e2e_cpu.py --questions 24 --out runs/e2e
+    python bench/e2e_cpu.py --sample --strategies symoe --devices 1,2 --out runs/devices   # 1 vs 2 devices
 
 Each strategy runs with its own empty store, so nothing is reused between them. Writes a JSON
 summary and the measured/predicted timeline pictures under --out.
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import symoe
 from symoe.datasets import load_questions
-from symoe.execute import Sampling, calibrate, run_plan
+from symoe.execution import RunOptions, calibrate, run_plan
+from symoe.generation import Sampling
 from symoe.models import fetch_tiny
 from symoe.pipeline import Task, bundled
 from symoe.store import Store
@@ -26,6 +28,8 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "symbolic_moe"
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--questions", type=int, default=24)
+    ap.add_argument("--sample", action="store_true", help="The bundled 28-question sample (symoe run's default).")
+    ap.add_argument("--devices", default="1", help="Device counts to run each strategy on, e.g. 1,2.")
     ap.add_argument("--naive-questions", type=int, default=None, help="Run naive on the first N only (linear cost).")
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--strategies", default="symoe,reference,naive")
@@ -34,7 +38,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = symoe.Config.from_toml(fetch_tiny())
-    qs = load_questions(DATA / "MMLU_Pro_test.json", limit=args.questions)
+    qs = (load_questions(bundled("mmlu_pro_sample.json")) if args.sample
+          else load_questions(DATA / "MMLU_Pro_test.json", limit=args.questions))
     prof = symoe.Profiles.from_json(bundled("tiny_profiles.json"))
     task = Task.from_json(bundled("tiny_task.json"))
     # Keywords for routing come from the same pipeline stage `symoe run` uses.
@@ -49,30 +54,35 @@ def main() -> None:
     sampling = Sampling(0.7, args.max_tokens, args.max_tokens, 0)
     summary = {"questions": len(qs), "experts": a.counts(), "aggregator": task.aggregator, "runs": {}}
     calibrated = {}
-    for strategy in args.strategies.split(","):
+    runs = [(s, int(d)) for s in args.strategies.split(",") for d in args.devices.split(",")]
+    base = cfg
+    for strategy, devices in runs:
+        cfg = base.with_devices(devices)
+        name = strategy if devices == 1 else f"{strategy}-{devices}dev"
         n = args.naive_questions if strategy == "naive" and args.naive_questions else len(qs)
         sub = symoe.Assignment(a.models, a.experts[:n], a.question_ids[:n])
         p = symoe.plan(sub, cfg, aggregator=task.aggregator, strategy=strategy)
-        store_path = out / f"{strategy}.sqlite"
+        store_path = out / f"{name}.sqlite"
         for suffix in ("", "-wal", "-shm"):
             Path(str(store_path) + suffix).unlink(missing_ok=True)
         with Store(store_path) as st:
             t0 = time.perf_counter()
-            rep = run_plan(p, qs[:n], st, out / strategy, sampling, progress=False)
+            rep = run_plan(p, qs[:n], st, out / name, sampling, options=RunOptions(progress=False))
             wall = time.perf_counter() - t0
         cal = calibrate(cfg, rep)
         pc = symoe.plan(sub, cal, aggregator=task.aggregator, strategy=strategy)
-        summary["runs"][strategy] = {"questions": n, "measured_s": rep.makespan, "wall_s": wall,
+        summary["runs"][name] = {"questions": n, "devices": devices, "measured_s": rep.makespan, "wall_s": wall,
                                      "predicted_s": p.makespan, "predicted_after_calibration_s": pc.makespan,
                                      "loads": sum(s.kind == "load" for s in rep.steps), "accuracy": rep.accuracy}
-        (out / f"calibrated-{strategy}.toml").write_text(cal.to_toml())
-        calibrated[strategy] = (cal, sub, rep.makespan)
-        print(strategy, json.dumps(summary["runs"][strategy]), flush=True)
+        (out / f"calibrated-{name}.toml").write_text(cal.to_toml())
+        calibrated[name] = (cal, sub, rep.makespan, strategy)
+        print(name, json.dumps(summary["runs"][name]), flush=True)
     # Out of sample: figures calibrated on one strategy's run predict the others' runs.
     summary["cross"] = {}
-    for src, (cal, _, _) in calibrated.items():
-        for dst, (_, sub, measured) in calibrated.items():
-            pred = symoe.plan(sub, cal, aggregator=task.aggregator, strategy=dst).makespan
+    for src, (cal, _, _, _) in calibrated.items():
+        for dst, (dcal, sub, measured, strategy) in calibrated.items():
+            cal_d = cal.with_devices(len(dcal.devices))
+            pred = symoe.plan(sub, cal_d, aggregator=task.aggregator, strategy=strategy).makespan
             summary["cross"][f"{src}->{dst}"] = {"predicted_s": pred, "measured_s": measured,
                                                  "error": pred / measured - 1}
             print(f"calibrated on {src}: {dst} predicted {pred:.1f} s, measured {measured:.1f} s", flush=True)

@@ -9,7 +9,8 @@ files beside them. `symoe bench load` prints the fuller table (first token, thro
 import pytest
 
 import symoe
-from symoe.execute import model_spec, open_device
+from symoe.generation import ModelSettings
+from symoe.generation.local import LocalEngine
 from symoe.loadbench import file_read_gbps
 from symoe.models import TINY, fetch_tiny
 
@@ -24,23 +25,23 @@ def cfg():
 @pytest.mark.benchmark(group="load+unload")
 @pytest.mark.parametrize("name", NAMES)
 def test_load_unload(benchmark, cfg, name, tmp_path):
-    dev = open_device(cfg, 0, tmp_path)
-    spec = model_spec(cfg, name)
+    eng = LocalEngine.for_config(cfg, 0, tmp_path)
+    settings = ModelSettings.of(cfg, name)
     timings = []
 
     def setup():
-        dev.prepare_spare()
-        dev.spare.wait_ready()  # importing vllm is not part of a load
+        eng.prepare()
+        eng.spare.wait_ready("bench", float("inf"))  # importing vllm is not part of a load
 
     def load_unload():
-        info = dev.load(name, spec, "bench", keep_spare=False)
-        dev.unload(name, "bench")
+        info = eng.load(settings, "bench", float("inf"), keep_spare=False)
+        eng.unload(name, "bench", float("inf"))
         timings.append(info["load_s"])
 
     try:
         benchmark.pedantic(load_unload, setup=setup, rounds=2, iterations=1)
     finally:
-        dev.close()
+        eng.close()
     benchmark.extra_info["engine_load_s"] = min(timings)
 
 

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -89,6 +90,7 @@ def test_kill_and_resume(smol_config, tmp_path):
     assert proc.poll() is None, f"run ended before it could be killed:\n{proc.stdout.read()}"
     os.kill(proc.pid, signal.SIGKILL)  # mid-generation: 16 expert + 8 aggregation generations planned
     proc.wait()
+    assert wait_no_workers(proc.pid), "a worker outlived its killed parent"
     with Store(store_path) as s:
         before = {k: s.get(k).text for k in s.all_keys()}
     assert 3 <= len(before) < 24
@@ -103,6 +105,133 @@ def test_kill_and_resume(smol_config, tmp_path):
 
 def smol_config_path():
     return fetch_tiny([SMOL])
+
+
+def workers_of(parent: int) -> list[int]:
+    """Live worker processes started by ``parent`` (they carry its pid in their environment)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            env = open(f"/proc/{d}/environ", "rb").read().split(b"\0")
+            state = open(f"/proc/{d}/stat").read().split(")")[-1].split()[0]
+        except OSError:
+            continue
+        if f"SYMOE_PARENT_PID={parent}".encode() in env and state != "Z":
+            pids.append(int(d))
+    return pids
+
+
+def wait_no_workers(parent: int, seconds: float = 10.0) -> bool:
+    end = time.time() + seconds
+    while time.time() < end:
+        if not workers_of(parent):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def run_plan_cmd(tmp_path, qs, p, a, extra=()):
+    a.save(tmp_path / "a.jsonl")
+    p.to_json(tmp_path / "plan.json")
+    (tmp_path / "q.json").write_text(json.dumps([{"question": q.text, "gold_answer": q.gold, "id": q.id} for q in qs]))
+    return [sys.executable, "-m", "symoe.cli", "run-plan", "--questions", str(tmp_path / "q.json"), "--format",
+            "mmlu_pro", "--plan", str(tmp_path / "plan.json"), "--assignment", str(tmp_path / "a.jsonl"), "--config",
+            str(smol_config_path()), "--store", str(tmp_path / "store.sqlite"), "--run-dir", str(tmp_path / "run"),
+            "--max-tokens", "48", *extra]
+
+
+def wait_stored(store_path, n, proc=None, seconds=300, thread=None):
+    end = time.time() + seconds
+    while time.time() < end and (proc is None or proc.poll() is None) and (thread is None or thread.is_alive()):
+        time.sleep(0.2)
+        if store_path.exists():
+            with Store(store_path) as s:
+                if s.count() >= n:
+                    return True
+    return False
+
+
+def test_sigint_stops_within_seconds_and_resumes(smol_config, tmp_path):
+    qs = load_questions(DATA / "MMLU_Pro_test.json", limit=8)
+    a = uniform_assignment(smol_config, qs, k=2)
+    cmd = run_plan_cmd(tmp_path, qs, symoe.plan(a, smol_config, aggregator=SMOL), a)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert wait_stored(tmp_path / "store.sqlite", 2, proc), proc.stdout.read() if proc.poll() is not None else "slow"
+    t0 = time.time()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert time.time() - t0 < 10, f"took {time.time() - t0:.1f} s to stop"
+    assert proc.returncode == 130 and "interrupted" in out and "Traceback" not in out, out
+    assert wait_no_workers(proc.pid, 2.0)
+    with Store(tmp_path / "store.sqlite") as s:
+        kept = s.count()
+    assert 2 <= kept < 24
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{24 - kept} generations made, {kept} reused" in done.stdout
+
+
+def test_stopped_worker_hits_its_deadline(smol_config, tmp_path):
+    from symoe.generation import EngineTimeout
+    from symoe.generation.local import LocalEngine
+
+    qs = load_questions(DATA / "MMLU_Pro_test.json", limit=6)
+    a = uniform_assignment(smol_config, qs, k=2)
+    p = symoe.plan(a, smol_config, aggregator=SMOL)
+    eng = LocalEngine.for_config(smol_config, 0, tmp_path / "logs")
+    eng.prepare()
+    eng.spare.wait_ready("test", time.monotonic() + 300)  # the import of vllm is not what is timed here
+    opts = RunOptions(progress=False, deadline_factor=1.0, deadline_margin_s=45.0)
+    box: dict = {}
+
+    def go():
+        with Store(tmp_path / "store.sqlite") as store:
+            try:
+                run_plan(p, qs, store, tmp_path / "run", Sampling(max_tokens=48), options=opts, engines=[eng])
+            except BaseException as e:  # the assertion is on the main thread
+                box["error"] = e
+
+    th = threading.Thread(target=go)
+    th.start()
+    assert wait_stored(tmp_path / "store.sqlite", 1, thread=th), box.get("error")
+    (pid,) = [w.proc.pid for w in eng.resident.values()]
+    os.kill(pid, signal.SIGSTOP)  # alive but silent: only the deadline can tell
+    t0 = time.time()
+    th.join(180)
+    assert not th.is_alive(), "the run hung on a stopped worker"
+    err = box.get("error")
+    assert isinstance(err, EngineTimeout), err
+    assert f"(run {SMOL} on device 0)" in str(err) and "deadline" in str(err)
+    assert time.time() - t0 < 150
+    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] == "Z"
+    with Store(tmp_path / "store.sqlite") as store:
+        assert store.count() >= 1  # what finished before the stop is kept
+
+
+def test_two_devices_with_cross_device_aggregation(smol_config, tmp_path):
+    # Two pool entries backed by SmolLM2, each device pinned to its own core with its own engine
+    # environment; every question has one expert on each device and its aggregation on one of them.
+    base = smol_config.models[0]
+    models = tuple(base.__class__(**{**base.__dict__, "name": n}) for n in ("smol-a", "smol-b"))
+    cfg = symoe.Config(models, smol_config.with_devices(2).devices, smol_config.tokens, engine=smol_config.engine)
+    qs = load_questions(DATA / "MMLU_Pro_test.json", limit=4)
+    a = symoe.Assignment(cfg.names, np.array([[0, 1]] * 4), tuple(q.id for q in qs))
+    p = symoe.plan(a, cfg, aggregator="smol-a")
+    runs = p.arrays["kind"] == 1
+    assert set(p.arrays["device"][runs & (p.arrays["role"] == 0)]) == {0, 1}
+    with Store(tmp_path / "s.sqlite") as store:
+        r = run_plan(p, qs, store, tmp_path / "run", Sampling(max_tokens=32, aggregate_max_tokens=32), options=QUIET)
+        assert store.count("expert") == 8 and store.count("aggregate") == 4
+    assert r.generated == 12
+    by_dev = {s.device for s in r.steps if s.kind == "run"}
+    assert by_dev == {0, 1}
+    agg = [s for s in r.steps if s.kind == "run" and s.info["role"] == "aggregate"]
+    experts_end = max(s.end for s in r.steps if s.kind == "run" and s.info["role"] == "expert")
+    assert agg and all(s.start >= experts_end - 1e-6 for s in agg)
+    logs = sorted((tmp_path / "run" / "logs").glob("device*-worker*.log"))
+    assert {x.name.split("-")[0] for x in logs} == {"device0", "device1"}
 
 
 def test_bad_inputs_leave_the_store_intact(smol_config, tmp_path):

@@ -35,6 +35,10 @@ def _die_with_parent() -> None:
 
 
 _die_with_parent()
+# Run as a script, this file's folder heads sys.path, and its neighbours (requests.py, ...) would
+# shadow the libraries vLLM imports.
+if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]
 
 import json  # noqa: E402
 import threading  # noqa: E402
