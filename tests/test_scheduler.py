@@ -168,3 +168,33 @@ def test_resume_reuses_everything(tmp_path):
     report, engines = fake_run(p, qs, tmp_path)
     assert report.generated == 0 and report.reused == len(qs) * (p.k + 1)
     assert all(not e.log for e in engines)
+
+
+def test_answers_stored_meanwhile_by_another_run_release_aggregation(tmp_path):
+    # Another run on the same store writes device 1's expert answers while this run is under way:
+    # they are reused, and the aggregations that wait for them still start (no deadlock).
+    from symoe.generation import Generation, Requests
+
+    qs, p = small(tmp_path, n=60)
+    build = Requests(p.config, Sampling())
+    a = p.arrays
+    dev1 = [int(i) for s in np.flatnonzero((a["kind"] == 1) & (a["role"] == 0) & (a["device"] == 1))
+            for i in a["items"][a["item_begin"][s]:a["item_end"][s]]]
+    assert dev1
+    other = [build.expert(p.config.names[p.experts[i // p.k, i % p.k]], qs[i // p.k], i % p.k) for i in dev1]
+    clock = ScaledClock(3.0 / p.makespan)
+
+    class Meanwhile(FakeEngine):
+        def generate(self, model, requests, on_done, what, deadline):
+            if other:
+                with Store(tmp_path / "store.sqlite") as s:
+                    for r in other:
+                        s.put(Generation.of(r, "another run. The answer is (A)", 1, 1, "stop", 0.0))
+                other.clear()
+            return super().generate(model, requests, on_done, what, deadline)
+
+    engines = [Meanwhile(0, p.config, clock), FakeEngine(1, p.config, clock)]
+    with Store(tmp_path / "store.sqlite") as store:
+        r = run_plan(p, qs, store, tmp_path / "run", Sampling(), options=QUIET, engines=engines, clock=clock)
+        assert store.count("aggregate") == len(qs)
+    assert 0 < r.reused <= len(dev1) and r.generated + r.reused == len(qs) * (p.k + 1)

@@ -61,6 +61,10 @@ def check_plan_matches(plan: Plan, questions: Sequence[Question], experts_by_nam
         raise ValueError(f"plan is for {len(plan.experts)} questions, {len(questions)} were given")
     if plan.question_ids and tuple(plan.question_ids) != tuple(q.id for q in questions):
         raise ValueError("plan does not match the questions: question ids differ")
+    for q, h in zip(questions, plan.question_hashes):  # same ids, other texts: answers to the wrong questions
+        if q.text_hash != h:
+            raise ValueError(f"plan does not match the questions: question {q.id!r} has a different text "
+                             f"from the one planned")
     if experts_by_name is not None:
         names = plan.config.names
         planned = [[names[m] for m in row] for row in plan.experts]
@@ -127,6 +131,7 @@ class Scheduler:
         # Aggregation readiness: expert generations still missing per question, and per
         # aggregation step the questions still waiting.
         have = store.existing([r.key for r in self.expert_requests])
+        self.pending = {r.key for r in self.expert_requests} - have
         self.missing = [sum(r.key not in have for r in self.expert_requests[q * self.k:(q + 1) * self.k])
                         for q in range(n)]
         self.agg_steps_of: dict[int, list[int]] = {}
@@ -359,6 +364,8 @@ class Scheduler:
             reqs = self._aggregations([int(q) for q in items])
         have = self.store.existing([r.key for r in reqs])
         todo = [r for r in reqs if r.key not in have]
+        if role == "expert" and len(todo) < len(reqs):  # stored meanwhile by another run on this store
+            self._available([r for r in reqs if r.key in have])
         with self.lock:
             self.reused += len(reqs) - len(todo)
         self.bar(len(reqs) - len(todo))
@@ -376,26 +383,36 @@ class Scheduler:
         self.bar(1)
 
     def _stored(self, g: Generation) -> None:
-        """An expert generation is committed; the last one of a question releases its aggregations."""
-        fresh = self.store.put(g)
-        ready: list[threading.Event] = []
+        """An expert generation is committed."""
+        self.store.put(g)
         with self.lock:
             self.generated += 1
-            q = self.qidx[g.question]
-            prepare = False
-            if fresh and self.missing[q] > 0:
+        self._available([g])
+        self.bar(1)
+
+    def _available(self, gens: Sequence[Generation | Request]) -> None:
+        """Expert answers now in the store (ours, or another run's): the last one of a question
+        releases its aggregations, and its aggregation request is prepared ahead."""
+        ready: list[threading.Event] = []
+        prepare: list[int] = []
+        with self.lock:
+            for g in gens:
+                if g.key not in self.pending:
+                    continue
+                self.pending.discard(g.key)
+                q = self.qidx[g.question]
                 self.missing[q] -= 1
-                if self.missing[q] == 0:
-                    prepare = q in self.agg_steps_of and len(self.prepared) < PREPARE_AHEAD
-                    for st in self.agg_steps_of.get(q, ()):
+                if self.missing[q] == 0 and q in self.agg_steps_of:
+                    if len(self.prepared) < PREPARE_AHEAD:
+                        prepare.append(q)
+                    for st in self.agg_steps_of[q]:
                         self.agg_wait[st] -= 1
                         if self.agg_wait[st] == 0:
                             ready.append(self.agg_ready[st])
-        if prepare:
+        for q in prepare:
             self.prepare_pool.submit(self._prepare, q)
         for ev in ready:
             ev.set()
-        self.bar(1)
 
 
 def _progress(enabled: bool, total: int, label: str = "generations") -> Callable[[int | None], None]:
