@@ -31,8 +31,10 @@ def test_cli_errors_are_clean(tmp_path):
     qs.write_text(json.dumps({"keywords": ["x"]}))
     r = CliRunner().invoke(main, ["route", "--profiles", str(bad), "--questions", str(qs), "--out", str(tmp_path / "a")])
     assert r.exit_code != 0 and "not valid JSON" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2
     r = CliRunner().invoke(main, ["plan", "--assignment", str(qs), "--config", "no-such-config"])
-    assert r.exit_code != 0 and "Error" in r.output
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert "Error: --config 'no-such-config': no such file, nor a bundled config (paper16, tiny)" in r.output
 
 
 def test_demo_runs():

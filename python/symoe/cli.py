@@ -10,8 +10,17 @@ from pathlib import Path
 import click
 import numpy as np
 
+from . import _core
+from .errors import SymoeError
 from .planning import Config, Plan, plan, save_picture
 from .routing import Assignment, Profiles, route
+
+FORMATS = ("mmlu_pro", "medmcqa", "gpqa", "aime", "jsonl")
+# Checked by click before a command starts (a usage error, exit code 2).
+limit_opt = click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N questions.")
+seed_opt = click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True)
+k_opt = click.option("-k", type=click.IntRange(1, _core.MAX_K), default=3, show_default=True,
+                     help="Experts per question.")
 
 
 def _table(rows: list[list[object]], header: list[str]) -> str:
@@ -21,8 +30,16 @@ def _table(rows: list[list[object]], header: list[str]) -> str:
     return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in cells[1:]])
 
 
+class BadInput(click.ClickException):
+    """A ValueError (SymoeError included) from a command: one line, exit code 2 like a usage error."""
+
+    exit_code = 2
+
+
 def _fail(e: Exception) -> None:
-    raise click.ClickException(str(e))
+    if isinstance(e, ValueError):
+        raise BadInput(" ".join(str(e).splitlines())) from e
+    raise click.ClickException(str(e)) from e
 
 
 def faults_opts(f):
@@ -46,7 +63,15 @@ def _run_options(retries, deadline_factor, deadline_margin):
 
 def _load_config(path: str) -> Config:
     """A TOML path, or the name of a bundled config."""
-    return Config.from_toml(path) if Path(path).exists() else Config.bundled(path)
+    if Path(path).exists():
+        return Config.from_toml(path)
+    try:
+        return Config.bundled(path)
+    except ValueError:
+        from importlib import resources
+
+        names = sorted(p.stem for p in Path(str(resources.files("symoe") / "configs")).glob("*.toml"))
+        raise SymoeError(f"--config {path!r}: no such file, nor a bundled config ({', '.join(names)})") from None
 
 
 @click.group()
@@ -56,7 +81,10 @@ def main() -> None:
 
 
 def _read_questions(path: str) -> tuple[list[str], list[list[str]]]:
-    text = Path(path).read_text()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SymoeError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason})") from e
     try:
         items = json.loads(text)
         if not isinstance(items, list):
@@ -67,10 +95,15 @@ def _read_questions(path: str) -> tuple[list[str], list[list[str]]]:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: neither a JSON array nor JSONL: {e}") from e
     ids, kws = [], []
+    seen: dict[str, int] = {}
     for i, it in enumerate(items):
         if not isinstance(it, dict) or not isinstance(it.get("keywords"), list):
             raise ValueError(f"{path}: item {i} needs a 'keywords' list")
-        ids.append(str(it.get("id", i)))
+        qid = str(it.get("id", i))
+        if qid in seen:
+            raise SymoeError(f"{path} item {i}: duplicate question id {qid!r} (also item {seen[qid]})")
+        seen[qid] = i
+        ids.append(qid)
         kws.append([str(k) for k in it["keywords"]])
     return ids, kws
 
@@ -90,14 +123,15 @@ def print_counts(a: Assignment) -> None:
 @click.option("--questions", "questions_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="JSON array or JSONL of {id, keywords: [...]} (keywords in the profile vocabulary).")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Assignment JSONL to write.")
-@click.option("-k", default=3, show_default=True, help="Experts per question.")
-@click.option("--seed", default=0, show_default=True)
+@k_opt
+@seed_opt
 @click.option("--rare-threshold", default=0.05, show_default=True, help="Rare-expert filter share (0 disables).")
 @click.option("--weighting", type=click.Choice(["reference", "softmax"]), default="reference", show_default=True)
 @click.option("--no-replace", is_flag=True, help="Sample experts without replacement.")
 @click.option("--unknown", type=click.Choice(["error", "drop"]), default="error", show_default=True,
               help="What to do with keywords outside the profile vocabulary.")
-@click.option("--threads", default=0, show_default=True, help="0: all cores.")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="0: all cores.")
 def route_cmd(profiles_path, questions_path, out_path, k, seed, rare_threshold, weighting, no_replace, unknown, threads):
     """Recruit k experts per question from skill profiles."""
     try:
@@ -133,13 +167,29 @@ def print_plans(plans: list[Plan]) -> None:
 @click.option("--strategy", type=click.Choice(["symoe", "reference", "naive", "all"]), default="symoe", show_default=True)
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Plan JSON to write.")
 @click.option("--png", "png_path", type=click.Path(dir_okay=False), default=None, help="Timeline picture to write.")
-def plan_cmd(assignment_path, config_path, devices, memory_gb, aggregator, strategy, out_path, png_path):
+@click.option("--questions", "questions_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The assignment's dataset file: the plan records a hash of each question's text, so run-plan "
+              "refuses other questions under the same ids.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None)
+def plan_cmd(assignment_path, config_path, devices, memory_gb, aggregator, strategy, out_path, png_path,
+             questions_path, fmt):
     """Plan an assignment on a pool and devices; print predicted timing."""
+    from .datasets import load_questions
+
     try:
         cfg = _load_config(config_path).with_devices(devices, memory_gb)
         a = Assignment.load(assignment_path)
+        hashes: tuple[str, ...] = ()
+        if questions_path:
+            qs = load_questions(questions_path, fmt)
+            if len(qs) != len(a) or (a.question_ids and tuple(q.id for q in qs) != tuple(a.question_ids)):
+                raise SymoeError(f"--questions {questions_path}: {len(qs)} questions do not match the assignment's "
+                                 f"{len(a)} (the same ids, in the same order)")
+            hashes = tuple(q.text_hash for q in qs)
         strategies = ["naive", "reference", "symoe"] if strategy == "all" else [strategy]
         plans = [plan(a, cfg, aggregator=aggregator, strategy=s) for s in strategies]
+        for p in plans:
+            p.question_hashes = hashes
     except ValueError as e:
         _fail(e)
     print_plans(plans)
@@ -222,8 +272,9 @@ def print_run(report, plan) -> None:
 
 @main.command("run-plan")
 @click.option("--questions", "questions_path", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["mmlu_pro", "medmcqa", "gpqa", "aime", "jsonl"]), default=None)
-@click.option("--limit", type=int, default=None, help="Use the first N questions (must match the plan).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None)
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Use the first N questions (must match the plan).")
 @click.option("--plan", "plan_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--assignment", "assignment_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Check the plan against this assignment.")
@@ -231,10 +282,10 @@ def print_run(report, plan) -> None:
               "default: the one stored in the plan.")
 @click.option("--store", "store_path", default="runs/store.sqlite", show_default=True)
 @click.option("--run-dir", default="runs/last", show_default=True)
-@click.option("--temperature", default=0.7, show_default=True)
-@click.option("--max-tokens", default=4096, show_default=True)
-@click.option("--aggregate-max-tokens", default=None, type=int)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.7, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(min=1), default=4096, show_default=True)
+@click.option("--aggregate-max-tokens", type=click.IntRange(min=1), default=None)
+@seed_opt
 @click.option("--calibrate", "calibrate_path", default=None, help="Write measured cost figures to this TOML.")
 @faults_opts
 def run_plan_cmd(questions_path, fmt, limit, plan_path, assignment_path, config_path, store_path, run_dir,
@@ -243,6 +294,8 @@ def run_plan_cmd(questions_path, fmt, limit, plan_path, assignment_path, config_
     """Execute a plan on real engines; generations go to a durable store (resumable)."""
     from .datasets import load_questions
     from .execution import calibrate, run_plan
+    from .execution.scheduler import check_plan_matches
+    from .models import check_models
     from .store import Store
 
     try:
@@ -253,6 +306,9 @@ def run_plan_cmd(questions_path, fmt, limit, plan_path, assignment_path, config_
             p = plan_with_config(p, cfg)
         asg = Assignment.load(assignment_path) if assignment_path else None
         rows = [asg.names(i) for i in range(len(asg))] if asg else None
+        # Everything that can refuse the run, before an engine starts.
+        check_plan_matches(p, qs, rows)
+        check_models(p.config, [p.config.names[m] for m in np.unique(p.arrays["model"]) if m >= 0])
         with Store(store_path) as store:
             report = run_plan(p, qs, store, run_dir, _sampling(temperature, max_tokens, aggregate_max_tokens, seed), rows,
                               _run_options(retries, deadline_factor, deadline_margin))
@@ -277,7 +333,7 @@ def _questions(path, fmt, limit, per_category=None):
                 seen[q.category] = seen.get(q.category, 0) + 1
                 keep.append(q)
         qs = keep
-    return qs[:limit] if limit else qs
+    return qs if limit is None else qs[:limit]
 
 
 def _default_data(name):
@@ -288,17 +344,19 @@ def _default_data(name):
 
 questions_opt = click.option("--questions", "questions_path", default=None,
                              help="Dataset file (default: the bundled MMLU-Pro sample).")
-format_opt = click.option("--format", "fmt", type=click.Choice(["mmlu_pro", "medmcqa", "gpqa", "aime", "jsonl"]),
-                          default=None, help="Dataset format (default: from the file name).")
+format_opt = click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+                          help="Dataset format (default: from the file name).")
 config_opt = click.option("--config", "config_path", default="tiny", show_default=True,
                           help="Pool config: a TOML path or a bundled name (tiny, paper16).")
 store_opt = click.option("--store", "store_path", default="runs/store.sqlite", show_default=True)
-tokens_opt = click.option("--max-tokens", default=None, type=int, help="New tokens per expert answer "
+tokens_opt = click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="New tokens per expert answer "
                           "(default: the config's [engine] max_tokens, else 4096 as in the paper).")
 
 
 def _max_tokens(cfg, given):
-    return given or int(dict(cfg.engine).get("max_tokens", 4096))
+    from .generation import Sampling
+
+    return given if given is not None else int(dict(cfg.engine).get("max_tokens", Sampling.max_tokens))
 
 
 @main.command("keywords")
@@ -307,12 +365,13 @@ def _max_tokens(cfg, given):
 @config_opt
 @store_opt
 @click.option("--model", default=None, help="Keyword LLM (default: the bundled task's keyword model).")
-@click.option("--limit", type=int, default=None)
-@click.option("--per-category", type=int, default=None)
+@limit_opt
+@click.option("--per-category", type=click.IntRange(min=1), default=None)
 @click.option("--out", "out_path", required=True, help="JSON {question id: [keywords]}.")
 def keywords_cmd(questions_path, fmt, config_path, store_path, model, limit, per_category, out_path):
     """Annotate questions with skill keywords (5 samples at T=0.7, filtered as the reference)."""
     from .keywords import annotate
+    from .models import check_models
     from .pipeline import Task
     from .store import Store
 
@@ -320,7 +379,7 @@ def keywords_cmd(questions_path, fmt, config_path, store_path, model, limit, per
         cfg = _load_config(config_path)
         qs = _questions(questions_path or _default_data("mmlu_pro_sample.json"), fmt, limit, per_category)
         model = model or Task.from_json(_default_data("tiny_task.json")).keyword_model
-        cfg.index(model)
+        check_models(cfg, [model])
         with Store(store_path) as store:
             kws = annotate(qs, cfg, model, store, Path(out_path).parent)
     except (ValueError, RuntimeError) as e:
@@ -337,15 +396,16 @@ def keywords_cmd(questions_path, fmt, config_path, store_path, model, limit, per
 @store_opt
 @click.option("--keywords", "keywords_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Keywords of the validation questions (from `symoe keywords`).")
-@click.option("--limit", type=int, default=None)
-@click.option("--per-category", type=int, default=None)
+@limit_opt
+@click.option("--per-category", type=click.IntRange(min=1), default=None)
 @tokens_opt
-@click.option("--seed", default=0, show_default=True)
+@seed_opt
 @click.option("--out", "out_path", required=True, help="Profiles JSON {profiles, accuracy}.")
 @click.option("--records", "records_path", required=True, help="Graded profiling generations (JSONL).")
 def profile_cmd(questions_path, fmt, config_path, store_path, keywords_path, limit, per_category, max_tokens, seed,
                 out_path, records_path):
     """Profile every pool model on the validation split."""
+    from .models import check_models
     from .profiling import profile_pool, save_records
     from .store import Store
 
@@ -354,7 +414,11 @@ def profile_cmd(questions_path, fmt, config_path, store_path, keywords_path, lim
         if not questions_path:
             raise ValueError("--questions: give the validation split (e.g. MMLU_Pro_train.json)")
         qs = _questions(questions_path, fmt, limit, per_category)
-        kws = json.loads(Path(keywords_path).read_text())
+        try:
+            kws = json.loads(Path(keywords_path).read_text(encoding="utf-8"))
+        except ValueError as e:  # JSON or UTF-8
+            raise SymoeError(f"--keywords {keywords_path} is not a valid JSON file: {e}") from e
+        check_models(cfg, cfg.names)
         with Store(store_path) as store:
             prof, records = profile_pool(qs, kws, cfg, store, Path(out_path).parent, _paper_sampling(cfg, max_tokens, seed))
     except (ValueError, RuntimeError) as e:
@@ -372,10 +436,10 @@ def profile_cmd(questions_path, fmt, config_path, store_path, keywords_path, lim
 @config_opt
 @store_opt
 @click.option("--records", "records_path", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--limit", type=int, default=None)
-@click.option("--per-category", type=int, default=None)
+@limit_opt
+@click.option("--per-category", type=click.IntRange(min=1), default=None)
 @tokens_opt
-@click.option("--seed", default=0, show_default=True)
+@seed_opt
 @click.option("--task", "task_name", default="mmlu_pro", show_default=True)
 @click.option("--keyword-model", default=None, help="Recorded in the task config (default: the pool's first model).")
 @click.option("--out", "out_path", required=True, help="Task config JSON to write.")
@@ -383,6 +447,7 @@ def select_aggregator_cmd(questions_path, fmt, config_path, store_path, records_
                           seed, task_name, keyword_model, out_path):
     """Evaluate every candidate aggregator on the synthetic benchmark; keep the best."""
     from .aggregator import select_aggregator
+    from .models import check_models
     from .pipeline import Task
     from .profiling import load_records
     from .store import Store
@@ -393,6 +458,7 @@ def select_aggregator_cmd(questions_path, fmt, config_path, store_path, records_
             raise ValueError("--questions: give the validation split used for profiling")
         qs = _questions(questions_path, fmt, limit, per_category)
         records = load_records(records_path)
+        check_models(cfg, cfg.names)
         with Store(store_path) as store:
             best, table = select_aggregator(qs, records, cfg, store, Path(out_path).parent,
                                             _paper_sampling(cfg, max_tokens, seed))
@@ -412,9 +478,9 @@ def select_aggregator_cmd(questions_path, fmt, config_path, store_path, records_
 @store_opt
 @click.option("--profiles", "profiles_path", default=None, help="Profiles JSON (default: the bundled tiny-pool profiles).")
 @click.option("--task", "task_path", default=None, help="Task config JSON (default: the bundled one).")
-@click.option("--limit", type=int, default=None)
-@click.option("-k", default=3, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@limit_opt
+@k_opt
+@seed_opt
 @click.option("--rare-threshold", default=0.05, show_default=True)
 @click.option("--similarity-floor", type=float, default=None, help="Drop test keywords whose best match is below this.")
 @click.option("--baseline", type=click.Choice(["none", "single-best", "top-k", "random", "majority"]), default="none",
@@ -430,19 +496,19 @@ def run_cmd(questions_path, fmt, config_path, store_path, profiles_path, task_pa
     from .store import Store
 
     try:
-        if config_path == "tiny":
-            from .models import fetch_tiny
-
-            fetch_tiny()  # instant when the cache is valid
         cfg = _load_config(config_path).with_devices(devices)
         qs = _questions(questions_path or _default_data("mmlu_pro_sample.json"), fmt, limit)
         prof = Profiles.from_json(profiles_path or _default_data("tiny_profiles.json"))
         task = Task.from_json(task_path or _default_data("tiny_task.json"))
+        sampling = _paper_sampling(cfg, max_tokens, seed)
+        if config_path == "tiny":
+            from .models import fetch_tiny
+
+            fetch_tiny()  # instant when the cache is valid
         t0 = time.perf_counter()
         with Store(store_path) as store:
-            res = run_pipeline(qs, cfg, prof, task, store, out_dir, _paper_sampling(cfg, max_tokens, seed), k, seed,
-                               rare_threshold, baseline, similarity_floor,
-                               _run_options(retries, deadline_factor, deadline_margin))
+            res = run_pipeline(qs, cfg, prof, task, store, out_dir, sampling, k, seed, rare_threshold, baseline,
+                               similarity_floor, _run_options(retries, deadline_factor, deadline_margin))
         wall = time.perf_counter() - t0
     except (ValueError, RuntimeError) as e:
         _fail(e)
@@ -463,14 +529,16 @@ def bench_grp() -> None:
 @click.option("--config", "config_path", default="tiny", show_default=True)
 @click.option("--model", "models", multiple=True, help="Models to measure (default: all in the config).")
 @click.option("--batch", "batches", multiple=True, type=int, default=(1, 4, 16), show_default=True)
-@click.option("--max-tokens", default=64, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--out", "out_path", default=None, help="Write the measurements as JSON.")
 def bench_load_cmd(config_path, models, batches, max_tokens, out_path):
     """Per model: load, first token, throughput by batch size, unload; raw file-read bandwidth."""
     from .loadbench import bench_model
+    from .models import check_models
 
     try:
         cfg = _load_config(config_path)
+        check_models(cfg, models or cfg.names)
         rows = [bench_model(cfg, m, tuple(batches), max_tokens) for m in (models or cfg.names)]
     except (ValueError, RuntimeError) as e:
         _fail(e)

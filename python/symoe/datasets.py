@@ -3,12 +3,14 @@ plain JSONL format for users' own questions."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from .errors import SymoeError
 from .prompts import AnswerKind
 
 Format = Literal["mmlu_pro", "medmcqa", "gpqa", "aime", "jsonl"]
@@ -24,6 +26,11 @@ class Question:
     kind: AnswerKind
     category: str = ""
 
+    @property
+    def text_hash(self) -> str:
+        """What a plan records of the question, so it is never run on another text under the same id."""
+        return hashlib.sha256(self.text.encode()).hexdigest()[:16]
+
 
 def guess_format(path: str | Path) -> Format:
     name = Path(path).name.lower()
@@ -38,11 +45,15 @@ def guess_format(path: str | Path) -> Format:
 
 def load_questions(path: str | Path, fmt: Format | None = None, limit: int | None = None) -> list[Question]:
     """Read a dataset file; every item is checked and a bad one named by index and field."""
+    if limit is not None and limit < 1:
+        raise SymoeError(f"limit must be >= 1, got {limit}")
     fmt = fmt or guess_format(path)
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
-        raise ValueError(f"cannot read dataset {path}: {e.strerror}") from e
+        raise SymoeError(f"cannot read dataset {path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise SymoeError(f"dataset {path} is not UTF-8 text (byte {e.start}: {e.reason})") from e
     try:
         items = [json.loads(ln) for ln in text.splitlines() if ln.strip()] if fmt == "jsonl" else json.loads(text)
     except json.JSONDecodeError as e:
@@ -51,7 +62,8 @@ def load_questions(path: str | Path, fmt: Format | None = None, limit: int | Non
         raise ValueError(f"{path}: expected a list of questions")
     stem = Path(path).stem
     out = []
-    for i, it in enumerate(items[:limit] if limit else items):
+    seen: dict[str, int] = {}
+    for i, it in enumerate(items if limit is None else items[:limit]):
         where = f"{path} item {i}"
         if not isinstance(it, dict):
             raise ValueError(f"{where}: expected an object")
@@ -77,7 +89,11 @@ def load_questions(path: str | Path, fmt: Format | None = None, limit: int | Non
                 raise ValueError(f"{where}: {len(set(opts))} options, {fmt} has at most {n}")
             if not re.fullmatch(r"[A-J]", gold) or gold not in opts:
                 raise ValueError(f"{where}: gold answer {gold!r} is not one of its options")
-        out.append(Question(str(it.get("id", f"{stem}-{i}")), q, gold, kind, str(it.get("category", ""))))
+        qid = str(it.get("id", f"{stem}-{i}"))
+        if qid in seen:  # results, keywords and stored generations are all keyed by id
+            raise SymoeError(f"{where}: duplicate question id {qid!r} (also item {seen[qid]})")
+        seen[qid] = i
+        out.append(Question(qid, q, gold, kind, str(it.get("category", ""))))
     if not out:
         raise ValueError(f"{path}: no questions")
     return out

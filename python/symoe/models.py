@@ -8,12 +8,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import struct
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import SymoeError
+
+if TYPE_CHECKING:
+    from .planning import Config
 
 
 @dataclass(frozen=True)
@@ -140,3 +149,72 @@ def write_tiny_config(root: Path, names: list[str]) -> Path:
         text = blocks[0] + "".join("[[model]]" + b for b in keep)
     out.write_text(text)
     return out
+
+
+_SAFETENSORS_MAX_HEADER = 100 << 20  # the format's own limit
+
+
+def _check_safetensors(f: Path, where: str) -> None:
+    """The header parses and the file is exactly as long as its tensors' declared offsets say
+    (what the safetensors loader itself requires): a truncated download fails here, not in an engine."""
+    size = f.stat().st_size
+    with open(f, "rb") as fh:
+        head = fh.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if n < 0 or n > min(size - 8, _SAFETENSORS_MAX_HEADER):
+            raise SymoeError(f"{where}: weight file {f.name} is truncated or not safetensors ({size} bytes, "
+                             f"header length {n})")
+        try:
+            header = json.loads(fh.read(n))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+            raise SymoeError(f"{where}: weight file {f.name}: unreadable safetensors header ({e})") from e
+    if 8 + n + end != size:
+        raise SymoeError(f"{where}: weight file {f.name} is {size} bytes, its header declares {8 + n + end}"
+                         + (" (truncated)" if size < 8 + n + end else ""))
+
+
+def check_model_folder(path: str | Path, name: str = "") -> None:
+    """Raise SymoeError unless ``path`` looks like a loadable Hugging Face model folder: a readable
+    config.json and complete weights. Reads file headers only, so it runs before any model loads."""
+    where = f"model {name} ({path})" if name else f"model folder {path}"
+    folder = Path(path)
+    if not folder.is_dir():
+        hint = " (run `symoe models fetch tiny`?)" if cache_dir() in folder.parents else ""
+        raise SymoeError(f"{where}: {'not a folder' if folder.exists() else 'no such folder'}{hint}")
+    try:
+        conf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        if not isinstance(conf, dict):
+            raise ValueError("not a JSON object")
+    except OSError as e:
+        raise SymoeError(f"{where}: cannot read config.json: {e.strerror}") from e
+    except ValueError as e:
+        raise SymoeError(f"{where}: config.json is not valid JSON: {e}") from e
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise SymoeError(f"{where}: unreadable {index.name} ({e})") from e
+    else:
+        shards = sorted(p.name for p in folder.glob("*.safetensors"))
+    if not shards:
+        if any(folder.glob("pytorch_model*.bin")):  # legacy pickles: present is all that can be checked cheaply
+            return
+        raise SymoeError(f"{where}: no weight files (*.safetensors or pytorch_model*.bin)")
+    for shard in shards:
+        f = folder / shard
+        if not f.is_file():
+            raise SymoeError(f"{where}: weight file {shard} is missing")
+        _check_safetensors(f, where)
+
+
+def check_models(cfg: Config, names: Iterable[str]) -> None:
+    """Check the local folder of every named pool model before a run loads any of them. A model
+    without a path, or on GPU with a hub id as its path, is fetched by the engine: nothing to check."""
+    gpu = dict(cfg.engine).get("platform", "gpu") == "gpu"
+    for name in dict.fromkeys(names):
+        path = cfg.model(name).path
+        if path is None or (gpu and not Path(path).exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", path)):
+            continue
+        check_model_folder(path, name)

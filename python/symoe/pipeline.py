@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -13,11 +14,14 @@ from typing import Literal
 
 import numpy as np
 
+from . import _core
 from .datasets import Question
+from .errors import SymoeError
 from .execution import RunOptions, RunReport, run_plan
 from .generation import Sampling
 from .keywords import annotate
 from .matching import Embedder, match_keywords
+from .models import check_models
 from .planning import Config, Plan, plan
 from .routing import Assignment, Profiles, route
 from .store import Store
@@ -70,13 +74,48 @@ def check_pool(profiles: Profiles, cfg: Config, task: Task) -> None:
             raise ValueError(f"task {task.name}: {what} {m!r} is not in the pool")
 
 
+def check_run(questions: Sequence[Question], cfg: Config, profiles: Profiles, task: Task, sampling: Sampling,
+              k: int, seed: int, baseline: Baseline, rare_threshold: float = 0.05,
+              similarity_floor: float | None = None) -> None:
+    """Everything a run can be refused for, checked before the keyword stage loads its model
+    (routing would find a bad k or seed only after keywords and matching)."""
+    check_pool(profiles, cfg, task)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= _core.MAX_K:
+        raise SymoeError(f"k must be an integer in [1, {_core.MAX_K}], got {k!r}")
+    if baseline == "top-k" and k > len(profiles.models):
+        raise SymoeError(f"k={k} for the top-k baseline, but only {len(profiles.models)} models are profiled")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+        raise SymoeError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    if not (math.isfinite(rare_threshold) and rare_threshold <= 1):
+        raise SymoeError(f"rare_threshold must be finite and at most 1, got {rare_threshold!r}")
+    if similarity_floor is not None and not math.isfinite(similarity_floor):
+        raise SymoeError(f"similarity_floor must be finite, got {similarity_floor!r}")
+    for what, v in (("max_tokens", sampling.max_tokens), ("aggregate_max_tokens", sampling.aggregate_max_tokens)):
+        if v < 1:
+            raise SymoeError(f"{what} must be >= 1, got {v}")
+    seen: set[str] = set()
+    for q in questions:
+        if q.id in seen:
+            raise SymoeError(f"questions: duplicate question id {q.id!r}")
+        seen.add(q.id)
+    used = list(profiles.models)
+    if baseline in ("none", "majority"):
+        used.append(task.keyword_model)
+    if baseline not in ("single-best", "majority"):
+        used.append(task.aggregator)
+    check_models(cfg, used)
+
+
 def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles, task: Task, store: Store,
                  out_dir: str | Path, sampling: Sampling, k: int = 3, seed: int = 0, rare_threshold: float = 0.05,
                  baseline: Baseline = "none", similarity_floor: float | None = None,
                  options: RunOptions = RunOptions()) -> PipelineResult:
+    check_run(questions, cfg, profiles, task, sampling, k, seed, baseline, rare_threshold, similarity_floor)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    check_pool(profiles, cfg, task)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SymoeError(f"output folder {out}: {e.strerror}") from e
     times: dict[str, float] = {}
     ids = [q.id for q in questions]
     kws: dict[str, list[str]] = {}
@@ -106,6 +145,7 @@ def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles,
     t = time.perf_counter()
     agg = None if baseline in ("single-best", "majority") else task.aggregator
     p = plan(a, cfg, aggregator=agg)
+    p.question_hashes = tuple(q.text_hash for q in questions)
     p.to_json(out / "plan.json")
     times["planning"] = time.perf_counter() - t
     t = time.perf_counter()

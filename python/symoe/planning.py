@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import numbers
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -17,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from . import _core
+from .errors import SymoeError
 from .routing import Assignment
 
 __all__ = ["ModelSpec", "Device", "Tokens", "Config", "Plan", "Timeline", "plan", "simulate", "save_picture", "STEP_KINDS"]
@@ -148,18 +150,20 @@ class Config:
     def from_toml(cls, path: str | Path) -> Config:
         """Read a pool config; see ``configs/`` in the package for documented examples."""
         try:
-            data = tomllib.loads(Path(path).read_text())
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as e:
-            raise ValueError(f"cannot read pool config {path}: {e.strerror}") from e
+            raise SymoeError(f"cannot read pool config {path}: {e.strerror}") from e
+        except UnicodeDecodeError as e:
+            raise SymoeError(f"pool config {path} is not UTF-8 text (byte {e.start}: {e.reason})") from e
         except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"pool config {path} is not valid TOML: {e}") from e
+            raise SymoeError(f"pool config {path} is not valid TOML: {e}") from e
         return cls.from_dict(data, base=Path(path).parent, source=str(path))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], base: Path | None = None, source: str = "config") -> Config:
         known_top = {"defaults", "model", "devices", "tokens", "reference", "meta", "engine"}
         _no_unknown(data, known_top, source)
-        d = dict(data.get("defaults", {}))
+        d = _table(data, "defaults", source)
         _no_unknown(d, {"load_bandwidth_gbps", "init_s", "unload_s", "h2d_bandwidth_gbps", "sleep", "overhead_s",
                         "prefill_tps", "decode_tps", "stream_tps", "extra_fraction", "extra_gb", "dtype_bytes"},
                     f"{source} [defaults]")
@@ -175,22 +179,32 @@ class Config:
             if "name" not in m:
                 raise ValueError(f"{where}: missing 'name'")
             g = {**d, **m}
+
+            def num(key: str, default: float | None = None, positive: bool = False, m=m, where=where) -> float:
+                """The model's value, else the [defaults] one; a bad value is named in its own table."""
+                if key in m:
+                    return _number(m, key, default, where, positive)
+                return _number(d, key, default, f"{source} [defaults]", positive)
+
             if "weight_bytes" in m:
-                wb = float(g["weight_bytes"])
+                wb = num("weight_bytes")
             elif "weight_gb" in m:
-                wb = float(m["weight_gb"]) * GB
+                wb = num("weight_gb") * GB
             elif "params_b" in g:
-                wb = float(g["params_b"]) * 1e9 * float(g.get("dtype_bytes", 2))
+                wb = num("params_b") * 1e9 * num("dtype_bytes", 2)
             else:
                 raise ValueError(f"{where} ({m['name']}): give weight_bytes, weight_gb or params_b")
             if "extra_bytes" in m:
-                extra = float(m["extra_bytes"])
+                extra = num("extra_bytes")
             else:
-                extra = float(g["extra_gb"]) * GB if "extra_gb" in g else wb * float(g.get("extra_fraction", 0.0))
-            bw = float(g.get("load_bandwidth_gbps", 2.0)) * GB
-            h2d = float(g.get("h2d_bandwidth_gbps", 25.0)) * GB
-            sleep = bool(g.get("sleep", False))
+                extra = num("extra_gb") * GB if "extra_gb" in g else wb * num("extra_fraction", 0.0)
+            bw = num("load_bandwidth_gbps", 2.0, positive=True) * GB
+            h2d = num("h2d_bandwidth_gbps", 25.0, positive=True) * GB
+            sleep = _flag(m, "sleep", None, where)
+            sleep = _flag(d, "sleep", False, f"{source} [defaults]") if sleep is None else sleep
             path = m.get("path")
+            if path is not None and not isinstance(path, str):
+                raise SymoeError(f"{where}: path must be a string, got {path!r}")
             if path and "{cache}" in path:
                 from .models import cache_dir
 
@@ -199,13 +213,13 @@ class Config:
                 path = str((base / path).resolve())
             spec = ModelSpec(
                 name=str(m["name"]), path=path, weight_bytes=wb, extra_bytes=extra,
-                load_s=float(m.get("load_s", float(g.get("init_s", 0.0)) + wb / bw)),
-                unload_s=float(g.get("unload_s", 1.0)),
-                park_s=float(m.get("park_s", wb / h2d if sleep else -1.0)),
-                wake_s=float(m.get("wake_s", wb / h2d if sleep else 0.0)),
-                overhead_s=float(g.get("overhead_s", 0.0)), prefill_tps=float(g.get("prefill_tps", 10000.0)),
-                decode_tps=float(g.get("decode_tps", 2000.0)), stream_tps=float(g.get("stream_tps", 50.0)),
-                chat=bool(m.get("chat", True)),
+                load_s=num("load_s", num("init_s", 0.0) + wb / bw),
+                unload_s=num("unload_s", 1.0),
+                park_s=num("park_s", wb / h2d if sleep else -1.0),
+                wake_s=num("wake_s", wb / h2d if sleep else 0.0),
+                overhead_s=num("overhead_s", 0.0), prefill_tps=num("prefill_tps", 10000.0),
+                decode_tps=num("decode_tps", 2000.0), stream_tps=num("stream_tps", 50.0),
+                chat=_flag(m, "chat", True, where),
             )
             for f in ("weight_bytes", "extra_bytes", "load_s", "unload_s", "wake_s", "overhead_s"):
                 v = getattr(spec, f)
@@ -216,30 +230,41 @@ class Config:
                 if not math.isfinite(v) or v <= 0:
                     raise ValueError(f"{where} ({spec.name}): {f} must be positive, got {v}")
             models.append(spec)
-        dv = dict(data.get("devices", {}))
-        _no_unknown(dv, {"count", "memory_gb", "overlap_load", "host_memory_gb"}, f"{source} [devices]")
-        count = int(dv.get("count", 1))
+        dw = f"{source} [devices]"
+        dv = _table(data, "devices", source)
+        _no_unknown(dv, {"count", "memory_gb", "overlap_load", "host_memory_gb"}, dw)
+        count = _integer(dv, "count", 1, dw)
         if count < 1:
-            raise ValueError(f"{source} [devices]: count must be >= 1, got {count}")
-        mem = float(dv.get("memory_gb", 80.0))
-        if not math.isfinite(mem) or mem <= 0:
-            raise ValueError(f"{source} [devices]: memory_gb must be positive, got {mem}")
-        host = float(dv.get("host_memory_gb", 0.0))
-        if not math.isfinite(host) or host < 0:
-            raise ValueError(f"{source} [devices]: host_memory_gb must be >= 0, got {host}")
-        devices = tuple(Device(mem * GB, bool(dv.get("overlap_load", True)), host * GB) for _ in range(count))
-        tk = dict(data.get("tokens", {}))
+            raise ValueError(f"{dw}: count must be >= 1, got {count}")
+        mem = _number(dv, "memory_gb", 80.0, dw, positive=True)
+        host = _number(dv, "host_memory_gb", 0.0, dw)
+        if host < 0:
+            raise ValueError(f"{dw}: host_memory_gb must be >= 0, got {host}")
+        devices = tuple(Device(mem * GB, _flag(dv, "overlap_load", True, dw), host * GB) for _ in range(count))
+        tk = _table(data, "tokens", source)
         _no_unknown(tk, {f.name for f in fields(Tokens)}, f"{source} [tokens]")
-        ref = dict(data.get("reference", {}))
+        ref = _table(data, "reference", source)
         _no_unknown(ref, {"tp_efficiency", "pause_s"}, f"{source} [reference]")
-        eng = dict(data.get("engine", {}))
+        ew = f"{source} [engine]"
+        eng = _table(data, "engine", source)
         _no_unknown(eng, {"platform", "dtype", "max_model_len", "kv_cache_gb", "threads", "enforce_eager", "max_tokens"},
-                    f"{source} [engine]")
+                    ew)
         if eng.get("platform", "gpu") not in ("cpu", "gpu"):
-            raise ValueError(f"{source} [engine]: platform must be 'cpu' or 'gpu', got {eng['platform']!r}")
-        return cls(tuple(models), devices, Tokens(**{k: float(v) for k, v in tk.items()}),
-                   float(ref.get("tp_efficiency", 0.5)), float(ref.get("pause_s", 10.0)), dict(data.get("meta", {})),
-                   eng)
+            raise ValueError(f"{ew}: platform must be 'cpu' or 'gpu', got {eng['platform']!r}")
+        # Checked here, not when an engine starts minutes into a run; defaults stay where they are used.
+        for key in ("max_model_len", "max_tokens", "threads"):
+            if key in eng and _integer(eng, key, None, ew) < (0 if key == "threads" else 1):
+                raise SymoeError(f"{ew}: {key} must be >= {0 if key == 'threads' else 1}, got {eng[key]!r}")
+        if "kv_cache_gb" in eng:
+            _number(eng, "kv_cache_gb", None, ew, positive=True)
+        if "enforce_eager" in eng:
+            _flag(eng, "enforce_eager", None, ew)
+        if not isinstance(eng.get("dtype", ""), str):
+            raise SymoeError(f"{ew}: dtype must be a string, got {eng['dtype']!r}")
+        tw = f"{source} [tokens]"
+        return cls(tuple(models), devices, Tokens(**{k: _number(tk, k, None, tw) for k in tk}),
+                   _number(ref, "tp_efficiency", 0.5, f"{source} [reference]"),
+                   _number(ref, "pause_s", 10.0, f"{source} [reference]"), _table(data, "meta", source), eng)
 
     def to_toml(self) -> str:
         """Every figure explicit, so ``from_toml`` reads back the same config."""
@@ -296,6 +321,35 @@ def bundled_config_path(name: str) -> Path:
     return p
 
 
+def _table(data: Mapping[str, Any], key: str, source: str) -> dict[str, Any]:
+    t = data.get(key, {})
+    if not isinstance(t, Mapping):
+        raise SymoeError(f"{source}: [{key}] must be a table, got {t!r}")
+    return dict(t)
+
+
+def _number(t: Mapping[str, Any], key: str, default: float | None, where: str, positive: bool = False) -> float:
+    """A finite number (a positive one if asked); the error names the table, the key and the value."""
+    v = t.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or (positive and v <= 0):
+        raise SymoeError(f"{where}: {key} must be a {'positive' if positive else 'finite'} number, got {v!r}")
+    return float(v)
+
+
+def _integer(t: Mapping[str, Any], key: str, default: int | None, where: str) -> int:
+    v = t.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise SymoeError(f"{where}: {key} must be an integer, got {v!r}")
+    return int(v)
+
+
+def _flag(t: Mapping[str, Any], key: str, default: bool | None, where: str) -> bool | None:
+    v = t.get(key, default)
+    if v is not None and not isinstance(v, (bool, np.bool_)):  # bool("false") would be True
+        raise SymoeError(f"{where}: {key} must be true or false, got {v!r}")
+    return None if v is None else bool(v)
+
+
 def _no_unknown(d: Mapping[str, Any], known: set[str], where: str) -> None:
     if not isinstance(d, Mapping):
         raise ValueError(f"{where}: expected a table")
@@ -344,6 +398,7 @@ class Plan:
     timeline: Timeline | None = None
     lower_bound: float = float("nan")
     question_ids: tuple[str, ...] = ()
+    question_hashes: tuple[str, ...] = ()  # of each question's text (``Question.text_hash``); run-plan checks them
 
     @property
     def n_steps(self) -> int:
@@ -426,7 +481,7 @@ class Plan:
         doc = {
             "symoe": "plan", "version": 1, "strategy": self.strategy, "note": "times are predictions of the cost model",
             "config": self.config.to_dict(), "k": self.k, "question_ids": list(self.question_ids),
-            "experts": self.experts.tolist(),
+            "question_hashes": list(self.question_hashes), "experts": self.experts.tolist(),
             "aggregator": None if self.aggregator is None else self.aggregator.tolist(),
             "arrays": {k: self.arrays[k].tolist() for k in _ARRAYS},
             "metrics": self.metrics(),
@@ -453,12 +508,26 @@ class Plan:
             raise ValueError(f"{source} is not valid JSON: {e}") from e
         if not isinstance(doc, dict) or doc.get("symoe") != "plan":
             raise ValueError(f"{source} is not a symoe plan")
-        cfg = Config.from_plain(doc["config"])
-        k = int(doc["k"])
-        experts = np.asarray(doc["experts"], dtype=np.int64).reshape(-1, k)
-        agg = None if doc["aggregator"] is None else np.asarray(doc["aggregator"], dtype=np.int64)
-        arrays = {name: np.asarray(doc["arrays"][name], dtype=_DTYPES[name]) for name in _ARRAYS}
-        p = cls(doc["strategy"], cfg, experts, agg, arrays, question_ids=tuple(doc.get("question_ids", ())))
+        for key in ("strategy", "config", "k", "experts", "aggregator", "arrays"):
+            if key not in doc:
+                raise SymoeError(f"plan {source}: missing key {key!r}")
+        missing = [n for n in _ARRAYS if not isinstance(doc["arrays"], dict) or n not in doc["arrays"]]
+        if missing:
+            raise SymoeError(f"plan {source}: arrays: missing key {missing[0]!r}")
+        try:
+            cfg = Config.from_plain(doc["config"])
+            k = int(doc["k"])
+            experts = np.asarray(doc["experts"], dtype=np.int64).reshape(-1, k)
+            agg = None if doc["aggregator"] is None else np.asarray(doc["aggregator"], dtype=np.int64)
+            arrays = {name: np.asarray(doc["arrays"][name], dtype=_DTYPES[name]) for name in _ARRAYS}
+        except KeyError as e:  # only the config's keys are left unchecked
+            raise SymoeError(f"plan {source}: config: missing key {e.args[0]!r}") from e
+        except (TypeError, ValueError, OverflowError) as e:  # wrong shapes or types in a hand-edited plan
+            raise SymoeError(f"plan {source}: {type(e).__name__}: {e}") from e
+        ids, hashes = tuple(doc.get("question_ids", ())), tuple(doc.get("question_hashes", ()))
+        if hashes and (len(hashes) != len(experts) or not all(isinstance(h, str) for h in hashes)):
+            raise SymoeError(f"plan {source}: question_hashes must be {len(experts)} strings, one per question")
+        p = cls(doc["strategy"], cfg, experts, agg, arrays, question_ids=ids, question_hashes=hashes)
         p.timeline = simulate(p)
         p.lower_bound = _core.lower_bound(**p._core_inputs())
         return p

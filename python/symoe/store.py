@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .errors import SymoeError
 from .generation.requests import Generation, generation_key
 
 __all__ = ["Generation", "Store", "generation_key"]
@@ -40,7 +41,11 @@ _COLS = "key, model, question, role, slot, params, text, prompt_tokens, tokens, 
 class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            why = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
+            raise SymoeError(f"store {self.path}: cannot create its folder {self.path.parent}: {why}") from e
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -50,7 +55,17 @@ class Store:
             if "seconds" not in cols:  # a store written before generations kept their timing
                 self._db.execute("ALTER TABLE generations ADD COLUMN seconds REAL")
         except sqlite3.DatabaseError as e:
-            raise ValueError(f"store {self.path} is not a usable SQLite database: {e}") from e
+            raise SymoeError(f"store {self.path} is not a usable SQLite database: {e}") from e
+        try:  # a read-only store opens and reads; found here, not at the first generation a model made
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(f"PRAGMA user_version = {int(version)}")
+            finally:
+                self._db.execute("ROLLBACK")
+        except sqlite3.DatabaseError as e:
+            self._db.close()
+            raise SymoeError(f"store {self.path} is not writable: {e}") from e
         self._lock = threading.Lock()
 
     def close(self) -> None:
