@@ -70,7 +70,7 @@ def test_large_plans_run_as_predicted(devices, tmp_path):
     old = threading.excepthook
     threading.excepthook = lambda args: raised.append(args)
     try:
-        report, engines = fake_run(p, qs, tmp_path, real_seconds=10.0)
+        report, engines = fake_run(p, qs, tmp_path, real_seconds=15.0)
     finally:
         threading.excepthook = old
     assert not raised
@@ -97,7 +97,7 @@ def test_coresidency_prefetch_and_evictions(case, tmp_path):
         assert [STEP_KINDS[k] for k in p.arrays["kind"][p.arrays["device"] == 0]][:3] == ["load", "load", "run"]
     else:
         assert kinds["park"] > 10 and kinds["wake"] > 10
-    report, engines = fake_run(p, qs, tmp_path, real_seconds=8.0)
+    report, engines = fake_run(p, qs, tmp_path, real_seconds=10.0)
     check_exactly_once_and_ordered(p, qs, engines, tmp_path)
     assert abs(report.makespan / p.makespan - 1) < 0.05, (report.makespan, p.makespan)
 
@@ -198,3 +198,50 @@ def test_answers_stored_meanwhile_by_another_run_release_aggregation(tmp_path):
         r = run_plan(p, qs, store, tmp_path / "run", Sampling(), options=QUIET, engines=engines, clock=clock)
         assert store.count("aggregate") == len(qs)
     assert 0 < r.reused <= len(dev1) and r.generated + r.reused == len(qs) * (p.k + 1)
+
+
+def test_two_concurrent_runs_on_one_store_generate_each_item_once(tmp_path):
+    qs, p = small(tmp_path, n=120)
+    clock = ScaledClock(3.0 / p.makespan)
+    fleets = [[FakeEngine(d, p.config, clock) for d in range(2)] for _ in range(2)]
+    reports, errors = [], []
+
+    def run(engines, i):
+        try:
+            with Store(tmp_path / "store.sqlite") as store:
+                reports.append(run_plan(p, qs, store, tmp_path / f"run{i}", Sampling(), options=QUIET,
+                                        engines=engines, clock=clock))
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(f, i)) for i, f in enumerate(fleets)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(120)
+    assert not errors and len(reports) == 2
+    made = Counter(x[0] for f in fleets for e in f for x in e.log)
+    assert len(made) == len(qs) * (p.k + 1) and max(made.values()) == 1  # together: each item once
+    assert all(r.generated + r.reused == len(qs) * (p.k + 1) for r in reports), [(r.generated, r.reused) for r in reports]
+    assert sum(r.generated for r in reports) == len(qs) * (p.k + 1)
+    with Store(tmp_path / "store.sqlite") as s:
+        assert s.count() == len(qs) * (p.k + 1)
+
+
+def test_stale_claim_of_a_dead_run_is_taken_over(tmp_path):
+    import subprocess
+    import sys
+
+    qs, p = small(tmp_path, n=30)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    from symoe.generation import Requests
+
+    build = Requests(p.config, Sampling())
+    keys = [build.expert(p.config.names[p.experts[q, j]], qs[q], j).key for q in range(len(qs)) for j in range(p.k)]
+    with Store(tmp_path / "store.sqlite") as s:
+        s._db.executemany("INSERT INTO claims VALUES (?,?,?,?)", [(k, "dead-run", dead.pid, 0.0) for k in keys])
+    report, engines = fake_run(p, qs, tmp_path)
+    assert report.generated == len(qs) * (p.k + 1)
+    with Store(tmp_path / "store.sqlite") as s:
+        assert s._db.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0  # released at the end

@@ -10,6 +10,7 @@ regenerates. FULL would fsync every generation and cap the commit rate at the di
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -27,6 +28,9 @@ CREATE TABLE IF NOT EXISTS generations (
     key TEXT PRIMARY KEY, model TEXT NOT NULL, question TEXT NOT NULL, role TEXT NOT NULL, slot INTEGER NOT NULL,
     params TEXT NOT NULL, text TEXT NOT NULL, prompt_tokens INTEGER, tokens INTEGER, finish TEXT, created REAL,
     seconds REAL
+);
+CREATE TABLE IF NOT EXISTS claims (
+    key TEXT PRIMARY KEY, owner TEXT NOT NULL, pid INTEGER NOT NULL, created REAL
 );
 CREATE TABLE IF NOT EXISTS events (
     run TEXT NOT NULL, step INTEGER NOT NULL, device INTEGER, kind TEXT, model TEXT, start REAL, end REAL,
@@ -134,3 +138,53 @@ class Store:
                 q = f"SELECT {_COLS} FROM generations WHERE key IN ({','.join('?' * len(chunk))})"
                 out.update({r[0]: Generation(*r) for r in self._db.execute(q, chunk)})
         return out
+
+    # Claims: a run claims what it is about to generate, so a second run on the same store waits
+    # for those items instead of generating them again. Liveness is the claimant's pid: runs
+    # sharing a store share a machine (it is a local SQLite file).
+
+    def claim(self, keys: Sequence[str], owner: str) -> set[str]:
+        """Claim ``keys`` for ``owner``; returns those a live other run holds (stale claims, whose
+        process is gone, are taken over)."""
+        others: set[str] = set()
+        me = os.getpid()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for i in range(0, len(keys), 500):
+                    chunk = list(keys[i:i + 500])
+                    self._db.executemany("INSERT OR IGNORE INTO claims VALUES (?,?,?,?)",
+                                         [(k, owner, me, time.time()) for k in chunk])
+                    q = f"SELECT key, pid FROM claims WHERE owner != ? AND key IN ({','.join('?' * len(chunk))})"
+                    for key, pid in self._db.execute(q, [owner, *chunk]).fetchall():
+                        if _alive(pid):
+                            others.add(key)
+                        else:
+                            self._db.execute("UPDATE claims SET owner = ?, pid = ?, created = ? WHERE key = ?",
+                                             (owner, me, time.time(), key))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return others
+
+    def release(self, owner: str) -> None:
+        """Drop every claim of ``owner`` (its work is stored, or it stopped)."""
+        with self._lock:
+            self._db.execute("DELETE FROM claims WHERE owner = ?", (owner,))
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie has exited
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..datasets import Question
 from ..generation import Clock, Engine, EngineError, Generation, ModelSettings, Request, Requests, Sampling
+from ..generation.batch import generate_once
 from ..generation.local import LocalEngine
 from ..planning import ROLES, STEP_KINDS, Plan
 from ..store import Store
@@ -101,6 +102,7 @@ def run_plan(plan: Plan, questions: Sequence[Question], store: Store, run_dir: s
     finally:
         for e in engines:
             e.close()
+        store.release(s.run_id)
     report = RunReport(s.run_id, sorted(s.records, key=lambda r: (r.start, r.step)),
                        grade_run(plan, questions, s.expert_requests, s.aggregate_request, store), s.makespan,
                        plan.makespan, s.generated, s.reused, s.retried)
@@ -364,17 +366,23 @@ class Scheduler:
             reqs = self._aggregations([int(q) for q in items])
         have = self.store.existing([r.key for r in reqs])
         todo = [r for r in reqs if r.key not in have]
-        if role == "expert" and len(todo) < len(reqs):  # stored meanwhile by another run on this store
-            self._available([r for r in reqs if r.key in have])
-        with self.lock:
-            self.reused += len(reqs) - len(todo)
-        self.bar(len(reqs) - len(todo))
+        self._reused(role, [r for r in reqs if r.key in have])
         rec.items = len(reqs)
         rec.info = {"role": role, "generated": 0}
         if todo:
-            info = eng.generate(model, todo, self._stored if role == "expert" else self._stored_agg, what, self._deadline(s))
+            info = generate_once(eng, model, todo, self.store, self.run_id,
+                                 self._stored if role == "expert" else self._stored_agg,
+                                 lambda rs: self._reused(role, rs), what, self._deadline(s), self.clock, self.abort)
             rec.tokens, rec.prompt_tokens = info.tokens, info.prompt_tokens
             rec.info["generated"] = info.generated
+
+    def _reused(self, role: str, reqs: list[Request]) -> None:
+        """Found in the store (an earlier run, or another run on this store meanwhile)."""
+        if role == "expert":
+            self._available(reqs)
+        with self.lock:
+            self.reused += len(reqs)
+        self.bar(len(reqs))
 
     def _stored_agg(self, g: Generation) -> None:
         self.store.put(g)

@@ -3,11 +3,14 @@ model at a time on device 0: load, generate what the store lacks, unload."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .engine import Clock, Engine, ModelSettings
+from .engine import BatchInfo, Clock, Engine, EngineError, ModelSettings, OnDone
 from .local import LocalEngine
 from .requests import Generation, Request
 
@@ -17,6 +20,41 @@ if TYPE_CHECKING:
 
 # Stages have no plan to derive deadlines from: the cost model's time, times this, plus the margin.
 DEADLINE_FACTOR, DEADLINE_MARGIN_S = 4.0, 300.0
+CLAIM_POLL_S = 1.0  # how often a run looks for what another run on its store is generating
+
+
+def generate_once(eng: Engine, model: str, todo: Sequence[Request], store: Store, owner: str, on_done: OnDone,
+                  on_reused: Callable[[list[Request]], None], what: str, deadline: float, clock: Clock,
+                  stop: threading.Event | None = None) -> BatchInfo:
+    """Generate ``todo`` on a resident model, except what another live run on the same store has
+    claimed: those are waited for (``on_reused`` once stored), and taken over if that run dies."""
+    total = BatchInfo(0.0, 0, 0, 0)
+    waiting = list(todo)
+    while waiting:
+        others = store.claim([r.key for r in waiting], owner)
+        # Checked after claiming: a run stores its work before it releases its claims.
+        done = store.existing([r.key for r in waiting if r.key not in others])
+        if done:
+            on_reused([r for r in waiting if r.key in done])
+        mine = [r for r in waiting if r.key not in others and r.key not in done]
+        if mine:
+            b = eng.generate(model, mine, on_done, what, deadline)
+            total = BatchInfo(total.seconds + b.seconds, total.tokens + b.tokens, total.prompt_tokens + b.prompt_tokens,
+                              total.generated + b.generated, total.first_token_s if total.generated else b.first_token_s)
+        waiting = [r for r in waiting if r.key in others]
+        have = store.existing([r.key for r in waiting])
+        if have:
+            on_reused([r for r in waiting if r.key in have])
+            waiting = [r for r in waiting if r.key not in have]
+        if waiting and not mine:
+            if clock.now() > deadline:
+                raise EngineError(f"{what}: {len(waiting)} generations that another run claimed did not arrive "
+                                  f"by the deadline")
+            if stop is None:
+                time.sleep(CLAIM_POLL_S)
+            elif stop.wait(CLAIM_POLL_S):
+                raise EngineError(f"{what}: stopped")
+    return total
 
 
 def generate_jobs(cfg: Config, jobs: Sequence[tuple[str, Sequence[Request]]], store: Store, run_dir: str | Path,
@@ -38,6 +76,8 @@ def generate_jobs(cfg: Config, jobs: Sequence[tuple[str, Sequence[Request]]], st
         store.put(g)
         bar(1)
 
+    owner = uuid.uuid4().hex[:12]
+
     try:
         for i, (model, reqs) in enumerate(todo):
             m = cfg.model(model)
@@ -45,10 +85,12 @@ def generate_jobs(cfg: Config, jobs: Sequence[tuple[str, Sequence[Request]]], st
             eng.load(settings[model], f"{what} (load)", now() + DEADLINE_FACTOR * m.load_s + DEADLINE_MARGIN_S,
                      keep_spare=i + 1 < len(todo))
             pin, out = cfg.tokens.of(reqs[0].role)
-            eng.generate(model, reqs, stored, f"{what} (generate)",
-                         now() + DEADLINE_FACTOR * m.run_seconds(len(reqs), pin, out) + DEADLINE_MARGIN_S)
+            generate_once(eng, model, reqs, store, owner, stored, lambda rs: bar(len(rs)), f"{what} (generate)",
+                          now() + DEADLINE_FACTOR * m.run_seconds(len(reqs), pin, out) + DEADLINE_MARGIN_S,
+                          getattr(eng, "clock", Clock()))
             eng.unload(model, f"{what} (unload)", now() + DEADLINE_MARGIN_S)
     finally:
         eng.close()
+        store.release(owner)
         bar(None)
     return store.generations(keys)
