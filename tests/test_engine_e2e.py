@@ -303,3 +303,20 @@ def test_overlapped_load_runs_beside_generation(smol_config, tmp_path):
     load_b, run_a = by[("load", "smol-b")], by[("run", "smol-a")]
     assert load_b.start < run_a.end and run_a.start < load_b.end  # they overlapped in time
     assert by[("run", "smol-b")].start >= load_b.end
+
+
+def test_worker_dies_with_a_parent_that_dies_at_once(tmp_path):
+    # The parent exits right after starting a worker that is importing vllm (seconds of work):
+    # the die-with-parent signal is armed before any import, so the worker goes at once.
+    code = ("import os, sys; from pathlib import Path; from symoe.generation.local import Worker, engine_env; "
+            f"w = Worker(engine_env('cpu', 0), Path({str(tmp_path / 'w.log')!r})); print(w.proc.pid, flush=True); "
+            "os._exit(0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    child = int(out.stdout.split()[0])
+    end = time.time() + 3
+    while time.time() < end and os.path.exists(f"/proc/{child}"):
+        if open(f"/proc/{child}/stat").read().rsplit(")", 1)[-1].split()[0] == "Z":
+            break
+        time.sleep(0.05)
+    alive = os.path.exists(f"/proc/{child}") and open(f"/proc/{child}/stat").read().rsplit(")", 1)[-1].split()[0] != "Z"
+    assert not alive, "the worker outlived its parent"
