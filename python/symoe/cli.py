@@ -367,9 +367,11 @@ def _max_tokens(cfg, given):
 @click.option("--model", default=None, help="Keyword LLM (default: the bundled task's keyword model).")
 @limit_opt
 @click.option("--per-category", type=click.IntRange(min=1), default=None)
+@seed_opt
 @click.option("--out", "out_path", required=True, help="JSON {question id: [keywords]}.")
-def keywords_cmd(questions_path, fmt, config_path, store_path, model, limit, per_category, out_path):
+def keywords_cmd(questions_path, fmt, config_path, store_path, model, limit, per_category, seed, out_path):
     """Annotate questions with skill keywords (5 samples at T=0.7, filtered as the reference)."""
+    from .generation import Sampling
     from .keywords import annotate
     from .models import check_models
     from .pipeline import Task
@@ -381,7 +383,7 @@ def keywords_cmd(questions_path, fmt, config_path, store_path, model, limit, per
         model = model or Task.from_json(_default_data("tiny_task.json")).keyword_model
         check_models(cfg, [model])
         with Store(store_path) as store:
-            kws = annotate(qs, cfg, model, store, Path(out_path).parent)
+            kws = annotate(qs, cfg, model, store, Path(out_path).parent, Sampling(seed=seed))
     except (ValueError, RuntimeError) as e:
         _fail(e)
     Path(out_path).write_text(json.dumps(kws, indent=1))

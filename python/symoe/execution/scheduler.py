@@ -33,6 +33,7 @@ from ..generation import Clock, Engine, EngineError, Generation, ModelSettings, 
 from ..generation.batch import generate_once
 from ..generation.local import LocalEngine
 from ..planning import ROLES, STEP_KINDS, Plan
+from ..progress import progress_bar
 from ..store import Store
 from .report import RunReport, StepRecord, grade_run, write_report
 
@@ -136,6 +137,13 @@ class Scheduler:
         self.pending = {r.key for r in self.expert_requests} - have
         self.missing = [sum(r.key not in have for r in self.expert_requests[q * self.k:(q + 1) * self.k])
                         for q in range(n)]
+        # Models whose every run on a device is already in the store (a resumed run, or the
+        # aggregation phase of --skip-agreed) are neither loaded nor unloaded there.
+        self.needed: set[tuple[int, int]] = set()
+        for st in np.flatnonzero(a["kind"] == 1):
+            items = a["items"][a["item_begin"][st]:a["item_end"][st]]
+            if a["role"][st] == 1 or any(self.expert_requests[int(i)].key not in have for i in items):
+                self.needed.add((int(a["device"][st]), int(a["model"][st])))
         self.agg_steps_of: dict[int, list[int]] = {}
         self.agg_wait: dict[int, int] = {}
         self.agg_ready: dict[int, threading.Event] = {}
@@ -156,7 +164,7 @@ class Scheduler:
         self.done = [threading.Event() for _ in range(plan.n_steps)]
         self.deps, self.lanes = self._graph()
         total = int(np.sum(a["item_end"][a["kind"] == 1] - a["item_begin"][a["kind"] == 1]))
-        self.bar = _progress(options.progress, total)
+        self.bar = progress_bar(options.progress, total)
 
     def _graph(self) -> tuple[list[list[int]], list[list[int]]]:
         """Per step the steps it waits for, and per lane its steps in order (the simulator's rules)."""
@@ -307,6 +315,8 @@ class Scheduler:
         a, eng = self.a, self.engines[int(self.a["device"][s])]
         kind, d = STEP_KINDS[a["kind"][s]], int(a["device"][s])
         model = self.names[a["model"][s]] if a["model"][s] >= 0 else None
+        if kind in ("load", "unload", "park", "wake") and (d, int(a["model"][s])) not in self.needed:
+            return
         what = self._what(s)
         t = self.plan.timeline
         rec = StepRecord(s, d, kind, model, 0.0, 0.0, float(t.start[s]) if t else 0.0, float(t.end[s]) if t else 0.0)
@@ -421,23 +431,3 @@ class Scheduler:
             self.prepare_pool.submit(self._prepare, q)
         for ev in ready:
             ev.set()
-
-
-def _progress(enabled: bool, total: int, label: str = "generations") -> Callable[[int | None], None]:
-    if not enabled:
-        return lambda n: None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return lambda n: None
-    bar = tqdm(total=total, desc=label, unit="gen", leave=True)
-    lock = threading.Lock()
-
-    def update(n: int | None) -> None:
-        with lock:
-            if n is None:
-                bar.close()
-            else:
-                bar.update(n)
-    return update
-

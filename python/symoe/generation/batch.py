@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..progress import progress_bar
 from .engine import BatchInfo, Clock, Engine, EngineError, ModelSettings, OnDone
 from .local import LocalEngine
 from .requests import Generation, Request
@@ -61,8 +62,6 @@ def generate_jobs(cfg: Config, jobs: Sequence[tuple[str, Sequence[Request]]], st
                   progress: bool = True, label: str = "generations", engine: Engine | None = None) -> dict[str, Generation]:
     """Every request of every (model, requests) job, from the store or generated; each generation
     is committed the moment it finishes."""
-    from ..execution.scheduler import _progress
-
     keys = [r.key for _, reqs in jobs for r in reqs]
     have = store.existing(keys)
     todo = [(m, [r for r in reqs if r.key not in have]) for m, reqs in jobs]
@@ -70,7 +69,7 @@ def generate_jobs(cfg: Config, jobs: Sequence[tuple[str, Sequence[Request]]], st
     settings = {m: ModelSettings.of(cfg, m) for m, _ in todo}  # bad paths fail before any engine starts
     eng = engine or LocalEngine.for_config(cfg, 0, Path(run_dir) / "logs")
     now = getattr(eng, "clock", Clock()).now
-    bar = _progress(progress, sum(len(r) for _, r in todo), label)
+    bar = progress_bar(progress, sum(len(r) for _, r in todo), label)
 
     def stored(g: Generation) -> None:
         store.put(g)
