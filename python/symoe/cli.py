@@ -485,14 +485,20 @@ def select_aggregator_cmd(questions_path, fmt, config_path, store_path, records_
 @seed_opt
 @click.option("--rare-threshold", default=0.05, show_default=True)
 @click.option("--similarity-floor", type=float, default=None, help="Drop test keywords whose best match is below this.")
-@click.option("--baseline", type=click.Choice(["none", "single-best", "top-k", "random", "majority"]), default="none",
-              show_default=True, help="Run an ablation instead of Symbolic-MoE (reuses the store).")
+@click.option("--baseline", type=click.Choice(["none", "single-best", "top-k", "random", "majority", "self-moa", "oracle"]),
+              default="none", show_default=True,
+              help="Run an ablation instead of Symbolic-MoE (reuses the store). self-moa: the best profiled model "
+                   "sampled k times, then the aggregator; oracle: right if any recruited expert is right (from the "
+                   "store's expert answers of a finished Symbolic-MoE run, nothing generated).")
+@click.option("--skip-agreed", is_flag=True, help="Experts first; where all k answers agree that answer is final "
+              "and no aggregation is planned for the question.")
 @click.option("--devices", type=int, default=None)
 @tokens_opt
 @click.option("--out", "out_dir", default="runs/default", show_default=True)
 @faults_opts
 def run_cmd(questions_path, fmt, config_path, store_path, profiles_path, task_path, limit, k, seed, rare_threshold,
-            similarity_floor, baseline, devices, max_tokens, out_dir, retries, deadline_factor, deadline_margin):
+            similarity_floor, baseline, skip_agreed, devices, max_tokens, out_dir, retries, deadline_factor,
+            deadline_margin):
     """The whole Symbolic-MoE pipeline on real models (default: bundled MMLU-Pro sample, tiny pool)."""
     from .pipeline import Task, run_pipeline
     from .store import Store
@@ -510,16 +516,92 @@ def run_cmd(questions_path, fmt, config_path, store_path, profiles_path, task_pa
         t0 = time.perf_counter()
         with Store(store_path) as store:
             res = run_pipeline(qs, cfg, prof, task, store, out_dir, sampling, k, seed, rare_threshold, baseline,
-                               similarity_floor, _run_options(retries, deadline_factor, deadline_margin))
+                               similarity_floor, _run_options(retries, deadline_factor, deadline_margin), skip_agreed)
         wall = time.perf_counter() - t0
     except (ValueError, RuntimeError) as e:
         _fail(e)
+    from .pipeline import NO_AGGREGATOR
+
     click.echo(f"\n{len(qs)} questions, baseline={baseline}, aggregator="
-               f"{task.aggregator if baseline not in ('single-best', 'majority') else '(none)'}")
+               f"{task.aggregator if baseline not in NO_AGGREGATOR else '(none)'}")
     print_counts(res.assignment)
-    print_run(res.report, res.plan)
+    if baseline == "oracle":
+        click.echo(f"oracle accuracy (any recruited expert right): {100 * res.report.accuracy:.1f}%")
+    else:
+        print_run(res.report, res.plan)
+    if skip_agreed:
+        click.echo(f"aggregations skipped (all {k} experts agreed): {res.aggregations_skipped} of {len(qs)} questions")
     click.echo(_table([[k2, v] for k2, v in res.stage_seconds.items()] + [["total", wall]], ["stage", "seconds"]))
     click.echo(f"wrote {out_dir}/results.jsonl, summary.json, run/timeline_measured.png")
+
+
+@main.command("export")
+@questions_opt
+@format_opt
+@store_opt
+@click.option("--out", "out_path", required=True, help="JSONL to write (one line per stored generation).")
+def export_cmd(questions_path, fmt, store_path, out_path):
+    """Every stored generation as JSONL: question, model, role, slot, text, extracted answer, correct,
+    tokens (graded against --questions; generations of other questions carry no verdict)."""
+    from .evaluation import export_rows
+    from .store import Store
+
+    try:
+        qs = _questions(questions_path or _default_data("mmlu_pro_sample.json"), fmt, None)
+        if not Path(store_path).exists():
+            raise SymoeError(f"--store {store_path}: no such file")
+        n = 0
+        with Store(store_path) as store, open(out_path, "w") as f:
+            for row in export_rows(store, qs):
+                f.write(json.dumps(row) + "\n")
+                n += 1
+    except (ValueError, RuntimeError, OSError) as e:
+        if isinstance(e, ValueError):
+            Path(out_path).unlink(missing_ok=True)
+        _fail(e)
+    click.echo(f"{n} generations; wrote {out_path}")
+
+
+@main.command("regrade")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@questions_opt
+@format_opt
+@store_opt
+def regrade_cmd(run_dir, questions_path, fmt, store_path):
+    """Grade a finished run again from the store with the current extractor (no generation);
+    rewrites RUN_DIR/results.jsonl and the accuracy in summary.json."""
+    from .evaluation import regrade
+    from .store import Store
+
+    try:
+        qs = _questions(questions_path or _default_data("mmlu_pro_sample.json"), fmt, None)
+        if not Path(store_path).exists():
+            raise SymoeError(f"--store {store_path}: no such file")
+        with Store(store_path) as store:
+            g = regrade(run_dir, qs, store)
+    except (ValueError, RuntimeError) as e:
+        _fail(e)
+    click.echo(f"{g.questions} questions re-graded: accuracy {100 * g.accuracy_before:.1f}% -> "
+               f"{100 * g.accuracy_after:.1f}%; {len(g.changed)} verdicts changed"
+               + (f" ({', '.join(g.changed[:10])}{', ...' if len(g.changed) > 10 else ''})" if g.changed else ""))
+
+
+@main.command("report")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a markdown table.")
+@click.option("--png", "png_path", default=None, help="Write a chart: accuracy (95% CI) and tokens per question.")
+def report_cmd(run_dirs, as_json, png_path):
+    """Runs side by side: accuracy with a 95% bootstrap interval, per-category accuracy, model calls
+    and generated tokens per question, wall time, loads (runs over the same questions only)."""
+    from . import evaluation
+
+    try:
+        rows = evaluation.load_runs(run_dirs)
+        if png_path:
+            evaluation.chart(rows, png_path)
+    except (ValueError, RuntimeError) as e:
+        _fail(e)
+    click.echo(evaluation.as_json(rows) if as_json else evaluation.markdown(rows))
 
 
 @main.group("bench")

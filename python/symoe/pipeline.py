@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -17,8 +17,15 @@ import numpy as np
 from . import _core
 from .datasets import Question
 from .errors import SymoeError
+from .evaluation import (
+    agreed_answer,
+    grade_from_store,
+    missing_experts,
+    result_rows,
+    write_jsonl,
+)
 from .execution import RunOptions, RunReport, run_plan
-from .generation import Sampling
+from .generation import Clock, Engine, Requests, Sampling
 from .keywords import annotate
 from .matching import Embedder, match_keywords
 from .models import check_models
@@ -26,7 +33,11 @@ from .planning import Config, Plan, plan
 from .routing import Assignment, Profiles, route
 from .store import Store
 
-Baseline = Literal["none", "single-best", "top-k", "random", "majority"]
+Baseline = Literal["none", "single-best", "top-k", "random", "majority", "self-moa", "oracle"]
+BASELINES: tuple[str, ...] = Baseline.__args__  # type: ignore[attr-defined]
+NO_AGGREGATOR = ("single-best", "majority", "oracle")  # baselines whose final answer is not aggregated
+ROUTED = ("none", "majority", "oracle")                 # baselines that route by keywords as Symbolic-MoE does
+EngineFactory = Callable[[Config], Sequence[Engine]]    # one engine per device, fresh for each run of a plan
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,7 @@ class PipelineResult:
     keywords: dict[str, list[str]]
     matched: dict[str, list[str]]
     stage_seconds: dict[str, float]
+    aggregations_skipped: int = 0
 
 
 def check_pool(profiles: Profiles, cfg: Config, task: Task) -> None:
@@ -76,10 +88,14 @@ def check_pool(profiles: Profiles, cfg: Config, task: Task) -> None:
 
 def check_run(questions: Sequence[Question], cfg: Config, profiles: Profiles, task: Task, sampling: Sampling,
               k: int, seed: int, baseline: Baseline, rare_threshold: float = 0.05,
-              similarity_floor: float | None = None) -> None:
+              similarity_floor: float | None = None, skip_agreed: bool = False) -> None:
     """Everything a run can be refused for, checked before the keyword stage loads its model
     (routing would find a bad k or seed only after keywords and matching)."""
     check_pool(profiles, cfg, task)
+    if baseline not in BASELINES:
+        raise SymoeError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
+    if skip_agreed and baseline in NO_AGGREGATOR:
+        raise SymoeError(f"skip_agreed: the {baseline} baseline runs no aggregator, so there is nothing to skip")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= _core.MAX_K:
         raise SymoeError(f"k must be an integer in [1, {_core.MAX_K}], got {k!r}")
     if baseline == "top-k" and k > len(profiles.models):
@@ -98,19 +114,52 @@ def check_run(questions: Sequence[Question], cfg: Config, profiles: Profiles, ta
         if q.id in seen:
             raise SymoeError(f"questions: duplicate question id {q.id!r}")
         seen.add(q.id)
+    if baseline == "oracle":  # computed from stored generations: no model is loaded
+        return
     used = list(profiles.models)
-    if baseline in ("none", "majority"):
+    if baseline in ROUTED:
         used.append(task.keyword_model)
-    if baseline not in ("single-best", "majority"):
+    if baseline not in NO_AGGREGATOR:
         used.append(task.aggregator)
     check_models(cfg, used)
+
+
+def _check_stored_keywords(questions: Sequence[Question], cfg: Config, task: Task, store: Store,
+                           sampling: Sampling) -> None:
+    build = Requests(cfg, sampling)
+    keys = [r.key for q in questions for r in build.keywords(task.keyword_model, q)]
+    if len(store.existing(keys)) < len(keys):
+        raise SymoeError(f"oracle baseline: store {store.path} lacks keyword samples of these questions: run "
+                         f"Symbolic-MoE (no --baseline) on the same questions, store, seed and k first")
+
+
+def _run(p: Plan, questions: Sequence[Question], store: Store, run_dir: Path, sampling: Sampling,
+         options: RunOptions, engines: EngineFactory | None, clock: Clock | None) -> RunReport:
+    return run_plan(p, questions, store, run_dir, sampling, options=options,
+                    engines=engines(p.config) if engines else None, clock=clock)
+
+
+def _then(first: RunReport, second: RunReport, reused_again: int) -> RunReport:
+    """Two runs one after the other as one report (the second's steps shifted by the first's time;
+    ``reused_again``: the second's reuses of what the first generated, not counted twice)."""
+    shifted = [replace(r, start=r.start + first.makespan, end=r.end + first.makespan,
+                       predicted_start=r.predicted_start + first.predicted_makespan,
+                       predicted_end=r.predicted_end + first.predicted_makespan) for r in second.steps]
+    return RunReport(second.run_id, first.steps + shifted, second.results, first.makespan + second.makespan,
+                     first.predicted_makespan + second.predicted_makespan, first.generated + second.generated,
+                     first.reused + second.reused - reused_again, first.retries + second.retries)
 
 
 def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles, task: Task, store: Store,
                  out_dir: str | Path, sampling: Sampling, k: int = 3, seed: int = 0, rare_threshold: float = 0.05,
                  baseline: Baseline = "none", similarity_floor: float | None = None,
-                 options: RunOptions = RunOptions()) -> PipelineResult:
-    check_run(questions, cfg, profiles, task, sampling, k, seed, baseline, rare_threshold, similarity_floor)
+                 options: RunOptions = RunOptions(), skip_agreed: bool = False,
+                 engines: EngineFactory | None = None, clock: Clock | None = None) -> PipelineResult:
+    """``skip_agreed``: the experts run first; where all k extracted answers are equal that answer
+    is final, and aggregation is planned only for the other questions (their aggregator is -1 in
+    the saved plan). ``engines``/``clock``: for tests and what-if runs (default: local vLLM)."""
+    check_run(questions, cfg, profiles, task, sampling, k, seed, baseline, rare_threshold, similarity_floor,
+              skip_agreed)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -121,7 +170,9 @@ def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles,
     kws: dict[str, list[str]] = {}
     matched: dict[str, list[str]] = {}
     t = time.perf_counter()
-    if baseline in ("none", "majority"):
+    if baseline == "oracle":
+        _check_stored_keywords(questions, cfg, task, store, sampling)
+    if baseline in ROUTED:
         kws = annotate(questions, cfg, task.keyword_model, store, out, sampling, progress=options.progress)
         times["keywords"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -134,6 +185,8 @@ def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles,
         ranked = sorted(profiles.models, key=lambda m: (-acc.get(m, 0.0), profiles.models.index(m)))
         if baseline == "single-best":
             experts = np.full((len(ids), 1), profiles.models.index(ranked[0]))
+        elif baseline == "self-moa":  # the best model sampled k times (arXiv 2502.00674), then aggregated
+            experts = np.full((len(ids), k), profiles.models.index(ranked[0]))
         elif baseline == "top-k":
             experts = np.tile([profiles.models.index(m) for m in ranked[:k]], (len(ids), 1))
         else:  # random: uniform draws, same counter-based stream
@@ -143,23 +196,46 @@ def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles,
     times["routing"] = time.perf_counter() - t
     a.save(out / "assignment.jsonl")
     t = time.perf_counter()
-    agg = None if baseline in ("single-best", "majority") else task.aggregator
-    p = plan(a, cfg, aggregator=agg)
-    p.question_hashes = tuple(q.text_hash for q in questions)
+    agg = None if baseline in NO_AGGREGATOR else task.aggregator
+    hashes = tuple(q.text_hash for q in questions)
+    skipped = [False] * len(questions)
+    if skip_agreed and agg is not None:  # experts first; aggregation planned only where they disagree
+        p_experts = plan(a, cfg)
+        p_experts.question_hashes = hashes
+        times["planning"] = time.perf_counter() - t
+        t = time.perf_counter()
+        first = _run(p_experts, questions, store, out / "run-experts", sampling, options, engines, clock)
+        times["generation"] = time.perf_counter() - t
+        t = time.perf_counter()
+        skipped = [agreed_answer(r.expert_answers) is not None for r in first.results]
+        p = plan(a, cfg, aggregator=[None if s else agg for s in skipped])
+    else:
+        p = plan(a, cfg, aggregator=agg)
+    p.question_hashes = hashes
     p.to_json(out / "plan.json")
-    times["planning"] = time.perf_counter() - t
+    times["planning"] = times.get("planning", 0.0) + time.perf_counter() - t
     t = time.perf_counter()
-    report = run_plan(p, questions, store, out / "run", sampling, options=options)
-    times["generation"] = time.perf_counter() - t
-    with open(out / "results.jsonl", "w") as f:
-        for qu, r in zip(questions, report.results):
-            f.write(json.dumps({"id": r.id, "keywords": kws.get(qu.id, []), "matched_keywords": matched.get(qu.id, []),
-                                "experts": r.experts, "expert_answers": r.expert_answers, "aggregator": r.aggregator,
-                                "final_answer": r.final_answer, "gold": r.gold, "correct": r.correct}) + "\n")
-    summary = {"baseline": baseline, "questions": len(questions), "accuracy": report.accuracy,
-               "experts_used": sorted({e for r in report.results for e in r.experts}),
+    if baseline == "oracle":  # an upper bound for any aggregator, from the stored expert answers
+        miss = missing_experts(p, questions, sampling, store)
+        if miss:
+            raise SymoeError(f"oracle baseline: store {store.path} lacks {miss} expert generation(s) of this routing: "
+                             f"run Symbolic-MoE (no --baseline) on the same questions, store, seed and k first")
+        report = RunReport("oracle", [], grade_from_store(p, questions, sampling, store, oracle=True).results,
+                           0.0, 0.0, 0, len(questions) * p.k)
+    else:
+        report = _run(p, questions, store, out / "run", sampling, options, engines, clock)
+        if skip_agreed and agg is not None:
+            report = _then(first, report, len(questions) * p.k)
+    times["generation"] = times.get("generation", 0.0) + time.perf_counter() - t
+    used = grade_from_store(p, questions, sampling, store, oracle=baseline == "oracle")
+    write_jsonl(out / "results.jsonl", result_rows(questions, report.results, kws, matched, skipped))
+    summary = {"baseline": baseline, "skip_agreed": skip_agreed, "questions": len(questions),
+               "accuracy": report.accuracy, "experts_used": sorted({e for r in report.results for e in r.experts}),
+               "aggregations": sum(r.aggregator is not None for r in report.results),
+               "aggregations_skipped": sum(skipped), "model_calls": used.calls, "tokens": used.tokens,
                "loads": sum(1 for s in report.steps if s.kind == "load"), "makespan_s": report.makespan,
-               "predicted_makespan_s": report.predicted_makespan, "stage_seconds": times,
-               "generated": report.generated, "reused": report.reused}
+               "predicted_makespan_s": report.predicted_makespan, "wall_s": sum(times.values()),
+               "stage_seconds": times, "generated": report.generated, "reused": report.reused,
+               "sampling": asdict(sampling)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    return PipelineResult(report, p, a, kws, matched, times)
+    return PipelineResult(report, p, a, kws, matched, times, sum(skipped))
