@@ -275,3 +275,20 @@ def test_report_side_by_side_and_refuses_other_questions(tmp_path):
     assert r.exit_code == 0 and json.loads(r.output)[0]["questions"] == 6
     r = CliRunner().invoke(main, ["report", str(tmp_path / "moe"), str(tmp_path / "fewer")])
     assert r.exit_code == 2 and "different question sets" in r.output and "Traceback" not in r.output
+
+
+def test_preset_reference_turns_the_rare_expert_filter_off(tmp_path, monkeypatch):
+    qs = questions(40)
+    with Store(tmp_path / "s.sqlite") as store:
+        routed(monkeypatch, store, qs)
+        # org/c is drawn for about 3% of the slots: below the 5% filter.
+        res, _, _, summary = pipeline(tmp_path, store, qs, "symoe")
+        ref, _, _, summary_ref = pipeline(tmp_path, store, qs, "ref", preset="reference")
+        explicit, _, _, _ = pipeline(tmp_path, store, qs, "explicit", preset="reference", rare_threshold=0.05)
+        with pytest.raises(SymoeError, match="preset must be one of symoe, reference, got 'authors'"):
+            pipeline(tmp_path, store, qs, "bad", preset="authors")
+    assert summary["preset"] == "symoe" and summary["rare_threshold"] == 0.05 and res.assignment.replaced > 0
+    assert res.assignment.counts().get("org/c", 0) == 0
+    assert summary_ref["preset"] == "reference" and summary_ref["rare_threshold"] == 0.0
+    assert ref.assignment.replaced == 0 and ref.assignment.counts()["org/c"] > 0
+    assert explicit.assignment.replaced == res.assignment.replaced  # an explicit threshold overrides the preset's

@@ -54,7 +54,9 @@ def test_synthetic_benchmark_one_right_two_wrong():
     items = synthetic_items(qs, recs, seed=3)
     by = {q.id: r for q, r in items}
     assert len(by["q1"]) == 3 and sorted(by["q1"]).count("R1") == 1 and len(set(by["q1"]) & {"W1", "W2", "W3"}) == 2
-    assert sorted(by["q2"]) == ["", "", "only wrong"]  # no correct answer: empty string
+    assert by["q2"] == ["", "", ""]  # no correct answer, one wrong: blanks, as the authors' code
+    lone = recs + [{"model": m, "question": "q3", "correct": c, "text": t} for m, c, t in [("a", True, "R"), ("b", False, "W")]]
+    assert sorted({q.id: r for q, r in synthetic_items(qs, lone, seed=3)}["q3"]) == ["", "", "R"]
     assert by["q3"] == ["", "", ""]
     assert synthetic_items(qs, recs, seed=3) == items  # seeded
     orders = {tuple(synthetic_items(qs, recs, seed=s)[0][1]) for s in range(20)}

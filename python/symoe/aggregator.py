@@ -1,6 +1,7 @@
 """Choosing the task's aggregator (SYMBOLIC_MOE.md section 5): a synthetic benchmark built from
 the profiling generations (per validation question one correct and two wrong chains of thought,
-empty strings where none exists, shuffled), answered by every candidate; the best one wins."""
+shuffled), answered by every candidate; the best one wins. Blanks as in the authors' code: an
+empty correct answer where none exists, and two empty wrong ones where fewer than two exist."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from .store import Store
 
 def synthetic_items(questions: Sequence[Question], records: Sequence[Mapping[str, Any]], seed: int = 0
                     ) -> list[tuple[Question, list[str]]]:
-    """Per question: one correct and two wrong responses from the pool's profiling runs, shuffled."""
+    """Per question: one correct and two wrong responses from the pool's profiling runs, shuffled
+    (a lone wrong response is dropped for two blanks, as the authors' code does)."""
     rng = random.Random(seed)
     by_q: dict[str, list[Mapping[str, Any]]] = {}
     for r in records:
@@ -29,7 +31,7 @@ def synthetic_items(questions: Sequence[Question], records: Sequence[Mapping[str
         rs = by_q.get(q.id, [])
         right = [r["text"] for r in rs if r["correct"]]
         wrong = [r["text"] for r in rs if not r["correct"]]
-        chosen = [rng.choice(right) if right else ""] + (rng.sample(wrong, 2) if len(wrong) >= 2 else wrong + [""] * (2 - len(wrong)))
+        chosen = [rng.choice(right) if right else ""] + (rng.sample(wrong, 2) if len(wrong) >= 2 else ["", ""])
         rng.shuffle(chosen)
         items.append((q, chosen))
     return items

@@ -13,7 +13,7 @@ import numpy as np
 from . import _core
 from .errors import SymoeError
 from .planning import Config, Plan, plan, save_picture
-from .routing import Assignment, Profiles, route
+from .routing import RARE_THRESHOLD, Assignment, Profiles, route
 
 FORMATS = ("mmlu_pro", "medmcqa", "gpqa", "aime", "jsonl")
 # Checked by click before a command starts (a usage error, exit code 2).
@@ -125,7 +125,7 @@ def print_counts(a: Assignment) -> None:
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Assignment JSONL to write.")
 @k_opt
 @seed_opt
-@click.option("--rare-threshold", default=0.05, show_default=True, help="Rare-expert filter share (0 disables).")
+@click.option("--rare-threshold", default=RARE_THRESHOLD, show_default=True, help="Rare-expert filter share (0 disables).")
 @click.option("--weighting", type=click.Choice(["reference", "softmax"]), default="reference", show_default=True)
 @click.option("--no-replace", is_flag=True, help="Sample experts without replacement.")
 @click.option("--unknown", type=click.Choice(["error", "drop"]), default="error", show_default=True,
@@ -483,7 +483,10 @@ def select_aggregator_cmd(questions_path, fmt, config_path, store_path, records_
 @limit_opt
 @k_opt
 @seed_opt
-@click.option("--rare-threshold", default=0.05, show_default=True)
+@click.option("--preset", type=click.Choice(["symoe", "reference"]), default="symoe", show_default=True,
+              help="reference: the authors' code's choices (rare-expert filter off); see README.")
+@click.option("--rare-threshold", type=float, default=None,
+              help=f"Rare-expert filter share, 0 disables it (default: the preset's; symoe {RARE_THRESHOLD}, reference 0).")
 @click.option("--similarity-floor", type=float, default=None, help="Drop test keywords whose best match is below this.")
 @click.option("--baseline", type=click.Choice(["none", "single-best", "top-k", "random", "majority", "self-moa", "oracle"]),
               default="none", show_default=True,
@@ -496,8 +499,8 @@ def select_aggregator_cmd(questions_path, fmt, config_path, store_path, records_
 @tokens_opt
 @click.option("--out", "out_dir", default="runs/default", show_default=True)
 @faults_opts
-def run_cmd(questions_path, fmt, config_path, store_path, profiles_path, task_path, limit, k, seed, rare_threshold,
-            similarity_floor, baseline, skip_agreed, devices, max_tokens, out_dir, retries, deadline_factor,
+def run_cmd(questions_path, fmt, config_path, store_path, profiles_path, task_path, limit, k, seed, preset,
+            rare_threshold, similarity_floor, baseline, skip_agreed, devices, max_tokens, out_dir, retries, deadline_factor,
             deadline_margin):
     """The whole Symbolic-MoE pipeline on real models (default: bundled MMLU-Pro sample, tiny pool)."""
     from .pipeline import Task, run_pipeline
@@ -516,7 +519,8 @@ def run_cmd(questions_path, fmt, config_path, store_path, profiles_path, task_pa
         t0 = time.perf_counter()
         with Store(store_path) as store:
             res = run_pipeline(qs, cfg, prof, task, store, out_dir, sampling, k, seed, rare_threshold, baseline,
-                               similarity_floor, _run_options(retries, deadline_factor, deadline_margin), skip_agreed)
+                               similarity_floor, _run_options(retries, deadline_factor, deadline_margin), skip_agreed,
+                               preset=preset)
         wall = time.perf_counter() - t0
     except (ValueError, RuntimeError) as e:
         _fail(e)

@@ -30,7 +30,8 @@ from .keywords import annotate
 from .matching import Embedder, match_keywords
 from .models import check_models
 from .planning import Config, Plan, plan
-from .routing import Assignment, Profiles, route
+from .presets import preset as get_preset
+from .routing import RARE_THRESHOLD, Assignment, Profiles, route
 from .store import Store
 
 Baseline = Literal["none", "single-best", "top-k", "random", "majority", "self-moa", "oracle"]
@@ -87,7 +88,7 @@ def check_pool(profiles: Profiles, cfg: Config, task: Task) -> None:
 
 
 def check_run(questions: Sequence[Question], cfg: Config, profiles: Profiles, task: Task, sampling: Sampling,
-              k: int, seed: int, baseline: Baseline, rare_threshold: float = 0.05,
+              k: int, seed: int, baseline: Baseline, rare_threshold: float = RARE_THRESHOLD,
               similarity_floor: float | None = None, skip_agreed: bool = False) -> None:
     """Everything a run can be refused for, checked before the keyword stage loads its model
     (routing would find a bad k or seed only after keywords and matching)."""
@@ -151,13 +152,18 @@ def _then(first: RunReport, second: RunReport, reused_again: int) -> RunReport:
 
 
 def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles, task: Task, store: Store,
-                 out_dir: str | Path, sampling: Sampling, k: int = 3, seed: int = 0, rare_threshold: float = 0.05,
+                 out_dir: str | Path, sampling: Sampling, k: int = 3, seed: int = 0, rare_threshold: float | None = None,
                  baseline: Baseline = "none", similarity_floor: float | None = None,
                  options: RunOptions = RunOptions(), skip_agreed: bool = False,
-                 engines: EngineFactory | None = None, clock: Clock | None = None) -> PipelineResult:
+                 engines: EngineFactory | None = None, clock: Clock | None = None, preset: str = "symoe"
+                 ) -> PipelineResult:
     """``skip_agreed``: the experts run first; where all k extracted answers are equal that answer
     is final, and aggregation is planned only for the other questions (their aggregator is -1 in
-    the saved plan). ``engines``/``clock``: for tests and what-if runs (default: local vLLM)."""
+    the saved plan). ``engines``/``clock``: for tests and what-if runs (default: local vLLM).
+    ``preset``: "symoe" or "reference" (the authors' code, see :mod:`symoe.presets`); an explicit
+    ``rare_threshold`` overrides the preset's."""
+    pre = get_preset(preset)
+    rare_threshold = pre.rare_threshold if rare_threshold is None else rare_threshold
     check_run(questions, cfg, profiles, task, sampling, k, seed, baseline, rare_threshold, similarity_floor,
               skip_agreed)
     out = Path(out_dir)
@@ -229,7 +235,8 @@ def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles,
     times["generation"] = times.get("generation", 0.0) + time.perf_counter() - t
     used = grade_from_store(p, questions, sampling, store, oracle=baseline == "oracle")
     write_jsonl(out / "results.jsonl", result_rows(questions, report.results, kws, matched, skipped))
-    summary = {"baseline": baseline, "skip_agreed": skip_agreed, "questions": len(questions),
+    summary = {"baseline": baseline, "preset": pre.name, "rare_threshold": rare_threshold, "skip_agreed": skip_agreed,
+               "questions": len(questions),
                "accuracy": report.accuracy, "experts_used": sorted({e for r in report.results for e in r.experts}),
                "aggregations": sum(r.aggregator is not None for r in report.results),
                "aggregations_skipped": sum(skipped), "model_calls": used.calls, "tokens": used.tokens,

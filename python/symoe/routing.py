@@ -202,6 +202,9 @@ class Assignment:
         return cls(models, experts, tuple(ids), int(rows[0].get("seed", 0)))
 
 
+RARE_THRESHOLD = 0.05  # the paper's rare-expert filter share (the authors' code never applies it)
+
+
 def route(
     profiles: Profiles,
     keywords: Sequence[Sequence[str]] | tuple[np.ndarray, np.ndarray],
@@ -212,7 +215,7 @@ def route(
     temperature: float = 0.5,
     weighting: Literal["reference", "softmax"] = "reference",
     softmax_temperature: float = 0.5,
-    rare_threshold: float = 0.05,
+    rare_threshold: float = RARE_THRESHOLD,
     question_offset: int = 0,
     threads: int = 0,
     return_probabilities: bool = False,
