@@ -52,7 +52,7 @@ def test_plan_generate_aggregate_grade(smol_config, tmp_path):
     assert len(r.results) == 2
     for res in r.results:
         assert res.aggregator == SMOL and len(res.expert_texts) == 2
-        assert res.final_answer is None or res.final_answer in "ABCDEFGHIJ"
+        assert res.final_answer is None or res.final_answer in list("ABCDEFGHIJ")
         assert res.correct == (res.final_answer == res.gold)
     assert r.accuracy == np.mean([x.correct for x in r.results])
     assert (tmp_path / "run" / "timeline_measured.png").exists()

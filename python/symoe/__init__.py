@@ -1,9 +1,11 @@
 """symoe: Symbolic Mixture-of-Experts with a C++ routing and planning core."""
 
+from importlib.metadata import version as _version
+
 from .errors import SymoeError
 from .planning import Config, Device, ModelSpec, Plan, Timeline, Tokens, plan, simulate
 from .routing import Assignment, Profiles, keywords_to_csr, route
 
 __all__ = ["Assignment", "Config", "Device", "ModelSpec", "Plan", "Profiles", "SymoeError", "Timeline", "Tokens",
            "keywords_to_csr", "plan", "route", "simulate"]
-__version__ = "0.1.0"
+__version__ = _version("symoe")  # one home: pyproject.toml
