@@ -100,3 +100,69 @@ def test_bundled_sample_is_real_test_data():
         assert test[i]["question"] == q["question"] and test[i]["gold_answer"] == q["gold_answer"]
     assert len({q["category"] for q in sample}) == 14
     assert len(load_questions(bundled("mmlu_pro_sample.json"), "mmlu_pro")) == len(sample)
+
+
+def _pool_with_folder(tmp_path, engine_len=8192, model_len=None, positions=4096):
+    from symoe.planning import Config
+
+    folder = tmp_path / "m"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"max_position_embeddings": positions}))
+    m = {"name": "org/math", "path": str(folder), "weight_gb": 1.0, "trust_remote_code": True}
+    if model_len is not None:
+        m["max_model_len"] = model_len
+    return Config.from_dict({"engine": {"max_model_len": engine_len},
+                             "model": [m, {"name": "org/r1", "weight_gb": 1.0, "max_tokens": 32768}]})
+
+
+def test_per_model_engine_settings_and_position_limit(tmp_path):
+    from symoe.errors import SymoeError
+    from symoe.generation import ModelSettings
+
+    cfg = _pool_with_folder(tmp_path)
+    with pytest.raises(SymoeError, match=r"model org/math: max_model_len 8192 \(\[engine\] max_model_len\) exceeds the "
+                                         r"4096 positions of .*config.json"):
+        ModelSettings.of(cfg, "org/math")
+    with pytest.raises(SymoeError, match=r"max_model_len 5000 \(its \[\[model\]\] max_model_len\) exceeds"):
+        ModelSettings.of(_pool_with_folder(tmp_path, model_len=5000), "org/math")
+    s = ModelSettings.of(_pool_with_folder(tmp_path, model_len=4096), "org/math")
+    assert s.max_model_len == 4096 and s.trust_remote_code is True and s.wire()["trust_remote_code"] is True
+    r1 = ModelSettings.of(cfg, "org/r1")  # no folder on disk: the engine's own limit applies
+    assert r1.max_model_len == 8192 and r1.trust_remote_code is False
+
+
+def test_bad_per_model_settings_are_named():
+    from symoe.errors import SymoeError
+    from symoe.planning import Config
+
+    for key, v in (("max_tokens", 0), ("max_model_len", -1)):
+        with pytest.raises(SymoeError, match=rf"\[\[model\]\] #1: {key} must be >= 1, got {v}"):
+            Config.from_dict({"model": [{"name": "a", "weight_gb": 1.0, key: v}]})
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        Config.from_dict({"model": [{"name": "a", "weight_gb": 1.0, "trust_remote_code": "yes"}]})
+
+
+def test_requests_take_each_models_max_tokens(tmp_path):
+    from symoe.generation import Requests, Sampling
+
+    cfg = _pool_with_folder(tmp_path, model_len=4096)
+    build = Requests(cfg, Sampling(max_tokens=4096, aggregate_max_tokens=2048))
+    q = Question("q1", "Q (A) x (B) y", "A", "letter")
+    assert build.expert("org/r1", q, 0).params.max_tokens == 32768
+    assert build.expert("org/math", q, 0).params.max_tokens == 4096
+    assert build.aggregate("org/r1", q, ["a", "b"]).params.max_tokens == 32768
+    assert build.aggregate("org/math", q, ["a", "b"]).params.max_tokens == 2048
+
+
+def test_paper16_settings_are_the_papers():
+    from symoe.planning import Config
+
+    cfg = Config.bundled("paper16")
+    r1 = [m for m in cfg.models if "R1-Distill" in m.name]
+    assert len(r1) == 2 and all(m.max_tokens == 32768 and m.max_model_len >= 32768 + 4096 for m in r1)
+    assert all(m.max_tokens is None for m in cfg.models if m not in r1)  # the [engine] 4096
+    assert dict(cfg.engine)["max_tokens"] == 4096
+    assert {m.name for m in cfg.models if m.max_model_len == 4096} == {"Qwen/Qwen2.5-Math-7B",
+                                                                      "deepseek-ai/deepseek-math-7b-instruct"}
+    assert {m.name for m in cfg.models if m.trust_remote_code} == {"THUDM/glm-4-9b-chat",
+                                                                  "internlm/internlm3-8b-instruct"}

@@ -25,7 +25,7 @@ from .evaluation import (
     write_jsonl,
 )
 from .execution import RunOptions, RunReport, run_plan
-from .generation import Clock, Engine, Requests, Sampling
+from .generation import Clock, Engine, ModelSettings, Requests, Sampling
 from .keywords import annotate
 from .matching import Embedder, match_keywords
 from .models import check_models
@@ -123,6 +123,8 @@ def check_run(questions: Sequence[Question], cfg: Config, profiles: Profiles, ta
     if baseline not in NO_AGGREGATOR:
         used.append(task.aggregator)
     check_models(cfg, used)
+    for m in dict.fromkeys(used):  # engine settings, e.g. a context longer than the model's own
+        ModelSettings.of(cfg, m)
 
 
 def _check_stored_keywords(questions: Sequence[Question], cfg: Config, task: Task, store: Store,

@@ -36,6 +36,8 @@ class ModelSpec:
     sleep-mode offload to host memory and back (``park_s < 0``: not supported). Throughputs are
     tokens per second: ``decode_tps`` and ``prefill_tps`` for a saturated batch, ``stream_tps``
     for one sequence alone (no batch finishes faster than its longest sequence).
+    ``max_tokens``, ``max_model_len`` and ``trust_remote_code`` are engine settings of this model
+    (None: the run's and the ``[engine]`` table's); they are not cost figures.
     """
 
     name: str
@@ -51,6 +53,9 @@ class ModelSpec:
     decode_tps: float = 2000.0
     stream_tps: float = 50.0
     chat: bool = True  # instruct model with a chat template (False: plain completion)
+    max_tokens: int | None = None      # new tokens per answer (reasoning models write far more)
+    max_model_len: int | None = None   # context length the engine is started with
+    trust_remote_code: bool = False    # the model's own code from its folder (GLM-4, InternLM3)
 
     @property
     def resident_bytes(self) -> float:
@@ -220,6 +225,8 @@ class Config:
                 overhead_s=num("overhead_s", 0.0), prefill_tps=num("prefill_tps", 10000.0),
                 decode_tps=num("decode_tps", 2000.0), stream_tps=num("stream_tps", 50.0),
                 chat=_flag(m, "chat", True, where),
+                max_tokens=_positive_int(m, "max_tokens", where), max_model_len=_positive_int(m, "max_model_len", where),
+                trust_remote_code=_flag(m, "trust_remote_code", False, where),
             )
             for f in ("weight_bytes", "extra_bytes", "load_s", "unload_s", "wake_s", "overhead_s"):
                 v = getattr(spec, f)
@@ -341,6 +348,15 @@ def _integer(t: Mapping[str, Any], key: str, default: int | None, where: str) ->
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         raise SymoeError(f"{where}: {key} must be an integer, got {v!r}")
     return int(v)
+
+
+def _positive_int(t: Mapping[str, Any], key: str, where: str) -> int | None:
+    if key not in t:
+        return None
+    v = _integer(t, key, None, where)
+    if v < 1:
+        raise SymoeError(f"{where}: {key} must be >= 1, got {t[key]!r}")
+    return v
 
 
 def _flag(t: Mapping[str, Any], key: str, default: bool | None, where: str) -> bool | None:

@@ -9,6 +9,7 @@ Implementations: :mod:`.local` (vLLM worker processes) and :mod:`.fake` (tests, 
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from abc import ABC, abstractmethod
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import SymoeError
 from .requests import Generation, Request
 
 if TYPE_CHECKING:
@@ -29,6 +31,25 @@ class EngineError(RuntimeError):
 
 class EngineTimeout(EngineError):
     """An engine call missed its deadline; what it waited on was killed."""
+
+
+def position_limit(path: str | None) -> int | None:
+    """``max_position_embeddings`` from the model folder's ``config.json`` (None: no folder on
+    disk, or no such field; the engine then finds out)."""
+    if not path:
+        return None
+    f = Path(path) / "config.json"
+    try:
+        doc = json.loads(f.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise SymoeError(f"{f}: not a readable JSON file: {e}") from e
+    for d in (doc, doc.get("text_config") or {}):  # multimodal configs nest the text model's
+        v = d.get("max_position_embeddings") if isinstance(d, dict) else None
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
 
 
 @dataclass(frozen=True)
@@ -44,18 +65,28 @@ class ModelSettings:
     enforce_eager: bool = False
     sleep: bool = False
     gpu_memory_utilization: float | None = None
+    trust_remote_code: bool = False
 
     @classmethod
     def of(cls, cfg: Config, name: str) -> ModelSettings:
+        """The model's settings; a context length above what the model's own ``config.json``
+        allows (where its folder is on disk) is refused here, before any engine starts."""
         m = cfg.model(name)
         eng = dict(cfg.engine)
         platform = str(eng.get("platform", "gpu"))
         if platform == "cpu" and m.path and not Path(m.path).exists():
             raise ValueError(f"model {name}: path {m.path} does not exist (run `symoe models fetch tiny`?)")
         share = None if platform == "cpu" else min(0.95, m.resident_bytes / cfg.devices[0].memory_bytes)
+        length = m.max_model_len or int(eng.get("max_model_len", 4096))
+        limit = position_limit(m.path)
+        if limit is not None and length > limit:
+            src = "its [[model]] max_model_len" if m.max_model_len else "[engine] max_model_len"
+            raise SymoeError(f"model {name}: max_model_len {length} ({src}) exceeds the {limit} positions of "
+                             f"{Path(str(m.path)) / 'config.json'} (max_position_embeddings): set max_model_len <= "
+                             f"{limit} in its [[model]] table")
         return cls(m.name, m.path or m.name, m.chat, platform, str(eng.get("dtype", "float32" if platform == "cpu" else "auto")),
-                   int(eng.get("max_model_len", 4096)), bool(eng.get("enforce_eager", platform == "cpu")),
-                   m.park_s >= 0 and platform != "cpu", share)
+                   length, bool(eng.get("enforce_eager", platform == "cpu")),
+                   m.park_s >= 0 and platform != "cpu", share, m.trust_remote_code)
 
     def wire(self) -> dict[str, Any]:
         return dict(self.__dict__)

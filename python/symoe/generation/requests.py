@@ -112,7 +112,8 @@ def seed_for(run_seed: int, question: str, role: str, slot: int) -> int:
 
 class Requests:
     """Builds every request of a run: expert answers, aggregations, keyword samples and the
-    aggregator benchmark. Needs the pool only to know which models take chat messages."""
+    aggregator benchmark. Needs the pool to know which models take chat messages and which have
+    their own ``max_tokens`` (it then replaces the run's for that model's answers)."""
 
     def __init__(self, cfg: Config, sampling: Sampling = Sampling()):
         self.cfg, self.s = cfg, sampling
@@ -133,16 +134,17 @@ class Requests:
 
     def expert(self, model: str, q: Question, slot: int) -> Request:
         """The expert's chain-of-thought answer; profiling uses the same request (slot 0)."""
-        return self._make(model, expert_messages(q.text, q.kind), "expert", slot, q.id, self.s.max_tokens)
+        return self._make(model, expert_messages(q.text, q.kind), "expert", slot, q.id,
+                          self.cfg.model(model).max_tokens or self.s.max_tokens)
 
     def aggregate(self, model: str, q: Question, expert_texts: Sequence[str]) -> Request:
         return self._make(model, aggregator_messages(q.text, q.kind, expert_texts), "aggregate", 0, q.id,
-                          self.s.aggregate_max_tokens)
+                          self.cfg.model(model).max_tokens or self.s.aggregate_max_tokens)
 
     def aggregator_benchmark(self, model: str, q: Question, responses: Sequence[str]) -> Request:
         """The aggregation prompt on the synthetic benchmark (seeded like a real aggregation)."""
         return self._make(model, aggregator_messages(q.text, q.kind, responses), "aggregator-benchmark", 0, q.id,
-                          self.s.aggregate_max_tokens)
+                          self.cfg.model(model).max_tokens or self.s.aggregate_max_tokens)
 
     def keywords(self, model: str, q: Question) -> list[Request]:
         """``keyword_samples`` samples at temperature 0.7 (SYMBOLIC_MOE.md section 1)."""

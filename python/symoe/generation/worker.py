@@ -66,7 +66,8 @@ class VllmEngine:
 
         t1 = time.perf_counter()
         args: dict[str, Any] = dict(model=spec["path"], dtype=spec["dtype"], seed=0, max_model_len=int(spec["max_model_len"]),
-                                    enforce_eager=bool(spec["enforce_eager"]))
+                                    enforce_eager=bool(spec["enforce_eager"]),
+                                    trust_remote_code=bool(spec.get("trust_remote_code", False)))
         if spec.get("gpu_memory_utilization") is not None:
             args["gpu_memory_utilization"] = float(spec["gpu_memory_utilization"])
         if spec.get("sleep"):
