@@ -63,6 +63,7 @@ def test_plan_generate_aggregate_grade(smol_config, tmp_path):
         r2 = run_plan(p, qs, store, tmp_path / "run2", Sampling(max_tokens=24, aggregate_max_tokens=24), options=QUIET)
         assert store.count() == 6 and {k: store.get(k).text for k in store.all_keys()} == texts
     assert r2.generated == 0 and r2.reused == 6
+    assert [s.kind for s in r2.steps] == ["run", "run"]  # everything stored: the model is not even loaded
     assert [x.final_answer for x in r2.results] == [x.final_answer for x in r.results]
 
 
@@ -260,8 +261,9 @@ def test_bad_inputs_leave_the_store_intact(smol_config, tmp_path):
     (broken / "config.json").write_text("{\"model_type\": \"no-such-architecture\"}")
     bad = symoe.Config(tuple(m.__class__(**{**m.__dict__, "path": str(broken)}) for m in smol_config.models),
                        smol_config.devices, smol_config.tokens, engine=smol_config.engine)
+    # (other sampling than the stored run's: a model whose work is all stored is not even loaded)
     with pytest.raises(EngineError, match=rf"step 0 \(load {SMOL} on device 0\)"):
-        run_plan(symoe.plan(a, bad), qs, store, tmp_path / "r5", Sampling(max_tokens=8), options=QUIET)
+        run_plan(symoe.plan(a, bad), qs, store, tmp_path / "r5", Sampling(max_tokens=9), options=QUIET)
     assert store.count() == 2
     store.close()
 
