@@ -100,60 +100,90 @@ void validate(const Plan& p, const Workload& w, const Costs& c) {
         SYMOE_CHECK(std::isfinite(st.seconds) && st.seconds >= 0,
                     at + "seconds must be finite and >= 0, got " + num(st.seconds));
     }
+    // Residency per (device, model): a model is loaded, run, parked, woken and unloaded by one group
+    // of devices [owner, owner + tp), and every step on it must name that same group: a model loaded
+    // on one device cannot be run with tp = 2, nor a sharded model run or unloaded on one device.
+    std::vector<std::vector<int32_t>> owner(p.devices, std::vector<int32_t>(M, -1)), width(p.devices, std::vector<int32_t>(M, 0));
+    auto group = [&](int32_t d, int32_t m) {
+        return owner[d][m] < 0 ? std::string("no device")
+                               : "devices [" + num(owner[d][m]) + ", " + num(owner[d][m] + width[d][m]) + ")";
+    };
+    // The steps are checked in list order, which is each device's order in the simulator too (a
+    // tensor-parallel step takes its place in the order of every device it spans).
     for (size_t s = 0; s < p.steps.size(); ++s) {
         const Step& st = p.steps[s];
         std::string at = "step " + std::to_string(s) + ": ";
         if (st.kind == StepKind::Pause) continue;
-        int8_t& s8 = state[st.device][st.model];
-        double size = resident_bytes(c.models[st.model]) / st.tp;
+        const int32_t m = st.model, d0 = st.device, d1 = st.device + st.tp;
+        auto who = [&] { return "model " + num(m); };  // messages built only on failure
+        auto span = [&] { return st.tp == 1 ? "device " + num(d0) : "devices [" + num(d0) + ", " + num(d1) + ")"; };
+        // The state the step needs on every device it spans, and the group it must belong to.
+        auto in_group = [&](int8_t want) {
+            for (int32_t d = d0; d < d1; ++d)
+                if (state[d][m] != want || owner[d][m] != d0 || width[d][m] != st.tp) return false;
+            return true;
+        };
+        auto set_state = [&](int8_t v) {
+            for (int32_t d = d0; d < d1; ++d) {
+                state[d][m] = v;
+                owner[d][m] = v ? d0 : -1;
+                width[d][m] = v ? st.tp : 0;
+            }
+        };
+        double size = resident_bytes(c.models[m]) / st.tp;
         switch (st.kind) {
             case StepKind::Load:
-                SYMOE_CHECK(s8 == 0, at + "model " + std::to_string(st.model) + " loaded while already loaded");
-                for (int32_t d = st.device; d < st.device + st.tp; ++d) {
+                for (int32_t d = d0; d < d1; ++d)
+                    SYMOE_CHECK(state[d][m] == 0, at + who() + " loaded while already " +
+                                                      (state[d][m] == 1 ? "resident" : "parked") + " on " + group(d, m) +
+                                                      " (load on " + span() + ")");
+                for (int32_t d = d0; d < d1; ++d) {
                     used[d] += size;
                     SYMOE_CHECK(fits(used[d], c.devices[d].memory_bytes),
                           at + "device " + std::to_string(d) + " memory exceeded: " + gb(used[d]) + " > " +
                               gb(c.devices[d].memory_bytes));
                 }
-                s8 = 1;
+                set_state(1);
                 break;
             case StepKind::Unload:
-                SYMOE_CHECK(s8 == 1, at + "unload of a model that is not resident");
-                for (int32_t d = st.device; d < st.device + st.tp; ++d) used[d] -= size;
-                s8 = 0;
+                SYMOE_CHECK(in_group(1), at + "unload of " + who() + " on " + span() + ", where it is not resident (" +
+                                             (state[d0][m] ? "held by " + group(d0, m) : "not loaded") + ")");
+                for (int32_t d = d0; d < d1; ++d) used[d] -= size;
+                set_state(0);
                 break;
             case StepKind::Park:
-                SYMOE_CHECK(s8 == 1 && c.models[st.model].park_s >= 0, at + "park of a non-resident or unparkable model");
-                for (int32_t d = st.device; d < st.device + st.tp; ++d) {
+                SYMOE_CHECK(in_group(1) && c.models[m].park_s >= 0, at + "park of a non-resident or unparkable model");
+                for (int32_t d = d0; d < d1; ++d) {
                     used[d] -= size;
-                    host[d] += c.models[st.model].weight_bytes / st.tp;
+                    host[d] += c.models[m].weight_bytes / st.tp;
                     SYMOE_CHECK(fits(host[d], c.devices[d].host_bytes),
                                 at + "host memory for parked models exceeded on device " + std::to_string(d));
                 }
-                s8 = 2;
+                set_state(2);
                 break;
             case StepKind::Wake:
-                SYMOE_CHECK(s8 == 2, at + "wake of a model that is not parked");
-                for (int32_t d = st.device; d < st.device + st.tp; ++d) {
+                SYMOE_CHECK(in_group(2), at + "wake of " + who() + " on " + span() + ", where it is not parked");
+                for (int32_t d = d0; d < d1; ++d) {
                     used[d] += size;
-                    host[d] -= c.models[st.model].weight_bytes / st.tp;
+                    host[d] -= c.models[m].weight_bytes / st.tp;
                     SYMOE_CHECK(fits(used[d], c.devices[d].memory_bytes), at + "memory exceeded on wake");
                 }
-                s8 = 1;
+                set_state(1);
                 break;
             case StepKind::Run: {
-                SYMOE_CHECK(s8 == 1, at + "run of model " + std::to_string(st.model) + " that is not resident on device " +
-                                   std::to_string(st.device));
+                SYMOE_CHECK(in_group(1), at + "run of model " + std::to_string(m) + " with tp " + num(st.tp) +
+                                             " on " + span() + ", where it is not resident (" +
+                                             (state[d0][m] == 1 ? "resident on " + group(d0, m) : "not loaded") + ")");
                 for (int64_t i = st.item_begin; i < st.item_end; ++i) {
                     int64_t it = p.items[i];
                     if (st.role == Role::Expert) {
                         SYMOE_CHECK(it >= 0 && it < w.N * w.k, at + "expert item " + num(it) + " out of range");
-                        SYMOE_CHECK(w.experts[it] == st.model, at + "question " + std::to_string(it / w.k) + " slot " +
+                        SYMOE_CHECK(w.experts[it] == m, at + "question " + std::to_string(it / w.k) + " slot " +
                                                              std::to_string(it % w.k) + " run by the wrong model");
                         expert_done[it]++;
                     } else {
                         SYMOE_CHECK(it >= 0 && it < w.N, at + "aggregation item " + num(it) + " out of range");
-                        SYMOE_CHECK(w.aggregator && w.aggregator[it] == st.model,
+                        SYMOE_CHECK(w.aggregator && w.aggregator[it] == m,
                               at + "question " + std::to_string(it) + " aggregated by the wrong model");
                         agg_done[it]++;
                     }

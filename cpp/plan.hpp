@@ -77,8 +77,12 @@ void check_inputs(const Workload& w, const Costs& c);
 // Checks every invariant of a plan: each (question, slot) run exactly once by its model, each
 // aggregation exactly once by its aggregator, runs only of resident models, memory within each
 // device at every point, every step's fields in range (checked before anything is indexed by
-// them, so simulate() may then trust them). Throws std::invalid_argument describing the first
-// violation. Aggregation-after-experts is a timing property checked by the simulator.
+// them, so simulate() may then trust them). A model is resident on the group of devices
+// [device, device + tp) that loaded it: its runs, parks, wakes and unload must name that same
+// group (a model loaded on one device cannot run with tp = 2). Steps are checked in list order,
+// the order in which every device, tensor-parallel steps included, executes them in simulate().
+// Throws std::invalid_argument describing the first violation. Aggregation-after-experts is a
+// timing property checked by the simulator.
 void validate(const Plan& p, const Workload& w, const Costs& c);
 
 }  // namespace symoe

@@ -282,6 +282,35 @@ Plan plan_symoe(const Workload& w, const Costs& c, const PlanOptions& o) {
     return best;
 }
 
+// The widest run of consecutive devices [first, first + tp) each of which holds 1/tp of `bytes`,
+// the first of the widest; O(D): the widest run whose smallest memory is device i's spans the
+// devices around i with at least its memory (largest rectangle under a histogram).
+std::pair<int32_t, int32_t> widest_group(double bytes, const std::vector<Device>& dev) {
+    const int32_t D = int32_t(dev.size());
+    std::vector<int32_t> left(D), right(D), stack;
+    for (int32_t i = 0; i < D; ++i) {  // left[i]: nearest j < i with less memory (-1 if none)
+        while (!stack.empty() && dev[stack.back()].memory_bytes >= dev[i].memory_bytes) stack.pop_back();
+        left[i] = stack.empty() ? -1 : stack.back();
+        stack.push_back(i);
+    }
+    stack.clear();
+    for (int32_t i = D; i-- > 0;) {  // right[i]: nearest j > i with less memory (D if none)
+        while (!stack.empty() && dev[stack.back()].memory_bytes >= dev[i].memory_bytes) stack.pop_back();
+        right[i] = stack.empty() ? D : stack.back();
+        stack.push_back(i);
+    }
+    int32_t tp = 1;
+    for (int32_t i = 0; i < D; ++i) {
+        int32_t width = right[i] - left[i] - 1;
+        if (width > tp && fits(bytes / width, dev[i].memory_bytes)) tp = width;
+    }
+    for (int32_t d = 0, run = 0; d < D; ++d) {
+        run = fits(bytes / tp, dev[d].memory_bytes) ? run + 1 : 0;
+        if (run == tp) return {d - tp + 1, tp};
+    }
+    return {0, 1};  // unreachable: check_inputs() found a device that holds every used model
+}
+
 Plan plan_reference(const Workload& w, const Costs& c, const PlanOptions& o) {
     const int32_t D = int32_t(c.devices.size());
     const int64_t M = int64_t(c.models.size());
@@ -295,9 +324,12 @@ Plan plan_reference(const Workload& w, const Costs& c, const PlanOptions& o) {
             if (ids[i] >= 0 && !mark[ids[i]]) { mark[ids[i]] = 1; seen.push_back(int32_t(ids[i])); }
         return seen;
     };
+    // Each model on the widest run of consecutive devices that holds its shards (all of them when
+    // the devices are alike), the first such run when several are as wide.
     auto one = [&](int32_t m, Role r, const std::vector<int64_t>& items) {
-        Step s = make_step(StepKind::Load, 0, m); s.tp = D; p.steps.push_back(s);
-        emit_run(p, 0, Job{m, r, items.data(), int64_t(items.size())}, D);
+        auto [first, tp] = widest_group(resident_bytes(c.models[m]), c.devices);
+        Step s = make_step(StepKind::Load, first, m); s.tp = tp; p.steps.push_back(s);
+        emit_run(p, first, Job{m, r, items.data(), int64_t(items.size())}, tp);
         s.kind = StepKind::Unload; p.steps.push_back(s);
     };
     for (int32_t m : first_seen(w.experts, w.N * w.k)) {
@@ -321,9 +353,11 @@ Plan plan_naive(const Workload& w, const Costs& c) {
     std::vector<std::vector<uint8_t>> parked(D, std::vector<uint8_t>(M, 0));
     std::vector<double> host(D, 0.0);
     for (int64_t q = 0; q < w.N; ++q) {
-        int32_t d = int32_t(q % D);
+        // Question q on device q mod D; a model that does not fit there on the next one it fits.
         auto one = [&](int32_t m, Role r, int64_t item) {
             const ModelCost& mc = c.models[m];
+            int32_t d = int32_t(q % D);
+            while (!fits(resident_bytes(mc), c.devices[d].memory_bytes)) d = (d + 1) % D;
             if (parked[d][m]) { p.steps.push_back(make_step(StepKind::Wake, d, m)); parked[d][m] = 0; host[d] -= mc.weight_bytes; }
             else p.steps.push_back(make_step(StepKind::Load, d, m));
             emit_run(p, d, Job{m, r, &item, 1});
@@ -347,38 +381,109 @@ Plan make_plan(const Workload& w, const Costs& c, const PlanOptions& o) {
     }
 }
 
+// Every term holds for any plan validate() accepts, tensor-parallel steps included. Facts used:
+// - a run of n items with tp t takes o + max(n u, f) / s(t) (u: seconds of work per item, f: the
+//   one-sequence floor, s(t) = 1 + (t - 1) eff <= s_max = s(D)), so it is never shorter than
+//   fastest(n), and it holds t compute lanes for t times that long, never less than the same
+//   run on one device (t / s(t) >= 1 as eff <= 1), and one-device runs are subadditive in n:
+//   the runs of a model's items hold the compute lanes for at least single(all its items);
+// - a run needs its model loaded (a wake needs a load before it), so no compute lane works before
+//   the shortest load ends, and no run of model m starts before load_s(m);
+// - each used model is loaded at least once, and the load that first brings it is followed by a
+//   run of it; loads on a device's I/O lane do not overlap;
+// - an aggregation starts after every expert run of its question.
 double lower_bound(const Workload& w, const Costs& c) {
     check_inputs(w, c);
     const int64_t M = int64_t(c.models.size());
-    const double D = double(c.devices.size());
-    std::vector<int64_t> ne(M, 0), na(M, 0);
-    for (int64_t i = 0; i < w.N * w.k; ++i) ne[w.experts[i]]++;
-    if (w.aggregator)
-        for (int64_t q = 0; q < w.N; ++q) if (w.aggregator[q] >= 0) na[w.aggregator[q]]++;
-    double Re = 0, Ra = 0, L = 0, min_load = std::numeric_limits<double>::infinity();
-    double min_run = min_load, min_agg1 = 0, per_model = 0;
-    bool any_agg = false, all_overlap = true;
-    for (auto& d : c.devices) all_overlap &= d.overlap_load;
-    for (int64_t m = 0; m < M; ++m) {
-        const ModelCost& mc = c.models[m];
-        if (ne[m] + na[m] == 0) continue;
-        // Splitting a model's work never lowers its total (run time is subadditive in n).
-        double re = ne[m] ? run_seconds(mc, Role::Expert, ne[m], c.tokens, 1, 0) : 0.0;
-        double ra = na[m] ? run_seconds(mc, Role::Aggregate, na[m], c.tokens, 1, 0) : 0.0;
-        Re += re; Ra += ra; L += mc.load_s;
-        min_load = std::min(min_load, mc.load_s);
-        if (ne[m]) min_run = std::min(min_run, run_seconds(mc, Role::Expert, 1, c.tokens, 1, 0));
-        if (na[m]) {
-            double a1 = run_seconds(mc, Role::Aggregate, 1, c.tokens, 1, 0);
-            min_agg1 = any_agg ? std::min(min_agg1, a1) : a1;
-            any_agg = true;
+    const int32_t Dn = int32_t(c.devices.size());
+    const double D = double(Dn), eff = c.tp_efficiency;
+    const bool speedup = Dn > 1 && eff > 0;  // else every run takes at least its one-device time
+    std::vector<int64_t> ne(M, 0), na(M, 0), ne_agg(M, 0);  // expert items, aggregations, expert items of aggregated questions
+    for (int64_t q = 0; q < w.N; ++q) {
+        bool agg = w.aggregator && w.aggregator[q] >= 0;
+        if (agg) na[w.aggregator[q]]++;
+        for (int64_t j = 0; j < w.k; ++j) {
+            ne[w.experts[q * w.k + j]]++;
+            if (agg) ne_agg[w.experts[q * w.k + j]]++;
         }
-        // Its busiest replica holds at least n/D of its items and must be loaded first.
-        int64_t share = int64_t(std::ceil(double(ne[m]) / D));
-        if (ne[m]) per_model = std::max(per_model, mc.load_s + run_seconds(mc, Role::Expert, share, c.tokens, 1, 0));
     }
-    double lb = std::max({min_load + (Re + Ra) / D, min_load + Re / D + min_agg1, per_model, L / D + min_run});
-    if (!all_overlap) lb = std::max(lb, (L + Re + Ra) / D);
+    auto single = [&](int64_t m, Role r, int64_t n) { return run_seconds(c.models[m], r, n, c.tokens, 1, 0); };
+    auto fastest = [&](int64_t m, Role r, int64_t n) { return run_seconds(c.models[m], r, n, c.tokens, Dn, eff); };
+    auto work = [&](int64_t m, Role r, int64_t n) {  // n items' seconds of generation, without overhead and floor
+        const ModelCost& mc = c.models[m];
+        const Tokens& t = c.tokens;
+        double per = r == Role::Expert ? t.expert_prompt / mc.prefill_tps + t.expert_output / mc.decode_tps
+                                       : t.aggregate_prompt / mc.prefill_tps + t.aggregate_output / mc.decode_tps;
+        return double(n) * per;
+    };
+    const double inf = std::numeric_limits<double>::infinity();
+    double area = 0, area_agg_experts = 0, loads = 0, min_load = inf, min_run = inf, min_agg = inf, per_model = 0;
+    for (int64_t m = 0; m < M; ++m) {
+        if (ne[m] + na[m] == 0) continue;
+        const ModelCost& mc = c.models[m];
+        area += single(m, Role::Expert, ne[m]) + single(m, Role::Aggregate, na[m]);
+        area_agg_experts += single(m, Role::Expert, ne_agg[m]);
+        loads += mc.load_s;
+        min_load = std::min(min_load, mc.load_s);
+        double shortest = inf;  // m's shortest possible run, in any role it has
+        if (ne[m]) shortest = std::min(shortest, fastest(m, Role::Expert, 1));
+        if (na[m]) {
+            shortest = std::min(shortest, fastest(m, Role::Aggregate, 1));
+            min_agg = std::min(min_agg, fastest(m, Role::Aggregate, 1));
+        }
+        min_run = std::min(min_run, shortest);
+        // After its load, m's runs hold the compute lanes for single(...) seconds in all; the
+        // device that carries the largest share of that work (each run counted once per device
+        // it spans, at its tp speed) carries at least 1/D of it.
+        double u = work(m, Role::Expert, ne[m]) + work(m, Role::Aggregate, na[m]);
+        double tail = std::max(shortest, u > 0 ? mc.overhead_s + u / D : 0.0);
+        if (!speedup) {  // no tp speed-up: the device with the most of m's items holds ceil(n / D) of one role
+            auto share = [&](int64_t n) { return int64_t(std::ceil(double(n) / D)); };
+            tail = std::max({tail, single(m, Role::Expert, share(ne[m])), single(m, Role::Aggregate, share(na[m]))});
+        }
+        per_model = std::max(per_model, mc.load_s + tail);
+    }
+    // Compute lanes are idle until the first load ends, then hold all the work.
+    double lb = std::max(min_load + area / D, per_model);
+    // The loads that first bring each model: the device with the most of them ends its last one
+    // after loads / D at least, and a run of that model follows (any model, any role).
+    lb = std::max(lb, loads / D + min_run);
+    // The expert runs of aggregated questions end after min_load + their work / D; the question
+    // that ends last then aggregates.
+    if (min_agg < inf) lb = std::max(lb, min_load + area_agg_experts / D + min_agg);
+    // Devices without load/generate overlap run their own loads on their one lane. Let S be the
+    // models some such device loads: the lanes hold all the work and S's loads, (area + L_S) / D;
+    // the other models are loaded and so run by devices with overlap, whose compute lanes hold at
+    // least 1/s_max of those models' one-device time after min_load. The bound is the smaller of
+    // the two over every S, relaxed to fractions of models (a fractional knapsack: models enter S
+    // by most work per second of load first until the two terms meet).
+    int64_t with_overlap = 0;
+    for (auto& d : c.devices) with_overlap += d.overlap_load;
+    if (with_overlap < Dn) {
+        if (with_overlap == 0) {
+            lb = std::max(lb, (loads + area) / D);
+        } else {
+            const double s_max = 1.0 + (D - 1) * eff, cap = s_max * double(with_overlap);
+            struct WL { double ratio, work, load; };  // per used model: one-device work, load
+            std::vector<WL> wl;
+            for (int64_t m = 0; m < M; ++m) {
+                double wm = single(m, Role::Expert, ne[m]) + single(m, Role::Aggregate, na[m]), lm = c.models[m].load_s;
+                if ((ne[m] + na[m]) && wm + lm > 0) wl.push_back({lm > 0 ? wm / lm : inf, wm, lm});
+            }
+            std::sort(wl.begin(), wl.end(), [](const WL& a, const WL& b) { return a.ratio > b.ratio; });
+            double A = min_load + area / cap, B = area / D;  // with S empty
+            for (auto [ratio, wm, lm] : wl) {
+                if (A <= B) break;
+                double dA = wm / cap, dB = lm / D;  // all of m in S
+                if (A - dA >= B + dB) { A -= dA; B += dB; continue; }
+                double x = (A - B) / (dA + dB);  // the fraction where they meet
+                A -= x * dA;
+                B += x * dB;
+                break;
+            }
+            lb = std::max(lb, std::max(A, B));
+        }
+    }
     return lb;
 }
 

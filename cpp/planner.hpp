@@ -21,12 +21,15 @@ struct PlanOptions {
 // two-stage load -> generate flow, with any model that aggregates there last so it is loaded once;
 // the next model is loaded while the current one generates whenever both fit in memory.
 // reference: the authors' schedule (one model at a time in order of first appearance, cold load,
-// pause after each expert, all devices as one tensor-parallel group).
-// naive: every question loads each of its experts and its aggregator (with sleep mode and host
-// memory: parks each model after use and wakes it when used again).
+// pause after each expert, all devices as one tensor-parallel group; with unequal devices each
+// model on the widest run of consecutive devices that holds its shards).
+// naive: every question loads each of its experts and its aggregator on device q mod D, or the
+// next device a model fits (with sleep mode and host memory: parks each model after use and
+// wakes it when used again).
 Plan make_plan(const Workload& w, const Costs& c, const PlanOptions& o);
 
-// A sound lower bound on any plan's makespan that loads every used model at least once.
+// A lower bound on the makespan of every plan validate() accepts, tensor-parallel steps
+// included (the terms and why each holds are in planner.cpp).
 double lower_bound(const Workload& w, const Costs& c);
 
 }  // namespace symoe

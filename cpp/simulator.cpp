@@ -13,8 +13,12 @@ Timeline simulate(const Plan& p, const Workload& w, const Costs& c) {
     t.start.assign(S, 0.0);
     t.end.assign(S, 0.0);
     t.busy.assign(D, 0.0);
+    // Each device's steps in list order; a tensor-parallel step is in the order of every device it
+    // spans and runs when it heads all of them (so each device sees its steps in the order
+    // validate() checked them, whatever other devices' steps hold it up).
     std::vector<std::vector<int64_t>> order(D);
-    for (int64_t s = 0; s < S; ++s) order[p.steps[s].device].push_back(s);
+    for (int64_t s = 0; s < S; ++s)
+        for (int32_t e = p.steps[s].device; e < p.steps[s].device + std::max(1, p.steps[s].tp); ++e) order[e].push_back(s);
     std::vector<double> io(D, 0.0), comp(D, 0.0), released(D, 0.0);
     std::vector<std::vector<double>> ready(D, std::vector<double>(M, 0.0)), last_run(D, std::vector<double>(M, 0.0));
     // Expert completion per question, known once all its slots have been simulated.
@@ -31,6 +35,9 @@ Timeline simulate(const Plan& p, const Workload& w, const Costs& c) {
                 int64_t s = order[d][pos[d]];
                 const Step& st = p.steps[s];
                 int32_t d1 = st.device + std::max(1, st.tp);
+                bool heads_all = true;
+                for (int32_t e = st.device; e < d1 && heads_all; ++e) heads_all = order[e][pos[e]] == s;
+                if (!heads_all) break;  // a spanned device has earlier steps of its own to run first
                 auto lane_max = [&](const std::vector<double>& v) {
                     double x = 0;
                     for (int32_t e = st.device; e < d1; ++e) x = std::max(x, v[e]);
@@ -39,6 +46,7 @@ Timeline simulate(const Plan& p, const Workload& w, const Costs& c) {
                 auto set_lane = [&](std::vector<double>& v, double x) {
                     for (int32_t e = st.device; e < d1; ++e) v[e] = x;
                 };
+                const int32_t o = st.device;  // the step's own device: its overlap and residency rule it
                 const ModelCost* mc = st.model >= 0 ? &c.models[st.model] : nullptr;
                 double b = 0, e = 0;
                 if (st.kind == StepKind::Run && st.role == Role::Aggregate) {
@@ -53,31 +61,31 @@ Timeline simulate(const Plan& p, const Workload& w, const Costs& c) {
                     case StepKind::Load:
                     case StepKind::Wake: {
                         b = std::max(lane_max(io), lane_max(released));
-                        if (!c.devices[d].overlap_load) b = std::max(b, lane_max(comp));
+                        if (!c.devices[o].overlap_load) b = std::max(b, lane_max(comp));
                         e = b + (st.kind == StepKind::Load ? mc->load_s : mc->wake_s);
                         set_lane(io, e);
-                        if (!c.devices[d].overlap_load) set_lane(comp, e);
+                        if (!c.devices[o].overlap_load) set_lane(comp, e);
                         for (int32_t x = st.device; x < d1; ++x) ready[x][st.model] = e;
                         if (st.kind == StepKind::Load) { t.loads++; t.bytes_loaded += mc->weight_bytes; }
                         break;
                     }
                     case StepKind::Unload:
                     case StepKind::Park: {
-                        b = std::max(lane_max(io), last_run[d][st.model]);
-                        b = std::max(b, ready[d][st.model]);
+                        b = std::max(lane_max(io), last_run[o][st.model]);
+                        b = std::max(b, ready[o][st.model]);
                         e = b + (st.kind == StepKind::Unload ? mc->unload_s : mc->park_s);
                         set_lane(io, e);
-                        if (!c.devices[d].overlap_load) set_lane(comp, e);
+                        if (!c.devices[o].overlap_load) set_lane(comp, e);
                         set_lane(released, e);
                         break;
                     }
                     case StepKind::Run: {
-                        b = std::max({lane_max(comp), ready[d][st.model], dep[s]});
-                        if (!c.devices[d].overlap_load) b = std::max(b, lane_max(io));
+                        b = std::max({lane_max(comp), ready[o][st.model], dep[s]});
+                        if (!c.devices[o].overlap_load) b = std::max(b, lane_max(io));
                         int64_t n = st.item_end - st.item_begin;
                         e = b + run_seconds(*mc, st.role, n, c.tokens, std::max(1, st.tp), c.tp_efficiency);
                         set_lane(comp, e);
-                        if (!c.devices[d].overlap_load) set_lane(io, e);
+                        if (!c.devices[o].overlap_load) set_lane(io, e);
                         for (int32_t x = st.device; x < d1; ++x) { last_run[x][st.model] = e; t.busy[x] += e - b; }
                         if (st.role == Role::Expert)
                             for (int64_t i = st.item_begin; i < st.item_end; ++i) {
@@ -98,7 +106,7 @@ Timeline simulate(const Plan& p, const Workload& w, const Costs& c) {
                 t.start[s] = b;
                 t.end[s] = e;
                 t.makespan = std::max(t.makespan, e);
-                ++pos[d];
+                for (int32_t x = st.device; x < d1; ++x) ++pos[x];
                 ++done;
                 progress = true;
             }

@@ -15,7 +15,9 @@ struct Timeline {
 };
 
 // Each device has an I/O lane (load, wake, unload, park) and a compute lane (runs); with
-// overlap_load off they are one lane. Steps keep their order within a lane. A load or wake
+// overlap_load off they are one lane. Steps keep their list order within a lane; a tensor-parallel
+// step (tp > 1) occupies the lanes of every device it spans, in each one's list order, and follows
+// the overlap rule of its own (first) device. A load or wake
 // waits for every earlier unload/park of its device (so memory never exceeds what validate()
 // checked), a run waits for its model and, for aggregation, for every expert slot of its
 // questions on any device. Throws std::invalid_argument if the plan deadlocks. The plan must be

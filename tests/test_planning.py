@@ -50,16 +50,18 @@ def check_plan_invariants(p: symoe.Plan):
         assert (aggregated == want).all()
         has = p.aggregator >= 0
         assert (agg_start[has] >= expert_end[has] - 1e-9).all(), "aggregation after its experts"
-    # Memory at every instant: a model occupies its device from load/wake start to unload/park end.
+    # Memory at every instant: a model occupies its device from load/wake start to unload/park end
+    # (a tensor-parallel step: 1/tp of it on each device it spans).
     for d in range(len(cfg.devices)):
         intervals, open_at = [], {}
-        for s in np.flatnonzero(a["device"] == d):
+        for s in np.flatnonzero((a["device"] <= d) & (d < a["device"] + a["tp"])):
             kind, m = STEP_KINDS[a["kind"][s]], int(a["model"][s])
             if kind in ("load", "wake"):
-                open_at[m] = t.start[s]
+                open_at[m] = t.start[s], cfg.models[m].resident_bytes / a["tp"][s]
             elif kind in ("unload", "park"):
-                intervals.append((open_at.pop(m), t.end[s], cfg.models[m].resident_bytes / a["tp"][s]))
-        intervals += [(b, np.inf, cfg.models[m].resident_bytes) for m, b in open_at.items()]
+                b, size = open_at.pop(m)
+                intervals.append((b, t.end[s], size))
+        intervals += [(b, np.inf, size) for b, size in open_at.values()]
         for b, _, _ in intervals:
             in_use = sum(sz for s0, e0, sz in intervals if s0 <= b < e0)
             assert in_use <= cfg.devices[d].memory_bytes * (1 + 1e-9), f"device {d} over memory at t={b}"

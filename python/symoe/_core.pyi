@@ -38,6 +38,8 @@ def make_plan(
     pause_s: float,
     replicate: bool,
 ) -> dict[str, Any]: ...
+# A lower bound on the makespan of every plan simulate() accepts for these inputs, tensor-parallel
+# steps included.
 def lower_bound(
     experts: npt.ArrayLike,
     aggregator: npt.ArrayLike | None,
@@ -48,6 +50,8 @@ def lower_bound(
     tokens: npt.ArrayLike,
     tp_efficiency: float,
 ) -> float: ...
+# Validates the plan (list order is each device's order; a tp step spans devices [device,
+# device + tp) and needs its model resident on exactly that group), then predicts its timeline.
 def simulate(
     plan: dict[str, Any],  # devices, and the step arrays as make_plan returns them
     experts: npt.ArrayLike,
