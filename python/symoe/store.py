@@ -52,12 +52,14 @@ class Store:
             raise SymoeError(f"store {self.path}: cannot create its folder {self.path.parent}: {why}") from e
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
-            cols = {r[1] for r in self._db.execute("PRAGMA table_info(generations)")}
-            if "seconds" not in cols:  # a store written before generations kept their timing
-                self._db.execute("ALTER TABLE generations ADD COLUMN seconds REAL")
+            for attempt in range(300):  # runs opening a new store at once: SQLite's busy timeout does not
+                try:                    # cover switching it to WAL, so that is retried here (30 s at most)
+                    self._setup()
+                    break
+                except sqlite3.OperationalError as e:
+                    if "locked" not in str(e) or attempt == 299:
+                        raise
+                    time.sleep(0.1)
         except sqlite3.DatabaseError as e:
             raise SymoeError(f"store {self.path} is not a usable SQLite database: {e}") from e
         try:  # a read-only store opens and reads; found here, not at the first generation a model made
@@ -71,6 +73,15 @@ class Store:
             self._db.close()
             raise SymoeError(f"store {self.path} is not writable: {e}") from e
         self._lock = threading.Lock()
+
+    def _setup(self) -> None:
+        if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(generations)")}
+        if "seconds" not in cols:  # a store written before generations kept their timing
+            self._db.execute("ALTER TABLE generations ADD COLUMN seconds REAL")
 
     def close(self) -> None:
         self._db.close()

@@ -140,9 +140,18 @@ class Scheduler:
         # Models whose every run on a device is already in the store (a resumed run, or the
         # aggregation phase of --skip-agreed) are neither loaded nor unloaded there.
         self.needed: set[tuple[int, int]] = set()
+        self.prepared: dict[int, Request] = {}
         for st in np.flatnonzero(a["kind"] == 1):
-            items = a["items"][a["item_begin"][st]:a["item_end"][st]]
-            if a["role"][st] == 1 or any(self.expert_requests[int(i)].key not in have for i in items):
+            items = [int(i) for i in a["items"][a["item_begin"][st]:a["item_end"][st]]]
+            if a["role"][st] == 0:
+                need = any(self.expert_requests[i].key not in have for i in items)
+            elif any(self.missing[q] for q in items):
+                need = True
+            else:  # every expert answer is stored, so the aggregation requests are known now
+                reqs = self._aggregations(items)
+                self.prepared.update(zip(items, reqs))
+                need = len(store.existing([r.key for r in reqs])) < len(reqs)
+            if need:
                 self.needed.add((int(a["device"][st]), int(a["model"][st])))
         self.agg_steps_of: dict[int, list[int]] = {}
         self.agg_wait: dict[int, int] = {}
@@ -159,7 +168,6 @@ class Scheduler:
         self.stopped = False
         # Aggregation requests are built as their questions' experts complete, off the lanes (a
         # bounded number ahead: each holds its experts' texts).
-        self.prepared: dict[int, Request] = {}
         self.prepare_pool = ThreadPoolExecutor(1, thread_name_prefix="symoe-prepare")
         self.done = [threading.Event() for _ in range(plan.n_steps)]
         self.deps, self.lanes = self._graph()
