@@ -220,8 +220,8 @@ def test_two_devices_with_cross_device_aggregation(smol_config, tmp_path):
     qs = load_questions(DATA / "MMLU_Pro_test.json", limit=4)
     a = symoe.Assignment(cfg.names, np.array([[0, 1]] * 4), tuple(q.id for q in qs))
     p = symoe.plan(a, cfg, aggregator="smol-a")
-    runs = p.arrays["kind"] == 1
-    assert set(p.arrays["device"][runs & (p.arrays["role"] == 0)]) == {0, 1}
+    runs = p.arrays["kind"] == symoe.planning.StepKind.RUN
+    assert set(p.arrays["device"][runs & (p.arrays["role"] == symoe.planning.Role.EXPERT)]) == {0, 1}
     with Store(tmp_path / "s.sqlite") as store:
         r = run_plan(p, qs, store, tmp_path / "run", Sampling(max_tokens=32, aggregate_max_tokens=32), options=QUIET)
         assert store.count("expert") == 8 and store.count("aggregate") == 4

@@ -13,7 +13,7 @@ from symoe.datasets import Question
 from symoe.execution import RunOptions, run_plan
 from symoe.generation import EngineError, EngineTimeout, Sampling
 from symoe.generation.fake import Fault, FakeEngine, ScaledClock
-from symoe.planning import STEP_KINDS
+from symoe.planning import STEP_KINDS, Role, StepKind
 from symoe.store import Store
 from symoe.workloads import category_keywords, skewed_profiles
 
@@ -65,7 +65,7 @@ def check_exactly_once_and_ordered(p, qs, engines, tmp_path):
 def test_large_plans_run_as_predicted(devices, tmp_path):
     qs, a = workload(10_000)
     p = symoe.plan(a, PAPER.with_devices(devices), aggregator=AGG)
-    aggregating = {int(d) for d in p.arrays["device"][(p.arrays["kind"] == 1) & (p.arrays["role"] == 1)]}
+    aggregating = {int(d) for d in p.arrays["device"][(p.arrays["kind"] == StepKind.RUN) & (p.arrays["role"] == Role.AGGREGATE)]}
     raised = []
     old = threading.excepthook
     threading.excepthook = lambda args: raised.append(args)
@@ -78,7 +78,7 @@ def test_large_plans_run_as_predicted(devices, tmp_path):
     assert report.generated == len(qs) * (p.k + 1) and report.reused == 0
     assert abs(report.makespan / p.makespan - 1) < 0.05, (report.makespan, p.makespan)
     if devices > 1:  # cross-device aggregation: experts of one question on several devices
-        assert len({int(d) for d in p.arrays["device"][p.arrays["kind"] == 1]}) == devices
+        assert len({int(d) for d in p.arrays["device"][p.arrays["kind"] == StepKind.RUN]}) == devices
         assert aggregating
 
 
@@ -178,7 +178,7 @@ def test_answers_stored_meanwhile_by_another_run_release_aggregation(tmp_path):
     qs, p = small(tmp_path, n=60)
     build = Requests(p.config, Sampling())
     a = p.arrays
-    dev1 = [int(i) for s in np.flatnonzero((a["kind"] == 1) & (a["role"] == 0) & (a["device"] == 1))
+    dev1 = [int(i) for s in np.flatnonzero((a["kind"] == StepKind.RUN) & (a["role"] == Role.EXPERT) & (a["device"] == 1))
             for i in a["items"][a["item_begin"][s]:a["item_end"][s]]]
     assert dev1
     other = [build.expert(p.config.names[p.experts[i // p.k, i % p.k]], qs[i // p.k], i % p.k) for i in dev1]

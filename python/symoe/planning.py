@@ -12,6 +12,7 @@ import numbers
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
+from enum import IntEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,10 +22,36 @@ from . import _core
 from .errors import SymoeError
 from .routing import Assignment
 
-__all__ = ["ModelSpec", "Device", "Tokens", "Config", "Plan", "Timeline", "plan", "simulate", "save_picture", "STEP_KINDS"]
+__all__ = ["Role", "StepKind", "ModelSpec", "Device", "Tokens", "Config", "Plan", "Timeline", "plan", "simulate", "save_picture", "STEP_KINDS"]
 
-STEP_KINDS = ("load", "run", "unload", "park", "wake", "pause")
-ROLES = ("expert", "aggregate")
+class StepKind(IntEnum):
+    """What a plan step does (the values of ``cpp/plan.hpp``'s ``StepKind``)."""
+
+    LOAD = 0
+    RUN = 1
+    UNLOAD = 2
+    PARK = 3
+    WAKE = 4
+    PAUSE = 5
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class Role(IntEnum):
+    """Whose work a run step does (the values of ``cpp/plan.hpp``'s ``Role``)."""
+
+    EXPERT = 0
+    AGGREGATE = 1
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+STEP_KINDS = tuple(k.label for k in StepKind)  # step labels by value, as run logs and plan JSON write them
+ROLES = tuple(r.label for r in Role)
 GB = 1e9
 
 
@@ -432,12 +459,12 @@ class Plan:
         it simulates), then check the simulated timing: aggregation after its experts."""
         t = simulate(self)
         a = self.arrays
-        runs = np.flatnonzero(a["kind"] == 1)
+        runs = np.flatnonzero(a["kind"] == StepKind.RUN)
         done = np.zeros(len(self.experts))
-        for s in runs[a["role"][runs] == 0]:
+        for s in runs[a["role"][runs] == Role.EXPERT]:
             q = a["items"][a["item_begin"][s]:a["item_end"][s]] // self.k
             np.maximum.at(done, q, t.end[s])
-        for s in runs[a["role"][runs] == 1]:
+        for s in runs[a["role"][runs] == Role.AGGREGATE]:
             q = a["items"][a["item_begin"][s]:a["item_end"][s]]
             if (done[q] > t.start[s] + 1e-9).any():
                 raise ValueError(f"step {s}: aggregation starts before its questions' experts finish")

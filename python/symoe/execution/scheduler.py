@@ -32,7 +32,7 @@ from ..datasets import Question
 from ..generation import Clock, Engine, EngineError, Generation, ModelSettings, Request, Requests, Sampling
 from ..generation.batch import generate_once
 from ..generation.local import LocalEngine
-from ..planning import ROLES, STEP_KINDS, Plan
+from ..planning import ROLES, STEP_KINDS, Plan, Role, StepKind
 from ..progress import progress_bar
 from ..store import Store
 from .report import RunReport, StepRecord, grade_run, write_report
@@ -141,9 +141,9 @@ class Scheduler:
         # aggregation phase of --skip-agreed) are neither loaded nor unloaded there.
         self.needed: set[tuple[int, int]] = set()
         self.prepared: dict[int, Request] = {}
-        for st in np.flatnonzero(a["kind"] == 1):
+        for st in np.flatnonzero(a["kind"] == StepKind.RUN):
             items = [int(i) for i in a["items"][a["item_begin"][st]:a["item_end"][st]]]
-            if a["role"][st] == 0:
+            if a["role"][st] == Role.EXPERT:
                 need = any(self.expert_requests[i].key not in have for i in items)
             elif any(self.missing[q] for q in items):
                 need = True
@@ -156,7 +156,7 @@ class Scheduler:
         self.agg_steps_of: dict[int, list[int]] = {}
         self.agg_wait: dict[int, int] = {}
         self.agg_ready: dict[int, threading.Event] = {}
-        for st in np.flatnonzero((a["kind"] == 1) & (a["role"] == 1)):
+        for st in np.flatnonzero((a["kind"] == StepKind.RUN) & (a["role"] == Role.AGGREGATE)):
             waiting = [int(q) for q in a["items"][a["item_begin"][st]:a["item_end"][st]] if self.missing[q] > 0]
             self.agg_wait[int(st)] = len(waiting)
             self.agg_ready[int(st)] = ev = threading.Event()
@@ -171,7 +171,8 @@ class Scheduler:
         self.prepare_pool = ThreadPoolExecutor(1, thread_name_prefix="symoe-prepare")
         self.done = [threading.Event() for _ in range(plan.n_steps)]
         self.deps, self.lanes = self._graph()
-        total = int(np.sum(a["item_end"][a["kind"] == 1] - a["item_begin"][a["kind"] == 1]))
+        runs = a["kind"] == StepKind.RUN
+        total = int(np.sum(a["item_end"][runs] - a["item_begin"][runs]))
         self.bar = progress_bar(options.progress, total)
 
     def _graph(self) -> tuple[list[list[int]], list[list[int]]]:
@@ -218,7 +219,7 @@ class Scheduler:
     def run(self) -> None:
         self.t0 = self.clock.now()
         for d, e in enumerate(self.engines):
-            if np.any((self.a["device"] == d) & (self.a["kind"] == 0)):
+            if np.any((self.a["device"] == d) & (self.a["kind"] == StepKind.LOAD)):
                 try:
                     e.prepare()
                 except EngineError as err:
@@ -331,7 +332,7 @@ class Scheduler:
         start = self.clock.now()
         if kind == "load":
             assert model is not None
-            later = np.any((a["device"][s + 1:] == d) & (a["kind"][s + 1:] == 0))
+            later = np.any((a["device"][s + 1:] == d) & (a["kind"][s + 1:] == StepKind.LOAD))
             rec.info = eng.load(self.settings[model], what, self._deadline(s), keep_spare=bool(later))
         elif kind == "unload":
             assert model is not None
