@@ -4,8 +4,8 @@ on every load, and injectable faults (death, hang, malformed output, slow device
 
 from __future__ import annotations
 
-import hashlib
 import threading
+import zlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,11 +61,11 @@ class Fault:
 
 def fake_text(r: Request) -> str:
     """Deterministic per request; ends in an answer the grader reads."""
-    h = int.from_bytes(hashlib.sha256(r.key.encode()).digest()[:4], "little")
-    body = " ".join(m["content"] for m in r.messages) if r.messages is not None else (r.prompt or "")
+    h = zlib.crc32(r.key.encode())
+    body = r.messages[-1]["content"] if r.messages else (r.prompt or "")
     if r.role == "keywords":
         return "Keywords: " + ", ".join(["algebra", "physics", "law", "biology", "economics"][i % 5] for i in range(h % 3, h % 3 + 3))
-    answer = f"\\boxed{{{h % 1000}}}" if "\\boxed" in body else f"({'ABCDEFGHIJ'[h % 10]})"
+    answer = f"\\boxed{{{h % 1000}}}" if "\\boxed" in body[-300:] else f"({'ABCDEFGHIJ'[h % 10]})"
     return f"[{r.model}] Let me think step by step. The answer is {answer}"
 
 
