@@ -48,6 +48,35 @@ def test_paper_workload_report(paper):
         print(f"sensitivity: reference tensor-parallel efficiency {eff}: reference/symoe on 4 GPUs = {r / s:.2f}x")
 
 
+def test_unequal_devices_report(paper):
+    """Devices of unequal memory (issue 12): every strategy plans within each device's memory."""
+    cfg, a = paper
+    for memory_gb in ((80, 10), (80, 40, 24, 10)):
+        devs = tuple(symoe.Device(m * 1e9, True, 512e9) for m in memory_gb)
+        c = symoe.Config(cfg.models, devs, cfg.tokens, cfg.tp_efficiency, cfg.pause_s)
+        print(f"\ndevices of {', '.join(f'{m} GB' for m in memory_gb)}:")
+        plans = {s: symoe.plan(a, c, aggregator=AGG, strategy=s) for s in ("naive", "reference", "symoe")}
+        for s, p in plans.items():
+            print(f"{s:>9} {p.timeline.loads:>5} loads {p.makespan:>11,.0f} s  bound {p.lower_bound:>9,.0f}  "
+                  f"gap {100 * p.gap:6.1f}%  {p.makespan / plans['symoe'].makespan:5.2f}x symoe")
+
+
+def test_exact_quality_report():
+    """symoe against exact optima of tiny instances (the exhaustive search of tests/test_planner_exact.py)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import test_planner_exact as exact
+
+    rows = [exact.solve(seed) for seed in exact.SEEDS]
+    r = np.array([plans["symoe"].makespan / opt for _, plans, _, opt, _ in rows])
+    bare = np.array([exact.without_trailing_unloads(plans["symoe"]) / opt for _, plans, _, opt, _ in rows])
+    gap = np.array([opt / lb for _, _, lb, opt, _ in rows])
+    for name, x in (("symoe / optimum", r), ("  without trailing unloads", bare), ("optimum / bound", gap)):
+        print(f"\n{name:>27}: mean {x.mean():.4f}  p90 {np.quantile(x, 0.9):.4f}  max {x.max():.4f}", end="")
+    print(f"\n({len(rows)} instances of 2-5 models, 1-3 devices, 1-3 questions)")
+
+
 @pytest.fixture(scope="module")
 def million():
     cfg = symoe.Config.bundled("paper16")

@@ -177,16 +177,36 @@ bool balanced_placement(const std::vector<int32_t>& order, const std::vector<std
     return fill(order, ex, c, hi, &placed);
 }
 
-// LPT: each model whole on the least-loaded device it fits.
-std::vector<std::vector<Piece>> lpt_placement(const std::vector<int32_t>& order, const std::vector<std::vector<int64_t>>& ex,
-                                              const std::vector<double>& work, const Costs& c) {
+// LPT: each model whole on the least-loaded device it fits. Memory-aware variant: the models that
+// fit the fewest devices first, devices start loaded with the aggregation work that only they can
+// take (shared over the devices each aggregator fits), and ties go to the device with less memory,
+// so flexible models leave the large devices to the models only those hold.
+std::vector<std::vector<Piece>> lpt_placement(std::vector<int32_t> order, const std::vector<std::vector<int64_t>>& ex,
+                                              const std::vector<std::vector<int64_t>>& ag, const std::vector<double>& work,
+                                              const Costs& c, bool memory_aware) {
     const int32_t D = int32_t(c.devices.size());
     std::vector<std::vector<Piece>> placed(D);
     std::vector<double> load(D, 0.0);
+    auto fit = [&](int32_t m, int32_t d) { return fits(resident_bytes(c.models[m]), c.devices[d].memory_bytes); };
+    if (memory_aware) {
+        std::vector<int32_t> n_fit(c.models.size(), 0);
+        for (size_t m = 0; m < c.models.size(); ++m)
+            for (int32_t d = 0; d < D; ++d) n_fit[m] += fit(int32_t(m), d);
+        std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return n_fit[a] < n_fit[b]; });
+        for (size_t g = 0; g < c.models.size(); ++g) {
+            if (ag[g].empty() || n_fit[g] == 0) continue;
+            double share = (c.models[g].load_s + run_seconds(c.models[g], Role::Aggregate, int64_t(ag[g].size()), c.tokens, 1, 0)) / n_fit[g];
+            for (int32_t d = 0; d < D; ++d) if (fit(int32_t(g), d)) load[d] += share;
+        }
+    }
     for (int32_t m : order) {
         int32_t best = -1;
-        for (int32_t d = 0; d < D; ++d)
-            if (fits(resident_bytes(c.models[m]), c.devices[d].memory_bytes) && (best < 0 || load[d] < load[best])) best = d;
+        for (int32_t d = 0; d < D; ++d) {
+            if (!fit(m, d)) continue;
+            if (best < 0 || load[d] < load[best] ||
+                (memory_aware && load[d] == load[best] && c.devices[d].memory_bytes < c.devices[best].memory_bytes))
+                best = d;
+        }
         placed[best].push_back({m, 0, int64_t(ex[m].size())});
         load[best] += work[m] + c.models[m].load_s;
     }
@@ -195,6 +215,10 @@ std::vector<std::vector<Piece>> lpt_placement(const std::vector<int32_t>& order,
 
 // Jobs per device from a placement: experts by Johnson's rule, then each aggregator's work split
 // evenly over `replicas` devices (least expert work first), beside its own expert job if any.
+// replicas 0: each aggregator in turn (most work first) water-filled over the devices it fits, each
+// device's start counting its work so far and the aggregator's load where it is not already
+// resident for an expert job, so aggregation goes where its model is and spreads to idle devices
+// when that pays.
 Plan build(const std::vector<std::vector<Piece>>& placed, int32_t replicas, const std::vector<std::vector<int64_t>>& ex,
            const std::vector<std::vector<int64_t>>& ag, const Costs& c) {
     const int32_t D = int32_t(c.devices.size());
@@ -223,7 +247,56 @@ Plan build(const std::vector<std::vector<Piece>>& placed, int32_t replicas, cons
     // of its own). Aggregators whose expert job is here go first, in reverse order of those jobs,
     // so the last one loaded is still resident when its aggregation starts.
     std::vector<std::vector<Job>> agg_jobs(D);
-    for (int32_t g = 0; g < M; ++g) {
+    if (replicas == 0) {
+        // Per device: seconds of loads so far and the largest model loaded; an aggregator that fits
+        // beside it loads while the device generates (overlap), else after its work.
+        std::vector<double> io(D, 0.0), big(D, 0.0);
+        for (int32_t d = 0; d < D; ++d)
+            for (auto& j : jobs[d]) { io[d] += c.models[j.model].load_s; big[d] = std::max(big[d], resident_bytes(c.models[j.model])); }
+        std::vector<int32_t> gs;
+        for (int32_t g = 0; g < M; ++g) if (is_agg(g)) gs.push_back(g);
+        auto agg_cost = [&](int32_t g) {
+            return c.models[g].load_s + run_seconds(c.models[g], Role::Aggregate, int64_t(ag[g].size()), c.tokens, 1, 0);
+        };
+        std::stable_sort(gs.begin(), gs.end(), [&](int32_t a, int32_t b) { return agg_cost(a) > agg_cost(b); });
+        for (int32_t g : gs) {
+            const ModelCost& mc = c.models[g];
+            std::vector<int32_t> fit;
+            std::vector<double> start(D, 0.0);
+            std::vector<uint8_t> resident(D, 0);
+            for (int32_t d = 0; d < D; ++d) {
+                if (!fits(resident_bytes(mc), c.devices[d].memory_bytes)) continue;
+                resident[d] = std::any_of(jobs[d].begin(), jobs[d].end(), [&](const Job& j) { return j.model == g; }) ||
+                              std::any_of(agg_jobs[d].begin(), agg_jobs[d].end(), [&](const Job& j) { return j.model == g; });
+                bool beside = c.devices[d].overlap_load && fits(big[d] + resident_bytes(mc), c.devices[d].memory_bytes);
+                start[d] = resident[d] ? est[d] : beside ? std::max(est[d], io[d] + mc.load_s) : est[d] + mc.load_s;
+                fit.push_back(d);
+            }
+            const int64_t n = int64_t(ag[g].size());
+            // Items device d takes if every device must end by T (0 where even one item ends later).
+            auto cap = [&](int32_t d, double T) {
+                return max_true(n, [&](int64_t x) { return x == 0 || start[d] + run_seconds(mc, Role::Aggregate, x, c.tokens, 1, 0) <= T; });
+            };
+            auto total = [&](double T) { int64_t t = 0; for (int32_t d : fit) t += cap(d, T); return t; };
+            double lo = 0, hi = 0;
+            for (int32_t d : fit) hi = std::max(hi, start[d]);
+            hi += run_seconds(mc, Role::Aggregate, n, c.tokens, 1, 0) + 1.0;
+            for (int it = 0; it < 60 && hi - lo > 1e-9 * hi; ++it) {
+                double mid = 0.5 * (lo + hi);
+                if (total(mid) >= n) hi = mid; else lo = mid;
+            }
+            int64_t b = 0;
+            for (int32_t d : fit) {
+                int64_t take = std::min(cap(d, hi), n - b);
+                if (take <= 0) continue;
+                agg_jobs[d].push_back(Job{g, Role::Aggregate, ag[g].data() + b, take});
+                est[d] = start[d] + run_seconds(mc, Role::Aggregate, take, c.tokens, 1, 0);
+                if (!resident[d]) { io[d] += mc.load_s; big[d] = std::max(big[d], resident_bytes(mc)); }
+                b += take;
+            }
+        }
+    }
+    for (int32_t g = 0; g < M && replicas > 0; ++g) {
         if (!is_agg(g)) continue;
         std::vector<int32_t> fit;
         for (int32_t d = 0; d < D; ++d) if (fits(resident_bytes(c.models[g]), c.devices[d].memory_bytes)) fit.push_back(d);
@@ -264,9 +337,21 @@ Plan plan_symoe(const Workload& w, const Costs& c, const PlanOptions& o) {
 
     // Candidates are cheap to simulate, so the planner keeps the best predicted one: whole-model
     // LPT vs the replicating balanced fill, and how many devices share the aggregation.
-    std::vector<std::vector<std::vector<Piece>>> placements{lpt_placement(order, ex, work, c)};
+    std::vector<std::vector<std::vector<Piece>>> placements{lpt_placement(order, ex, ag, work, c, false)};
+    auto add = [&](std::vector<std::vector<Piece>>&& pl) {  // a placement not seen yet
+        auto same = [](const Piece& a, const Piece& b) { return a.model == b.model && a.begin == b.begin && a.end == b.end; };
+        for (auto& q : placements) {
+            bool eq = true;
+            for (int32_t d = 0; d < D && eq; ++d)
+                eq = q[d].size() == pl[d].size() && std::equal(q[d].begin(), q[d].end(), pl[d].begin(), same);
+            if (eq) return;
+        }
+        placements.push_back(std::move(pl));
+    };
     std::vector<std::vector<Piece>> balanced(D);
-    if (D > 1 && o.replicate && balanced_placement(order, ex, work, c, balanced)) placements.push_back(std::move(balanced));
+    if (D > 1 && o.replicate && balanced_placement(order, ex, work, c, balanced)) add(std::move(balanced));
+    const size_t first_kind = placements.size();  // the plain and balanced placements come first
+    if (D > 1) add(lpt_placement(order, ex, ag, work, c, true));
     Plan best;
     double best_t = std::numeric_limits<double>::infinity();
     auto consider = [&](const std::vector<std::vector<Piece>>& pl, int32_t r) {
@@ -275,10 +360,18 @@ Plan plan_symoe(const Workload& w, const Costs& c, const PlanOptions& o) {
         if (t < best_t) { best_t = t; best = std::move(p); return true; }
         return false;
     };
+    // The better of plain LPT and the balanced fill, aggregation evenly over 1..D devices; then
+    // the memory-aware placement, and aggregation water-filled by residency and load cost on every
+    // placement. The best of all is kept, so each candidate can only improve the plan.
     size_t best_placement = 0;
-    for (size_t i = 0; i < placements.size(); ++i)
+    for (size_t i = 0; i < first_kind; ++i)
         if (consider(placements[i], D)) best_placement = i;
     for (int32_t r = D - 1; r >= 1; --r) consider(placements[best_placement], r);
+    for (size_t i = first_kind; i < placements.size(); ++i) consider(placements[i], D);
+    bool any_agg = false;
+    for (auto& g : ag) any_agg |= !g.empty();
+    if (any_agg && D > 1)
+        for (auto& pl : placements) consider(pl, 0);
     return best;
 }
 
@@ -445,6 +538,36 @@ double lower_bound(const Workload& w, const Costs& c) {
     }
     // Compute lanes are idle until the first load ends, then hold all the work.
     double lb = std::max(min_load + area / D, per_model);
+    // The same on the devices a set of models can use at all: a device that holds no shard of m,
+    // in any group of consecutive devices, never runs m. For each distinct set U of such devices,
+    // the models confined to U put their work on U's lanes (up to 64 devices, 256 distinct sets).
+    if (Dn <= 64) {
+        std::vector<uint64_t> mask(M, 0);
+        for (int64_t m = 0; m < M; ++m) {
+            if (ne[m] + na[m] == 0) continue;
+            const double bytes = resident_bytes(c.models[m]);
+            for (int32_t t = 1; t <= Dn; ++t)  // runs of >= t consecutive devices holding bytes / t each
+                for (int32_t d = 0, run = 0; d <= Dn; ++d) {
+                    if (d < Dn && fits(bytes / t, c.devices[d].memory_bytes)) { ++run; continue; }
+                    if (run >= t) for (int32_t e = d - run; e < d; ++e) mask[m] |= uint64_t(1) << e;
+                    run = 0;
+                }
+        }
+        std::vector<uint64_t> sets;
+        for (int64_t m = 0; m < M; ++m) if (mask[m]) sets.push_back(mask[m]);
+        std::sort(sets.begin(), sets.end());
+        sets.erase(std::unique(sets.begin(), sets.end()), sets.end());
+        if (sets.size() <= 256)
+            for (uint64_t U : sets) {
+                double a = 0, first = inf;
+                for (int64_t m = 0; m < M; ++m)
+                    if (mask[m] && (mask[m] & ~U) == 0) {
+                        a += single(m, Role::Expert, ne[m]) + single(m, Role::Aggregate, na[m]);
+                        first = std::min(first, c.models[m].load_s);
+                    }
+                lb = std::max(lb, first + a / double(__builtin_popcountll(U)));
+            }
+    }
     // The loads that first bring each model: the device with the most of them ends its last one
     // after loads / D at least, and a run of that model follows (any model, any role).
     lb = std::max(lb, loads / D + min_run);

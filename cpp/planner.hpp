@@ -16,8 +16,12 @@ struct PlanOptions {
 
 // symoe: work per model is placed on devices by a wrap-around fill (McNaughton's rule with a
 // load cost per piece) at the smallest feasible makespan found by bisection, so a heavy expert is
-// replicated exactly where the imbalance it removes outweighs its extra load. Aggregation is split
-// evenly over devices after the experts. On each device the jobs follow Johnson's rule for the
+// replicated exactly where the imbalance it removes outweighs its extra load; or each model whole
+// on the least-loaded device (LPT), also in a memory-aware form (models that fit few devices
+// first, devices pre-loaded with the aggregation only they can hold). Aggregation follows the
+// experts, split evenly over 1..D devices or water-filled over devices by their work so far and
+// the aggregator's load where it is not resident; every candidate is simulated and the best kept.
+// On each device the jobs follow Johnson's rule for the
 // two-stage load -> generate flow, with any model that aggregates there last so it is loaded once;
 // the next model is loaded while the current one generates whenever both fit in memory.
 // reference: the authors' schedule (one model at a time in order of first appearance, cold load,

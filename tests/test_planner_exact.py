@@ -822,3 +822,51 @@ def test_unequal_devices(memory, strategy):
         tp_big = {(80.0, 10.0): 1, (10.0, 80.0): 1, (10.0, 80.0, 80.0): 2, (80.0, 10.0, 80.0): 1}[memory]
         assert set(a["tp"][a["model"] == 0].tolist()) == {tp_big}
         assert set(a["tp"][a["model"] == 1].tolist()) == {len(memory)}
+
+
+def test_bound_counts_only_devices_a_model_can_use():
+    # A 10 GB device holds no shard of 30 GB models (not even with tp = 2): the bound is that of
+    # the 80 GB device alone, and symoe's plan (which leaves the small device idle) meets it.
+    models = tuple(ModelSpec(f"m{i}", 28 * GB, extra_bytes=2 * GB, load_s=5, unload_s=1, overhead_s=1,
+                             prefill_tps=10000, decode_tps=1000, stream_tps=50) for i in range(3))
+    experts = np.random.default_rng(0).integers(0, 3, size=(200, 2))
+    one = Instance(Config(models, (Device(80 * GB),), Tokens()), experts)
+    two = Instance(Config(models, (Device(80 * GB), Device(10 * GB)), Tokens()), experts)
+    assert two.bound() == pytest.approx(one.bound())
+    p = two.plan("symoe")
+    assert p.makespan <= p.lower_bound * 1.05
+
+
+# ---- aggregation and placement where the planner lost to the optimum (issue 12, item 2) -----
+
+def model(name, gb, load_s, run_s, item_s=0.0):
+    """A model whose runs take max(run_s, item_s per item) (100 prompt and 100 output tokens)."""
+    return ModelSpec(name, gb * GB, load_s=load_s, unload_s=1.0, overhead_s=0.0,
+                     prefill_tps=100.0 / item_s if item_s else 1e12, decode_tps=1e12, stream_tps=100.0 / run_s)
+
+
+@pytest.mark.parametrize("case", ["aggregator fits one device", "large model fits one device",
+                                  "aggregate where resident", "aggregator on an idle device",
+                                  "aggregators not stacked"])
+def test_placement_cases_reach_the_optimum(case):
+    tok = Tokens(100, 100, 100, 100)
+    e, g = model("E", 7, 15, 1.0), model("G", 32, 13, 2.0)
+    if case == "aggregator fits one device":  # G fits only device 0: E goes elsewhere, both load at once
+        inst = Instance(Config((e, g), (Device(40 * GB), Device(26 * GB), Device(23 * GB)), tok), [[0]], [1])
+    elif case == "large model fits one device":  # L fits only device 0: the flexible S takes device 1
+        s, big = model("S", 7, 12, 1.0), model("L", 25, 20, 0.5)
+        inst = Instance(Config((s, big), (Device(26 * GB), Device(16 * GB)), tok), [[1, 1], [0, 0]])
+    elif case == "aggregate where resident":  # G is an expert too: aggregating elsewhere costs a cold load
+        e, g = model("E", 5, 15, 0.5), model("G", 11, 24, 0.5)
+        inst = Instance(Config((e, g), (Device(38 * GB), Device(38 * GB)), tok), [[1, 0], [0, 1]], [1, 1])
+    elif case == "aggregator on an idle device":  # not E on both devices with G behind it
+        e, g = model("E", 29, 17, 0.25, 0.63), model("G", 13.5, 27, 3.5, 0.62)
+        inst = Instance(Config((e, g), (Device(32 * GB), Device(56 * GB)), tok), [[0, 0]], [1])
+    else:  # the slow-loading G2 alone on one device, G1 loaded beside E's work on the other
+        e, g1, g2 = model("E", 8, 10, 0.5, 0.3), model("G1", 14, 20, 2.0, 1.0), model("G2", 14, 25, 2.0, 1.0)
+        inst = Instance(Config((e, g1, g2), (Device(40 * GB), Device(40 * GB)), tok), [[0]] * 4, [1, 1, 2, 2])
+    p = inst.plan("symoe")
+    opt, _ = optimum(inst, math.inf)
+    assert without_trailing_unloads(p) == pytest.approx(opt, rel=1e-9)
+    loads = p.arrays["model"][p.arrays["kind"] == LOAD].tolist()
+    assert sorted(loads) == sorted(set(loads))  # every model loaded once
