@@ -110,7 +110,7 @@ def small(tmp_path, n=200, devices=2):
 @pytest.mark.parametrize("kind", ["die", "hang", "garbage"])
 def test_fault_stops_the_run_cleanly(kind, tmp_path):
     qs, p = small(tmp_path)
-    opts = RunOptions(progress=False, pictures=False, deadline_factor=1.5, deadline_margin_s=0.0)
+    opts = RunOptions(progress=False, pictures=False, deadline_factor=3.0, deadline_margin_s=0.0)
     fault = Fault(kind, after=5)
     with pytest.raises(EngineError) as e:
         fake_run(p, qs, tmp_path, faults=[fault], options=opts)
@@ -140,7 +140,7 @@ def check_exactly_once_and_ordered_after_resume(p, qs, tmp_path):
                                      ("die", "load")])
 def test_retries_recover(kind, op, tmp_path):
     qs, p = small(tmp_path)
-    opts = RunOptions(progress=False, pictures=False, deadline_factor=1.5, deadline_margin_s=0.0, retries=2)
+    opts = RunOptions(progress=False, pictures=False, deadline_factor=3.0, deadline_margin_s=0.0, retries=2)
     report, engines = fake_run(p, qs, tmp_path, faults=[Fault(kind, op=op, after=7)], options=opts)
     assert report.retries == 1
     assert report.generated == len(qs) * (p.k + 1)
