@@ -225,12 +225,17 @@ def test_two_devices_with_cross_device_aggregation(smol_config, tmp_path):
     with Store(tmp_path / "s.sqlite") as store:
         r = run_plan(p, qs, store, tmp_path / "run", Sampling(max_tokens=32, aggregate_max_tokens=32), options=QUIET)
         assert store.count("expert") == 8 and store.count("aggregate") == 4
+        created = dict(store._db.execute("SELECT role, MAX(created) FROM generations WHERE role = 'expert'"))
+        first_agg = store._db.execute("SELECT MIN(created) FROM generations WHERE role = 'aggregate'").fetchone()[0]
     assert r.generated == 12
     by_dev = {s.device for s in r.steps if s.kind == "run"}
     assert by_dev == {0, 1}
+    # Aggregation starts once the last expert answer is stored (the expert step itself may still
+    # be returning), so its answers come after every expert answer.
     agg = [s for s in r.steps if s.kind == "run" and s.info["role"] == "aggregate"]
-    experts_end = max(s.end for s in r.steps if s.kind == "run" and s.info["role"] == "expert")
-    assert agg and all(s.start >= experts_end - 1e-6 for s in agg)
+    assert agg and all(s.start >= max(e.start for e in r.steps if e.kind == "run" and e.info["role"] == "expert")
+                       for s in agg)
+    assert first_agg > created["expert"]
     logs = sorted((tmp_path / "run" / "logs").glob("device*-worker*.log"))
     assert {x.name.split("-")[0] for x in logs} == {"device0", "device1"}
 
