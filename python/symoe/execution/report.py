@@ -91,19 +91,23 @@ def grade_run(plan: Plan, questions: Sequence[Question], expert_requests: Sequen
     majority of the experts' when the plan has no aggregation), graded against the gold answer."""
     names, k = plan.config.names, plan.k
     got = store.generations(r.key for r in expert_requests)
+    texts = [[got[r.key].text for r in expert_requests[q * k:(q + 1) * k] if r.key in got] for q in range(len(questions))]
+    agg_keys = {q: aggregate_request(q, texts[q]).key for q in range(len(questions))
+                if plan.aggregator is not None and plan.aggregator[q] >= 0 and len(texts[q]) == k}
+    finals = store.generations(agg_keys.values())  # one query, not one per question
     out = []
     for q, qu in enumerate(questions):
-        texts = [got[r.key].text for r in expert_requests[q * k:(q + 1) * k] if r.key in got]
-        answers = [answer_of(x, qu) for x in texts]
+        answers = [answer_of(x, qu) for x in texts[q]]
         agg, final_text = None, ""
-        if plan.aggregator is not None and plan.aggregator[q] >= 0 and len(texts) == k:
+        if q in agg_keys:
+            assert plan.aggregator is not None
             agg = names[plan.aggregator[q]]
-            g = store.get(aggregate_request(q, texts).key)
+            g = finals.get(agg_keys[q])
             final_text = g.text if g else ""
             final = answer_of(final_text, qu)
         else:
             final = majority(answers)
         out.append(QuestionResult(qu.id, [names[m] for m in plan.experts[q]], answers, agg, final, qu.gold,
-                                  is_correct(final, qu.gold, qu.kind), texts, final_text))
+                                  is_correct(final, qu.gold, qu.kind), texts[q], final_text))
     return out
 

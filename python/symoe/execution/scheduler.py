@@ -385,32 +385,24 @@ class Scheduler:
             reqs = self._aggregations([int(q) for q in items])
         have = self.store.existing([r.key for r in reqs])
         todo = [r for r in reqs if r.key not in have]
-        self._reused(role, [r for r in reqs if r.key in have])
+        self._reused([r for r in reqs if r.key in have])
         rec.items = len(reqs)
         rec.info = {"role": role, "generated": 0}
         if todo:
-            info = generate_once(eng, model, todo, self.store, self.run_id,
-                                 self._stored if role == "expert" else self._stored_agg,
-                                 lambda rs: self._reused(role, rs), what, self._deadline(s), self.clock, self.abort)
+            info = generate_once(eng, model, todo, self.store, self.run_id, self._stored, self._reused, what,
+                                 self._deadline(s), self.clock, self.abort)
             rec.tokens, rec.prompt_tokens = info.tokens, info.prompt_tokens
             rec.info["generated"] = info.generated
 
-    def _reused(self, role: str, reqs: list[Request]) -> None:
+    def _reused(self, reqs: list[Request]) -> None:
         """Found in the store (an earlier run, or another run on this store meanwhile)."""
-        if role == "expert":
-            self._available(reqs)
+        self._available(reqs)
         with self.lock:
             self.reused += len(reqs)
         self.bar(len(reqs))
 
-    def _stored_agg(self, g: Generation) -> None:
-        self.store.put(g)
-        with self.lock:
-            self.generated += 1
-        self.bar(1)
-
     def _stored(self, g: Generation) -> None:
-        """An expert generation is committed."""
+        """A generation is committed the moment it arrives."""
         self.store.put(g)
         with self.lock:
             self.generated += 1
@@ -418,8 +410,8 @@ class Scheduler:
         self.bar(1)
 
     def _available(self, gens: Sequence[Generation | Request]) -> None:
-        """Expert answers now in the store (ours, or another run's): the last one of a question
-        releases its aggregations, and its aggregation request is prepared ahead."""
+        """Generations now in the store (ours, or another run's); only expert answers count: the
+        last one of a question releases its aggregations and has its aggregation prepared ahead."""
         ready: list[threading.Event] = []
         prepare: list[int] = []
         with self.lock:

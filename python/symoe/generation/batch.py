@@ -34,19 +34,15 @@ def generate_once(eng: Engine, model: str, todo: Sequence[Request], store: Store
     while waiting:
         others = store.claim([r.key for r in waiting], owner)
         # Checked after claiming: a run stores its work before it releases its claims.
-        done = store.existing([r.key for r in waiting if r.key not in others])
-        if done:
-            on_reused([r for r in waiting if r.key in done])
-        mine = [r for r in waiting if r.key not in others and r.key not in done]
+        stored = store.existing([r.key for r in waiting])
+        if stored:
+            on_reused([r for r in waiting if r.key in stored])
+        mine = [r for r in waiting if r.key not in others and r.key not in stored]
         if mine:
             b = eng.generate(model, mine, on_done, what, deadline)
             total = BatchInfo(total.seconds + b.seconds, total.tokens + b.tokens, total.prompt_tokens + b.prompt_tokens,
                               total.generated + b.generated, total.first_token_s if total.generated else b.first_token_s)
-        waiting = [r for r in waiting if r.key in others]
-        have = store.existing([r.key for r in waiting])
-        if have:
-            on_reused([r for r in waiting if r.key in have])
-            waiting = [r for r in waiting if r.key not in have]
+        waiting = [r for r in waiting if r.key in others and r.key not in stored]
         if waiting and not mine:
             if clock.now() > deadline:
                 raise EngineError(f"{what}: {len(waiting)} generations that another run claimed did not arrive "
