@@ -70,7 +70,7 @@ def test_large_plans_run_as_predicted(devices, tmp_path):
     old = threading.excepthook
     threading.excepthook = lambda args: raised.append(args)
     try:
-        report, engines = fake_run(p, qs, tmp_path, real_seconds=15.0)
+        report, engines = fake_run(p, qs, tmp_path, real_seconds=25.0)
     finally:
         threading.excepthook = old
     assert not raised
