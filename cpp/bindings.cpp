@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <cstring>
 #include <initializer_list>
 #include <limits>
@@ -171,10 +172,27 @@ static py::dict route_py(py::object profiles_, py::object indptr_, py::object in
 
 // ---- planning
 
-// Model cost columns, in this order (the Python layer builds the matrix).
+// Model cost columns, in this order (the Python layer builds the matrix): COST_COLUMNS, then
+// optionally TOKEN_COLUMNS, the model's own tokens per request (NaN: the `tokens` argument's).
 static const char* kCostColumns[] = {"weight_bytes", "extra_bytes", "load_s",    "unload_s",   "park_s",
-                                     "wake_s",       "overhead_s",  "prefill_tps", "decode_tps", "stream_tps"};
-constexpr int kNumCost = 10;
+                                     "wake_s",       "overhead_s",  "prefill_tps", "decode_tps", "stream_tps",
+                                     "expert_prompt_tokens", "expert_output_tokens", "aggregate_prompt_tokens",
+                                     "aggregate_output_tokens"};
+constexpr int kNumFigures = 10, kNumCost = 14;  // COST_COLUMNS; with TOKEN_COLUMNS
+
+// One row of the cost matrix; NaN token columns take `fallback`'s figures.
+static ModelCost model_cost(const double* r, int columns, const Tokens& fallback) {
+    ModelCost x;
+    double* f[] = {&x.weight_bytes, &x.extra_bytes, &x.load_s, &x.unload_s, &x.park_s,
+                   &x.wake_s, &x.overhead_s, &x.prefill_tps, &x.decode_tps, &x.stream_tps,
+                   &x.tokens.expert_prompt, &x.tokens.expert_output, &x.tokens.aggregate_prompt,
+                   &x.tokens.aggregate_output};
+    const double* g[] = {&fallback.expert_prompt, &fallback.expert_output, &fallback.aggregate_prompt,
+                         &fallback.aggregate_output};
+    for (int j = 0; j < kNumCost; ++j)
+        *f[j] = j < columns && !(j >= kNumFigures && std::isnan(r[j])) ? r[j] : j >= kNumFigures ? *g[j - kNumFigures] : 0.0;
+    return x;
+}
 
 struct Inputs {
     carray<int64_t> experts, aggregator;  // w points into these: they live as long as the Inputs
@@ -194,8 +212,9 @@ static Inputs make_inputs(py::handle experts, py::handle aggregator, py::handle 
     auto tokens = to_array<double>(tokens_, "tokens");
     if (in.experts.ndim() != 2)
         throw std::invalid_argument("experts must be a 2-D (questions x k) array, got shape " + dims(in.experts));
-    if (model_costs.ndim() != 2 || model_costs.shape(1) != kNumCost)
-        throw std::invalid_argument("model_costs must be M x " + num(kNumCost) + ", got shape " + dims(model_costs));
+    if (model_costs.ndim() != 2 || (model_costs.shape(1) != kNumCost && model_costs.shape(1) != kNumFigures))
+        throw std::invalid_argument("model_costs must be M x " + num(kNumFigures) + " (COST_COLUMNS) or M x " +
+                                    num(kNumCost) + " (COST_COLUMNS + TOKEN_COLUMNS), got shape " + dims(model_costs));
     if (device_memory.ndim() != 1 || device_overlap.ndim() != 1 || device_host.ndim() != 1 ||
         device_overlap.shape(0) != device_memory.shape(0) || device_host.shape(0) != device_memory.shape(0))
         throw std::invalid_argument("device_memory, device_overlap and device_host must be 1-D of equal length, got "
@@ -212,17 +231,11 @@ static Inputs make_inputs(py::handle experts, py::handle aggregator, py::handle 
                                         dims(in.aggregator));
         in.w.aggregator = in.aggregator.data();
     }
-    for (py::ssize_t m = 0; m < model_costs.shape(0); ++m) {
-        const double* r = model_costs.data(m, 0);
-        ModelCost x;
-        double* f[] = {&x.weight_bytes, &x.extra_bytes, &x.load_s, &x.unload_s, &x.park_s,
-                       &x.wake_s, &x.overhead_s, &x.prefill_tps, &x.decode_tps, &x.stream_tps};
-        for (int j = 0; j < kNumCost; ++j) *f[j] = r[j];
-        in.c.models.push_back(x);
-    }
+    const Tokens fallback{tokens.data()[0], tokens.data()[1], tokens.data()[2], tokens.data()[3]};
+    for (py::ssize_t m = 0; m < model_costs.shape(0); ++m)
+        in.c.models.push_back(model_cost(model_costs.data(m, 0), int(model_costs.shape(1)), fallback));
     for (py::ssize_t d = 0; d < device_memory.shape(0); ++d)
         in.c.devices.push_back(Device{device_memory.data()[d], device_overlap.data()[d], device_host.data()[d]});
-    in.c.tokens = Tokens{tokens.data()[0], tokens.data()[1], tokens.data()[2], tokens.data()[3]};
     in.c.tp_efficiency = to_real(tp_efficiency, "tp_efficiency");
     return in;
 }
@@ -344,6 +357,26 @@ static py::dict simulate_py(py::object plan, INPUT_ARGS) {
     return d;
 }
 
+static double run_seconds_py(py::object model_cost_, py::object role_, py::object n_, py::object tp_,
+                             py::object tp_efficiency_) {
+    auto row = to_array<double>(model_cost_, "model_cost");
+    if (row.ndim() != 1 || row.shape(0) != kNumCost)
+        throw std::invalid_argument("model_cost must hold the " + num(kNumCost) +
+                                    " COST_COLUMNS + TOKEN_COLUMNS, got shape " + dims(row));
+    int64_t role = to_int<int64_t>(role_, "role"), n = to_int<int64_t>(n_, "n");
+    int32_t tp = to_int<int32_t>(tp_, "tp");
+    double eff = to_real(tp_efficiency_, "tp_efficiency");
+    if (role != int64_t(Role::Expert) && role != int64_t(Role::Aggregate))
+        throw std::invalid_argument("role must be 0 (expert) or 1 (aggregate), got " + num(role));
+    if (n < 0) throw std::invalid_argument("n must be >= 0, got " + num(n));
+    if (tp < 1) throw std::invalid_argument("tp must be >= 1, got " + num(tp));
+    if (!(std::isfinite(eff) && eff >= 0 && eff <= 1))
+        throw std::invalid_argument("tp_efficiency must be in [0, 1], got " + num(eff));
+    ModelCost m = model_cost(row.data(), kNumCost, Tokens{NAN, NAN, NAN, NAN});
+    check_model(m, "model_cost");
+    return run_seconds(m, Role(role), n, tp, eff);
+}
+
 PYBIND11_MODULE(_core, m) {
     m.doc() = "symoe C++ core: routing, planning and simulation";
     m.def("route", &route_py, py::arg("profiles"), py::arg("indptr"), py::arg("indices"), py::arg("k"),
@@ -360,9 +393,13 @@ PYBIND11_MODULE(_core, m) {
         "The counter-based uniform used for every draw (exposed for reference implementations).");
     m.def("make_plan", &make_plan_py, INPUT_PYARGS, py::arg("strategy"), py::arg("pause_s"), py::arg("replicate"));
     m.def("lower_bound", &lower_bound_py, INPUT_PYARGS);
+    m.def("run_seconds", &run_seconds_py, py::arg("model_cost"), py::arg("role"), py::arg("n"), py::arg("tp") = 1,
+          py::arg("tp_efficiency") = 0.0,
+          "Predicted seconds of one run of n requests (the planner's and simulator's formula); model_cost is one "
+          "row of COST_COLUMNS + TOKEN_COLUMNS (tokens given).");
     m.def("simulate", &simulate_py, py::arg("plan"), INPUT_PYARGS,
           "Checks every invariant of the plan (ValueError naming the first violation), then simulates it.");
-    std::vector<std::string> cols(kCostColumns, kCostColumns + kNumCost);
-    m.attr("COST_COLUMNS") = py::cast(cols);
+    m.attr("COST_COLUMNS") = py::cast(std::vector<std::string>(kCostColumns, kCostColumns + kNumFigures));
+    m.attr("TOKEN_COLUMNS") = py::cast(std::vector<std::string>(kCostColumns + kNumFigures, kCostColumns + kNumCost));
     m.attr("MAX_K") = kMaxK;
 }

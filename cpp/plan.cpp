@@ -12,14 +12,26 @@ static std::string gb(double b) { return std::to_string(b / 1e9).substr(0, 6) + 
 
 double resident_bytes(const ModelCost& m) { return m.weight_bytes + m.extra_bytes; }
 
-double run_seconds(const ModelCost& m, Role role, int64_t n, const Tokens& t, int32_t tp, double tp_eff) {
+double run_seconds(const ModelCost& m, Role role, int64_t n, int32_t tp, double tp_eff) {
     if (n <= 0) return 0.0;
+    const Tokens& t = m.tokens;
     double pin = role == Role::Expert ? t.expert_prompt : t.aggregate_prompt;
     double out = role == Role::Expert ? t.expert_output : t.aggregate_output;
     // Batched generation is throughput-bound, but no batch beats one sequence decoded alone.
     double work = double(n) * (pin / m.prefill_tps + out / m.decode_tps);
     double speed = 1.0 + double(tp - 1) * tp_eff;
     return m.overhead_s + std::max(work, out / m.stream_tps) / speed;
+}
+
+void check_model(const ModelCost& x, const std::string& who) {
+    for (double v : {x.weight_bytes, x.extra_bytes, x.load_s, x.unload_s, x.wake_s, x.overhead_s})
+        SYMOE_CHECK(std::isfinite(v) && v >= 0, who + ": sizes and times must be finite and >= 0, got " + num(v));
+    SYMOE_CHECK(std::isfinite(x.park_s), who + ": park_s must be finite, got " + num(x.park_s));
+    for (double v : {x.prefill_tps, x.decode_tps, x.stream_tps})
+        SYMOE_CHECK(std::isfinite(v) && v > 0, who + ": throughputs must be positive and finite, got " + num(v));
+    const Tokens& t = x.tokens;
+    for (double v : {t.expert_prompt, t.expert_output, t.aggregate_prompt, t.aggregate_output})
+        SYMOE_CHECK(std::isfinite(v) && v >= 0, who + ": token counts must be finite and >= 0, got " + num(v));
 }
 
 void check_inputs(const Workload& w, const Costs& c) {
@@ -40,20 +52,9 @@ void check_inputs(const Workload& w, const Costs& c) {
     }
     SYMOE_CHECK(std::isfinite(c.tp_efficiency) && c.tp_efficiency >= 0 && c.tp_efficiency <= 1,
                 "tp_efficiency must be in [0, 1], got " + num(c.tp_efficiency));
-    const Tokens& t = c.tokens;
-    for (double v : {t.expert_prompt, t.expert_output, t.aggregate_prompt, t.aggregate_output})
-        SYMOE_CHECK(std::isfinite(v) && v >= 0, "token counts must be finite and >= 0, got " + num(v));
     double biggest = 0;
     for (auto& d : c.devices) biggest = std::max(biggest, d.memory_bytes);
-    for (int64_t m = 0; m < M; ++m) {
-        const ModelCost& x = c.models[m];
-        std::string who = "model " + num(m);
-        for (double v : {x.weight_bytes, x.extra_bytes, x.load_s, x.unload_s, x.wake_s, x.overhead_s})
-            SYMOE_CHECK(std::isfinite(v) && v >= 0, who + ": sizes and times must be finite and >= 0, got " + num(v));
-        SYMOE_CHECK(std::isfinite(x.park_s), who + ": park_s must be finite, got " + num(x.park_s));
-        for (double v : {x.prefill_tps, x.decode_tps, x.stream_tps})
-            SYMOE_CHECK(std::isfinite(v) && v > 0, who + ": throughputs must be positive and finite, got " + num(v));
-    }
+    for (int64_t m = 0; m < M; ++m) check_model(c.models[m], "model " + num(m));
     std::vector<uint8_t> used(M, 0);
     for (int64_t i = 0; i < w.N * w.k; ++i) {
         SYMOE_CHECK(w.experts[i] >= 0 && w.experts[i] < M,

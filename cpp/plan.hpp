@@ -26,7 +26,13 @@ struct Plan {
     std::vector<int64_t> items;  // Expert runs: question * k + slot; Aggregate runs: question
 };
 
-// Per model cost-model figures (seconds, bytes, tokens per second).
+// Expected tokens per request by role: the run-time model needs only these.
+struct Tokens {
+    double expert_prompt = 300, expert_output = 600;
+    double aggregate_prompt = 2200, aggregate_output = 600;
+};
+
+// Per model cost-model figures (seconds, bytes, tokens per second, tokens per request).
 struct ModelCost {
     double weight_bytes = 0, extra_bytes = 0;  // resident size = weight + extra (KV, activations)
     double load_s = 0;    // cold start: read weights + engine init
@@ -35,18 +41,13 @@ struct ModelCost {
     double overhead_s = 0;          // fixed cost per generate call
     double prefill_tps = 1, decode_tps = 1;  // aggregate throughput at saturation
     double stream_tps = 1;                   // one sequence alone: floor on a batch's time
+    Tokens tokens;  // this model's own prompt and output lengths (reasoning models write far more)
 };
 
 struct Device {
     double memory_bytes = 0;
     bool overlap_load = true;  // a load may proceed while another resident model generates
     double host_bytes = 0;     // host memory for weights parked by sleep mode
-};
-
-// Tokens per request by role: the run-time model needs only these.
-struct Tokens {
-    double expert_prompt = 300, expert_output = 600;
-    double aggregate_prompt = 2200, aggregate_output = 600;
 };
 
 struct Workload {
@@ -58,17 +59,20 @@ struct Workload {
 struct Costs {
     std::vector<ModelCost> models;
     std::vector<Device> devices;
-    Tokens tokens;
     double tp_efficiency = 0.5;  // speed-up of a tp-way step = 1 + (tp - 1) * efficiency
 };
 
 double resident_bytes(const ModelCost& m);
 // Memory comparisons tolerate rounding of sizes given in GB.
 inline bool fits(double bytes, double capacity) { return bytes <= capacity * (1 + 1e-12); }
-double run_seconds(const ModelCost& m, Role role, int64_t n, const Tokens& t, int32_t tp, double tp_eff);
+// Predicted seconds of one run of n requests of the model's role at tp-way tensor parallelism.
+double run_seconds(const ModelCost& m, Role role, int64_t n, int32_t tp, double tp_eff);
 
 // Most devices x models pairs (the planner, validator and simulator keep tables of them).
 constexpr int64_t kMaxDeviceModels = int64_t(1) << 24;
+
+// Checks one model's figures (finite, sizes and times >= 0, throughputs > 0); messages start with `who`.
+void check_model(const ModelCost& m, const std::string& who);
 
 // Checks that the workload and costs are well formed (ids in range, sizes finite and >= 0, every
 // used model fits some device). Throws std::invalid_argument naming the model and sizes.

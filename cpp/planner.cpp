@@ -144,14 +144,14 @@ bool fill(const std::vector<int32_t>& order, const std::vector<std::vector<int64
             const Device& dv = c.devices[d];
             bool fits_mem = fits(resident_bytes(mc), dv.memory_bytes);
             auto est = [&](int64_t take) {
-                double r = run_seconds(mc, Role::Expert, take, c.tokens, 1, 0);
+                double r = run_seconds(mc, Role::Expert, take, 1, 0);
                 double fl = dev[d].empty() ? mc.load_s : first_load;
                 return dv.overlap_load ? std::max(fl + comp + r, io + mc.load_s + r) : io + mc.load_s + comp + r;
             };
             int64_t take = fits_mem ? max_true(n - done, [&](int64_t x) { return est(x) <= T; }) : 0;
             if (take > 0) {
                 if (dev[d].empty()) first_load = mc.load_s;
-                comp += run_seconds(mc, Role::Expert, take, c.tokens, 1, 0);
+                comp += run_seconds(mc, Role::Expert, take, 1, 0);
                 io += mc.load_s;
                 dev[d].push_back({m, done, done + take});
                 done += take;
@@ -195,7 +195,7 @@ std::vector<std::vector<Piece>> lpt_placement(std::vector<int32_t> order, const 
         std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return n_fit[a] < n_fit[b]; });
         for (size_t g = 0; g < c.models.size(); ++g) {
             if (ag[g].empty() || n_fit[g] == 0) continue;
-            double share = (c.models[g].load_s + run_seconds(c.models[g], Role::Aggregate, int64_t(ag[g].size()), c.tokens, 1, 0)) / n_fit[g];
+            double share = (c.models[g].load_s + run_seconds(c.models[g], Role::Aggregate, int64_t(ag[g].size()), 1, 0)) / n_fit[g];
             for (int32_t d = 0; d < D; ++d) if (fit(int32_t(g), d)) load[d] += share;
         }
     }
@@ -230,7 +230,7 @@ Plan build(const std::vector<std::vector<Piece>>& placed, int32_t replicas, cons
         std::vector<Piece> ps = placed[d];
         auto johnson_key = [&](const Piece& x) {
             double l = c.models[x.model].load_s;
-            double r = run_seconds(c.models[x.model], Role::Expert, x.end - x.begin, c.tokens, 1, 0);
+            double r = run_seconds(c.models[x.model], Role::Expert, x.end - x.begin, 1, 0);
             // Group 1 (load < run) by increasing load, then group 2 by decreasing run.
             return l < r ? std::make_pair(0, l) : std::make_pair(1, -r);
         };
@@ -240,7 +240,7 @@ Plan build(const std::vector<std::vector<Piece>>& placed, int32_t replicas, cons
         });
         for (auto& x : ps) {
             jobs[d].push_back({x.model, Role::Expert, ex[x.model].data() + x.begin, x.end - x.begin});
-            est[d] += c.models[x.model].load_s + run_seconds(c.models[x.model], Role::Expert, x.end - x.begin, c.tokens, 1, 0);
+            est[d] += c.models[x.model].load_s + run_seconds(c.models[x.model], Role::Expert, x.end - x.begin, 1, 0);
         }
     }
     // Aggregation runs after every expert job of its device (no device ever waits on a later step
@@ -256,7 +256,7 @@ Plan build(const std::vector<std::vector<Piece>>& placed, int32_t replicas, cons
         std::vector<int32_t> gs;
         for (int32_t g = 0; g < M; ++g) if (is_agg(g)) gs.push_back(g);
         auto agg_cost = [&](int32_t g) {
-            return c.models[g].load_s + run_seconds(c.models[g], Role::Aggregate, int64_t(ag[g].size()), c.tokens, 1, 0);
+            return c.models[g].load_s + run_seconds(c.models[g], Role::Aggregate, int64_t(ag[g].size()), 1, 0);
         };
         std::stable_sort(gs.begin(), gs.end(), [&](int32_t a, int32_t b) { return agg_cost(a) > agg_cost(b); });
         for (int32_t g : gs) {
@@ -275,12 +275,12 @@ Plan build(const std::vector<std::vector<Piece>>& placed, int32_t replicas, cons
             const int64_t n = int64_t(ag[g].size());
             // Items device d takes if every device must end by T (0 where even one item ends later).
             auto cap = [&](int32_t d, double T) {
-                return max_true(n, [&](int64_t x) { return x == 0 || start[d] + run_seconds(mc, Role::Aggregate, x, c.tokens, 1, 0) <= T; });
+                return max_true(n, [&](int64_t x) { return x == 0 || start[d] + run_seconds(mc, Role::Aggregate, x, 1, 0) <= T; });
             };
             auto total = [&](double T) { int64_t t = 0; for (int32_t d : fit) t += cap(d, T); return t; };
             double lo = 0, hi = 0;
             for (int32_t d : fit) hi = std::max(hi, start[d]);
-            hi += run_seconds(mc, Role::Aggregate, n, c.tokens, 1, 0) + 1.0;
+            hi += run_seconds(mc, Role::Aggregate, n, 1, 0) + 1.0;
             for (int it = 0; it < 60 && hi - lo > 1e-9 * hi; ++it) {
                 double mid = 0.5 * (lo + hi);
                 if (total(mid) >= n) hi = mid; else lo = mid;
@@ -290,7 +290,7 @@ Plan build(const std::vector<std::vector<Piece>>& placed, int32_t replicas, cons
                 int64_t take = std::min(cap(d, hi), n - b);
                 if (take <= 0) continue;
                 agg_jobs[d].push_back(Job{g, Role::Aggregate, ag[g].data() + b, take});
-                est[d] = start[d] + run_seconds(mc, Role::Aggregate, take, c.tokens, 1, 0);
+                est[d] = start[d] + run_seconds(mc, Role::Aggregate, take, 1, 0);
                 if (!resident[d]) { io[d] += mc.load_s; big[d] = std::max(big[d], resident_bytes(mc)); }
                 b += take;
             }
@@ -306,7 +306,7 @@ Plan build(const std::vector<std::vector<Piece>>& placed, int32_t replicas, cons
             int64_t b = n * f / F, e = n * (f + 1) / F;
             if (b == e) continue;
             agg_jobs[fit[f]].push_back(Job{g, Role::Aggregate, ag[g].data() + b, e - b});
-            est[fit[f]] += run_seconds(c.models[g], Role::Aggregate, e - b, c.tokens, 1, 0);
+            est[fit[f]] += run_seconds(c.models[g], Role::Aggregate, e - b, 1, 0);
         }
     }
     for (int32_t d = 0; d < D; ++d) {
@@ -332,7 +332,7 @@ Plan plan_symoe(const Workload& w, const Costs& c, const PlanOptions& o) {
     std::vector<int32_t> order;
     for (int32_t m = 0; m < M; ++m) if (!ex[m].empty()) order.push_back(m);
     std::vector<double> work(M);
-    for (int32_t m = 0; m < M; ++m) work[m] = run_seconds(c.models[m], Role::Expert, ex[m].size(), c.tokens, 1, 0);
+    for (int32_t m = 0; m < M; ++m) work[m] = run_seconds(c.models[m], Role::Expert, ex[m].size(), 1, 0);
     std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return work[a] > work[b]; });
 
     // Candidates are cheap to simulate, so the planner keeps the best predicted one: whole-model
@@ -500,11 +500,11 @@ double lower_bound(const Workload& w, const Costs& c) {
             if (agg) ne_agg[w.experts[q * w.k + j]]++;
         }
     }
-    auto single = [&](int64_t m, Role r, int64_t n) { return run_seconds(c.models[m], r, n, c.tokens, 1, 0); };
-    auto fastest = [&](int64_t m, Role r, int64_t n) { return run_seconds(c.models[m], r, n, c.tokens, Dn, eff); };
+    auto single = [&](int64_t m, Role r, int64_t n) { return run_seconds(c.models[m], r, n, 1, 0); };
+    auto fastest = [&](int64_t m, Role r, int64_t n) { return run_seconds(c.models[m], r, n, Dn, eff); };
     auto work = [&](int64_t m, Role r, int64_t n) {  // n items' seconds of generation, without overhead and floor
         const ModelCost& mc = c.models[m];
-        const Tokens& t = c.tokens;
+        const Tokens& t = mc.tokens;
         double per = r == Role::Expert ? t.expert_prompt / mc.prefill_tps + t.expert_output / mc.decode_tps
                                        : t.aggregate_prompt / mc.prefill_tps + t.aggregate_output / mc.decode_tps;
         return double(n) * per;

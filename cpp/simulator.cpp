@@ -83,7 +83,7 @@ Timeline simulate(const Plan& p, const Workload& w, const Costs& c) {
                         b = std::max({lane_max(comp), ready[o][st.model], dep[s]});
                         if (!c.devices[o].overlap_load) b = std::max(b, lane_max(io));
                         int64_t n = st.item_end - st.item_begin;
-                        e = b + run_seconds(*mc, st.role, n, c.tokens, std::max(1, st.tp), c.tp_efficiency);
+                        e = b + run_seconds(*mc, st.role, n, std::max(1, st.tp), c.tp_efficiency);
                         set_lane(comp, e);
                         if (!c.devices[o].overlap_load) set_lane(io, e);
                         for (int32_t x = st.device; x < d1; ++x) { last_run[x][st.model] = e; t.busy[x] += e - b; }

@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy.typing as npt
 
-COST_COLUMNS: list[str]
+COST_COLUMNS: list[str]  # model figures
+TOKEN_COLUMNS: list[str]  # optional per-model tokens per request after them (NaN: the tokens argument's)
 MAX_K: int  # 65536: most experts per question; questions x k is capped at 2**32 slots
 
 def route(
@@ -28,11 +29,11 @@ def uniform(seed: int, question: int, stream: int, slot: int) -> float: ...  # u
 def make_plan(
     experts: npt.ArrayLike,  # int64, N x k model ids
     aggregator: npt.ArrayLike | None,  # int64, N model ids, -1 none
-    model_costs: npt.ArrayLike,  # float64, M x len(COST_COLUMNS)
+    model_costs: npt.ArrayLike,  # float64, M x len(COST_COLUMNS) or M x len(COST_COLUMNS + TOKEN_COLUMNS)
     device_memory: npt.ArrayLike,  # float64, D
     device_overlap: npt.ArrayLike,  # bool, D
     device_host: npt.ArrayLike,  # float64, D
-    tokens: npt.ArrayLike,  # float64, 4
+    tokens: npt.ArrayLike,  # float64, 4: expert prompt, output, aggregate prompt, output (models without their own)
     tp_efficiency: float,
     strategy: str,  # 'symoe', 'reference' or 'naive'
     pause_s: float,
@@ -52,6 +53,14 @@ def lower_bound(
 ) -> float: ...
 # Validates the plan (list order is each device's order; a tp step spans devices [device,
 # device + tp) and needs its model resident on exactly that group), then predicts its timeline.
+# Predicted seconds of one run of n requests: overhead + max(n * work per request, one stream) / tp speed-up.
+def run_seconds(
+    model_cost: npt.ArrayLike,  # float64, len(COST_COLUMNS + TOKEN_COLUMNS)
+    role: int,  # 0 expert, 1 aggregate
+    n: int,
+    tp: int = 1,
+    tp_efficiency: float = 0.0,
+) -> float: ...
 def simulate(
     plan: dict[str, Any],  # devices, and the step arrays as make_plan returns them
     experts: npt.ArrayLike,
