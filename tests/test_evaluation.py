@@ -21,7 +21,8 @@ from symoe.execution import RunOptions
 from symoe.generation import Generation, Requests, Sampling
 from symoe.generation.fake import FakeEngine, ScaledClock
 from symoe.pipeline import Task, run_pipeline
-from symoe.planning import Config, Plan
+from symoe.config import Config
+from symoe.planning import Plan
 from symoe.routing import Profiles
 from symoe.store import Store
 

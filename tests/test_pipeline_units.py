@@ -79,7 +79,7 @@ def test_matching_on_real_embeddings(tmp_path):
 
 
 def test_check_pool_names_problems():
-    from symoe.planning import Config
+    from symoe.config import Config
 
     cfg = Config.bundled("paper16")
     p = Profiles.from_dict({"not-in-pool": {"x": 1}})
@@ -103,7 +103,7 @@ def test_bundled_sample_is_real_test_data():
 
 
 def _pool_with_folder(tmp_path, engine_len=8192, model_len=None, positions=4096):
-    from symoe.planning import Config
+    from symoe.config import Config
 
     folder = tmp_path / "m"
     folder.mkdir(exist_ok=True)
@@ -133,10 +133,10 @@ def test_per_model_engine_settings_and_position_limit(tmp_path):
 
 def test_bad_per_model_settings_are_named():
     from symoe.errors import SymoeError
-    from symoe.planning import Config
+    from symoe.config import Config
 
     for key, v in (("max_tokens", 0), ("max_model_len", -1)):
-        with pytest.raises(SymoeError, match=rf"\[\[model\]\] #1: {key} must be >= 1, got {v}"):
+        with pytest.raises(SymoeError, match=rf"\[\[model\]\] #1: {key} should be greater than 0, got {v}"):
             Config.from_dict({"model": [{"name": "a", "weight_gb": 1.0, key: v}]})
     with pytest.raises(ValueError, match="trust_remote_code"):
         Config.from_dict({"model": [{"name": "a", "weight_gb": 1.0, "trust_remote_code": "yes"}]})
@@ -155,7 +155,7 @@ def test_requests_take_each_models_max_tokens(tmp_path):
 
 
 def test_paper16_settings_are_the_papers():
-    from symoe.planning import Config
+    from symoe.config import Config
 
     cfg = Config.bundled("paper16")
     r1 = [m for m in cfg.models if "R1-Distill" in m.name]

@@ -3,7 +3,8 @@
 from importlib.metadata import version as _version
 
 from .errors import SymoeError
-from .planning import Config, Device, ModelSpec, Plan, Timeline, Tokens, plan, simulate
+from .config import Config, Device, ModelSpec, Tokens
+from .planning import Plan, Timeline, plan, simulate
 from .routing import Assignment, Profiles, keywords_to_csr, route
 
 __all__ = ["Assignment", "Config", "Device", "ModelSpec", "Plan", "Profiles", "SymoeError", "Timeline", "Tokens",

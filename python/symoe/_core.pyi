@@ -53,6 +53,8 @@ def lower_bound(
 ) -> float: ...
 # Validates the plan (list order is each device's order; a tp step spans devices [device,
 # device + tp) and needs its model resident on exactly that group), then predicts its timeline.
+# Returns start, end (per step), busy (per device), makespan (the last run's end: trailing unloads,
+# parks and pauses delay no result), finish (the last step's end), loads, bytes_loaded.
 # Predicted seconds of one run of n requests: overhead + max(n * work per request, one stream) / tp speed-up.
 def run_seconds(
     model_cost: npt.ArrayLike,  # float64, len(COST_COLUMNS + TOKEN_COLUMNS)

@@ -14,7 +14,7 @@ from .datasets import Question
 from .generation import Requests, Sampling
 from .generation.batch import generate_jobs
 from .grading import answer_of, is_correct
-from .planning import Config
+from .config import Config
 from .store import Store
 
 

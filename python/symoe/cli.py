@@ -12,7 +12,8 @@ import numpy as np
 
 from . import _core
 from .errors import SymoeError
-from .planning import Config, Plan, plan, save_picture
+from .config import Config
+from .planning import Plan, plan, save_picture
 from .routing import RARE_THRESHOLD, Assignment, Profiles, route
 
 FORMATS = ("mmlu_pro", "medmcqa", "gpqa", "aime", "jsonl")
@@ -356,7 +357,7 @@ tokens_opt = click.option("--max-tokens", type=click.IntRange(min=1), default=No
 def _max_tokens(cfg, given):
     from .generation import Sampling
 
-    return given if given is not None else int(dict(cfg.engine).get("max_tokens", Sampling.max_tokens))
+    return given if given is not None else cfg.engine.max_tokens or Sampling.max_tokens
 
 
 @main.command("keywords")

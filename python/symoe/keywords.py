@@ -10,7 +10,7 @@ from pathlib import Path
 from .datasets import Question
 from .generation import Requests, Sampling
 from .generation.batch import generate_jobs
-from .planning import Config
+from .config import Config
 from .store import Store
 
 MAX_LEN = 20

@@ -11,7 +11,7 @@ from typing import Any
 
 from .generation import Generation, ModelSettings, Request, SamplingParams
 from .generation.local import LocalEngine
-from .planning import Config
+from .config import Config
 
 PROMPT = ({"role": "user", "content": "Explain step by step why the sky is blue."},)
 NO_DEADLINE = math.inf

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from .errors import SymoeError
 
 if TYPE_CHECKING:
-    from .planning import Config
+    from .config import Config
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,7 @@ def check_model_folder(path: str | Path, name: str = "") -> None:
 def check_models(cfg: Config, names: Iterable[str]) -> None:
     """Check the local folder of every named pool model before a run loads any of them. A model
     without a path, or on GPU with a hub id as its path, is fetched by the engine: nothing to check."""
-    gpu = dict(cfg.engine).get("platform", "gpu") == "gpu"
+    gpu = cfg.engine.platform == "gpu"
     for name in dict.fromkeys(names):
         path = cfg.model(name).path
         if path is None or (gpu and not Path(path).exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", path)):

@@ -29,7 +29,8 @@ from .generation import Clock, Engine, ModelSettings, Requests, Sampling
 from .keywords import annotate
 from .matching import Embedder, match_keywords
 from .models import check_models
-from .planning import Config, Plan, plan
+from .config import Config
+from .planning import Plan, plan
 from .presets import preset as get_preset
 from .routing import RARE_THRESHOLD, Assignment, Profiles, route
 from .store import Store

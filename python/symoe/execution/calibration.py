@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..planning import Config
+from ..config import Config
 from .report import RunReport, StepRecord
 
 

@@ -16,7 +16,7 @@ from .local import LocalEngine
 from .requests import Generation, Request
 
 if TYPE_CHECKING:
-    from ..planning import Config
+    from ..config import Config
     from ..store import Store
 
 # Stages have no plan to derive deadlines from: the cost model's time, times this, plus the margin.

@@ -22,7 +22,7 @@ from ..errors import SymoeError
 from .requests import Generation, Request
 
 if TYPE_CHECKING:
-    from ..planning import Config
+    from ..config import Config
 
 
 class EngineError(RuntimeError):
@@ -72,20 +72,19 @@ class ModelSettings:
         """The model's settings; a context length above what the model's own ``config.json``
         allows (where its folder is on disk) is refused here, before any engine starts."""
         m = cfg.model(name)
-        eng = dict(cfg.engine)
-        platform = str(eng.get("platform", "gpu"))
+        eng = cfg.engine
+        platform = eng.platform
         if platform == "cpu" and m.path and not Path(m.path).exists():
             raise ValueError(f"model {name}: path {m.path} does not exist (run `symoe models fetch tiny`?)")
         share = None if platform == "cpu" else min(0.95, m.resident_bytes / cfg.devices[0].memory_bytes)
-        length = m.max_model_len or int(eng.get("max_model_len", 4096))
+        length = m.max_model_len or eng.max_model_len
         limit = position_limit(m.path)
         if limit is not None and length > limit:
             src = "its [[model]] max_model_len" if m.max_model_len else "[engine] max_model_len"
             raise SymoeError(f"model {name}: max_model_len {length} ({src}) exceeds the {limit} positions of "
                              f"{Path(str(m.path)) / 'config.json'} (max_position_embeddings): set max_model_len <= "
                              f"{limit} in its [[model]] table")
-        return cls(m.name, m.path or m.name, m.chat, platform, str(eng.get("dtype", "float32" if platform == "cpu" else "auto")),
-                   length, bool(eng.get("enforce_eager", platform == "cpu")),
+        return cls(m.name, m.path or m.name, m.chat, platform, eng.resolved_dtype, length, eng.eager,
                    m.park_s >= 0 and platform != "cpu", share, m.trust_remote_code)
 
     def wire(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from .engine import BatchInfo, Clock, Engine, EngineError, EngineTimeout, ModelS
 from .requests import Request
 
 if TYPE_CHECKING:
-    from ..planning import Config
+    from ..config import Config
 
 TICK_S = 0.002  # real seconds between checks while a batch runs
 

@@ -17,10 +17,14 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..config import EngineSettings
 from .engine import BatchInfo, Clock, Engine, EngineError, EngineTimeout, ModelSettings, OnDone, generation_from_event
 from .requests import Request
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 WORKER = Path(__file__).with_name("worker.py")
 # Workers are started from one long-lived thread: their die-with-parent signal fires when the
@@ -29,7 +33,7 @@ _spawner = ThreadPoolExecutor(1, thread_name_prefix="symoe-spawn")
 
 
 def engine_env(platform: str, device: int, devices: int = 1, threads: int | None = None,
-               kv_cache_gb: float = 1.0) -> dict[str, str]:
+               kv_cache_gb: float = EngineSettings().kv_cache_gb) -> dict[str, str]:
     """Environment a worker needs before vLLM is imported. On CPU each of ``devices`` devices is
     bound to its own cores (``threads`` each, default: an equal share)."""
     env = dict(os.environ)
@@ -143,10 +147,9 @@ class LocalEngine(Engine):
         self._closed = False
 
     @classmethod
-    def for_config(cls, cfg: Any, device: int, log_dir: Path) -> LocalEngine:
-        eng = dict(cfg.engine)
-        env = engine_env(str(eng.get("platform", "gpu")), device, len(cfg.devices), eng.get("threads"),
-                         float(eng.get("kv_cache_gb", 1.0)))
+    def for_config(cls, cfg: Config, device: int, log_dir: Path) -> LocalEngine:
+        eng = cfg.engine
+        env = engine_env(eng.platform, device, len(cfg.devices), eng.threads, eng.kv_cache_gb)
         return cls(device, env, log_dir)
 
     def _new_worker(self) -> Worker:

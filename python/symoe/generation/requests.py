@@ -18,7 +18,7 @@ from ..prompts import aggregator_messages, as_completion, expert_messages, keywo
 
 if TYPE_CHECKING:
     from ..datasets import Question
-    from ..planning import Config
+    from ..config import Config
 
 Role = Literal["expert", "aggregate", "keywords", "aggregator-benchmark"]
 Message = dict[str, str]

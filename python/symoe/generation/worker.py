@@ -34,11 +34,12 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-_die_with_parent()
-# Run as a script, this file's folder heads sys.path, and its neighbours (requests.py, ...) would
-# shadow the libraries vLLM imports.
-if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
+if __name__ == "__main__":  # imported (the Ray engine's actors reuse VllmEngine): no process setup
+    _die_with_parent()
+    # Run as a script, this file's folder heads sys.path, and its neighbours (requests.py, ...)
+    # would shadow the libraries vLLM imports.
+    if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
+        del sys.path[0]
 
 import json  # noqa: E402
 import threading  # noqa: E402
