@@ -352,6 +352,7 @@ static py::dict simulate_py(py::object plan, INPUT_ARGS) {
     d["end"] = to_numpy(std::move(t.end), {S});
     d["busy"] = to_numpy(std::move(t.busy), {D});
     d["makespan"] = t.makespan;
+    d["finish"] = t.finish;
     d["loads"] = t.loads;
     d["bytes_loaded"] = t.bytes_loaded;
     return d;

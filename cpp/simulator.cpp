@@ -105,7 +105,9 @@ Timeline simulate(const Plan& p, const Workload& w, const Costs& c) {
                 }
                 t.start[s] = b;
                 t.end[s] = e;
-                t.makespan = std::max(t.makespan, e);
+                // Steps after a device's last run (unloads, parks, a pause) delay no result.
+                if (st.kind == StepKind::Run) t.makespan = std::max(t.makespan, e);
+                t.finish = std::max(t.finish, e);
                 for (int32_t x = st.device; x < d1; ++x) ++pos[x];
                 ++done;
                 progress = true;

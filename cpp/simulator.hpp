@@ -8,7 +8,8 @@ namespace symoe {
 
 struct Timeline {
     std::vector<double> start, end;  // per step
-    double makespan = 0;
+    double makespan = 0;             // the last run's end: when the last result exists
+    double finish = 0;               // the last step's end: trailing unloads, parks and pauses too
     std::vector<double> busy;        // per device: seconds spent generating
     int64_t loads = 0;               // Load steps (wakes not counted)
     double bytes_loaded = 0;
