@@ -40,16 +40,11 @@ def main() -> None:
     cfg = symoe.Config.from_toml(fetch_tiny())
     qs = (load_questions(bundled("mmlu_pro_sample.json")) if args.sample
           else load_questions(DATA / "MMLU_Pro_test.json", limit=args.questions))
-    prof = symoe.Profiles.from_json(bundled("tiny_profiles.json"))
-    task = Task.from_json(bundled("tiny_task.json"))
-    # Keywords for routing come from the same pipeline stage `symoe run` uses.
-    from symoe.keywords import annotate
-    from symoe.matching import Embedder, match_keywords
-
-    with Store(out / "keywords.sqlite") as st:
-        kws = annotate(qs, cfg, task.keyword_model, st, out / "kw", progress=False)
-    matched = match_keywords(kws, prof.vocabulary, Embedder(out / "emb.npz"))
-    a = symoe.route(prof, [matched[q.id] for q in qs], k=3, seed=0, question_ids=[q.id for q in qs])
+    # Routing as `symoe run` does it: keywords from the task's keyword model, matching, k=3 experts.
+    moe = symoe.SymbolicMoE(cfg, bundled("tiny_profiles.json"), bundled("tiny_task.json"),
+                            store=out / "keywords.sqlite", options=RunOptions(progress=False))
+    task = moe.task
+    a = moe.route(qs, embeddings=out / "emb.npz")
     a.save(out / "assignment.jsonl")
     sampling = Sampling(0.7, args.max_tokens, args.max_tokens, 0)
     summary = {"questions": len(qs), "experts": a.counts(), "aggregator": task.aggregator, "runs": {}}

@@ -2,11 +2,17 @@
 
 from importlib.metadata import version as _version
 
+from .config import Config, Device, EngineSettings, ModelSpec, Tokens
+from .datasets import Question, load_questions
 from .errors import SymoeError
-from .config import Config, Device, ModelSpec, Tokens
+from .execution import RunOptions
+from .generation import Sampling
+from .moe import SymbolicMoE
+from .pipeline import RunResult, Task
 from .planning import Plan, Timeline, plan, simulate
 from .routing import Assignment, Profiles, keywords_to_csr, route
 
-__all__ = ["Assignment", "Config", "Device", "ModelSpec", "Plan", "Profiles", "SymoeError", "Timeline", "Tokens",
-           "keywords_to_csr", "plan", "route", "simulate"]
+__all__ = ["Assignment", "Config", "Device", "EngineSettings", "ModelSpec", "Plan", "Profiles", "Question",
+           "RunOptions", "RunResult", "Sampling", "SymbolicMoE", "SymoeError", "Task", "Timeline", "Tokens",
+           "keywords_to_csr", "load_questions", "plan", "route", "simulate"]
 __version__ = _version("symoe")  # one home: pyproject.toml

@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import functools
 import json
-import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, field, fields, replace
@@ -71,6 +70,10 @@ class ModelEntry(CostDefaults):
     max_tokens: PositiveInt | None = None
     max_model_len: PositiveInt | None = None
     trust_remote_code: bool = False
+    expert_prompt_tokens: NonNegativeFloat | None = None  # this model's own tokens per request
+    expert_output_tokens: NonNegativeFloat | None = None  # (None: the [tokens] table's)
+    aggregate_prompt_tokens: NonNegativeFloat | None = None
+    aggregate_output_tokens: NonNegativeFloat | None = None
 
 
 class DevicesTable(BaseModel):
@@ -119,7 +122,9 @@ class ModelSpec:
     ``load_s`` is a cold start; ``park_s``/``wake_s`` the sleep-mode offload and return
     (``park_s < 0``: not supported). ``decode_tps``/``prefill_tps`` hold for a saturated batch,
     ``stream_tps`` for one sequence alone. ``max_tokens``, ``max_model_len`` and
-    ``trust_remote_code`` are engine settings (None: the run's and ``[engine]``'s).
+    ``trust_remote_code`` are engine settings (None: the run's and ``[engine]``'s). The
+    ``*_tokens`` figures are this model's expected tokens per request by role (reasoning models
+    write far more than others; None: the config's ``[tokens]``).
     """
 
     name: str
@@ -138,18 +143,14 @@ class ModelSpec:
     max_tokens: PositiveInt | None = None
     max_model_len: PositiveInt | None = None
     trust_remote_code: bool = False  # the model's own code from its folder (GLM-4, InternLM3)
+    expert_prompt_tokens: NonNeg | None = None
+    expert_output_tokens: NonNeg | None = None
+    aggregate_prompt_tokens: NonNeg | None = None
+    aggregate_output_tokens: NonNeg | None = None
 
     @property
     def resident_bytes(self) -> float:
         return self.weight_bytes + self.extra_bytes
-
-    def run_seconds(self, n: int, prompt_tokens: float, output_tokens: float, tp: int = 1, tp_eff: float = 0.0) -> float:
-        """Predicted time of one batch of ``n`` requests (the core's ``run_seconds``): throughput
-        bound, but never faster than one sequence decoded alone."""
-        if n <= 0:
-            return 0.0
-        work = n * (prompt_tokens / self.prefill_tps + output_tokens / self.decode_tps)
-        return self.overhead_s + max(work, output_tokens / self.stream_tps) / (1.0 + (tp - 1) * tp_eff)
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,26 @@ class Config:
         """The pool's model ``name``."""
         return self.models[self.index(name)]
 
+    def model_tokens(self, name: str) -> Tokens:
+        """Model ``name``'s expected tokens per request: its own figures, else ``[tokens]``'."""
+        m, t = self.model(name), self.tokens
+        return Tokens(*(t_ if own is None else own for own, t_ in zip(
+            (m.expert_prompt_tokens, m.expert_output_tokens, m.aggregate_prompt_tokens, m.aggregate_output_tokens),
+            (t.expert_prompt, t.expert_output, t.aggregate_prompt, t.aggregate_output))))
+
+    def run_seconds(self, name: str, role: str, n: int, tp: int = 1) -> float:
+        """Predicted seconds of one run of ``n`` requests of ``role`` by model ``name`` (the core's
+        formula: throughput bound, never faster than one sequence decoded alone)."""
+        return _core.run_seconds(self._cost_row(self.index(name)), 1 if role in ("aggregate", "aggregator-benchmark") else 0, n, tp,
+                                 float(self.tp_efficiency))
+
+    def _cost_row(self, i: int) -> np.ndarray:
+        """Model i's row of the core's cost matrix (COST_COLUMNS, then its tokens per request)."""
+        m = self.models[i]
+        t = asdict(self.model_tokens(m.name))
+        return np.array([float(getattr(m, c)) for c in _core.COST_COLUMNS] +
+                        [float(t[c.removesuffix("_tokens")]) for c in _core.TOKEN_COLUMNS], dtype=np.float64)
+
     def with_devices(self, count: int | None = None, memory_gb: float | None = None,
                      overlap_load: bool | None = None, host_memory_gb: float | None = None) -> Config:
         """The same pool on ``count`` identical devices (what-if: more GPUs, less memory, ...)."""
@@ -249,6 +270,18 @@ class Config:
     def bundled(cls, name: str) -> Config:
         """A config shipped with the package (``tiny``, ``paper16``)."""
         return cls.from_toml(bundled_config_path(name))
+
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> Config:
+        """A TOML path, or the name of a bundled config."""
+        if Path(name_or_path).exists():
+            return cls.from_toml(name_or_path)
+        try:
+            return cls.bundled(str(name_or_path))
+        except ValueError:
+            names = sorted(p.stem for p in bundled_config_path("tiny").parent.glob("*.toml"))
+            raise SymoeError(f"--config {str(name_or_path)!r}: no such file, nor a bundled config "
+                             f"({', '.join(names)})") from None
 
     @classmethod
     def from_toml(cls, path: str | Path) -> Config:
@@ -298,10 +331,10 @@ class Config:
     def core_args(self) -> dict[str, Any]:
         """The plain numbers the C++ planner and simulator receive."""
         t = self.tokens
-        cols = _core.COST_COLUMNS
-        costs = np.array([[float(getattr(m, c)) for c in cols] for m in self.models], dtype=np.float64)
+        cols = len(_core.COST_COLUMNS) + len(_core.TOKEN_COLUMNS)
+        costs = np.array([self._cost_row(i) for i in range(len(self.models))], dtype=np.float64)
         return dict(
-            model_costs=costs.reshape(-1, len(cols)),
+            model_costs=costs.reshape(-1, cols),
             device_memory=np.array([d.memory_bytes for d in self.devices], dtype=np.float64),
             device_overlap=np.array([d.overlap_load for d in self.devices], dtype=bool),
             device_host=np.array([d.host_bytes for d in self.devices], dtype=np.float64),
@@ -361,7 +394,9 @@ def _resolve(d: CostDefaults, m: ModelEntry, i: int, base: Path | None, source: 
         park_s=m.park_s if m.park_s is not None else wb / h2d if g.sleep else -1.0,
         wake_s=m.wake_s if m.wake_s is not None else wb / h2d if g.sleep else 0.0,
         overhead_s=g.overhead_s, prefill_tps=g.prefill_tps, decode_tps=g.decode_tps, stream_tps=g.stream_tps,
-        chat=m.chat, max_tokens=m.max_tokens, max_model_len=m.max_model_len, trust_remote_code=m.trust_remote_code)
+        chat=m.chat, max_tokens=m.max_tokens, max_model_len=m.max_model_len, trust_remote_code=m.trust_remote_code,
+        expert_prompt_tokens=m.expert_prompt_tokens, expert_output_tokens=m.expert_output_tokens,
+        aggregate_prompt_tokens=m.aggregate_prompt_tokens, aggregate_output_tokens=m.aggregate_output_tokens)
 
 
 def _explain(e: ValidationError, data: Mapping[str, Any], source: str) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from importlib import resources
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -30,6 +32,11 @@ class Question:
     def text_hash(self) -> str:
         """What a plan records of the question, so it is never run on another text under the same id."""
         return hashlib.sha256(self.text.encode()).hexdigest()[:16]
+
+
+def bundled(name: str) -> Path:
+    """A data file shipped with the package (question samples, tiny-pool profiles and task)."""
+    return Path(str(resources.files("symoe") / "data" / name))
 
 
 def guess_format(path: str | Path) -> Format:
@@ -97,3 +104,43 @@ def load_questions(path: str | Path, fmt: Format | None = None, limit: int | Non
     if not out:
         raise ValueError(f"{path}: no questions")
     return out
+
+
+def select(questions: Sequence[Question], limit: int | None = None, per_category: int | None = None) -> list[Question]:
+    """The first ``per_category`` questions of each category (all if None), then the first ``limit``."""
+    seen: dict[str, int] = {}
+    keep = []
+    for q in questions:
+        if per_category is None or seen.get(q.category, 0) < per_category:
+            seen[q.category] = seen.get(q.category, 0) + 1
+            keep.append(q)
+    return keep if limit is None else keep[:limit]
+
+
+def load_keyword_file(path: str | Path) -> tuple[list[str], list[list[str]]]:
+    """Question ids and keyword lists from a JSON array or JSONL of ``{id, keywords: [...]}``."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SymoeError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason})") from e
+    try:
+        items = json.loads(text)
+        if not isinstance(items, list):
+            raise ValueError
+    except ValueError:
+        try:
+            items = [json.loads(ln) for ln in text.splitlines() if ln.strip()]
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: neither a JSON array nor JSONL: {e}") from e
+    ids, kws = [], []
+    seen: dict[str, int] = {}
+    for i, it in enumerate(items):
+        if not isinstance(it, dict) or not isinstance(it.get("keywords"), list):
+            raise ValueError(f"{path}: item {i} needs a 'keywords' list")
+        qid = str(it.get("id", i))
+        if qid in seen:
+            raise SymoeError(f"{path} item {i}: duplicate question id {qid!r} (also item {seen[qid]})")
+        seen[qid] = i
+        ids.append(qid)
+        kws.append([str(k) for k in it["keywords"]])
+    return ids, kws

@@ -218,3 +218,13 @@ def check_models(cfg: Config, names: Iterable[str]) -> None:
         if path is None or (gpu and not Path(path).exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", path)):
             continue
         check_model_folder(path, name)
+
+
+def provide(cfg: Config, names: Iterable[str]) -> None:
+    """Fetch (or verify, instantly when cached) the named models that are tiny-pool models
+    expected in the cache; others must already be where the config says."""
+    root = cache_dir()
+    for m in TINY:
+        path = cfg.model(m.name).path if m.name in cfg.names and m.name in set(names) else None
+        if path and Path(path).parent.resolve() == (root / "models").resolve():
+            fetch_model(m, root)

@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 
 from . import _core
-from .datasets import Question
+from .datasets import Question, bundled
 from .errors import SymoeError
 from .evaluation import (
     agreed_answer,
@@ -64,12 +64,10 @@ class Task:
         Path(path).write_text(json.dumps(asdict(self), indent=1))
 
 
-def bundled(name: str) -> Path:
-    return Path(str(resources.files("symoe") / "data" / name))
-
-
 @dataclass
-class PipelineResult:
+class RunResult:
+    """What a run produced: its report, plan, assignment, keywords and stage times."""
+
     report: RunReport
     plan: Plan
     assignment: Assignment
@@ -159,7 +157,7 @@ def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles,
                  baseline: Baseline = "none", similarity_floor: float | None = None,
                  options: RunOptions = RunOptions(), skip_agreed: bool = False,
                  engines: EngineFactory | None = None, clock: Clock | None = None, preset: str = "symoe"
-                 ) -> PipelineResult:
+                 ) -> RunResult:
     """``skip_agreed``: the experts run first; where all k extracted answers are equal that answer
     is final, and aggregation is planned only for the other questions (their aggregator is -1 in
     the saved plan). ``engines``/``clock``: for tests and what-if runs (default: local vLLM).
@@ -248,4 +246,4 @@ def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles,
                "stage_seconds": times, "generated": report.generated, "reused": report.reused,
                "sampling": asdict(sampling)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    return PipelineResult(report, p, a, kws, matched, times, sum(skipped))
+    return RunResult(report, p, a, kws, matched, times, sum(skipped))

@@ -5,13 +5,9 @@ Every time a plan or timeline shows is a *prediction* of the cost model, never a
 
 from __future__ import annotations
 
-import functools
 import json
-import math
-import numbers
-import tomllib
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from enum import IntEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -104,6 +100,14 @@ class Plan:
 
     def _core_inputs(self) -> dict[str, Any]:
         return dict(experts=self.experts, aggregator=self.aggregator, **self.config.core_args())
+
+    def with_config(self, cfg: Config) -> Plan:
+        """The same steps with another config's engine settings and paths (same models and devices)."""
+        if cfg.names != self.config.names or len(cfg.devices) != len(self.config.devices):
+            raise ValueError("config does not match the plan: models or device count differ")
+        q = replace(self, config=cfg)
+        q.timeline = simulate(q)
+        return q
 
     def validate(self) -> None:
         """Raise ValueError naming the first violated invariant (the core checks them all before

@@ -1,0 +1,5 @@
+"""``python -m symoe.cli``."""
+
+from . import cli
+
+cli()

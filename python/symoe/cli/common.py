@@ -1,0 +1,88 @@
+"""What every command group shares: options, error handling, tables."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, TypeVar
+
+import click
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from .. import _core
+from ..datasets import Format, Question, bundled, load_questions, select
+from ..execution import RunOptions
+
+F = TypeVar("F", bound=Callable[..., Any])
+FORMATS = Format.__args__  # type: ignore[attr-defined]
+
+# Checked by click before a command starts (a usage error, exit code 2).
+limit_opt = click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N questions.")
+per_category_opt = click.option("--per-category", type=click.IntRange(min=1), default=None,
+                                help="Use the first N questions of each category.")
+seed_opt = click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True)
+k_opt = click.option("-k", type=click.IntRange(1, _core.MAX_K), default=3, show_default=True,
+                     help="Experts per question.")
+questions_opt = click.option("--questions", "questions_path", default=None,
+                             help="Dataset file (default: the bundled MMLU-Pro sample).")
+format_opt = click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+                          help="Dataset format (default: from the file name).")
+config_opt = click.option("--config", "config_path", default="tiny", show_default=True,
+                          help="Pool config: a TOML path or a bundled name (tiny, paper16).")
+store_opt = click.option("--store", "store_path", default="runs/store.sqlite", show_default=True)
+tokens_opt = click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="New tokens per expert answer "
+                          "(default: the config's [engine] max_tokens, else 4096 as in the paper).")
+
+
+class BadInput(click.ClickException):
+    """A ValueError (SymoeError included) from a command: one line, exit code 2 like a usage error."""
+
+    exit_code = 2
+
+
+def fail(e: Exception) -> NoReturn:
+    """Report a library error as a one-line CLI error."""
+    if isinstance(e, ValueError):
+        raise BadInput(" ".join(str(e).splitlines())) from e
+    raise click.ClickException(str(e)) from e
+
+
+def faults_opts(f: F) -> F:
+    """--retries and the deadline of every engine call."""
+    d = RunOptions()
+    f = click.option("--deadline-margin", type=float, default=d.deadline_margin_s, show_default=True,
+                     help="Seconds added to every engine call's deadline.")(f)
+    f = click.option("--deadline-factor", type=float, default=d.deadline_factor, show_default=True,
+                     help="An engine call may take this multiple of its predicted time (plus the margin).")(f)
+    return click.option("--retries", type=int, default=d.retries, show_default=True,
+                        help="Per step: after an engine fault, reload the model and redo what the store lacks.")(f)
+
+
+def run_options(retries: int, deadline_factor: float, deadline_margin: float) -> RunOptions:
+    """RunOptions from the fault options."""
+    return RunOptions(deadline_factor=deadline_factor, deadline_margin_s=deadline_margin, retries=retries)
+
+
+def questions(path: str | None, fmt: str | None, limit: int | None = None,
+              per_category: int | None = None) -> list[Question]:
+    """A dataset (default: the bundled MMLU-Pro sample), subset as asked."""
+    return select(load_questions(path or bundled("mmlu_pro_sample.json"), fmt), limit, per_category)  # type: ignore[arg-type]
+
+
+def console() -> Console:
+    """stdout as click sees it (tests capture it), wide enough for tables when not a terminal."""
+    return Console(file=sys.stdout, width=None if sys.stdout.isatty() else max(shutil.get_terminal_size().columns, 160),
+                   highlight=False)
+
+
+def table(rows: Sequence[Sequence[object]], header: Sequence[str], title: str | None = None) -> None:
+    """Print a table; floats with one decimal."""
+    t = Table(*header, box=box.SIMPLE_HEAD, title=title, title_justify="left")
+    for i, _ in enumerate(header[1:], 1):
+        t.columns[i].justify = "right"
+    for r in rows:
+        t.add_row(*(f"{c:,.1f}" if isinstance(c, float) else str(c) for c in r))
+    console().print(t)

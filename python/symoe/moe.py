@@ -1,0 +1,92 @@
+"""``SymbolicMoE``: the one entry point to the method (a pool, its skill profiles, a task's choices)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from .config import Config
+from .datasets import Question
+from .execution import RunOptions
+from .generation import Clock, Sampling
+from .keywords import annotate
+from .matching import Embedder, match_keywords
+from .models import check_models, provide
+from .datasets import bundled
+from .pipeline import Baseline, EngineFactory, RunResult, Task, run_pipeline
+from .planning import Plan, plan
+from .presets import preset as get_preset
+from .routing import Assignment, Profiles, route
+from .store import Store
+
+__all__ = ["SymbolicMoE"]
+
+
+class SymbolicMoE:
+    """Symbolic Mixture-of-Experts over a pool: keywords -> routing -> plan -> experts -> aggregation.
+
+    >>> moe = SymbolicMoE.from_bundled("tiny")
+    >>> result = moe.run(questions)            # every generation lands in the store as it finishes
+    >>> result.report.accuracy
+
+    ``k`` experts per question, routed with ``seed``; ``preset`` "symoe" or "reference" (the
+    authors' code's choices); ``sampling`` defaults to the paper's (T=0.7) with the config's
+    ``[engine] max_tokens``. ``engines``/``clock`` replace the local vLLM engines (tests, what-ifs).
+    """
+
+    def __init__(self, pool: Config | str | Path, profiles: Profiles | str | Path, task: Task | str | Path, *,
+                 store: str | Path = "runs/store.sqlite", k: int = 3, seed: int = 0, preset: str = "symoe",
+                 rare_threshold: float | None = None, similarity_floor: float | None = None,
+                 sampling: Sampling | None = None, options: RunOptions = RunOptions(),
+                 engines: EngineFactory | None = None, clock: Clock | None = None):
+        self.config = pool if isinstance(pool, Config) else Config.load(pool)
+        self.profiles = profiles if isinstance(profiles, Profiles) else Profiles.from_json(profiles)
+        self.task = task if isinstance(task, Task) else Task.from_json(task)
+        self.store_path = Path(store)
+        self.k, self.seed, self.preset = k, seed, get_preset(preset)
+        self.rare_threshold = self.preset.rare_threshold if rare_threshold is None else rare_threshold
+        self.similarity_floor = similarity_floor
+        default = Sampling(seed=seed)
+        self.sampling = sampling or replace(default, max_tokens=self.config.engine.max_tokens or default.max_tokens,
+                                            aggregate_max_tokens=self.config.engine.max_tokens or default.max_tokens)
+        self.options, self.engines, self.clock = options, engines, clock
+
+    @classmethod
+    def from_bundled(cls, name: str = "tiny", **kwargs: object) -> SymbolicMoE:
+        """The bundled pool ``name`` with its bundled profiles and task (only ``tiny`` ships both)."""
+        if name != "tiny":
+            raise ValueError(f"bundled profiles and task exist for the 'tiny' pool only, not {name!r}")
+        return cls(name, bundled("tiny_profiles.json"), bundled("tiny_task.json"), **kwargs)  # type: ignore[arg-type]
+
+    def keywords(self, questions: Sequence[Question], run_dir: str | Path = "runs/keywords") -> dict[str, list[str]]:
+        """Skill keywords of each question, from the task's keyword model (stored; resumable)."""
+        provide(self.config, [self.task.keyword_model])
+        check_models(self.config, [self.task.keyword_model])
+        with Store(self.store_path) as store:
+            return annotate(questions, self.config, self.task.keyword_model, store, Path(run_dir), self.sampling,
+                            progress=self.options.progress)
+
+    def route(self, questions: Sequence[Question], keywords: Mapping[str, Sequence[str]] | None = None,
+              embeddings: str | Path = "runs/embeddings.npz") -> Assignment:
+        """Recruit ``k`` experts per question (keywords generated when not given)."""
+        kws = keywords if keywords is not None else self.keywords(questions)
+        matched = match_keywords({q.id: list(kws[q.id]) for q in questions}, self.profiles.vocabulary,
+                                 Embedder(Path(embeddings)), self.similarity_floor)
+        ids = [q.id for q in questions]
+        return route(self.profiles, [matched[i] for i in ids], k=self.k, seed=self.seed,
+                     rare_threshold=self.rare_threshold, question_ids=ids)
+
+    def plan(self, assignment: Assignment, aggregate: bool = True, strategy: str = "symoe") -> Plan:
+        """A load-once plan of ``assignment`` on the pool's devices (with the task's aggregator)."""
+        return plan(assignment, self.config, aggregator=self.task.aggregator if aggregate else None,
+                    strategy=strategy)  # type: ignore[arg-type]
+
+    def run(self, questions: Sequence[Question], out_dir: str | Path = "runs/default", baseline: Baseline = "none",
+            skip_agreed: bool = False) -> RunResult:
+        """The whole method (or a ``baseline``) on ``questions``; results, plan and logs in ``out_dir``."""
+        provide(self.config, self.config.names)
+        with Store(self.store_path) as store:
+            return run_pipeline(questions, self.config, self.profiles, self.task, store, out_dir, self.sampling,
+                                self.k, self.seed, self.rare_threshold, baseline, self.similarity_floor,
+                                self.options, skip_agreed, self.engines, self.clock, self.preset.name)
