@@ -80,3 +80,61 @@ def test_bad_token_columns():
         _core.lower_bound(**args([row(), row((1.0, -1.0, 1.0, 1.0))], [[0]]))
     with pytest.raises(ValueError, match=r"M x 10 \(COST_COLUMNS\) or M x 14"):
         _core.lower_bound(**args([row() + [1.0]], [[0]]))
+
+
+# ---- per-model tokens in the pool config and in calibration --------------------------------
+
+R1 = "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"
+LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
+
+
+def test_paper16_reasoning_models_write_more():
+    from symoe import Config
+
+    cfg = Config.bundled("paper16")
+    r1, other = cfg.model_tokens(R1), cfg.model_tokens(LLAMA)
+    assert other == cfg.tokens  # no figures of its own: the [tokens] table's
+    assert r1.expert_output == r1.aggregate_output == 8 * cfg.tokens.expert_output
+    assert r1.expert_prompt == cfg.tokens.expert_prompt
+    # The core receives them: one run of 100 aggregations by R1 vs the same model at 600 tokens.
+    costs = cfg.core_args()["model_costs"]
+    assert costs.shape == (16, len(_core.COST_COLUMNS) + len(_core.TOKEN_COLUMNS))
+    assert costs[cfg.index(R1), -1] == 4800.0 and costs[cfg.index(LLAMA), -1] == 600.0
+    assert cfg.run_seconds(R1, "aggregate", 100) > 5 * cfg.run_seconds(LLAMA, "aggregate", 100)
+    # Written and read back with the rest of the pool.
+    again = Config.from_dict(__import__("tomllib").loads(cfg.to_toml()))
+    assert again.model_tokens(R1) == r1 and again.model_tokens(LLAMA) == other
+
+
+def test_config_rejects_bad_token_figures(tmp_path):
+    from symoe import Config
+    from symoe.errors import SymoeError
+
+    f = tmp_path / "pool.toml"
+    f.write_text('[[model]]\nname = "a"\nparams_b = 1\nexpert_output_tokens = -5\n')
+    with pytest.raises(SymoeError, match=r"\[\[model\]\] #1: expert_output_tokens"):
+        Config.from_toml(f)
+
+
+def test_calibration_learns_each_models_lengths():
+    from symoe import Config
+    from symoe.execution.calibration import calibrate
+    from symoe.execution.report import RunReport, StepRecord
+
+    cfg = Config.bundled("paper16")
+
+    def run(step, model, role, n, prompt, out):
+        return StepRecord(step, 0, "run", model, 0.0, 10.0 + step, 0.0, 0.0, n, n * out, n * prompt,
+                          {"role": role, "generated": n})
+
+    steps = [run(0, LLAMA, "expert", 10, 250, 500), run(1, R1, "expert", 10, 260, 6000),
+             run(2, R1, "aggregate", 4, 2000, 7000), run(3, R1, "aggregate", 6, 2100, 8000)]
+    new = calibrate(cfg, RunReport("r", steps, [], 20.0, 20.0, 30, 0))
+    assert new.model_tokens(LLAMA) == type(cfg.tokens)(250, 500, new.tokens.aggregate_prompt, new.tokens.aggregate_output)
+    r1 = new.model_tokens(R1)
+    assert (r1.expert_prompt, r1.expert_output) == (260, 6000)
+    assert r1.aggregate_prompt == pytest.approx((4 * 2000 + 6 * 2100) / 10)
+    assert r1.aggregate_output == pytest.approx((4 * 7000 + 6 * 8000) / 10)
+    # A model the run did not measure keeps its figures (the R1-Qwen model: its own 4800).
+    assert new.model_tokens("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B").expert_output == 4800
+    assert new.model_tokens("Qwen/Qwen2.5-7B-Instruct").expert_output == new.tokens.expert_output

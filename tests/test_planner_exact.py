@@ -54,8 +54,7 @@ class Instance:
     def dur(self, m: int, role: int, n: int) -> float:
         key = (m, role, n)
         if key not in self._dur:
-            tok = self.cfg.tokens.of("expert" if role == EXPERT else "aggregate")
-            self._dur[key] = self.cfg.models[m].run_seconds(n, *tok)
+            self._dur[key] = self.cfg.run_seconds(self.cfg.names[m], "expert" if role == EXPERT else "aggregate", n)
         return self._dur[key]
 
     def args(self) -> dict:

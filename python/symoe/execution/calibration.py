@@ -15,7 +15,8 @@ def calibrate(cfg: Config, report: RunReport) -> Config:
     """Cost-model figures from a measured run, for the next plan: per model the median load time
     and prefill/decode throughputs fitted by least squares to its generate steps
     (``seconds - overhead = prompt_tokens / prefill_tps + tokens / decode_tps``), and the observed
-    tokens per request by role."""
+    tokens per request by role: per model (its ``*_tokens`` figures) and over all models (``[tokens]``,
+    the figures of models the run did not measure)."""
     loads: dict[str, list[float]] = {}
     runs: dict[str, list[StepRecord]] = {}
     for r in report.steps:
@@ -41,6 +42,12 @@ def calibrate(cfg: Config, report: RunReport) -> Config:
                 upd["prefill_tps"], upd["decode_tps"] = 1.0 / x[0], 1.0 / x[1]
             elif A[:, 1].sum() > 0:  # one run: keep the configured prefill rate, fit decode
                 upd["decode_tps"] = A[:, 1].sum() / max(y.sum() - A[:, 0].sum() / m.prefill_tps, 1e-3)
+        for role in ("expert", "aggregate"):  # this model's own lengths (reasoning models write far more)
+            mine = [r for r in rs if r.info.get("role") == role]
+            n = sum(r.info["generated"] for r in mine)
+            if n:
+                upd[f"{role}_prompt_tokens"] = sum(r.prompt_tokens for r in mine) / n
+                upd[f"{role}_output_tokens"] = sum(r.tokens for r in mine) / n
         models.append(replace(m, **upd))
     tokens = cfg.tokens
     for role in ("expert", "aggregate"):

@@ -53,11 +53,12 @@ class RunReport:
     run_id: str
     steps: list[StepRecord]
     results: list[QuestionResult]
-    makespan: float
+    makespan: float            # the last run's end (trailing unloads delay no result), as the plan's prediction
     predicted_makespan: float
     generated: int
     reused: int
     retries: int = 0
+    finish: float = float("nan")  # the last step's end: trailing unloads and parks included
 
     @property
     def accuracy(self) -> float:

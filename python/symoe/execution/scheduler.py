@@ -106,7 +106,7 @@ def run_plan(plan: Plan, questions: Sequence[Question], store: Store, run_dir: s
         store.release(s.run_id)
     report = RunReport(s.run_id, sorted(s.records, key=lambda r: (r.start, r.step)),
                        grade_run(plan, questions, s.expert_requests, s.aggregate_request, store), s.makespan,
-                       plan.makespan, s.generated, s.reused, s.retried)
+                       plan.makespan, s.generated, s.reused, s.retried, finish=s.finish)
     write_report(report, plan, run_dir, options.pictures)
     return report
 
@@ -130,7 +130,7 @@ class Scheduler:
         self.failure: BaseException | None = None
         self.records: list[StepRecord] = []
         self.generated = self.reused = self.retried = 0
-        self.makespan = 0.0
+        self.makespan = self.finish = 0.0
         # Aggregation readiness: expert generations still missing per question, and per
         # aggregation step the questions still waiting.
         have = store.existing([r.key for r in self.expert_requests])
@@ -244,7 +244,9 @@ class Scheduler:
         finally:
             self.prepare_pool.shutdown(wait=False, cancel_futures=True)
             self.bar(None)
-        self.makespan = self.clock.now() - self.t0
+        # As the plan's prediction: results exist once the last run ends; unloads after it delay none.
+        self.finish = self.clock.now() - self.t0
+        self.makespan = max((r.end for r in self.records if r.kind == "run"), default=0.0)
         if self.failure is not None:
             raise self.failure
 

@@ -79,9 +79,8 @@ def generate_jobs(cfg: Config, jobs: Sequence[tuple[str, Sequence[Request]]], st
             what = f"{label}: model {model}"
             eng.load(settings[model], f"{what} (load)", now() + DEADLINE_FACTOR * m.load_s + DEADLINE_MARGIN_S,
                      keep_spare=i + 1 < len(todo))
-            pin, out = cfg.tokens.of(reqs[0].role)
             generate_once(eng, model, reqs, store, owner, stored, lambda rs: bar(len(rs)), f"{what} (generate)",
-                          now() + DEADLINE_FACTOR * m.run_seconds(len(reqs), pin, out) + DEADLINE_MARGIN_S,
+                          now() + DEADLINE_FACTOR * cfg.run_seconds(model, reqs[0].role, len(reqs)) + DEADLINE_MARGIN_S,
                           getattr(eng, "clock", Clock()))
             eng.unload(model, f"{what} (unload)", now() + DEADLINE_MARGIN_S)
     finally:

@@ -145,9 +145,9 @@ class FakeEngine(Engine):
 
     def generate(self, model: str, requests: Sequence[Request], on_done: OnDone, what: str, deadline: float) -> BatchInfo:
         self._need(model, what)
-        m = self.cfg.model(model)
-        pin, out = self.cfg.tokens.of(requests[0].role if requests else "expert")
-        seconds = m.run_seconds(len(requests), pin, out) * self.slow
+        role = requests[0].role if requests else "expert"
+        pin, out = self.cfg.model_tokens(model).of(role)
+        seconds = self.cfg.run_seconds(model, role, len(requests)) * self.slow
         f = self._fault("generate", model)
         if f is not None and f.kind == "slow":
             seconds *= f.factor
