@@ -7,9 +7,9 @@ C++ core (1 thread, all threads) beside the vectorised NumPy reference, in one r
 import os
 
 import numpy as np
+import numpy_reference
 import pytest
 
-import numpy_reference
 import symoe
 
 N, M, V = 1_000_000, 16, 400

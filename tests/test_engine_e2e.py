@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 import symoe
-from conftest import DATA
 from symoe.datasets import load_questions
 from symoe.execution import RunOptions, run_plan
 from symoe.generation import EngineError, Sampling
@@ -35,8 +34,8 @@ def uniform_assignment(cfg, questions, k):
     return symoe.route(prof, [[] for _ in questions], k=k, rare_threshold=0, question_ids=[q.id for q in questions])
 
 
-def test_plan_generate_aggregate_grade(smol_config, tmp_path):
-    qs = load_questions(DATA / "MMLU_Pro_test.json", limit=2)
+def test_plan_generate_aggregate_grade(bench_data, smol_config, tmp_path):
+    qs = load_questions(bench_data / "MMLU_Pro_test.json", limit=2)
     a = uniform_assignment(smol_config, qs, k=2)
     p = symoe.plan(a, smol_config, aggregator=SMOL)
     with Store(tmp_path / "store.sqlite") as store:
@@ -67,8 +66,8 @@ def test_plan_generate_aggregate_grade(smol_config, tmp_path):
     assert [x.final_answer for x in r2.results] == [x.final_answer for x in r.results]
 
 
-def test_kill_and_resume(smol_config, tmp_path):
-    qs = load_questions(DATA / "MMLU_Pro_test.json", limit=8)
+def test_kill_and_resume(bench_data, smol_config, tmp_path):
+    qs = load_questions(bench_data / "MMLU_Pro_test.json", limit=8)
     a = uniform_assignment(smol_config, qs, k=2)
     p = symoe.plan(a, smol_config, aggregator=SMOL)
     a.save(tmp_path / "a.jsonl")
@@ -154,8 +153,8 @@ def wait_stored(store_path, n, proc=None, seconds=300, thread=None):
     return False
 
 
-def test_sigint_stops_within_seconds_and_resumes(smol_config, tmp_path):
-    qs = load_questions(DATA / "MMLU_Pro_test.json", limit=8)
+def test_sigint_stops_within_seconds_and_resumes(bench_data, smol_config, tmp_path):
+    qs = load_questions(bench_data / "MMLU_Pro_test.json", limit=8)
     a = uniform_assignment(smol_config, qs, k=2)
     cmd = run_plan_cmd(tmp_path, qs, symoe.plan(a, smol_config, aggregator=SMOL), a)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -174,11 +173,11 @@ def test_sigint_stops_within_seconds_and_resumes(smol_config, tmp_path):
     assert f"{24 - kept} generations made, {kept} reused" in done.stdout
 
 
-def test_stopped_worker_hits_its_deadline(smol_config, tmp_path):
+def test_stopped_worker_hits_its_deadline(bench_data, smol_config, tmp_path):
     from symoe.generation import EngineTimeout
     from symoe.generation.local import LocalEngine
 
-    qs = load_questions(DATA / "MMLU_Pro_test.json", limit=6)
+    qs = load_questions(bench_data / "MMLU_Pro_test.json", limit=6)
     a = uniform_assignment(smol_config, qs, k=2)
     p = symoe.plan(a, smol_config, aggregator=SMOL)
     eng = LocalEngine.for_config(smol_config, 0, tmp_path / "logs")
@@ -211,13 +210,13 @@ def test_stopped_worker_hits_its_deadline(smol_config, tmp_path):
         assert store.count() >= 1  # what finished before the stop is kept
 
 
-def test_two_devices_with_cross_device_aggregation(smol_config, tmp_path):
+def test_two_devices_with_cross_device_aggregation(bench_data, smol_config, tmp_path):
     # Two pool entries backed by SmolLM2, each device pinned to its own core with its own engine
     # environment; every question has one expert on each device and its aggregation on one of them.
     base = smol_config.models[0]
     models = tuple(base.__class__(**{**base.__dict__, "name": n}) for n in ("smol-a", "smol-b"))
     cfg = symoe.Config(models, smol_config.with_devices(2).devices, smol_config.tokens, engine=smol_config.engine)
-    qs = load_questions(DATA / "MMLU_Pro_test.json", limit=4)
+    qs = load_questions(bench_data / "MMLU_Pro_test.json", limit=4)
     a = symoe.Assignment(cfg.names, np.array([[0, 1]] * 4), tuple(q.id for q in qs))
     p = symoe.plan(a, cfg, aggregator="smol-a")
     runs = p.arrays["kind"] == symoe.planning.StepKind.RUN
@@ -240,8 +239,8 @@ def test_two_devices_with_cross_device_aggregation(smol_config, tmp_path):
     assert {x.name.split("-")[0] for x in logs} == {"device0", "device1"}
 
 
-def test_bad_inputs_leave_the_store_intact(smol_config, tmp_path):
-    qs = load_questions(DATA / "MMLU_Pro_test.json", limit=2)
+def test_bad_inputs_leave_the_store_intact(bench_data, smol_config, tmp_path):
+    qs = load_questions(bench_data / "MMLU_Pro_test.json", limit=2)
     a = uniform_assignment(smol_config, qs, k=1)
     store = Store(tmp_path / "s.sqlite")
     p = symoe.plan(a, smol_config)
@@ -255,7 +254,7 @@ def test_bad_inputs_leave_the_store_intact(smol_config, tmp_path):
     # A plan that does not match the assignment or the questions.
     with pytest.raises(ValueError, match="plan is for 2 questions, 1 were given"):
         run_plan(p, qs[:1], store, tmp_path / "r2", options=QUIET)
-    other = load_questions(DATA / "MMLU_Pro_test.json", limit=4)[2:]
+    other = load_questions(bench_data / "MMLU_Pro_test.json", limit=4)[2:]
     with pytest.raises(ValueError, match="question ids differ"):
         run_plan(p, other, store, tmp_path / "r3", options=QUIET)
     with pytest.raises(ValueError, match="experts per question differ"):
@@ -291,14 +290,14 @@ def test_fetch_detects_corrupted_cache(tmp_path, smol_config):
     assert cache_state(copy) == "model.safetensors missing"
 
 
-def test_overlapped_load_runs_beside_generation(smol_config, tmp_path):
+def test_overlapped_load_runs_beside_generation(bench_data, smol_config, tmp_path):
     # Two pool entries backed by the same small model; the device may load while it generates,
     # so the second model's load runs on the I/O thread during the first model's generation.
     base = smol_config.models[0]
     models = tuple(base.__class__(**{**base.__dict__, "name": n}) for n in ("smol-a", "smol-b"))
     cfg = symoe.Config(models, smol_config.with_devices(overlap_load=True).devices, smol_config.tokens,
                        engine=smol_config.engine)
-    qs = load_questions(DATA / "MMLU_Pro_test.json", limit=6)
+    qs = load_questions(bench_data / "MMLU_Pro_test.json", limit=6)
     a = symoe.Assignment(cfg.names, np.array([[0, 1]] * 6), tuple(q.id for q in qs))
     p = symoe.plan(a, cfg)
     kinds = [symoe.planning.STEP_KINDS[k] for k in p.arrays["kind"]]

@@ -5,9 +5,11 @@ import json
 
 import numpy as np
 import pytest
-import symoe.pipeline
 from click.testing import CliRunner
+
+import symoe.pipeline
 from symoe.cli import main
+from symoe.config import Config
 from symoe.datasets import Question
 from symoe.errors import SymoeError
 from symoe.evaluation import (
@@ -21,7 +23,6 @@ from symoe.execution import RunOptions
 from symoe.generation import Generation, Requests, Sampling
 from symoe.generation.fake import FakeEngine, ScaledClock
 from symoe.pipeline import Task, run_pipeline
-from symoe.config import Config
 from symoe.planning import Plan
 from symoe.routing import Profiles
 from symoe.store import Store

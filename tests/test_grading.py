@@ -4,10 +4,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import DATA
 from symoe.datasets import load_questions
-from symoe.grading import answer_of, majority
-from symoe.grading import extract_answer, extract_boxed, extract_letter, extract_number, is_correct, option_count
+from symoe.grading import (
+    answer_of,
+    extract_answer,
+    extract_boxed,
+    extract_letter,
+    extract_number,
+    is_correct,
+    majority,
+    option_count,
+)
 from symoe.prompts import aggregator_messages, as_completion, expert_messages, strip_reasoning
 
 # Table of realistic outputs: (id, text, kind, n_options, expected extraction).
@@ -117,20 +124,20 @@ def test_boxed_extraction():
     assert extract_boxed(r"\boxed{unclosed") is None
 
 
-def test_grading_real_items():
-    aime = load_questions(DATA / "AIME24_test.json")[0]
+def test_grading_real_items(bench_data):
+    aime = load_questions(bench_data / "AIME24_test.json")[0]
     assert is_correct(extract_answer(rf"The answer is \boxed{{{aime.gold}}}", "number"), aime.gold, "number")
     assert is_correct("33.0", "33", "number") and is_correct("033", "33", "number")
     assert not is_correct("34", "33", "number") and not is_correct(None, "33", "number")
-    mmlu = load_questions(DATA / "MMLU_Pro_test.json", limit=5)
+    mmlu = load_questions(bench_data / "MMLU_Pro_test.json", limit=5)
     for q in mmlu:
         assert is_correct(extract_answer(f"The answer is ({q.gold})", "letter"), q.gold, "letter")
         wrong = "A" if q.gold != "A" else "B"
         assert not is_correct(extract_answer(f"The answer is ({wrong})", "letter"), q.gold, "letter")
 
 
-def test_prompts_on_real_question():
-    q = load_questions(DATA / "MMLU_Pro_test.json", limit=1)[0]
+def test_prompts_on_real_question(bench_data):
+    q = load_questions(bench_data / "MMLU_Pro_test.json", limit=1)[0]
     m = expert_messages(q.text, q.kind)
     assert m[0]["role"] == "user" and q.text.strip() in m[0]["content"]
     assert "The answer is (X)" in m[0]["content"]
@@ -150,9 +157,9 @@ def test_majority_vote():
     assert majority([None, None]) is None
 
 
-def test_dataset_loaders_and_errors(tmp_path):
-    assert len(load_questions(DATA / "MedMCQA_train.json")) == 504
-    assert load_questions(DATA / "AIME24_train.json")[0].kind == "number"
+def test_dataset_loaders_and_errors(bench_data, tmp_path):
+    assert len(load_questions(bench_data / "MedMCQA_train.json")) == 504
+    assert load_questions(bench_data / "AIME24_train.json")[0].kind == "number"
     gpqa = tmp_path / "gpqa_diamond.json"
     gpqa.write_text(json.dumps([{"question": "Made-up: which is a noble gas? The options are: (A) Ne (B) Na (C) Cl (D) O",
                                  "gold_answer": "A"}]))
@@ -215,9 +222,9 @@ def test_table_end_to_end_grading():
             assert is_correct(got, expected, kind) and not is_correct(got, str(int(expected) + 1), kind)
 
 
-def test_option_count_from_real_questions():
-    assert option_count(load_questions(DATA / "MMLU_Pro_test.json", limit=1)[0].text) == 10
-    assert option_count(load_questions(DATA / "MedMCQA_test.json", limit=1)[0].text) == 4
+def test_option_count_from_real_questions(bench_data):
+    assert option_count(load_questions(bench_data / "MMLU_Pro_test.json", limit=1)[0].text) == 10
+    assert option_count(load_questions(bench_data / "MedMCQA_test.json", limit=1)[0].text) == 4
     assert option_count("What is 2+2?") == 10
     with pytest.raises(ValueError, match="n_options"):
         extract_letter("The answer is (A)", 11)

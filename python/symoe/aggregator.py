@@ -10,11 +10,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .config import Config
 from .datasets import Question
 from .generation import Requests, Sampling
 from .generation.batch import generate_jobs
 from .grading import answer_of, is_correct
-from .config import Config
 from .store import Store
 
 

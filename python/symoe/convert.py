@@ -23,10 +23,10 @@ def main() -> None:
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config
     src = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)  # type: ignore[no-untyped-call]
     model.load_state_dict(src.state_dict())
     if args.add_bos:
-        tok.add_bos_token = True
+        tok.add_bos_token = True  # type: ignore[misc]
     model.save_pretrained(args.out, safe_serialization=True)
     tok.save_pretrained(args.out)
 

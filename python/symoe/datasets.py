@@ -6,9 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from importlib import resources
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Sequence
 from fractions import Fraction
 from functools import lru_cache
+from typing import Any
 
 from .datasets import Question
 from .prompts import AnswerKind
@@ -177,9 +178,9 @@ def _timeout() -> int | None:
     return 5 if threading.current_thread() is threading.main_thread() else None
 
 
-def _mv_parse(s: str) -> list:
+def _mv_parse(s: str) -> list[Any]:
     from math_verify import parse
-    return parse(s, parsing_timeout=_timeout())
+    return list(parse(s, parsing_timeout=_timeout()))
 
 
 _NUM = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")

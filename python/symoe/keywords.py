@@ -7,10 +7,10 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from .config import Config
 from .datasets import Question
 from .generation import Requests, Sampling
 from .generation.batch import generate_jobs
-from .config import Config
 from .store import Store
 
 MAX_LEN = 20

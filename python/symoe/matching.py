@@ -41,7 +41,7 @@ class Embedder:
             self.cache.update({k: v.astype(np.float32) for (k, _), v in zip(todo, vecs)})
             if self.cache_path:
                 self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-                np.savez(self.cache_path, **self.cache)
+                np.savez(self.cache_path, **self.cache)  # type: ignore[arg-type]
         return np.stack([self.cache[k] for k in keys]) if keys else np.zeros((0, 384), dtype=np.float32)
 
 
@@ -58,4 +58,4 @@ def match_keywords(questions: Mapping[str, Sequence[str]], vocabulary: Sequence[
     sims = embedder.embed(words) @ embedder.embed(vocab).T
     best = sims.argmax(axis=1)
     mapping = {w: (vocab[b] if floor is None or sims[i, b] >= floor else None) for i, (w, b) in enumerate(zip(words, best))}
-    return {q: [mapping[kw] for kw in kws if mapping[kw] is not None] for q, kws in questions.items()}
+    return {q: [m for kw in kws if (m := mapping[kw]) is not None] for q, kws in questions.items()}

@@ -7,13 +7,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config import Config
-from .datasets import Question
+from .datasets import Question, bundled
 from .execution import RunOptions
 from .generation import Clock, Sampling
 from .keywords import annotate
 from .matching import Embedder, match_keywords
 from .models import check_models, provide
-from .datasets import bundled
 from .pipeline import Baseline, EngineFactory, RunResult, Task, run_pipeline
 from .planning import Plan, plan
 from .presets import preset as get_preset

@@ -63,7 +63,7 @@ class Profiles:
         data = _read_json(path)
         if isinstance(data, dict) and "profiles" in data:
             return cls.from_dict(data["profiles"], data.get("accuracy"))
-        return cls.from_dict(data)
+        return cls.from_dict(data)  # type: ignore[arg-type]  # from_dict checks the shape
 
     def to_dict(self) -> dict[str, dict[str, int]]:
         return {m: {kw: int(v) for kw, v in zip(self.vocabulary, row) if v != 0} for m, row in zip(self.models, self.matrix)}
@@ -234,7 +234,8 @@ def route(
         raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
     if not isinstance(question_offset, (int, np.integer)) or question_offset < 0:
         raise ValueError(f"question_offset must be a non-negative integer, got {question_offset!r}")
-    for name, v in (("temperature", temperature), ("softmax_temperature", softmax_temperature), ("rare_threshold", rare_threshold)):
+    for name, v in (("temperature", temperature), ("softmax_temperature", softmax_temperature),
+                    ("rare_threshold", rare_threshold)):
         if not isinstance(v, (int, float)) or not math.isfinite(v):
             raise ValueError(f"{name} must be a finite number, got {v!r}")
     if isinstance(keywords, tuple) and len(keywords) == 2 and isinstance(keywords[0], np.ndarray):

@@ -119,15 +119,15 @@ class Store:
     def count(self, role: str | None = None) -> int:
         with self._lock:
             if role is None:
-                return self._db.execute("SELECT COUNT(*) FROM generations").fetchone()[0]
-            return self._db.execute("SELECT COUNT(*) FROM generations WHERE role = ?", (role,)).fetchone()[0]
+                return int(self._db.execute("SELECT COUNT(*) FROM generations").fetchone()[0])
+            return int(self._db.execute("SELECT COUNT(*) FROM generations WHERE role = ?", (role,)).fetchone()[0])
 
     def all_keys(self) -> list[str]:
         with self._lock:
             return [r[0] for r in self._db.execute("SELECT key FROM generations ORDER BY key")]
 
     def log_event(self, run: str, step: int, device: int, kind: str, model: str | None, start: float, end: float,
-                  predicted: tuple[float, float] | None, items: int = 0, tokens: int = 0, info: dict | None = None) -> None:
+                  predicted: tuple[float, float] | None, items: int = 0, tokens: int = 0, info: dict[str, Any] | None = None) -> None:
         with self._lock:
             self._db.execute("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                              (run, step, device, kind, model, start, end, predicted[0] if predicted else None,
