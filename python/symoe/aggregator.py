@@ -40,6 +40,7 @@ def synthetic_items(questions: Sequence[Question], records: Sequence[Mapping[str
 def select_aggregator(questions: Sequence[Question], records: Sequence[Mapping[str, Any]], cfg: Config, store: Store,
                       run_dir: str | Path, sampling: Sampling, candidates: Sequence[str] | None = None,
                       progress: bool = True) -> tuple[str, dict[str, float]]:
+    """Score every pool model as aggregator on the synthetic benchmark; returns the best and all scores."""
     candidates = list(candidates or cfg.names)
     items = synthetic_items(questions, records, sampling.seed)
     if not items:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 
 def main() -> None:
+    """Convert one GGUF file to a Hugging Face safetensors folder (run as a script)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("gguf")
     ap.add_argument("out")

@@ -40,6 +40,7 @@ def bundled(name: str) -> Path:
 
 
 def guess_format(path: str | Path) -> Format:
+    """The dataset format from the file name (it names the benchmark, or ends in .jsonl)."""
     name = Path(path).name.lower()
     for key, fmt in (("mmlu_pro", "mmlu_pro"), ("mmlu-pro", "mmlu_pro"), ("medmcqa", "medmcqa"), ("gpqa", "gpqa"),
                      ("aime", "aime")):

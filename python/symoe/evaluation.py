@@ -40,6 +40,7 @@ class Graded:
 
 
 def expert_requests(plan: Plan, questions: Sequence[Question], sampling: Sampling) -> list[Request]:
+    """Every expert request of a plan, question by question and slot by slot."""
     build, names = Requests(plan.config, sampling), plan.config.names
     return [build.expert(names[plan.experts[q, j]], qu, j) for q, qu in enumerate(questions) for j in range(plan.k)]
 
@@ -71,6 +72,7 @@ def grade_from_store(plan: Plan, questions: Sequence[Question], sampling: Sampli
 
 
 def missing_experts(plan: Plan, questions: Sequence[Question], sampling: Sampling, store: Store) -> int:
+    """How many expert generations of a plan the store lacks."""
     reqs = expert_requests(plan, questions, sampling)
     return len(reqs) - len(store.existing([r.key for r in reqs]))
 
@@ -92,6 +94,7 @@ def result_rows(questions: Sequence[Question], results: Sequence[QuestionResult]
 
 
 def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Write rows as JSON lines."""
     with open(path, "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
 
@@ -117,6 +120,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def run_sampling(summary: dict[str, Any], run_dir: Path) -> Sampling:
+    """The sampling a finished run used, from its summary."""
     if "sampling" not in summary:
         raise SymoeError(f"{run_dir}/summary.json has no 'sampling' (written before re-grading existed): "
                          f"rerun the same `symoe run` command to rewrite it from the store")
@@ -260,6 +264,7 @@ def _fmt(v: float | None, spec: str) -> str:
 
 
 def markdown(rows: Sequence[RunRow]) -> str:
+    """Runs side by side as a markdown table."""
     head = ["run", "baseline", "questions", "accuracy %", "95% CI", "calls/q", "tokens/q", "wall s", "loads",
             "aggregations skipped"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -277,6 +282,7 @@ def markdown(rows: Sequence[RunRow]) -> str:
 
 
 def as_json(rows: Sequence[RunRow]) -> str:
+    """Runs side by side as JSON."""
     return json.dumps([asdict(r) for r in rows], indent=1)
 
 

@@ -49,12 +49,14 @@ def h2d_gbps(nbytes: int) -> float | None:
 
 
 def bench_requests(model: str, chat: bool, batch: int, max_tokens: int) -> list[Request]:
+    """``batch`` identical benchmark requests (distinct seeds) for load and throughput figures."""
     return [Request(f"bench-{batch}-{i}", model, "expert", i, "bench", SamplingParams(0.7, max_tokens, i),
                     PROMPT if chat else None, None if chat else "Why is the sky blue?") for i in range(batch)]
 
 
 def bench_model(cfg: Config, name: str, batch_sizes: tuple[int, ...] = (1, 4, 16), max_tokens: int = 64,
                 log_dir: Path = Path("runs/bench-load")) -> dict[str, Any]:
+    """Load, first-token, throughput-by-batch and unload figures of one model."""
     eng = LocalEngine.for_config(cfg, 0, log_dir)
     settings = ModelSettings.of(cfg, name)
     row: dict[str, Any] = {"model": name}

@@ -34,6 +34,7 @@ class Embedder:
                 self.cache = {k: z[k] for k in z.files}
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-norm embeddings of ``texts`` (cached by text hash, on disk where a cache path is given)."""
         keys = [hashlib.sha1(t.encode()).hexdigest() for t in texts]
         todo = sorted({(k, t) for k, t in zip(keys, texts) if k not in self.cache})
         if todo:

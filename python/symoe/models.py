@@ -48,6 +48,7 @@ TINY = (
 
 
 def cache_dir() -> Path:
+    """Where fetched models live (``$SYMOE_CACHE``, else ``$XDG_CACHE_HOME/symoe`` or ``~/.cache/symoe``)."""
     base = os.environ.get("SYMOE_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "symoe")
     return Path(base)
 
@@ -83,6 +84,7 @@ def cache_state(folder: Path) -> str:
 
 
 def fetch_model(m: TinyModel, root: Path) -> Path:
+    """Fetch, verify and convert one tiny model into the cache (instant when valid)."""
     folder = root / "models" / m.name
     state = cache_state(folder)
     if state == "valid":
@@ -138,6 +140,7 @@ def fetch_tiny(names: list[str] | None = None, root: Path | None = None) -> Path
 
 
 def write_tiny_config(root: Path, names: list[str]) -> Path:
+    """Write the tiny pool's config with cache paths for the fetched models."""
     from importlib import resources
 
     text = (resources.files("symoe") / "configs" / "tiny.toml").read_text()

@@ -54,6 +54,7 @@ class Task:
 
     @classmethod
     def from_json(cls, path: str | Path) -> Task:
+        """Read a task config JSON."""
         try:
             d = json.loads(Path(path).read_text())
             return cls(d["name"], d["aggregator"], d["keyword_model"], d.get("candidates", {}), d.get("note", ""))
@@ -61,6 +62,7 @@ class Task:
             raise ValueError(f"task config {path}: {e}") from e
 
     def save(self, path: str | Path) -> None:
+        """Write the task config as JSON."""
         Path(path).write_text(json.dumps(asdict(self), indent=1))
 
 
@@ -78,6 +80,7 @@ class RunResult:
 
 
 def check_pool(profiles: Profiles, cfg: Config, task: Task) -> None:
+    """Refuse profiles or task choices naming models outside the pool."""
     for m in profiles.models:
         if m not in cfg.names:
             raise ValueError(f"profile for model {m!r}, which is not in the pool ({', '.join(cfg.names)})")

@@ -27,6 +27,7 @@ PRESETS = {"symoe": Preset("symoe", RARE_THRESHOLD), "reference": Preset("refere
 
 
 def preset(name: str) -> Preset:
+    """The preset named ``name`` (symoe or reference)."""
     try:
         return PRESETS[name]
     except (KeyError, TypeError):

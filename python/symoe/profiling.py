@@ -57,10 +57,12 @@ def profile_pool(questions: Sequence[Question], keywords: Mapping[str, Sequence[
 
 
 def save_records(records: Sequence[Mapping[str, Any]], path: str | Path) -> None:
+    """Write graded profiling generations as JSONL."""
     with open(path, "w") as f:
         for r in records:
             f.write(json.dumps(r) + "\n")
 
 
 def load_records(path: str | Path) -> list[dict[str, Any]]:
+    """Read graded profiling generations."""
     return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]

@@ -15,10 +15,12 @@ NUMBER_FORMAT = "Think step by step, then finish your response with \"The answer
 
 
 def answer_format(kind: AnswerKind) -> str:
+    """The answer-format instruction for a kind of question."""
     return LETTER_FORMAT if kind == "letter" else NUMBER_FORMAT
 
 
 def expert_messages(question: str, kind: AnswerKind) -> list[dict[str, str]]:
+    """Chat messages asking an expert to answer a question."""
     return [{"role": "user", "content": f"{question.strip()}\n\n{answer_format(kind)}"}]
 
 
@@ -28,6 +30,7 @@ def strip_reasoning(response: str) -> str:
 
 
 def aggregator_messages(question: str, kind: AnswerKind, responses: Sequence[str]) -> list[dict[str, str]]:
+    """Chat messages asking the aggregator to merge the experts' answers."""
     blocks = "\n\n".join(f"### Model {i + 1}'s response:\n{strip_reasoning(r)}" for i, r in enumerate(responses))
     text = (
         "You have been provided with a set of responses from various models to the following question. "

@@ -66,9 +66,11 @@ class Profiles:
         return cls.from_dict(data)  # type: ignore[arg-type]  # from_dict checks the shape
 
     def to_dict(self) -> dict[str, dict[str, int]]:
+        """``{model: {keyword: score}}``."""
         return {m: {kw: int(v) for kw, v in zip(self.vocabulary, row) if v != 0} for m, row in zip(self.models, self.matrix)}
 
     def save(self, path: str | Path) -> None:
+        """Write the profiles (and accuracies) as JSON."""
         Path(path).write_text(json.dumps({"profiles": self.to_dict(), "accuracy": dict(self.accuracy)}, indent=1))
 
 
@@ -150,6 +152,7 @@ class Assignment:
 
     @property
     def k(self) -> int:
+        """Experts per question."""
         return int(self.experts.shape[1])
 
     def __len__(self) -> int:
@@ -160,9 +163,11 @@ class Assignment:
         return self.question_ids or tuple(str(i) for i in range(len(self)))
 
     def names(self, i: int) -> list[str]:
+        """Expert names of question ``i``."""
         return [self.models[m] for m in self.experts[i]]
 
     def counts(self) -> dict[str, int]:
+        """How many slots each model got."""
         c = np.bincount(self.experts.ravel(), minlength=len(self.models))
         return {m: int(n) for m, n in zip(self.models, c)}
 
@@ -175,6 +180,7 @@ class Assignment:
 
     @classmethod
     def load(cls, path: str | Path) -> Assignment:
+        """Read an assignment JSONL."""
         try:
             lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
         except OSError as e:

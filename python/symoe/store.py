@@ -43,6 +43,7 @@ _COLS = "key, model, question, role, slot, params, text, prompt_tokens, tokens, 
 
 
 class Store:
+    """Durable SQLite store of every generation, claims and run events (WAL; resumable)."""
     def __init__(self, path: str | Path):
         self.path = Path(path)
         try:
@@ -84,6 +85,7 @@ class Store:
             self._db.execute("ALTER TABLE generations ADD COLUMN seconds REAL")
 
     def close(self) -> None:
+        """Close the database."""
         self._db.close()
 
     def __enter__(self) -> Store:
@@ -103,11 +105,13 @@ class Store:
             return cur.rowcount == 1
 
     def get(self, key: str) -> Generation | None:
+        """The stored generation of ``key``, or None."""
         with self._lock:
             row = self._db.execute(f"SELECT {_COLS} FROM generations WHERE key = ?", (key,)).fetchone()
         return Generation(*row) if row else None
 
     def existing(self, keys: Sequence[str]) -> set[str]:
+        """Which of ``keys`` are stored."""
         found: set[str] = set()
         with self._lock:
             for i in range(0, len(keys), 500):
@@ -117,23 +121,28 @@ class Store:
         return found
 
     def count(self, role: str | None = None) -> int:
+        """Stored generations (of ``role`` if given)."""
         with self._lock:
             if role is None:
                 return int(self._db.execute("SELECT COUNT(*) FROM generations").fetchone()[0])
             return int(self._db.execute("SELECT COUNT(*) FROM generations WHERE role = ?", (role,)).fetchone()[0])
 
     def all_keys(self) -> list[str]:
+        """Every stored key, sorted."""
         with self._lock:
             return [r[0] for r in self._db.execute("SELECT key FROM generations ORDER BY key")]
 
     def log_event(self, run: str, step: int, device: int, kind: str, model: str | None, start: float, end: float,
-                  predicted: tuple[float, float] | None, items: int = 0, tokens: int = 0, info: dict[str, Any] | None = None) -> None:
+                  predicted: tuple[float, float] | None, items: int = 0, tokens: int = 0,
+                  info: dict[str, Any] | None = None) -> None:
+        """Record one step of a run."""
         with self._lock:
             self._db.execute("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                              (run, step, device, kind, model, start, end, predicted[0] if predicted else None,
                               predicted[1] if predicted else None, items, tokens, json.dumps(info or {})))
 
     def events(self, run: str) -> list[dict[str, Any]]:
+        """The recorded steps of a run."""
         cols = ["run", "step", "device", "kind", "model", "start", "end", "predicted_start", "predicted_end", "items",
                 "tokens", "info"]
         with self._lock:
@@ -141,6 +150,7 @@ class Store:
         return [dict(zip(cols, r)) for r in rows]
 
     def generations(self, keys: Iterable[str]) -> dict[str, Generation]:
+        """Every stored generation."""
         keys = list(keys)
         out = {}
         with self._lock:

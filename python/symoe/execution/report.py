@@ -62,10 +62,12 @@ class RunReport:
 
     @property
     def accuracy(self) -> float:
+        """Share of questions answered right."""
         return float(np.mean([r.correct for r in self.results])) if self.results else 0.0
 
 
 def write_report(report: RunReport, plan: Plan, run_dir: Path, pictures: bool = True) -> None:
+    """Write a run's log, results and timeline pictures into its folder."""
     with open(run_dir / "run_log.jsonl", "w") as f:
         for r in report.steps:
             f.write(json.dumps(asdict(r)) + "\n")

@@ -88,6 +88,7 @@ class ModelSettings:
                    m.park_s >= 0 and platform != "cpu", share, m.trust_remote_code)
 
     def wire(self) -> dict[str, Any]:
+        """As sent to a worker process (plain JSON)."""
         return dict(self.__dict__)
 
 
@@ -121,9 +122,11 @@ class Engine(ABC):
         """Generate ``requests`` on a resident model, calling ``on_done`` once per finished one."""
 
     def park(self, model: str, what: str, deadline: float) -> None:
+        """Offload a resident model's weights to host memory (sleep mode)."""
         raise EngineError(f"{what}: sleep mode is not supported by this engine")
 
     def wake(self, model: str, what: str, deadline: float) -> None:
+        """Bring a parked model back onto its device."""
         raise EngineError(f"{what}: sleep mode is not supported by this engine")
 
     @abstractmethod
@@ -147,6 +150,7 @@ class Clock:
     """Wall-clock seconds; the fake engine's :class:`ScaledClock` runs faster."""
 
     def now(self) -> float:
+        """Seconds on this clock."""
         return time.monotonic()
 
     def real(self, seconds: float) -> float:
@@ -154,6 +158,7 @@ class Clock:
         return seconds
 
     def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` of this clock."""
         if seconds > 0:
             time.sleep(self.real(seconds))
 

@@ -29,6 +29,7 @@ class ScaledClock(Clock):
         self._t0 = time.monotonic()
 
     def now(self) -> float:
+        """Seconds on this clock (real time times the scale)."""
         return (time.monotonic() - self._t0) / (self.scale or 1.0)
 
     def real(self, seconds: float) -> float:
@@ -53,6 +54,7 @@ class Fault:
     seen: int = 0
 
     def fires(self, op: str, model: str) -> bool:
+        """Whether this fault hits the given call."""
         if op != self.op or (self.model is not None and model != self.model):
             return False
         self.seen += 1

@@ -45,6 +45,7 @@ class SamplingParams:
     seed: int
 
     def as_dict(self) -> dict[str, Any]:
+        """As vLLM's ``SamplingParams`` keywords."""
         return {"temperature": self.temperature, "max_tokens": self.max_tokens, "seed": self.seed}
 
     @functools.cached_property
@@ -94,11 +95,13 @@ class Generation:
 
     @classmethod
     def of(cls, r: Request, text: str, prompt_tokens: int, tokens: int, finish: str, seconds: float) -> Generation:
+        """A stored generation for ``request`` with its measured figures."""
         return cls(r.key, r.model, r.question, r.role, r.slot, r.params.json, text, prompt_tokens, tokens, finish,
                    seconds)
 
 
 def generation_key(model: str, prompt: Any, params: dict[str, Any], role: str, slot: int) -> str:
+    """The store key of a generation: a hash of model, prompt, sampling, role and slot."""
     blob = json.dumps([model, prompt, params, role, slot], sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -138,6 +141,7 @@ class Requests:
                           self.cfg.model(model).max_tokens or self.s.max_tokens)
 
     def aggregate(self, model: str, q: Question, expert_texts: Sequence[str]) -> Request:
+        """The aggregation request of a question from its experts' answers."""
         return self._make(model, aggregator_messages(q.text, q.kind, expert_texts), "aggregate", 0, q.id,
                           self.cfg.model(model).max_tokens or self.s.aggregate_max_tokens)
 
