@@ -1,6 +1,6 @@
 """A small, scriptable, misbehaving OpenAI-like server on 127.0.0.1 (stdlib http.server) for the
 remote-engine tests: each completion request takes the next behaviour of a script (``ok``,
-``500``, ``429``, ``404``, ``malformed``, ``hang``, ``close``), then the default one."""
+``500``, ``429``, ``404``, ``echo500``, ``malformed``, ``hang``, ``close``), then the default one."""
 
 from __future__ import annotations
 
@@ -83,6 +83,10 @@ class FakeOpenAI:
                 if how == "close":
                     self.close_connection = True
                     self.connection.shutdown(2)  # drop the connection without an answer
+                    return
+                if how == "echo500":  # a careless server that echoes the request's headers in its error
+                    msg = f"scripted 500; you sent {self.headers.get('Authorization')}"
+                    self._send(500, json.dumps({"error": {"message": msg}}).encode())
                     return
                 if how in ("500", "429", "404"):
                     hdr = {"Retry-After": "0"} if how == "429" else None

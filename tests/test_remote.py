@@ -5,12 +5,18 @@ the run directory."""
 
 import threading
 import time
+from dataclasses import replace
 
+import numpy as np
 import pytest
 
+import symoe
 from openai_fake_server import FakeOpenAI
-from symoe.generation import EngineError, EngineTimeout, ModelSettings
+from symoe.datasets import Question
+from symoe.execution import RunOptions, run_plan
+from symoe.generation import EngineError, EngineTimeout, ModelSettings, Sampling
 from symoe.generation.engine import Clock
+from symoe.generation.fake import FakeEngine, ScaledClock
 from symoe.generation.remote import EndpointSettings, RemoteEngine, public_url
 from symoe.generation.requests import Request, SamplingParams
 from symoe.store import Store
@@ -202,3 +208,114 @@ def test_settings_are_checked():
     with pytest.raises(ValueError, match="http"):
         EndpointSettings("m", "127.0.0.1:1/v1")
     assert public_url("http://user:pw@h:8/v1") == "http://h:8/v1"
+
+
+# --- whole runs: an endpoint beside a local (fake) model, one plan, one store -----------------
+
+def mixed_config(url, key_env=None, aggregator_remote=True):
+    remote = {"name": "m", "endpoint": url, "max_concurrency": 4, "decode_tps": 500.0, "stream_tps": 100.0}
+    if key_env:
+        remote["api_key_env"] = key_env
+    local = {"name": "L", "weight_gb": 1.0, "load_s": 0.05, "unload_s": 0.01, "decode_tps": 1e6, "stream_tps": 1e6}
+    return symoe.Config.from_dict({"devices": {"count": 1, "memory_gb": 8.0, "overlap_load": False},
+                                   "tokens": {"expert_output": 10, "aggregate_output": 10},
+                                   "model": [local, remote]})
+
+
+def questions(n):
+    return [Question(f"q{i}", f"Question {i}?\n(A) yes\n(B) no", "A", "letter") for i in range(n)]
+
+
+def mixed_plan(cfg, qs, aggregator="m"):
+    prof = symoe.Profiles(cfg.names, ("any",), np.zeros((len(cfg.names), 1), dtype=np.int64))
+    a = symoe.route(prof, [[] for _ in qs], k=2, rare_threshold=0, question_ids=[q.id for q in qs])
+    p = symoe.plan(a, cfg, aggregator=aggregator)
+    p.question_hashes = tuple(q.text_hash for q in qs)
+    return p
+
+
+def mixed_run(p, qs, tmp_path, run="run", store="store.sqlite", retries=0):
+    clock = ScaledClock(1.0)  # real seconds: the remote engine's deadlines and the scheduler's agree
+    fake = FakeEngine(0, p.config, clock)
+    remote = RemoteEngine(1, replace(EndpointSettings.of(p.config.model("m")), **FAST), clock)
+    with Store(tmp_path / store) as st:
+        try:
+            r = run_plan(p, qs, st, tmp_path / run, Sampling(max_tokens=10, aggregate_max_tokens=10),
+                         options=RunOptions(progress=False, pictures=False, retries=retries), engines=[fake, remote],
+                         clock=clock)
+        except EngineError as e:
+            return None, fake, remote, e, st.count("expert"), st.count("aggregate")
+        return r, fake, remote, None, st.count("expert"), st.count("aggregate")
+
+
+def test_plan_puts_the_endpoint_on_its_own_device():
+    cfg = mixed_config("http://127.0.0.1:9/v1")
+    for agg in ("m", "L"):
+        p = mixed_plan(cfg, questions(12), agg)
+        p.validate()
+        assert [d.endpoint for d in p.config.devices] == [None, "m"]
+        a = p.arrays
+        names = np.array(p.config.names)[a["model"]]
+        assert set(names[a["device"] == 0]) == {"L"} and set(names[a["device"] == 1]) == {"m"}
+        assert p.lower_bound <= p.makespan + 1e-9
+        p2 = symoe.Plan.from_json_text(p.to_json())  # the plan file keeps the virtual device
+        assert [d.endpoint for d in p2.config.devices] == [None, "m"] and p2.makespan == pytest.approx(p.makespan)
+
+
+def test_mixed_run_stores_everything_and_a_rerun_reuses_it(tmp_path):
+    qs = questions(10)
+    with FakeOpenAI() as srv:
+        p = mixed_plan(mixed_config(srv.url), qs)
+        r, fake, _, err, n_exp, n_agg = mixed_run(p, qs, tmp_path)
+        assert err is None and n_exp == 20 and n_agg == 10 and r.generated == 30
+        remote_experts = int(np.sum(p.experts == p.config.index("m")))
+        assert 0 < remote_experts < 20 and len(srv.requests) == remote_experts + 10  # and every aggregation
+        assert {op for op, m in fake.calls if m == "m"} == set()  # the local engine never saw the endpoint model
+        r2, _, _, err2, _, _ = mixed_run(p, qs, tmp_path, run="run2")
+        assert err2 is None and r2.generated == 0 and r2.reused == 30 and len(srv.requests) == remote_experts + 10
+
+
+def test_failing_endpoint_stops_the_run_keeps_what_arrived_and_a_rerun_resumes(tmp_path):
+    qs = questions(10)
+    with FakeOpenAI(script=["ok"] * 4, default="500") as srv:
+        p = mixed_plan(mixed_config(srv.url), qs)
+        r, _, _, err, n_exp, n_agg = mixed_run(p, qs, tmp_path)
+        assert r is None and "model m" in str(err) and public_url(srv.url) in str(err)
+        stored = n_exp + n_agg
+        assert srv.served == 4 and stored >= 4  # the local model's answers and the 4 that arrived
+        srv.default = "ok"
+        r2, _, _, err2, n_exp, n_agg = mixed_run(p, qs, tmp_path, run="run2")
+        assert err2 is None and n_exp == 20 and n_agg == 10
+        assert r2.reused == stored and r2.generated == 30 - stored
+
+
+def test_endpoint_down_at_start_fails_before_any_local_model_loads(tmp_path):
+    qs = questions(4)
+    with FakeOpenAI(down=True) as srv:
+        p = mixed_plan(mixed_config(srv.url), qs, aggregator="L")
+        r, fake, _, err, n_exp, _ = mixed_run(p, qs, tmp_path)
+    assert r is None and "does not answer" in str(err) and "model m" in str(err) and public_url(srv.url) in str(err)
+    assert [c for c in fake.calls if c[0] == "load"] == [] and n_exp == 0
+
+
+def test_api_key_never_reaches_the_run_directory(tmp_path, monkeypatch):
+    key = "sk-fake-7f3a9c1e-DO-NOT-STORE-0042"
+    monkeypatch.setenv("SYMOE_TEST_API_KEY", key)
+    qs = questions(6)
+    with FakeOpenAI(script=["echo500"]) as srv:
+        cfg = mixed_config(srv.url, key_env="SYMOE_TEST_API_KEY")
+        p = mixed_plan(cfg, qs)
+        (tmp_path / "run").mkdir()
+        p.to_json(tmp_path / "run" / "plan.json")  # the plan file names the variable, never the key
+        assert "SYMOE_TEST_API_KEY" in (tmp_path / "run" / "plan.json").read_text()
+        r, _, remote, err, n_exp, n_agg = mixed_run(p, qs, tmp_path / "run", run="out", store="store.sqlite")
+        assert err is None and n_exp == 12 and n_agg == 6 and remote.retries == 1
+        assert srv.auth and all(a == f"Bearer {key}" for a in srv.auth)  # the key is sent ...
+        srv.default = "echo500"  # ... and a failure that echoes it does not carry it into the error
+        r2, _, _, err2, _, _ = mixed_run(mixed_plan(cfg, questions(7)), questions(7), tmp_path / "run", run="out2")
+    assert err2 is not None and key not in str(err2) and "***" in str(err2)
+    (tmp_path / "run" / "error.txt").write_text(str(err2))
+    files = [f for f in (tmp_path / "run").rglob("*") if f.is_file()]
+    assert len(files) >= 4  # plan, store (and its WAL), run log, report
+    for f in files:
+        assert key.encode() not in f.read_bytes(), f

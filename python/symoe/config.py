@@ -10,11 +10,13 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, field, fields, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, NonNegativeFloat, PositiveFloat, PositiveInt, \
@@ -74,6 +76,11 @@ class ModelEntry(CostDefaults):
     expert_output_tokens: NonNegativeFloat | None = None  # (None: the [tokens] table's)
     aggregate_prompt_tokens: NonNegativeFloat | None = None
     aggregate_output_tokens: NonNegativeFloat | None = None
+    endpoint: str | None = None            # an OpenAI-compatible server's base URL (http://host:port/v1)
+    served_name: str | None = None         # the model id that server knows (None: name)
+    api_key_env: str | None = None         # NAME of the environment variable holding its API key
+    max_concurrency: PositiveInt = 8       # requests in flight to the endpoint at once
+    serve: Literal["vllm"] | None = None   # a local model run in a vLLM server symoe starts
 
 
 class DevicesTable(BaseModel):
@@ -147,6 +154,11 @@ class ModelSpec:
     expert_output_tokens: NonNeg | None = None
     aggregate_prompt_tokens: NonNeg | None = None
     aggregate_output_tokens: NonNeg | None = None
+    endpoint: str | None = None  # remote: behind this OpenAI-compatible server (no local memory)
+    served_name: str | None = None
+    api_key_env: str | None = None  # the variable's NAME; the key itself is read at run time only
+    max_concurrency: PositiveInt = 8
+    serve: Literal["vllm"] | None = None
 
     @property
     def resident_bytes(self) -> float:
@@ -160,6 +172,7 @@ class Device:
     memory_bytes: Annotated[float, Field(gt=0)]
     overlap_load: bool = DevicesTable.model_fields["overlap_load"].default  # load beside a generation
     host_bytes: Annotated[float, Field(ge=0)] = 0.0  # host memory for weights parked by sleep mode
+    endpoint: str | None = None  # plans only: the virtual device of this endpoint model
 
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
@@ -257,7 +270,7 @@ class Config:
         dev = Device(base.memory_bytes if memory_gb is None else memory_gb * GB,
                      base.overlap_load if overlap_load is None else overlap_load,
                      base.host_bytes if host_memory_gb is None else host_memory_gb * GB)
-        return replace(self, devices=tuple([dev] * n))
+        return replace(self, devices=tuple([dev] * n) + tuple(d for d in self.devices if d.endpoint))
 
     def with_sleep(self, enabled: bool, h2d_bandwidth_gbps: float = _COST.h2d_bandwidth_gbps) -> Config:
         """What-if: sleep mode on (park/wake over host<->device copies) or off."""
@@ -318,14 +331,15 @@ class Config:
                 else json.dumps(str(v))
 
         d0 = self.devices[0]
-        lines = ["[devices]", f"count = {len(self.devices)}", f"memory_gb = {d0.memory_bytes / GB!r}",
+        lines = ["[devices]", f"count = {sum(d.endpoint is None for d in self.devices)}", f"memory_gb = {d0.memory_bytes / GB!r}",
                  f"overlap_load = {val(d0.overlap_load)}", f"host_memory_gb = {d0.host_bytes / GB!r}", "", "[tokens]"]
         lines += [f"{k} = {float(v)!r}" for k, v in asdict(self.tokens).items()]
         lines += ["", "[reference]", f"tp_efficiency = {float(self.tp_efficiency)!r}",
                   f"pause_s = {float(self.pause_s)!r}", "", "[engine]"]
         lines += [f"{k} = {val(v)}" for k, v in self.engine.model_dump(exclude_none=True).items()]
         for m in self.models:
-            lines += ["", "[[model]]"] + [f"{k} = {val(v)}" for k, v in asdict(m).items() if v is not None]
+            lines += ["", "[[model]]"] + [f"{k} = {val(v)}" for k, v in asdict(m).items()
+                                          if v is not None and not (m.endpoint and k == "weight_bytes")]
         return "\n".join(lines) + "\n"
 
     def core_args(self) -> dict[str, Any]:
@@ -369,14 +383,20 @@ def bundled_config_path(name: str) -> Path:
 def _resolve(d: CostDefaults, m: ModelEntry, i: int, base: Path | None, source: str) -> ModelSpec:
     """A model's figures: its own, else ``[defaults]``', else derived (load time from size and bandwidth)."""
     g = CostDefaults(**{**d.model_dump(), **m.model_dump(include=set(CostDefaults.model_fields) & m.model_fields_set)})
+    where = f"{source} [[model]] #{i + 1} ({m.name})"
+    _check_serving(m, where)
     if m.weight_bytes is not None:
         wb = m.weight_bytes
+    elif m.endpoint is not None:  # remote: nothing held locally, nothing to load
+        wb, m = 0.0, m.model_copy(update={"load_s": m.load_s or 0.0, "extra_bytes": m.extra_bytes or 0.0,
+                                          "park_s": -1.0})  # never parked: it holds nothing here
+        g = g.model_copy(update={"unload_s": 0.0 if "unload_s" not in m.model_fields_set else g.unload_s})
     elif m.weight_gb is not None:
         wb = m.weight_gb * GB
     elif m.params_b is not None:
         wb = m.params_b * 1e9 * g.dtype_bytes
     else:
-        raise SymoeError(f"{source} [[model]] #{i + 1} ({m.name}): give weight_bytes, weight_gb or params_b")
+        raise SymoeError(f"{where}: give weight_bytes, weight_gb or params_b (or an endpoint)")
     extra = m.extra_bytes if m.extra_bytes is not None else \
         g.extra_gb * GB if g.extra_gb is not None else wb * g.extra_fraction
     h2d = g.h2d_bandwidth_gbps * GB
@@ -396,7 +416,25 @@ def _resolve(d: CostDefaults, m: ModelEntry, i: int, base: Path | None, source: 
         overhead_s=g.overhead_s, prefill_tps=g.prefill_tps, decode_tps=g.decode_tps, stream_tps=g.stream_tps,
         chat=m.chat, max_tokens=m.max_tokens, max_model_len=m.max_model_len, trust_remote_code=m.trust_remote_code,
         expert_prompt_tokens=m.expert_prompt_tokens, expert_output_tokens=m.expert_output_tokens,
-        aggregate_prompt_tokens=m.aggregate_prompt_tokens, aggregate_output_tokens=m.aggregate_output_tokens)
+        aggregate_prompt_tokens=m.aggregate_prompt_tokens, aggregate_output_tokens=m.aggregate_output_tokens,
+        endpoint=m.endpoint, served_name=m.served_name, api_key_env=m.api_key_env, max_concurrency=m.max_concurrency,
+        serve=m.serve)
+
+
+def _check_serving(m: ModelEntry, where: str) -> None:
+    """An endpoint is an http(s) URL with no local weights to serve; ``api_key_env`` is a variable
+    NAME (never the key: a value that is not a name is refused without being repeated)."""
+    if m.endpoint is not None:
+        url = urlsplit(m.endpoint)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise SymoeError(f"{where}: endpoint must be an http(s) URL such as http://host:8000/v1")
+        if m.serve is not None or m.path is not None:
+            raise SymoeError(f"{where}: an endpoint model has no path or serve (the server at its endpoint holds it)")
+    elif m.served_name is not None or m.api_key_env is not None:
+        raise SymoeError(f"{where}: served_name and api_key_env belong to a model with an endpoint")
+    if m.api_key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", m.api_key_env):
+        raise SymoeError(f"{where}: api_key_env must be the NAME of an environment variable (such as "
+                         f"OPENAI_API_KEY), not the key itself")
 
 
 def _explain(e: ValidationError, data: Mapping[str, Any], source: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from . import _core
+from . import _core, endpoint_plan
 from .config import Config
 from .errors import SymoeError
 from .routing import Assignment
@@ -103,6 +103,8 @@ class Plan:
 
     def with_config(self, cfg: Config) -> Plan:
         """The same steps with another config's engine settings and paths (same models and devices)."""
+        if len(cfg.devices) != len(self.config.devices) and endpoint_plan.endpoint_models(cfg):
+            cfg = endpoint_plan.with_endpoint_devices(cfg)  # a pool file lists only the local devices
         if cfg.names != self.config.names or len(cfg.devices) != len(self.config.devices):
             raise ValueError("config does not match the plan: models or device count differ")
         q = replace(self, config=cfg)
@@ -261,9 +263,13 @@ def plan(
     remap = np.array([config.index(m) for m in assignment.models], dtype=np.int64)
     experts = np.ascontiguousarray(remap[assignment.experts])
     agg = _aggregator_array(aggregator, len(assignment), config)
-    args = dict(experts=experts, aggregator=agg, **config.core_args())
-    arrays = _core.make_plan(**args, strategy=strategy, pause_s=float(config.pause_s), replicate=bool(replicate))
-    arrays.pop("devices")
+    if endpoint_plan.endpoint_models(config):  # models behind servers: each on a virtual device of its own
+        config, arrays = endpoint_plan.plan_arrays(experts, agg, config, strategy, replicate)
+        args = dict(experts=experts, aggregator=agg, **config.core_args())
+    else:
+        args = dict(experts=experts, aggregator=agg, **config.core_args())
+        arrays = _core.make_plan(**args, strategy=strategy, pause_s=float(config.pause_s), replicate=bool(replicate))
+        arrays.pop("devices")
     p = Plan(strategy, config, experts, agg, arrays, question_ids=assignment.question_ids)
     p.timeline = simulate(p)
     p.lower_bound = _core.lower_bound(**args)

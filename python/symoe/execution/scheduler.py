@@ -32,6 +32,8 @@ from ..datasets import Question
 from ..generation import Clock, Engine, EngineError, Generation, ModelSettings, Request, Requests, Sampling
 from ..generation.batch import generate_once
 from ..generation.local import LocalEngine
+from ..generation.remote import EndpointSettings, RemoteEngine
+from ..generation.served import ServedEngine
 from ..planning import ROLES, STEP_KINDS, Plan, Role, StepKind
 from ..progress import progress_bar
 from ..store import Store
@@ -75,7 +77,19 @@ def check_plan_matches(plan: Plan, questions: Sequence[Question], experts_by_nam
 
 
 def local_engines(plan: Plan, run_dir: Path) -> list[Engine]:
-    return [LocalEngine.for_config(plan.config, d, run_dir / "logs") for d in range(len(plan.config.devices))]
+    """One engine per device: in-process workers, with a vLLM server per ``serve = "vllm"`` model,
+    and a remote engine per endpoint model's virtual device."""
+    cfg, logs = plan.config, run_dir / "logs"
+    served = {m.name for m in cfg.models if m.serve == "vllm"}
+    out: list[Engine] = []
+    for d, dev in enumerate(cfg.devices):
+        if dev.endpoint is not None:
+            out.append(RemoteEngine(d, EndpointSettings.of(cfg.model(dev.endpoint))))
+        elif served:
+            out.append(ServedEngine.for_config(cfg, d, logs, served, LocalEngine.for_config(cfg, d, logs)))
+        else:
+            out.append(LocalEngine.for_config(cfg, d, logs))
+    return out
 
 
 def run_plan(plan: Plan, questions: Sequence[Question], store: Store, run_dir: str | Path,
@@ -218,7 +232,9 @@ class Scheduler:
 
     def run(self) -> None:
         self.t0 = self.clock.now()
-        for d, e in enumerate(self.engines):
+        # Endpoints first: one that does not answer fails the run before any local model loads.
+        devs = self.plan.config.devices
+        for d, e in sorted(enumerate(self.engines), key=lambda de: devs[de[0]].endpoint is None):
             if np.any((self.a["device"] == d) & (self.a["kind"] == StepKind.LOAD)):
                 try:
                     e.prepare()

@@ -149,7 +149,8 @@ class LocalEngine(Engine):
     @classmethod
     def for_config(cls, cfg: Config, device: int, log_dir: Path) -> LocalEngine:
         eng = cfg.engine
-        env = engine_env(eng.platform, device, len(cfg.devices), eng.threads, eng.kv_cache_gb)
+        local = sum(d.endpoint is None for d in cfg.devices)  # endpoints' virtual devices use no cores
+        env = engine_env(eng.platform, device, local, eng.threads, eng.kv_cache_gb)
         return cls(device, env, log_dir)
 
     def _new_worker(self) -> Worker:

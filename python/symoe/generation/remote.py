@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import openai
@@ -31,6 +31,9 @@ import openai
 from ..errors import SymoeError
 from .engine import BatchInfo, Clock, Engine, EngineError, EngineTimeout, ModelSettings, OnDone, generation_from_event
 from .requests import Generation, Request
+
+if TYPE_CHECKING:
+    from ..config import ModelSpec
 
 log = logging.getLogger("symoe.remote")
 
@@ -61,6 +64,13 @@ class EndpointSettings:
     backoff_s: float = 0.5            # first wait between attempts; doubles, with jitter, up to backoff_max_s
     backoff_max_s: float = 8.0
     health_timeout_s: float = 10.0
+
+    @classmethod
+    def of(cls, m: ModelSpec) -> EndpointSettings:
+        """The settings of a pool model with an ``endpoint``."""
+        if not m.endpoint:
+            raise SymoeError(f"model {m.name} has no endpoint")
+        return cls(m.name, m.endpoint, m.served_name, m.chat, m.api_key_env, m.max_concurrency)
 
     def __post_init__(self) -> None:
         where = f"model {self.name}"
@@ -199,7 +209,7 @@ class RemoteClient:
                 with self._lock:
                     self.retries += 1
                 if stop.wait(pause) or self.closed.is_set():
-                    raise EngineError(f"{self.s.where}: request {r.key[:12]} stopped")
+                    raise EngineError(f"{self.s.where}: request {r.key[:12]} stopped") from None
                 wait = min(self.s.backoff_max_s, wait * 2)
 
     def close(self) -> None:
@@ -247,7 +257,6 @@ def generate_concurrently(client: RemoteClient, requests: Sequence[Request], on_
             out.put((r, None, e))
 
     pool = ThreadPoolExecutor(min(client.s.max_concurrency, n), thread_name_prefix=f"symoe-remote-{client.s.name}")
-    first: list[float] = []
     stats = [0, 0, 0]
     failure: BaseException | None = None
     try:
@@ -275,8 +284,6 @@ def generate_concurrently(client: RemoteClient, requests: Sequence[Request], on_
             stats[0] += g.tokens
             stats[1] += g.prompt_tokens
             stats[2] += 1
-            if not first:
-                first.append(time.perf_counter() - t0)
             on_done(g)
     except BaseException:
         stop.set()
@@ -287,7 +294,8 @@ def generate_concurrently(client: RemoteClient, requests: Sequence[Request], on_
         if isinstance(failure, EngineError):
             raise type(failure)(f"{what}: {failure}") from None
         raise EngineError(client.scrub(f"{what}: {client.s.where}: {type(failure).__name__}: {failure}")) from failure
-    return BatchInfo(time.perf_counter() - t0, stats[0], stats[1], stats[2], first[0] if first else None)
+    # No first-token time: answers come whole (no streaming).
+    return BatchInfo(time.perf_counter() - t0, stats[0], stats[1], stats[2])
 
 
 class RemoteEngine(Engine):

@@ -136,9 +136,9 @@ class ServedEngine(Engine):
 
     @classmethod
     def for_config(cls, cfg: Any, device: int, log_dir: Path, served: set[str], others: Engine | None = None) -> ServedEngine:
-        eng = dict(cfg.engine)
-        env = engine_env(str(eng.get("platform", "gpu")), device, len(cfg.devices), eng.get("threads"),
-                         float(eng.get("kv_cache_gb", 1.0)))
+        eng = cfg.engine
+        local = sum(d.endpoint is None for d in cfg.devices)  # endpoints' virtual devices use no cores
+        env = engine_env(eng.platform, device, local, eng.threads, eng.kv_cache_gb)
         return cls(device, env, log_dir, served, others)
 
     # --- routing -----------------------------------------------------------------------------
