@@ -87,6 +87,7 @@ class EndpointSettings:
 
     @property
     def model_id(self) -> str:
+        """The id requests name: ``served_name``, else the pool name."""
         return self.served_name or self.name
 
     @property
@@ -213,6 +214,7 @@ class RemoteClient:
                 wait = min(self.s.backoff_max_s, wait * 2)
 
     def close(self) -> None:
+        """Stop retrying and close the connections (requests in flight fail)."""
         self.closed.set()
         self.client.close()
 
@@ -312,6 +314,7 @@ class RemoteEngine(Engine):
 
     @property
     def client(self) -> RemoteClient:
+        """The endpoint's client, made on first use (the key is read then)."""
         with self._lock:
             if self._closed.is_set():
                 raise EngineError(f"device {self.device} ({self.settings.where}): engine closed")

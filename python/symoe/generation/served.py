@@ -88,9 +88,11 @@ class Server:
 
     @property
     def base(self) -> str:
+        """The server's root URL."""
         return f"http://127.0.0.1:{self.port}"
 
     def log_tail(self, n: int = 20) -> str:
+        """The last ``n`` lines of the server's log, for error messages."""
         try:
             lines = self.log_path.read_text(errors="replace").splitlines()
         except OSError:
@@ -136,6 +138,7 @@ class ServedEngine(Engine):
 
     @classmethod
     def for_config(cls, cfg: Any, device: int, log_dir: Path, served: set[str], others: Engine | None = None) -> ServedEngine:
+        """The servers of ``device`` with the config's engine environment."""
         eng = cfg.engine
         local = sum(d.endpoint is None for d in cfg.devices)  # endpoints' virtual devices use no cores
         env = engine_env(eng.platform, device, local, eng.threads, eng.kv_cache_gb)
