@@ -6,7 +6,6 @@ server start costs about a minute on two cores."""
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,12 +16,14 @@ import pytest
 import symoe
 from conftest import DATA
 from symoe.datasets import load_questions
+from symoe.execution import RunOptions, run_plan
 from symoe.generation import EngineError, ModelSettings, Sampling, SamplingParams
 from symoe.generation.engine import Clock
 from symoe.generation.local import engine_env
 from symoe.generation.requests import Request
 from symoe.generation.served import ServedEngine, free_port, server_command
 from symoe.models import fetch_tiny
+from symoe.store import Store
 
 SMOL = "SmolLM2-135M-Instruct"
 START_S = 600  # a server start on a busy two-core machine, at most
@@ -122,3 +123,32 @@ def running_server(smol_config, tmp_path_factory):
         except ProcessLookupError:
             pass
         proc.wait()
+
+
+def test_mixed_pool_in_process_served_and_remote_in_one_plan(smol_config, running_server, tmp_path):
+    """One plan, one store: SmolLM2 in-process, as a server symoe starts, and behind an endpoint
+    started outside symoe; the run completes and every generation is stored."""
+    base = fetch_tiny([SMOL]).read_text()
+    path = smol_config.model(SMOL).path
+    extra = (f'\n[[model]]\nname = "smol-served"\npath = "{path}"\nweight_gb = 0.54\nload_s = 40.0\nserve = "vllm"\n'
+             f'\n[[model]]\nname = "smol-remote"\nendpoint = "{running_server}"\nserved_name = "{SMOL}"\n'
+             f'max_concurrency = 4\ndecode_tps = 60.0\n')
+    (tmp_path / "pool.toml").write_text(base + extra)
+    cfg = symoe.Config.from_toml(tmp_path / "pool.toml")
+    qs = load_questions(DATA / "MMLU_Pro_test.json", limit=3)
+    prof = symoe.Profiles(cfg.names, ("any",), np.zeros((len(cfg.names), 1), dtype=np.int64))
+    a = symoe.route(prof, [[] for _ in qs], k=3, rare_threshold=0, question_ids=[q.id for q in qs])
+    p = symoe.plan(a, cfg, aggregator="smol-remote")
+    p.question_hashes = tuple(q.text_hash for q in qs)
+    assert [d.endpoint for d in p.config.devices] == [None, "smol-remote"]
+    used = {cfg.names[m] for m in np.unique(p.experts)}
+    with Store(tmp_path / "store.sqlite") as store:
+        r = run_plan(p, qs, store, tmp_path / "run", Sampling(max_tokens=16, aggregate_max_tokens=16),
+                     options=RunOptions(progress=False, pictures=False))
+        assert store.count("expert") == 9 and store.count("aggregate") == 3
+        by_model = {store.get(k).model for k in store.all_keys()}
+    assert used == set(cfg.names)  # all three ways of hosting a model take part (routing is seeded)
+    assert r.generated == 12 and by_model == used
+    assert list((tmp_path / "run" / "logs").glob("device0-smol-served-server*.log"))  # the server's log is kept
+    kinds = {(s.kind, s.model) for s in r.steps}
+    assert {("load", m) for m in used} <= kinds and ("unload", "smol-served") in kinds
