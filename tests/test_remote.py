@@ -319,3 +319,18 @@ def test_api_key_never_reaches_the_run_directory(tmp_path, monkeypatch):
     assert len(files) >= 4  # plan, store (and its WAL), run log, report
     for f in files:
         assert key.encode() not in f.read_bytes(), f
+
+
+def test_pipeline_stages_send_an_endpoint_model_to_its_server(tmp_path):
+    # Keywords, profiling and aggregator selection go through generate_jobs: the endpoint model's
+    # requests reach its server; nothing is loaded in-process for it.
+    from symoe.generation import Requests
+    from symoe.generation.batch import generate_jobs
+
+    with FakeOpenAI() as srv:
+        cfg = mixed_config(srv.url)
+        reqs = [Requests(cfg, Sampling(max_tokens=10)).expert("m", q, 0) for q in questions(5)]
+        with Store(tmp_path / "s.sqlite") as store:
+            got = generate_jobs(cfg, [("m", reqs)], store, tmp_path / "run", progress=False)
+    assert len(got) == 5 and len(srv.requests) == 5
+    assert not list((tmp_path / "run").rglob("*worker*.log"))  # no in-process worker was started

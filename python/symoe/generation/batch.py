@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from ..progress import progress_bar
 from .engine import BatchInfo, Clock, Engine, EngineError, ModelSettings, OnDone
-from .local import LocalEngine
 from .requests import Generation, Request
+from .routed import stage_engine
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -63,7 +63,7 @@ def generate_jobs(cfg: Config, jobs: Sequence[tuple[str, Sequence[Request]]], st
     todo = [(m, [r for r in reqs if r.key not in have]) for m, reqs in jobs]
     todo = [(m, reqs) for m, reqs in todo if reqs]
     settings = {m: ModelSettings.of(cfg, m) for m, _ in todo}  # bad paths fail before any engine starts
-    eng = engine or LocalEngine.for_config(cfg, 0, Path(run_dir) / "logs")
+    eng = engine or stage_engine(cfg, Path(run_dir) / "logs")  # endpoints and served models included
     now = getattr(eng, "clock", Clock()).now
     bar = progress_bar(progress, sum(len(r) for _, r in todo), label)
 
