@@ -334,3 +334,32 @@ def test_pipeline_stages_send_an_endpoint_model_to_its_server(tmp_path):
             got = generate_jobs(cfg, [("m", reqs)], store, tmp_path / "run", progress=False)
     assert len(got) == 5 and len(srv.requests) == 5
     assert not list((tmp_path / "run").rglob("*worker*.log"))  # no in-process worker was started
+
+
+def test_symoe_run_on_a_pool_of_endpoints_keeps_the_key_out_of_the_run_dir(tmp_path):
+    # The whole CLI pipeline (keywords, matching, routing, planning, execution) with every model
+    # behind the test server; the tiny pool's names, so the bundled profiles apply.
+    import os
+    import subprocess
+    import sys
+
+    key = "sk-cli-fake-SECRET-5150"
+    names = ["SmolLM2-135M-Instruct", "Qwen2.5-Coder-0.5B-Instruct", "gemma-3-270m"]
+    with FakeOpenAI(models=names) as srv:
+        pool = '[engine]\nplatform = "cpu"\nmax_tokens = 32\n[devices]\ncount = 1\nmemory_gb = 8.0\n'
+        for n in names:
+            pool += (f'\n[[model]]\nname = "{n}"\nendpoint = "{srv.url}"\napi_key_env = "SYMOE_CLI_KEY"\n'
+                     f'chat = {"false" if n.startswith("gemma") else "true"}\n')
+        (tmp_path / "pool.toml").write_text(pool)
+        out = subprocess.run([sys.executable, "-m", "symoe.cli", "run", "--config", str(tmp_path / "pool.toml"),
+                              "--limit", "4", "--out", str(tmp_path / "out"), "--store", str(tmp_path / "out" / "s.sqlite")],
+                             env=dict(os.environ, SYMOE_CLI_KEY=key), capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert all(a == f"Bearer {key}" for a in srv.auth) and len(srv.requests) >= 4 * 3 + 4
+    with Store(tmp_path / "out" / "s.sqlite") as st:
+        assert st.count("expert") == 12 and st.count("aggregate") == 4
+    files = [f for f in (tmp_path / "out").rglob("*") if f.is_file()]
+    assert any(f.name == "results.jsonl" for f in files)
+    assert key not in out.stdout + out.stderr
+    for f in files:
+        assert key.encode() not in f.read_bytes(), f
