@@ -324,6 +324,8 @@ Plan build(const std::vector<std::vector<Piece>>& placed, int32_t replicas, cons
     return p;
 }
 
+Plan plan_reference(const Workload& w, const Costs& c, double pause_s, bool pauses);
+
 Plan plan_symoe(const Workload& w, const Costs& c, const PlanOptions& o) {
     const int32_t D = int32_t(c.devices.size());
     const int64_t M = int64_t(c.models.size());
@@ -372,6 +374,12 @@ Plan plan_symoe(const Workload& w, const Costs& c, const PlanOptions& o) {
     for (auto& g : ag) any_agg |= !g.empty();
     if (any_agg && D > 1)
         for (auto& pl : placements) consider(pl, 0);
+    // Few questions on several devices: one model at a time, tensor-parallel over the widest group
+    // of devices that holds it (the reference's schedule without its pauses) can be fastest.
+    if (D > 1 && c.tp_efficiency > 0 && o.replicate) {
+        Plan p = plan_reference(w, c, 0.0, false);
+        if (simulate(p, w, c).makespan < best_t) best = std::move(p);
+    }
     return best;
 }
 
@@ -404,7 +412,8 @@ std::pair<int32_t, int32_t> widest_group(double bytes, const std::vector<Device>
     return {0, 1};  // unreachable: check_inputs() found a device that holds every used model
 }
 
-Plan plan_reference(const Workload& w, const Costs& c, const PlanOptions& o) {
+// pauses false: no pause steps (a pause spans every device, so even a 0 s one holds them all up).
+Plan plan_reference(const Workload& w, const Costs& c, double pause_s, bool pauses) {
     const int32_t D = int32_t(c.devices.size());
     const int64_t M = int64_t(c.models.size());
     auto ex = group_experts(w, M);
@@ -427,8 +436,9 @@ Plan plan_reference(const Workload& w, const Costs& c, const PlanOptions& o) {
     };
     for (int32_t m : first_seen(w.experts, w.N * w.k)) {
         one(m, Role::Expert, ex[m]);
+        if (!pauses) continue;
         Step pause = make_step(StepKind::Pause, 0, -1);
-        pause.seconds = o.pause_s;
+        pause.seconds = pause_s;
         pause.tp = D;
         p.steps.push_back(pause);
     }
@@ -468,7 +478,7 @@ Plan make_plan(const Workload& w, const Costs& c, const PlanOptions& o) {
     check_inputs(w, c);
     SYMOE_CHECK(std::isfinite(o.pause_s) && o.pause_s >= 0, "pause_s must be finite and >= 0, got " + num(o.pause_s));
     switch (o.strategy) {
-        case Strategy::Reference: return plan_reference(w, c, o);
+        case Strategy::Reference: return plan_reference(w, c, o.pause_s, true);
         case Strategy::Naive: return plan_naive(w, c);
         default: return plan_symoe(w, c, o);
     }

@@ -24,6 +24,8 @@ struct PlanOptions {
 // On each device the jobs follow Johnson's rule for the
 // two-stage load -> generate flow, with any model that aggregates there last so it is loaded once;
 // the next model is loaded while the current one generates whenever both fit in memory.
+// With several devices the reference's tensor-parallel schedule without pauses is a candidate too
+// (fastest for a handful of questions).
 // reference: the authors' schedule (one model at a time in order of first appearance, cold load,
 // pause after each expert, all devices as one tensor-parallel group; with unequal devices each
 // model on the widest run of consecutive devices that holds its shards).

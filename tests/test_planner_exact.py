@@ -63,9 +63,10 @@ class Instance:
     def assignment(self) -> symoe.Assignment:
         return symoe.Assignment(self.cfg.names, self.experts)
 
-    def plan(self, strategy: str) -> symoe.Plan:
+    def plan(self, strategy: str, optimize_s: float = 0.0) -> symoe.Plan:
+        """The heuristic's plan (tests/test_polish.py checks the polish)."""
         agg = None if self.agg is None else [self.cfg.names[g] if g >= 0 else None for g in self.agg]
-        return symoe.plan(self.assignment(), self.cfg, aggregator=agg, strategy=strategy)
+        return symoe.plan(self.assignment(), self.cfg, aggregator=agg, strategy=strategy, optimize_s=optimize_s)
 
     def bound(self) -> float:
         return _core.lower_bound(**self.args())

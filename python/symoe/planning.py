@@ -6,6 +6,7 @@ Every time a plan or timeline shows is a *prediction* of the cost model, never a
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import IntEnum
@@ -58,10 +59,11 @@ class Timeline:
 
     start: np.ndarray
     end: np.ndarray
-    makespan: float
+    makespan: float   # the last run's end: when the last result exists
     busy: np.ndarray  # per device, seconds generating
     loads: int
     bytes_loaded: float
+    finish: float = float("nan")  # the last step's end: trailing unloads, parks and pauses delay no result
 
     @property
     def utilisation(self) -> np.ndarray:
@@ -172,6 +174,7 @@ class Plan:
             "loads": t.loads if t else None,
             "bytes_loaded": t.bytes_loaded if t else None,
             "predicted_makespan_s": self.makespan,
+            "predicted_finish_s": t.finish if t else None,
             "lower_bound_s": self.lower_bound,
             "gap": self.gap,
             "utilisation": t.utilisation.tolist() if t else None,
@@ -230,6 +233,13 @@ class Plan:
         p = cls(doc["strategy"], cfg, experts, agg, arrays, question_ids=ids, question_hashes=hashes)
         p.timeline = simulate(p)
         p.lower_bound = _core.lower_bound(**p._core_inputs())
+        # A bound the polish proved (above the core's) is kept; none can exceed the plan's makespan.
+        proven = doc.get("metrics", {}).get("lower_bound_s") if isinstance(doc.get("metrics"), dict) else None
+        if isinstance(proven, (int, float)) and math.isfinite(proven) and proven > p.lower_bound:
+            if proven > p.makespan * (1 + 1e-9):
+                raise SymoeError(f"plan {source}: metrics.lower_bound_s {proven} exceeds the predicted makespan "
+                                 f"{p.makespan}")
+            p.lower_bound = float(proven)
         return p
 
 
@@ -250,12 +260,18 @@ def plan(
     aggregator: str | Sequence[str] | None = None,
     strategy: Literal["symoe", "reference", "naive"] = "symoe",
     replicate: bool = True,
+    optimize_s: float = 2.0,
 ) -> Plan:
     """Plan the assignment's expert runs (and aggregation, if an aggregator is given) on ``config``.
 
     The assignment's model names are resolved in the pool by name; the returned plan carries its
-    simulated timeline and the lower bound.
+    simulated timeline and the lower bound. ``optimize_s`` > 0 (symoe only): the heuristic plan is
+    polished by a constraint solver for about that many seconds (``symoe.polish``), which also
+    proves a tighter lower bound, so ``plan.gap`` is a true optimality gap; 0: the heuristic alone
+    (deterministic; a polished plan may differ between runs of the solver).
     """
+    if not (math.isfinite(optimize_s) and optimize_s >= 0):
+        raise ValueError(f"optimize_s must be a finite number of seconds >= 0, got {optimize_s!r}")
     if len(assignment) == 0 or assignment.k == 0:
         raise ValueError("assignment is empty: nothing to plan")
     if not config.devices:
@@ -273,6 +289,10 @@ def plan(
     p = Plan(strategy, config, experts, agg, arrays, question_ids=assignment.question_ids)
     p.timeline = simulate(p)
     p.lower_bound = _core.lower_bound(**args)
+    if strategy == "symoe" and optimize_s > 0:
+        from .polish import polish
+
+        p = polish(p, optimize_s, replicate=replicate).plan
     return p
 
 
@@ -282,7 +302,8 @@ def simulate(p: Plan, config: Config | None = None) -> Timeline:
     cfg = config or p.config
     r = _core.simulate({"devices": len(cfg.devices), **p.arrays}, experts=p.experts, aggregator=p.aggregator,
                        **cfg.core_args())
-    return Timeline(r["start"], r["end"], float(r["makespan"]), r["busy"], int(r["loads"]), float(r["bytes_loaded"]))
+    return Timeline(r["start"], r["end"], float(r["makespan"]), r["busy"], int(r["loads"]), float(r["bytes_loaded"]),
+                    float(r["finish"]))
 
 
 def save_picture(p: Plan, path: str | Path, title: str | None = None) -> None:
