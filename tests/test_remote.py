@@ -234,10 +234,10 @@ def mixed_plan(cfg, qs, aggregator="m"):
     return p
 
 
-def mixed_run(p, qs, tmp_path, run="run", store="store.sqlite", retries=0):
+def mixed_run(p, qs, tmp_path, run="run", store="store.sqlite", retries=0, **endpoint):
     clock = ScaledClock(1.0)  # real seconds: the remote engine's deadlines and the scheduler's agree
     fake = FakeEngine(0, p.config, clock)
-    remote = RemoteEngine(1, replace(EndpointSettings.of(p.config.model("m")), **FAST), clock)
+    remote = RemoteEngine(1, replace(EndpointSettings.of(p.config.model("m")), **{**FAST, **endpoint}), clock)
     with Store(tmp_path / store) as st:
         try:
             r = run_plan(p, qs, st, tmp_path / run, Sampling(max_tokens=10, aggregate_max_tokens=10),
@@ -363,3 +363,14 @@ def test_symoe_run_on_a_pool_of_endpoints_keeps_the_key_out_of_the_run_dir(tmp_p
     assert key not in out.stdout + out.stderr
     for f in files:
         assert key.encode() not in f.read_bytes(), f
+
+
+def test_run_retries_recover_from_an_endpoint_outage(tmp_path):
+    # Two 500s in a row exhaust one request's two attempts; with --retries 1 the scheduler checks
+    # the endpoint again and redoes only what the store lacks.
+    qs = questions(6)
+    with FakeOpenAI(script=["500"] * 2) as srv:
+        p = mixed_plan(mixed_config(srv.url), qs)
+        r, _, remote, err, n_exp, n_agg = mixed_run(p, qs, tmp_path, retries=1, max_attempts=2, max_concurrency=1)
+    assert err is None and n_exp == 12 and n_agg == 6
+    assert r.retries == 1 and r.generated == 18 and srv.served == len(srv.requests) - 2
