@@ -289,8 +289,8 @@ def plan(
     p = Plan(strategy, config, experts, agg, arrays, question_ids=assignment.question_ids)
     p.timeline = simulate(p)
     p.lower_bound = _core.lower_bound(**args)
-    if strategy == "symoe" and optimize_s > 0:
-        from .polish import polish
+    if strategy == "symoe" and optimize_s > 0 and not endpoint_plan.endpoint_models(config):
+        from .polish import polish  # (the polish knows no virtual devices: it would move endpoint models)
 
         p = polish(p, optimize_s, replicate=replicate).plan
     return p
