@@ -132,3 +132,25 @@ def test_plan_option_and_round_trip(tmp_path):
         symoe.plan(a, cfg, optimize_s=-1)
     with pytest.raises(ValueError, match="positive time budget"):
         polish(h, 0)
+
+
+def test_cli_optimize_flag(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+    from symoe.cli import main
+
+    cfg = Config.bundled("paper16")
+    a = symoe.Assignment(cfg.names, np.random.default_rng(2).integers(0, 16, size=(50, 3)))
+    a.save(tmp_path / "a.jsonl")
+    out = {}
+    for secs in ("0", "0.5"):
+        r = CliRunner().invoke(main, ["plan", "--assignment", str(tmp_path / "a.jsonl"), "--config", "paper16",
+                                      "--devices", "2", "--optimize", secs, "--out", str(tmp_path / f"p{secs}.json")])
+        assert r.exit_code == 0, r.output
+        out[secs] = json.loads((tmp_path / f"p{secs}.json").read_text())["metrics"]
+    assert out["0.5"]["lower_bound_s"] >= out["0"]["lower_bound_s"]
+    assert out["0.5"]["predicted_makespan_s"] <= out["0"]["predicted_makespan_s"] * (1 + EPS)
+    r = CliRunner().invoke(main, ["plan", "--assignment", str(tmp_path / "a.jsonl"), "--config", "paper16",
+                                  "--optimize", "-1"])
+    assert r.exit_code == 2 and "--optimize" in r.output

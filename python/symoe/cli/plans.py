@@ -77,9 +77,11 @@ def route_cmd(profiles_path: str, questions_path: str, out_path: str, k: int, se
               help="The assignment's dataset file: the plan records a hash of each question's text, so run-plan "
               "refuses other questions under the same ids.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None)
+@click.option("--optimize", "optimize_s", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Seconds the constraint solver polishes the symoe plan and proves its optimality gap (0: off).")
 def plan_cmd(assignment_path: str, config_path: str, devices: int | None, memory_gb: float | None,
              aggregator: str | None, strategy: str, out_path: str | None, png_path: str | None,
-             questions_path: str | None, fmt: str | None) -> None:
+             questions_path: str | None, fmt: str | None, optimize_s: float) -> None:
     """Plan an assignment on a pool and devices; print predicted timing."""
     try:
         cfg = Config.load(config_path).with_devices(devices, memory_gb)
@@ -92,7 +94,8 @@ def plan_cmd(assignment_path: str, config_path: str, devices: int | None, memory
                                  f"{len(a)} (the same ids, in the same order)")
             hashes = tuple(q.text_hash for q in qs)
         strategies = ["naive", "reference", "symoe"] if strategy == "all" else [strategy]
-        plans = [plan(a, cfg, aggregator=aggregator, strategy=s) for s in strategies]  # type: ignore[arg-type]
+        plans = [plan(a, cfg, aggregator=aggregator, strategy=s, optimize_s=optimize_s)  # type: ignore[arg-type]
+                 for s in strategies]
         for p in plans:
             p.question_hashes = hashes
     except ValueError as e:
