@@ -9,16 +9,11 @@ from click.testing import CliRunner
 
 import symoe.pipeline
 from symoe.cli import main
+from symoe.comparison import bootstrap_ci, load_runs
 from symoe.config import Config
 from symoe.datasets import Question
 from symoe.errors import SymoeError
-from symoe.evaluation import (
-    agreed_answer,
-    bootstrap_ci,
-    export_rows,
-    load_runs,
-    regrade,
-)
+from symoe.evaluation import agreed_answer, export_rows, regrade
 from symoe.execution import RunOptions
 from symoe.generation import Generation, Requests, Sampling
 from symoe.generation.fake import FakeEngine, ScaledClock

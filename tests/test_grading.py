@@ -5,16 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from symoe.datasets import load_questions
-from symoe.grading import (
-    answer_of,
-    extract_answer,
-    extract_boxed,
-    extract_letter,
-    extract_number,
-    is_correct,
-    majority,
-    option_count,
-)
+from symoe.extraction import extract_answer, extract_boxed, extract_letter, extract_number, option_count
+from symoe.grading import answer_of, is_correct, majority
 from symoe.prompts import aggregator_messages, as_completion, expert_messages, strip_reasoning
 
 # Table of realistic outputs: (id, text, kind, n_options, expected extraction).

@@ -1,11 +1,11 @@
 """Evaluation from what a run leaves behind: grading from the store (re-grading after an extractor
-fix needs no GPU), the oracle bound, every stored generation as JSONL, and runs side by side."""
+fix needs no GPU), the oracle bound, and every stored generation as JSONL."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,6 @@ from .generation import Request, Requests, Sampling
 from .grading import answer_of, is_correct
 from .planning import Plan
 from .store import Store
-
-BOOTSTRAP_RESAMPLES = 2000
-BOOTSTRAP_SEED = 0  # fixed: the same runs always give the same interval
 
 
 def agreed_answer(answers: Sequence[str | None]) -> str | None:
@@ -99,7 +96,8 @@ def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         f.writelines(json.dumps(row) + "\n" for row in rows)
 
 
-def _read_json(path: Path, what: str) -> Any:
+def read_json(path: Path, what: str) -> Any:
+    """A run's JSON file; a missing or broken one is named with ``what`` it is."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -108,7 +106,8 @@ def _read_json(path: Path, what: str) -> Any:
         raise SymoeError(f"{path}: not valid JSON: {e}") from e
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """A run's JSONL file as rows."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -143,8 +142,8 @@ def regrade(run_dir: str | Path, questions: Sequence[Question], store: Store) ->
     ``results.jsonl`` and the accuracy in ``summary.json``. Nothing is generated: every generation
     the run used must be in ``store``."""
     d = Path(run_dir)
-    summary = _read_json(d / "summary.json", "the run's summary")
-    old = _read_jsonl(d / "results.jsonl")
+    summary = read_json(d / "summary.json", "the run's summary")
+    old = read_jsonl(d / "results.jsonl")
     try:
         plan = Plan.from_json(d / "plan.json")
     except (OSError, ValueError) as e:
@@ -192,118 +191,3 @@ def export_rows(store: Store, questions: Sequence[Question]) -> Iterator[dict[st
             yield {"question": g.question, "model": g.model, "role": g.role, "slot": g.slot, "text": g.text,
                    "answer": answer, "correct": correct, "tokens": g.tokens, "prompt_tokens": g.prompt_tokens,
                    "params": json.loads(g.params), "key": g.key}
-
-
-# --- runs side by side ----------------------------------------------------------------------------
-
-@dataclass
-class RunRow:
-    """One run in a report."""
-
-    name: str
-    baseline: str
-    questions: int
-    accuracy: float
-    ci_low: float
-    ci_high: float
-    calls_per_question: float | None
-    tokens_per_question: float | None
-    wall_s: float | None
-    loads: int | None
-    aggregations_skipped: int
-    by_category: dict[str, float] = field(default_factory=dict)
-
-
-def bootstrap_ci(correct: Sequence[bool], level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
-                 seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
-    """Percentile bootstrap interval of the accuracy (fixed seed: reproducible)."""
-    x = np.asarray(correct, dtype=float)
-    if len(x) == 0:
-        return 0.0, 0.0
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(resamples, len(x)))].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
-
-
-def load_runs(run_dirs: Sequence[str | Path]) -> list[RunRow]:
-    """Rows for ``run_dirs``; refused unless every run answered the same questions."""
-    if not run_dirs:
-        raise SymoeError("report: give at least one run directory")
-    rows, first_ids, first = [], None, None
-    for rd in run_dirs:
-        d = Path(rd)
-        summary = _read_json(d / "summary.json", "the run's summary")
-        res = _read_jsonl(d / "results.jsonl")
-        ids = sorted(r["id"] for r in res)
-        if first_ids is None:
-            first_ids, first = ids, d
-        elif ids != first_ids:
-            only = sorted(set(ids) ^ set(first_ids))
-            raise SymoeError(f"report: {d} and {first} were run over different question sets "
-                             f"({len(ids)} vs {len(first_ids)} questions; e.g. {only[0]!r} is in only one)"
-                             if only else f"report: {d} and {first} were run over different question sets")
-        correct = [bool(r["correct"]) for r in res]
-        lo, hi = bootstrap_ci(correct)
-        cats: dict[str, list[bool]] = {}
-        for r in res:
-            cats.setdefault(r.get("category") or "(none)", []).append(bool(r["correct"]))
-        n = len(res)
-        rows.append(RunRow(
-            d.name, str(summary.get("baseline", "none")) + (" +skip-agreed" if summary.get("skip_agreed") else ""), n,
-            float(np.mean(correct)) if n else 0.0, lo, hi,
-            summary["model_calls"] / n if n and "model_calls" in summary else None,
-            summary["tokens"] / n if n and "tokens" in summary else None,
-            summary.get("wall_s", summary.get("makespan_s")), summary.get("loads"),
-            int(summary.get("aggregations_skipped", 0)), {c: float(np.mean(v)) for c, v in sorted(cats.items())}))
-    return rows
-
-
-def _fmt(v: float | None, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def markdown(rows: Sequence[RunRow]) -> str:
-    """Runs side by side as a markdown table."""
-    head = ["run", "baseline", "questions", "accuracy %", "95% CI", "calls/q", "tokens/q", "wall s", "loads",
-            "aggregations skipped"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        lines.append("| " + " | ".join([r.name, r.baseline, str(r.questions), f"{100 * r.accuracy:.1f}",
-                                        f"{100 * r.ci_low:.1f}-{100 * r.ci_high:.1f}", _fmt(r.calls_per_question, ".2f"),
-                                        _fmt(r.tokens_per_question, ",.0f"), _fmt(r.wall_s, ",.1f"),
-                                        _fmt(r.loads, "d"), str(r.aggregations_skipped)]) + " |")
-    cats = sorted({c for r in rows for c in r.by_category})
-    lines += ["", "| category | " + " | ".join(r.name for r in rows) + " |", "|" + "---|" * (len(rows) + 1)]
-    for c in cats:
-        lines.append(f"| {c} | " + " | ".join(_fmt(100 * r.by_category[c] if c in r.by_category else None, ".1f")
-                                               for r in rows) + " |")
-    return "\n".join(lines)
-
-
-def as_json(rows: Sequence[RunRow]) -> str:
-    """Runs side by side as JSON."""
-    return json.dumps([asdict(r) for r in rows], indent=1)
-
-
-def chart(rows: Sequence[RunRow], path: str | Path) -> None:
-    """Accuracy with its 95% interval per run, and generated tokens per question."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [r.name for r in rows]
-    x = np.arange(len(rows))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(rows) + 4), 4.5))
-    acc = np.array([100 * r.accuracy for r in rows])
-    err = np.array([[100 * (r.accuracy - r.ci_low) for r in rows], [100 * (r.ci_high - r.accuracy) for r in rows]])
-    ax1.bar(x, acc, yerr=err, capsize=4, color="tab:blue")
-    ax1.set_ylabel("accuracy % (95% bootstrap CI)")
-    ax2.bar(x, [r.tokens_per_question or 0 for r in rows], color="tab:orange")
-    ax2.set_ylabel("generated tokens per question")
-    for ax in (ax1, ax2):
-        ax.set_xticks(x, names, rotation=30, ha="right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -71,12 +71,12 @@ def regrade_cmd(run_dir: str, questions_path: str | None, fmt: str | None, store
 def report_cmd(run_dirs: tuple[str, ...], as_json: bool, png_path: str | None) -> None:
     """Runs side by side: accuracy with a 95% bootstrap interval, per-category accuracy, model calls
     and generated tokens per question, wall time, loads (runs over the same questions only)."""
-    from .. import evaluation
+    from .. import comparison
 
     try:
-        rows = evaluation.load_runs(run_dirs)
+        rows = comparison.load_runs(run_dirs)
         if png_path:
-            evaluation.chart(rows, png_path)
+            comparison.chart(rows, png_path)
     except (ValueError, RuntimeError) as e:
         fail(e)
-    click.echo(evaluation.as_json(rows) if as_json else evaluation.markdown(rows))
+    click.echo(comparison.as_json(rows) if as_json else comparison.markdown(rows))
