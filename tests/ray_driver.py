@@ -1,21 +1,22 @@
 """Driver of test_ray_e2e.py, run inside its private network namespace (see ray_netns.sh).
 
 Phases, on one two-node cluster (node-a: device 0, node-b: device 1), each writing what it saw to
-``<out>/<phase>.json`` for the test to check:
+``<out>/<phase>.json`` for the test to check. The pool file is the tiny pool's with a ``[cluster]``
+table (discover = true); runs go through ``run_plan`` (no engines given: the config's cluster).
 - ``both``: a plan with work on both nodes and aggregation across them, run to the end;
-- ``fault``: another plan; node-b's raylet is killed once its model is loaded and the first
+- ``fault``: another store; node-b's raylet is killed once its model is loaded and the first
   generation is stored; the run must stop with a report naming the node;
-- ``rerun``: the same plan again with retries: device 1 is found lost, the missing work is
-  replanned over device 0 and completes.
+- ``rerun``: ``symoe run-plan --retries 1`` on the fault phase's plan file: device 1 is found
+  lost, the missing work is replanned over device 0 and completes.
 Every wait is bounded; a phase that cannot finish raises (the namespace then dies with us).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -25,15 +26,15 @@ from pathlib import Path
 import numpy as np
 
 from conftest import DATA as BENCH
-from symoe.cluster import ClusterTable, discover, run_on_cluster
+from symoe.cluster import with_discovered_devices
 from symoe.config import Config
 from symoe.datasets import load_questions
-from symoe.execution import RunOptions
+from symoe.execution import RunOptions, run_plan
 from symoe.execution.replan import plan_requests, stored_work
 from symoe.generation import Requests, Sampling
 from symoe.generation.ray_engine import DeviceLost
 from symoe.models import fetch_tiny
-from symoe.planning import plan
+from symoe.planning import Plan, plan
 from symoe.routing import Assignment
 from symoe.store import Store
 
@@ -58,14 +59,21 @@ def kill_node(name: str) -> list[int]:
     return pids
 
 
-def setup(n_questions: int, offset: int) -> tuple:
-    cfg = Config.from_toml(fetch_tiny([SMOL]))
-    topo = discover(ClusterTable(address=os.environ["RAY_ADDRESS"], discover=True), "cpu", 8.0)
-    cfg = dataclasses.replace(cfg, devices=topo.planning_devices(False))
-    qs = load_questions(DATA, limit=offset + n_questions)[offset:]
+def pool_file(out: Path) -> Path:
+    """The tiny pool (SmolLM2 only) with a [cluster] table: the running cluster's devices."""
+    path = out / "pool.toml"
+    text = Path(fetch_tiny([SMOL])).read_text()
+    path.write_text(text + f'\n[cluster]\nbackend = "ray"\naddress = "{os.environ["RAY_ADDRESS"]}"\ndiscover = true\n')
+    return path
+
+
+def setup(out: Path, n_questions: int) -> tuple:
+    cfg = with_discovered_devices(Config.from_toml(pool_file(out)))
+    qs = load_questions(DATA, limit=n_questions)
     ids = tuple(q.id for q in qs)
     p = plan(Assignment((SMOL,), np.zeros((len(qs), 2), dtype=np.int64), question_ids=ids), cfg, aggregator=SMOL)
-    return cfg, topo, qs, p
+    p.question_hashes = tuple(q.text_hash for q in qs)
+    return cfg, qs, p
 
 
 def placement(p) -> dict:
@@ -78,18 +86,20 @@ def placement(p) -> dict:
 
 
 def phase_both(out: Path) -> dict:
-    cfg, topo, qs, p = setup(4, 0)
+    cfg, qs, p = setup(out, 4)
+    assert cfg.cluster is not None
     with Store(out / "both.sqlite") as store:
-        r = run_on_cluster(p, qs, store, out / "both-run", topo, SAMPLING, options=RunOptions(progress=False))
+        r = run_plan(p, qs, store, out / "both-run", SAMPLING, options=RunOptions(progress=False))
         total = stored_work(p, qs, store, Requests(cfg, SAMPLING))
         texts = [store.get(x.key).text for x in plan_requests(p, qs, Requests(cfg, SAMPLING))]
-    return {"nodes": [d.node for d in topo.devices], "placement": placement(p), "generated": r.generated,
+    return {"nodes": [n.name for n in cfg.cluster.node], "placement": placement(p), "generated": r.generated,
             "reused": r.reused, "stored": total, "expected": len(qs) * 3, "finals": [x.final_text for x in r.results],
             "expert_texts": texts, "steps": [[s.device, s.kind, s.info.get("node")] for s in r.steps]}
 
 
 def phase_fault(out: Path) -> dict:
-    cfg, topo, qs, p = setup(6, 4)
+    cfg, qs, p = setup(out, 6)
+    p.to_json(out / "fault-plan.json")
     store_path = out / "fault.sqlite"
     killed: list[int] = []
     stop = threading.Event()
@@ -109,8 +119,7 @@ def phase_fault(out: Path) -> dict:
     err = None
     try:
         with Store(store_path) as store:
-            run_on_cluster(p, qs, store, out / "fault-run", topo, SAMPLING, options=RunOptions(progress=False),
-                           run_id=RUN_ID)
+            run_plan(p, qs, store, out / "fault-run", SAMPLING, options=RunOptions(progress=False), run_id=RUN_ID)
     except DeviceLost as e:
         err = {"type": type(e).__name__, "message": str(e), "device": e.device, "node": e.node, "node_lost": e.node_lost}
     finally:
@@ -127,21 +136,20 @@ RUN_ID = "fault-run"
 
 
 def phase_rerun(out: Path) -> dict:
-    cfg, _, qs, _ = setup(6, 4)
-    # The plan of the fault phase, over both devices (node-b is gone now: discovery sees one).
-    topo_all = json.loads((out / "topology.json").read_text())
-    from symoe.cluster import ClusterDevice, Topology
-
-    topo = Topology(topo_all["address"], "cpu", tuple(ClusterDevice(**d) for d in topo_all["devices"]))
-    cfg = dataclasses.replace(cfg, devices=topo.planning_devices(False))
-    p = plan(Assignment((SMOL,), np.zeros((len(qs), 2), dtype=np.int64), question_ids=tuple(q.id for q in qs)), cfg,
-             aggregator=SMOL)
+    p = Plan.from_json(out / "fault-plan.json")  # over both devices; node-b is gone now
+    qs = load_questions(DATA, limit=len(p.experts))
+    cmd = [sys.executable, "-m", "symoe.cli", "run-plan", "--questions", str(DATA), "--limit", str(len(qs)),
+           "--plan", str(out / "fault-plan.json"), "--store", str(out / "fault.sqlite"), "--run-dir",
+           str(out / "rerun-run"), "--max-tokens", str(SAMPLING.max_tokens), "--aggregate-max-tokens",
+           str(SAMPLING.aggregate_max_tokens), "--retries", "1"]
+    cli = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     with Store(out / "fault.sqlite") as store:
-        r = run_on_cluster(p, qs, store, out / "rerun-run", topo, SAMPLING, options=RunOptions(progress=False, retries=1))
-        stored = stored_work(p, qs, store, Requests(cfg, SAMPLING))
+        stored = stored_work(p, qs, store, Requests(p.config, SAMPLING))
         keys = {k: store.get(k).text for k in store.all_keys()}
-    return {"generated": r.generated, "reused": r.reused, "retries": r.retries, "stored": stored,
-            "expected": len(qs) * 3, "steps": [[s.device, s.kind, s.info.get("node")] for s in r.steps],
+    log = [json.loads(x) for x in (out / "rerun-run" / "run_log.jsonl").read_text().splitlines()] \
+        if (out / "rerun-run" / "run_log.jsonl").exists() else []
+    return {"code": cli.returncode, "stdout": cli.stdout[-3000:], "stderr": cli.stderr[-3000:], "stored": stored,
+            "expected": len(qs) * 3, "steps": [[x["device"], x["kind"], x["info"].get("node")] for x in log],
             "kept": all(keys.get(k) == v for k, v in json.loads((out / "fault-keys.json").read_text()).items())}
 
 
@@ -153,8 +161,6 @@ def main() -> None:
             if phase == "both":
                 res = phase_both(out)
             elif phase == "fault":
-                _, topo, _, _ = setup(1, 0)
-                (out / "topology.json").write_text(json.dumps(dataclasses.asdict(topo)))
                 res = phase_fault(out)
             elif phase == "rerun":
                 res = phase_rerun(out)

@@ -112,11 +112,13 @@ def test_a_lost_node_is_reported_and_a_rerun_with_retries_completes_on_the_other
     assert err["type"] == "DeviceLost" and err["node"] == "node-b" and err["device"] == 1 and err["node_lost"]
     assert "node node-b" in err["message"] and "was lost" in err["message"] and SMOL in err["message"]
     assert 0 < f["stored"] < f["expected"]
-    r = phase(cluster, "rerun")
+    r = phase(cluster, "rerun")  # `symoe run-plan --retries 1` on the same plan file, node-b gone
+    assert r["code"] == 0, r["stdout"] + r["stderr"]
     assert r["stored"] == r["expected"]
-    assert r["generated"] == r["expected"] - f["stored"] and r["reused"] == f["stored"]  # only the missing work
+    missing = r["expected"] - f["stored"]
+    assert f"{missing} generations made, {f['stored']} reused" in r["stdout"]  # only the missing work
     assert r["kept"]  # what was stored before the loss is unchanged
-    assert r["retries"] >= 1 and {(d, node) for d, kind, node in r["steps"] if kind == "load"} == {(0, "node-a")}
+    assert {(d, node) for d, kind, node in r["steps"] if kind == "load"} == {(0, "node-a")}
 
 
 def test_the_cluster_is_torn_down(cluster):

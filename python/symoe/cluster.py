@@ -23,6 +23,7 @@ is asked.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -34,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFlo
 from .errors import SymoeError
 
 if TYPE_CHECKING:
+    from .config import Config
     from .datasets import Question
     from .execution.report import RunReport
     from .execution.scheduler import RunOptions
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 
 GB = 1e9
 _STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)
+LOST = "lost"    # node id of a listed node that is not in the cluster (any more)
 GPU_PIN = 0.001  # of the node's ``node:<ip>`` resource: pins a GPU bundle to its node
 
 
@@ -72,7 +75,7 @@ class ClusterTable(BaseModel):
     backend: Literal["ray"] = "ray"
     address: str = "auto"
     discover: bool = False
-    resource_prefix: str = Field("symoe_dev_", min_length=1)  # CPU devices offered as <prefix><n>
+    resource_prefix: str = Field(default="symoe_dev_", min_length=1)  # CPU devices offered as <prefix><n>
     host_memory_gb: NonNegativeFloat = 0.0                    # per discovered node
     node: list[NodeTable] = []
 
@@ -84,6 +87,16 @@ class ClusterTable(BaseModel):
         if len(set(names)) != len(names):
             raise ValueError(f"node names must be unique, got {names}")
         return self
+
+    def toml_lines(self) -> list[str]:
+        """The table as TOML (``Config.to_toml``), read back by the pool file parser."""
+        def val(v: Any) -> str:
+            return json.dumps(v) if not isinstance(v, float) else repr(v)
+
+        lines = ["", "[cluster]"] + [f"{k} = {val(v)}" for k, v in self.model_dump(exclude={"node"}).items()]
+        for n in self.node:
+            lines += ["", "[[cluster.node]]"] + [f"{k} = {val(v)}" for k, v in n.model_dump(exclude_none=True).items()]
+        return lines
 
 
 @dataclass(frozen=True)
@@ -161,15 +174,27 @@ def from_table(table: ClusterTable, platform: Literal["cpu", "gpu"], memory_gb: 
     return Topology(table.address, platform, tuple(devs))
 
 
+def planning_devices(table: ClusterTable, platform: Literal["cpu", "gpu"], memory_gb: float, overlap_load: bool,
+                     source: str = "config") -> tuple[Any, ...] | None:
+    """The plan's devices from the listed nodes (None with ``discover``: the running cluster says)."""
+    if table.discover:
+        return None
+    try:
+        return from_table(table, platform, memory_gb).planning_devices(overlap_load)
+    except SymoeError as e:
+        raise SymoeError(f"{source}: {e}") from None
+
+
 def _suffix(name: str, prefix: str) -> int | None:
     m = re.fullmatch(re.escape(prefix) + r"(\d+)", name)
     return int(m.group(1)) if m else None
 
 
 def from_nodes(table: ClusterTable, platform: Literal["cpu", "gpu"], memory_gb: float,
-               nodes: Sequence[Mapping[str, Any]]) -> Topology:
+               nodes: Sequence[Mapping[str, Any]], lost_ok: bool = False) -> Topology:
     """The topology of a live cluster given ``ray.nodes()``: listed nodes are resolved (and must
-    be alive with what they list); with ``discover`` every alive node's devices are taken."""
+    be alive with what they list, unless ``lost_ok``: a run's lost nodes keep their devices, with
+    node id ``LOST``); with ``discover`` every alive node's devices are taken."""
     alive = [n for n in nodes if n.get("Alive")]
     by_name: dict[str, list[Mapping[str, Any]]] = {}
     for n in alive:
@@ -202,6 +227,10 @@ def from_nodes(table: ClusterTable, platform: Literal["cpu", "gpu"], memory_gb: 
 
     for name, t in listed.items():
         found = by_name.get(name)
+        if not found and lost_ok:
+            gone = from_table(ClusterTable(address=table.address, node=[t]), platform, memory_gb).devices
+            devs += [replace(d, index=len(devs) + j, node_id=LOST) for j, d in enumerate(gone)]
+            continue
         if not found:
             known = ", ".join(sorted(by_name)) or "none"
             raise SymoeError(f"[[cluster.node]] {name!r}: no alive node of that name in the cluster at "
@@ -259,6 +288,46 @@ def lost_devices(topology: Topology) -> dict[int, str]:
     return {d.index: f"node {d.node}" + (f" (id {d.node_id[:12]})" if d.node_id else "") + " is not alive"
             for d in topology.devices
             if (d.node_id is not None and d.node_id not in ids) or (d.resource is not None and d.resource not in offered)}
+
+
+def live_topology(cfg: Config, lost_ok: bool = False) -> Topology:
+    """The topology of ``cfg``'s ``[cluster]`` on the running cluster (connects to it): listed
+    nodes checked to be alive with their devices (``lost_ok``: or kept as lost), or every alive
+    node's devices discovered."""
+    table = cfg.cluster
+    if table is None:
+        raise SymoeError("the pool config has no [cluster] table")
+    connect(table.address)
+    local = [d for d in cfg.devices if d.endpoint is None]
+    memory_gb = (local[0].memory_bytes if local else 80 * GB) / GB
+    return from_nodes(table, cfg.engine.platform, memory_gb, ray_nodes(), lost_ok=lost_ok)
+
+
+def with_discovered_devices(cfg: Config) -> Config:
+    """``cfg`` with the running cluster's devices as its planning devices, and its ``[cluster]``
+    table listing them node by node: a plan (and its JSON) then knows which device lives where,
+    so a later run can tell which of them a lost node took."""
+    overlap = cfg.devices[0].overlap_load if cfg.devices else True
+    topo = live_topology(cfg)
+    assert cfg.cluster is not None
+    nodes = [NodeTable(name=name, devices=None if devs[0].resource else len(devs),
+                       resources=[str(d.resource) for d in devs] if devs[0].resource else None,
+                       memory_gb=devs[0].memory_bytes / GB, host_memory_gb=sum(d.host_bytes for d in devs) / GB)
+             for name, devs in topo.nodes.items()]
+    table = cfg.cluster.model_copy(update={"discover": False, "node": nodes})
+    return replace(cfg, devices=topo.planning_devices(overlap), cluster=table)
+
+
+def run_on_config(plan: Plan, questions: Sequence[Question], store: Store, run_dir: str | Path,
+                  sampling: Sampling, assignment: Sequence[Sequence[str]] | None, options: RunOptions,
+                  run_id: str | None = None) -> RunReport:
+    """``run_plan`` for a plan whose config has a ``[cluster]`` table: its devices on the cluster."""
+    cfg = plan.config
+    if any(d.endpoint is not None for d in cfg.devices):
+        raise SymoeError("[cluster]: pools with endpoint models do not run on a Ray cluster yet; drop the endpoint "
+                         "models or the [cluster] table")
+    topology = live_topology(cfg, lost_ok=True)
+    return run_on_cluster(plan, questions, store, run_dir, topology, sampling, assignment, options, run_id)
 
 
 def run_on_cluster(plan: Plan, questions: Sequence[Question], store: Store, run_dir: str | Path, topology: Topology,

@@ -15,7 +15,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, field, fields, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, NonNegativeFloat
 from pydantic.dataclasses import dataclass
 
 from . import _core
+from .cluster import ClusterTable, planning_devices
 from .errors import SymoeError
 
 __all__ = ["GB", "ModelSpec", "Device", "Tokens", "EngineSettings", "Config", "bundled_config_path"]
@@ -202,6 +203,7 @@ class PoolFile(BaseModel):
     reference: ReferenceTable = ReferenceTable()
     engine: EngineSettings = EngineSettings()
     meta: dict[str, Any] = {}
+    cluster: ClusterTable | None = None
 
 
 @dataclass(frozen=True, config=ConfigDict(arbitrary_types_allowed=True))
@@ -215,6 +217,7 @@ class Config:
     pause_s: float = ReferenceTable.model_fields["pause_s"].default
     meta: Mapping[str, Any] = field(default_factory=dict)
     engine: EngineSettings = EngineSettings()
+    cluster: ClusterTable | None = None  # run on a Ray cluster: its devices are the plan's (cluster.py)
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.models]
@@ -319,8 +322,11 @@ class Config:
         dv = f.devices
         devices = tuple(Device(dv.memory_gb * GB, dv.overlap_load, dv.host_memory_gb * GB) for _ in range(dv.count))
         models = tuple(_resolve(f.defaults, m, i, base, source) for i, m in enumerate(f.model))
+        if f.cluster is not None:  # listed nodes: their devices (discovered ones: when a run asks the cluster)
+            devices = planning_devices(f.cluster, f.engine.platform, dv.memory_gb, dv.overlap_load, source) or devices
         try:
-            return cls(models, devices, f.tokens, f.reference.tp_efficiency, f.reference.pause_s, f.meta, f.engine)
+            return cls(models, devices, f.tokens, f.reference.tp_efficiency, f.reference.pause_s, f.meta, f.engine,
+                       f.cluster)
         except (ValueError, ValidationError) as e:
             raise SymoeError(f"{source}: {e}") from None
 
@@ -340,6 +346,8 @@ class Config:
         for m in self.models:
             lines += ["", "[[model]]"] + [f"{k} = {val(v)}" for k, v in asdict(m).items()
                                           if v is not None and not (m.endpoint and k == "weight_bytes")]
+        if self.cluster is not None:
+            lines += self.cluster.toml_lines()
         return "\n".join(lines) + "\n"
 
     def core_args(self) -> dict[str, Any]:
@@ -360,14 +368,16 @@ class Config:
         """Plain JSON-able form (plan files); read back by :meth:`from_plain`."""
         return {"models": [asdict(m) for m in self.models], "devices": [asdict(d) for d in self.devices],
                 "tokens": asdict(self.tokens), "tp_efficiency": self.tp_efficiency, "pause_s": self.pause_s,
-                "engine": self.engine.model_dump(exclude_none=True)}
+                "engine": self.engine.model_dump(exclude_none=True),
+                "cluster": None if self.cluster is None else self.cluster.model_dump()}
 
     @classmethod
     def from_plain(cls, d: Mapping[str, Any]) -> Config:
         """Inverse of :meth:`to_dict`."""
         return cls(tuple(ModelSpec(**m) for m in d["models"]), tuple(Device(**x) for x in d["devices"]),
                    Tokens(**d["tokens"]), d["tp_efficiency"], d["pause_s"],
-                   engine=EngineSettings.model_validate(d.get("engine", {})))
+                   engine=EngineSettings.model_validate(d.get("engine", {})),
+                   cluster=ClusterTable.model_validate(d["cluster"]) if d.get("cluster") else None)
 
 
 def bundled_config_path(name: str) -> Path:
@@ -449,6 +459,7 @@ def _explain(e: ValidationError, data: Mapping[str, Any], source: str) -> str:
         loc = loc[2:]
     elif loc and len(loc) > 1:
         table = PoolFile.model_fields[str(loc[0])].annotation
+        table = next((t for t in get_args(table) if t is not type(None)), table)  # an optional table ([cluster])
         known = set(getattr(table, "model_fields", None) or {f.name for f in fields(table)})  # type: ignore[arg-type]
         where += f" [{loc[0]}]"
         loc = loc[1:]

@@ -40,6 +40,10 @@ class SymbolicMoE:
                  sampling: Sampling | None = None, options: RunOptions = RunOptions(),
                  engines: EngineFactory | None = None, clock: Clock | None = None):
         self.config = pool if isinstance(pool, Config) else Config.load(pool)
+        if self.config.cluster is not None and self.config.cluster.discover and engines is None:
+            from .cluster import with_discovered_devices
+
+            self.config = with_discovered_devices(self.config)  # plans over the running cluster's devices
         self.profiles = profiles if isinstance(profiles, Profiles) else Profiles.from_json(profiles)
         self.task = task if isinstance(task, Task) else Task.from_json(task)
         self.store_path = Path(store)

@@ -8,6 +8,7 @@ experts: the stored ones are reused, not regenerated, and the aggregation needs 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +21,8 @@ from ..routing import Assignment
 from ..store import Store
 from .report import RunReport
 from .scheduler import RunOptions
+
+log = logging.getLogger("symoe.replan")
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,7 @@ def run_replanning(plan: Plan, questions: Sequence[Question], store: Store, run_
     replans = 0
     if lost:
         current, replans = replan(plan, questions, store, requests, lost), 1
+        _say(current, "; ".join(f"device {d}: {gone[d]}" for d in lost))
     report: RunReport | None = None
     while current.plan is not None:
         rows = None if assignment is None else [assignment[i] for i in current.question_index]
@@ -146,6 +150,7 @@ def run_replanning(plan: Plan, questions: Sequence[Question], store: Store, run_
             lost.append(current.devices[e.device])
             replans += 1
             current = replan(plan, questions, store, requests, lost)
+            _say(current, str(e).splitlines()[0])
     expert_reqs = plan_requests(plan, questions, requests)
     names = plan.config.names
 
@@ -155,9 +160,19 @@ def run_replanning(plan: Plan, questions: Sequence[Question], store: Store, run_
 
     generated = stored_work(plan, questions, store, requests) - before
     out = RunReport(report.run_id if report else "replanned", report.steps if report else [],
-                    grade_run(plan, questions, expert_reqs, aggregate, store), clock.now() - t0, plan.makespan,
+                    grade_run(plan, questions, expert_reqs, aggregate, store), clock.now() - t0,
+                    (current.plan or plan).makespan,
                     generated, before, (report.retries if report else 0) + replans)
     if replans:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_report(out, current.plan or plan, run_dir, options.pictures and current.plan is not None)
     return out
+
+
+def _say(r: Replanned, why: str) -> None:
+    """A replan is news for whoever watches the run (stderr, unless logging is set up)."""
+    if r.plan is None:
+        log.warning("%s; the store holds every generation of the plan: nothing to replan", why)
+    else:
+        log.warning("%s; replanned the %d questions with missing work over devices %s (original numbers), "
+                    "predicted %.1f s", why, len(r.questions), r.devices, r.plan.makespan)

@@ -105,6 +105,10 @@ def run_plan(plan: Plan, questions: Sequence[Question], store: Store, run_dir: s
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = plan.config
+    if engines is None and cfg.cluster is not None:  # a Ray cluster's devices; a lost node's work replanned
+        from ..cluster import run_on_config
+
+        return run_on_config(plan, questions, store, run_dir, sampling, assignment, options, run_id)
     settings = {cfg.names[m]: ModelSettings.of(cfg, cfg.names[m]) for m in np.unique(plan.arrays["model"]) if m >= 0}
     if engines is None:
         engines = local_engines(plan, run_dir)

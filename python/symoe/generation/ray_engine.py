@@ -113,7 +113,12 @@ def cpu_env_vars(threads: int | None, kv_cache_gb: float, position: int, count: 
     """What :func:`engine_env` sets for a CPU device beyond this process's own environment: only
     those variables travel to the actor (the driver's PATH and the like are not the node's)."""
     env = engine_env("cpu", position, count, threads, kv_cache_gb)
-    return {k: v for k, v in env.items() if os.environ.get(k) != v}
+    out = {k: v for k, v in env.items() if os.environ.get(k) != v}
+    # Ray sets OMP_NUM_THREADS=1 in an actor that asks for no CPU; a worker process has no such
+    # limit, so the actor gets the threads of its core range, as the worker does.
+    first, _, last = out.get("VLLM_CPU_OMP_THREADS_BIND", env["VLLM_CPU_OMP_THREADS_BIND"]).partition("-")
+    out["OMP_NUM_THREADS"] = str(int(last or first) - int(first) + 1)
+    return out
 
 
 class _Hosted:

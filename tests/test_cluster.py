@@ -1,0 +1,101 @@
+"""Cluster topology without a cluster: the [cluster] table, devices by node from ray.nodes()-shaped
+records (GPUs per node, or for CPU testing one custom resource per device), lost nodes."""
+
+import tomllib
+
+import pytest
+
+from symoe.cluster import LOST, ClusterTable, from_nodes, from_table
+from symoe.config import GB, Config
+from symoe.errors import SymoeError
+
+POOL = """
+[engine]
+platform = "{platform}"
+[devices]
+memory_gb = 80
+overlap_load = true
+[[model]]
+name = "m"
+weight_gb = 16
+"""
+
+
+def node(name, ip, node_id, alive=True, **res):
+    return {"NodeName": name, "NodeManagerAddress": ip, "NodeID": node_id, "Alive": alive, "Resources": res}
+
+
+NODES = [node("gpu-b", "10.0.0.2", "b" * 56, GPU=4.0, CPU=64.0), node("gpu-a", "10.0.0.1", "a" * 56, GPU=8.0),
+         node("gpu-c", "10.0.0.3", "c" * 56, alive=False, GPU=8.0), node("cpu-only", "10.0.0.4", "d" * 56, CPU=8.0)]
+
+
+def test_discovered_gpus_are_numbered_node_by_node_in_name_order():
+    t = from_nodes(ClusterTable(address="10.0.0.1:6379", discover=True, host_memory_gb=400), "gpu", 80.0, NODES)
+    assert [(d.node, d.local) for d in t.devices] == [("gpu-a", j) for j in range(8)] + [("gpu-b", j) for j in range(4)]
+    assert [d.index for d in t.devices] == list(range(12))  # the dead node and the GPU-less one offer nothing
+    assert t.devices[0].bundle() == {"GPU": 1.0, "node:10.0.0.1": 0.001}  # pinned to its node
+    assert t.devices[0].host_bytes == 400 * GB / 8 and t.devices[8].host_bytes == 400 * GB / 4
+    devs = t.planning_devices(overlap_load=True)
+    assert len(devs) == 12 and devs[0].memory_bytes == 80 * GB
+
+
+def test_cpu_devices_are_custom_resources_and_share_their_host():
+    nodes = [node("node-a", "127.0.0.1", "a" * 56, symoe_dev_0=1.0, CPU=1.0),
+             node("node-b", "127.0.0.1", "b" * 56, symoe_dev_2=1.0, symoe_dev_1=1.0, other=1.0)]
+    t = from_nodes(ClusterTable(discover=True), "cpu", 8.0, nodes)
+    assert [(d.node, d.resource) for d in t.devices] == [("node-a", "symoe_dev_0"), ("node-b", "symoe_dev_1"),
+                                                         ("node-b", "symoe_dev_2")]
+    assert t.devices[1].bundle() == {"symoe_dev_1": 1.0}
+    assert [t.host_share(i) for i in range(3)] == [(0, 3), (1, 3), (2, 3)]  # one host: its cores split three ways
+    assert t.subset([0, 2]).devices[1].resource == "symoe_dev_2" and t.subset([0, 2]).devices[1].index == 1
+
+
+def test_listed_nodes_are_checked_against_the_cluster():
+    table = ClusterTable(node=[{"name": "gpu-a", "devices": 8, "memory_gb": 40}, {"name": "gpu-b", "devices": 2}])
+    t = from_nodes(table, "gpu", 80.0, NODES)
+    assert [d.node for d in t.devices] == ["gpu-a"] * 8 + ["gpu-b"] * 2
+    assert t.devices[0].memory_bytes == 40 * GB and t.devices[8].memory_bytes == 80 * GB
+    assert t.devices[8].node_id == "b" * 56
+    with pytest.raises(SymoeError, match="gpu-b' offers 4 GPUs, 6 are listed"):
+        from_nodes(ClusterTable(node=[{"name": "gpu-b", "devices": 6}]), "gpu", 80.0, NODES)
+    with pytest.raises(SymoeError, match="'gpu-c': no alive node of that name .*alive: cpu-only, gpu-a, gpu-b"):
+        from_nodes(ClusterTable(node=[{"name": "gpu-c", "devices": 8}]), "gpu", 80.0, NODES)
+    # A run keeps a lost node's devices (so their work can be replanned), marked lost.
+    t = from_nodes(ClusterTable(node=[{"name": "gpu-a", "devices": 1}, {"name": "gpu-c", "devices": 2}]), "gpu", 80.0,
+                   NODES, lost_ok=True)
+    assert [(d.index, d.node, d.node_id == LOST) for d in t.devices] == [(0, "gpu-a", False), (1, "gpu-c", True),
+                                                                        (2, "gpu-c", True)]
+    with pytest.raises(SymoeError, match="does not offer resource"):
+        from_nodes(ClusterTable(node=[{"name": "node-a", "resources": ["symoe_dev_7"]}]), "cpu", 8.0,
+                   [node("node-a", "127.0.0.1", "a" * 56, symoe_dev_0=1.0)])
+
+
+def test_cluster_table_in_the_pool_file():
+    text = POOL.format(platform="gpu") + """
+[cluster]
+backend = "ray"
+address = "10.0.0.1:6379"
+[[cluster.node]]
+name = "gpu-a"
+devices = 2
+host_memory_gb = 100
+[[cluster.node]]
+name = "gpu-b"
+devices = 1
+memory_gb = 40
+"""
+    cfg = Config.from_dict(tomllib.loads(text), source="pool.toml")
+    assert [d.memory_bytes / GB for d in cfg.devices] == [80, 80, 40]  # listed nodes: the plan's devices
+    assert [d.host_bytes / GB for d in cfg.devices] == [50, 50, 0]
+    assert Config.from_dict(tomllib.loads(cfg.to_toml())) == cfg
+    assert Config.from_plain(cfg.to_dict()) == cfg  # plan files keep the cluster table
+    assert [d.node for d in from_table(cfg.cluster, "gpu", 80.0).devices] == ["gpu-a", "gpu-a", "gpu-b"]
+    for bad, msg in [('[cluster]\nbackend = "slurm"\ndiscover = true\n', "backend should be 'ray'"),
+                     ('[cluster]\nadress = "x"\ndiscover = true\n', "did you mean 'address'"),
+                     ('[cluster]\nbackend = "ray"\n', "list the nodes"),
+                     ('[cluster]\n[[cluster.node]]\nname = "a"\n', "either devices .GPUs. or resources")]:
+        with pytest.raises(SymoeError, match=msg):
+            Config.from_dict(tomllib.loads(POOL.format(platform="gpu") + bad), source="pool.toml")
+    with pytest.raises(SymoeError, match="CPU devices are named by resources"):
+        Config.from_dict(tomllib.loads(POOL.format(platform="cpu") + '[cluster]\n[[cluster.node]]\nname = "a"\n'
+                                       'devices = 2\n'), source="pool.toml")
