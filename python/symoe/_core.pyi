@@ -2,9 +2,48 @@
 # any integer dtype, non-contiguous) and are copied to the exact dtype when needed; integer
 # arrays must hold integers (bool allowed, no floats) within int64. A value of the wrong kind or
 # out of range raises ValueError naming the argument and the value.
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
+import numpy as np
 import numpy.typing as npt
+
+Ints = np.ndarray[tuple[int, ...], np.dtype[np.int64]]
+Floats = np.ndarray[tuple[int, ...], np.dtype[np.float64]]
+
+class Routing(TypedDict):
+    """What ``route`` returns."""
+
+    experts: Ints  # N x k model ids
+    gamma: Floats  # M: global competence after shift, square and normalisation
+    counts_before_filter: Ints  # M: slots per model before the rare-expert filter
+    kept: list[bool]  # M: survived the filter
+    replaced: int  # slots redrawn by the filter
+    probabilities: NotRequired[Floats]  # N x M, only with return_probabilities
+
+class PlanArrays(TypedDict):
+    """What ``make_plan`` returns (and ``simulate`` takes): steps in list order per device."""
+
+    devices: int
+    kind: np.ndarray[tuple[int, ...], np.dtype[np.int8]]  # StepKind values
+    role: np.ndarray[tuple[int, ...], np.dtype[np.int8]]  # Role values
+    device: np.ndarray[tuple[int, ...], np.dtype[np.int32]]
+    model: np.ndarray[tuple[int, ...], np.dtype[np.int32]]
+    tp: np.ndarray[tuple[int, ...], np.dtype[np.int32]]
+    item_begin: Ints  # a run's items are items[item_begin:item_end]
+    item_end: Ints
+    seconds: Floats  # predicted duration of each step
+    items: Ints  # expert runs: question * k + slot; aggregation runs: question
+
+class Timeline(TypedDict):
+    """What ``simulate`` returns."""
+
+    start: Floats
+    end: Floats
+    busy: Floats  # per device
+    makespan: float  # the last run's end
+    finish: float  # the last step's end (trailing unloads, parks, pauses)
+    loads: int
+    bytes_loaded: float
 
 COST_COLUMNS: list[str]  # model figures
 TOKEN_COLUMNS: list[str]  # optional per-model tokens per request after them (NaN: the tokens argument's)
@@ -24,7 +63,7 @@ def route(
     question_offset: int,  # [0, 2**64)
     threads: int,  # >= 0, 0: all hardware threads
     return_probabilities: bool,
-) -> dict[str, Any]: ...
+) -> Routing: ...
 def uniform(seed: int, question: int, stream: int, slot: int) -> float: ...  # uint64, uint64, uint32, uint32
 def make_plan(
     experts: npt.ArrayLike,  # int64, N x k model ids
@@ -38,7 +77,7 @@ def make_plan(
     strategy: str,  # 'symoe', 'reference' or 'naive'
     pause_s: float,
     replicate: bool,
-) -> dict[str, Any]: ...
+) -> PlanArrays: ...
 # A lower bound on the makespan of every plan simulate() accepts for these inputs, tensor-parallel
 # steps included.
 def lower_bound(
@@ -64,7 +103,7 @@ def run_seconds(
     tp_efficiency: float = 0.0,
 ) -> float: ...
 def simulate(
-    plan: dict[str, Any],  # devices, and the step arrays as make_plan returns them
+    plan: PlanArrays | dict[str, Any],  # devices, and the step arrays as make_plan returns them
     experts: npt.ArrayLike,
     aggregator: npt.ArrayLike | None,
     model_costs: npt.ArrayLike,
@@ -73,4 +112,4 @@ def simulate(
     device_host: npt.ArrayLike,
     tokens: npt.ArrayLike,
     tp_efficiency: float,
-) -> dict[str, Any]: ...
+) -> Timeline: ...

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -35,6 +35,7 @@ class StepKind(IntEnum):
 
     @property
     def label(self) -> str:
+        """The step's name as plan JSON and run logs write it."""
         return self.name.lower()
 
 
@@ -46,6 +47,7 @@ class Role(IntEnum):
 
     @property
     def label(self) -> str:
+        """The role's name as plan JSON and run logs write it."""
         return self.name.lower()
 
 
@@ -67,6 +69,7 @@ class Timeline:
 
     @property
     def utilisation(self) -> np.ndarray:
+        """Per device, the share of the makespan it is busy."""
         return self.busy / self.makespan if self.makespan > 0 else np.zeros_like(self.busy)
 
 
@@ -94,10 +97,12 @@ class Plan:
 
     @property
     def n_steps(self) -> int:
+        """Number of steps."""
         return int(len(self.arrays["kind"]))
 
     @property
     def k(self) -> int:
+        """Experts per question."""
         return int(self.experts.shape[1])
 
     def _core_inputs(self) -> dict[str, Any]:
@@ -130,6 +135,7 @@ class Plan:
 
     @property
     def makespan(self) -> float:
+        """Predicted seconds until the last result."""
         return self.timeline.makespan if self.timeline else float("nan")
 
     @property
@@ -165,6 +171,7 @@ class Plan:
         return out
 
     def metrics(self) -> dict[str, Any]:
+        """Loads, bytes loaded, predicted makespan, lower bound, gap and utilisation."""
         t = self.timeline
         return {
             "strategy": self.strategy,
@@ -181,6 +188,7 @@ class Plan:
         }
 
     def to_json(self, path: str | Path | None = None) -> str:
+        """The plan as JSON (written to ``path`` if given)."""
         doc = {
             "symoe": "plan", "version": 1, "strategy": self.strategy, "note": "times are predictions of the cost model",
             "config": self.config.to_dict(), "k": self.k, "question_ids": list(self.question_ids),
@@ -197,6 +205,7 @@ class Plan:
 
     @classmethod
     def from_json(cls, path: str | Path) -> Plan:
+        """Read a plan file (validated)."""
         try:
             text = Path(path).read_text()
         except OSError as e:
@@ -205,6 +214,7 @@ class Plan:
 
     @classmethod
     def from_json_text(cls, text: str, source: str = "plan") -> Plan:
+        """Parse plan JSON (validated); ``source`` names it in errors."""
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as e:
@@ -243,7 +253,7 @@ class Plan:
         return p
 
 
-def _aggregator_array(aggregator: str | Sequence[str] | None, n: int, cfg: Config) -> np.ndarray | None:
+def _aggregator_array(aggregator: str | Sequence[str | None] | None, n: int, cfg: Config) -> np.ndarray | None:
     if aggregator is None:
         return None
     if isinstance(aggregator, str):
@@ -257,7 +267,7 @@ def plan(
     assignment: Assignment,
     config: Config,
     *,
-    aggregator: str | Sequence[str] | None = None,
+    aggregator: str | Sequence[str | None] | None = None,
     strategy: Literal["symoe", "reference", "naive"] = "symoe",
     replicate: bool = True,
     optimize_s: float = 2.0,
@@ -284,8 +294,8 @@ def plan(
         args = dict(experts=experts, aggregator=agg, **config.core_args())
     else:
         args = dict(experts=experts, aggregator=agg, **config.core_args())
-        arrays = _core.make_plan(**args, strategy=strategy, pause_s=float(config.pause_s), replicate=bool(replicate))
-        arrays.pop("devices")
+        made = _core.make_plan(**args, strategy=strategy, pause_s=float(config.pause_s), replicate=bool(replicate))
+        arrays = cast(dict[str, np.ndarray], {k: v for k, v in made.items() if k != "devices"})
     p = Plan(strategy, config, experts, agg, arrays, question_ids=assignment.question_ids)
     p.timeline = simulate(p)
     p.lower_bound = _core.lower_bound(**args)

@@ -45,6 +45,7 @@ import json  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
 
@@ -80,7 +81,7 @@ class VllmEngine:
         self.chat = bool(spec.get("chat", True))
         return {"import_s": t1 - t0, "load_s": time.perf_counter() - t1}
 
-    def generate(self, requests: list[dict[str, Any]], emit) -> dict[str, Any]:
+    def generate(self, requests: list[dict[str, Any]], emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         from vllm import SamplingParams
 
         tok = self.engine.get_tokenizer()
