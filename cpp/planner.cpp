@@ -1,11 +1,15 @@
 #include "planner.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <exception>
+#include <thread>
 #include <limits>
 #include <stdexcept>
 
 #include "check.hpp"
+#include "parallel.hpp"
 #include "simulator.hpp"
 
 namespace symoe {
@@ -219,7 +223,8 @@ std::vector<std::vector<Piece>> lpt_placement(std::vector<int32_t> order, const 
 // device's start counting its work so far and the aggregator's load where it is not already
 // resident for an expert job, so aggregation goes where its model is and spreads to idle devices
 // when that pays.
-Plan build(const std::vector<std::vector<Piece>>& placed, int32_t replicas, const std::vector<std::vector<int64_t>>& ex,
+std::vector<std::vector<Job>> assign(const std::vector<std::vector<Piece>>& placed, int32_t replicas,
+                                     const std::vector<std::vector<int64_t>>& ex,
            const std::vector<std::vector<int64_t>>& ag, const Costs& c) {
     const int32_t D = int32_t(c.devices.size());
     const int64_t M = int64_t(c.models.size());
@@ -318,10 +323,33 @@ Plan build(const std::vector<std::vector<Piece>>& placed, int32_t replicas, cons
         std::stable_sort(agg_jobs[d].begin(), agg_jobs[d].end(), [&](const Job& a, const Job& b) { return rank(a) < rank(b); });
         jobs[d].insert(jobs[d].end(), agg_jobs[d].begin(), agg_jobs[d].end());
     }
+    return jobs;
+}
+
+Plan emit_plan(const std::vector<std::vector<Job>>& jobs, const Costs& c) {
     Plan p;
-    p.devices = D;
-    for (int32_t d = 0; d < D; ++d) emit_device(p, d, jobs[d], c);
+    p.devices = int32_t(jobs.size());
+    for (int32_t d = 0; d < p.devices; ++d) emit_device(p, d, jobs[d], c);
     return p;
+}
+
+// A floor under the simulated makespan of a device's jobs: its runs follow one another on its
+// compute lane after the first model's load (and share one lane with every load without overlap).
+double jobs_floor(const std::vector<std::vector<Job>>& jobs, const Costs& c) {
+    double t = 0;
+    for (size_t d = 0; d < jobs.size(); ++d) {
+        if (jobs[d].empty()) continue;
+        double x = c.models[jobs[d][0].model].load_s;
+        if (!c.devices[d].overlap_load) {
+            x = 0;
+            std::vector<int32_t> seen;
+            for (auto& j : jobs[d])
+                if (std::find(seen.begin(), seen.end(), j.model) == seen.end()) { seen.push_back(j.model); x += c.models[j.model].load_s; }
+        }
+        for (auto& j : jobs[d]) x += run_seconds(c.models[j.model], j.role, j.n, 1, 0);
+        t = std::max(t, x);
+    }
+    return t;
 }
 
 Plan plan_reference(const Workload& w, const Costs& c, double pause_s, bool pauses);
@@ -354,29 +382,65 @@ Plan plan_symoe(const Workload& w, const Costs& c, const PlanOptions& o) {
     if (D > 1 && o.replicate && balanced_placement(order, ex, work, c, balanced)) add(std::move(balanced));
     const size_t first_kind = placements.size();  // the plain and balanced placements come first
     if (D > 1) add(lpt_placement(order, ex, ag, work, c, true));
-    Plan best;
+    // Each candidate is built and simulated on its own thread (they are independent); only its
+    // makespan is kept, and the winner, the first candidate with the smallest makespan in the
+    // order below as if they ran one by one, is built again: the plan never depends on the threads.
+    struct Candidate { size_t placement; int32_t replicas; };
+    auto evaluate = [&](const std::vector<Candidate>& cs, double cutoff) {  // cutoff: makespans worth knowing
+        std::vector<double> t(cs.size(), std::numeric_limits<double>::infinity());
+        std::vector<std::exception_ptr> err(cs.size());
+        std::atomic<size_t> next{0};
+        auto work_on = [&] {
+            for (size_t i; (i = next.fetch_add(1)) < cs.size();) {
+                try {
+                    auto jobs = assign(placements[cs[i].placement], cs[i].replicas, ex, ag, c);
+                    if (jobs_floor(jobs, c) < cutoff) t[i] = simulate(emit_plan(jobs, c), w, c).makespan;
+                } catch (...) { err[i] = std::current_exception(); }
+            }
+        };
+        size_t n_threads = std::min<size_t>(cs.size(), size_t(resolve_threads(0)));
+        std::vector<std::thread> pool;
+        for (size_t k = 1; k < n_threads; ++k) pool.emplace_back(work_on);
+        work_on();
+        for (auto& th : pool) th.join();
+        for (auto& e : err) if (e) std::rethrow_exception(e);  // the first candidate's error, as run in order
+        return t;
+    };
     double best_t = std::numeric_limits<double>::infinity();
-    auto consider = [&](const std::vector<std::vector<Piece>>& pl, int32_t r) {
-        Plan p = build(pl, r, ex, ag, c);
-        double t = simulate(p, w, c).makespan;
-        if (t < best_t) { best_t = t; best = std::move(p); return true; }
-        return false;
+    Candidate winner{0, D};
+    auto pick = [&](const std::vector<Candidate>& cs) {  // true if one of cs beats the best so far
+        std::vector<double> t = evaluate(cs, best_t);
+        bool better = false;
+        for (size_t i = 0; i < cs.size(); ++i)
+            if (t[i] < best_t) { best_t = t[i]; winner = cs[i]; better = true; }
+        return better;
     };
     // The better of plain LPT and the balanced fill, aggregation evenly over 1..D devices; then
     // the memory-aware placement, and aggregation water-filled by residency and load cost on every
     // placement. The best of all is kept, so each candidate can only improve the plan.
-    size_t best_placement = 0;
-    for (size_t i = 0; i < first_kind; ++i)
-        if (consider(placements[i], D)) best_placement = i;
-    for (int32_t r = D - 1; r >= 1; --r) consider(placements[best_placement], r);
-    for (size_t i = first_kind; i < placements.size(); ++i) consider(placements[i], D);
+    std::vector<Candidate> first;
+    for (size_t i = 0; i < first_kind; ++i) first.push_back({i, D});
+    pick(first);
+    const size_t best_placement = winner.placement;
+    std::vector<Candidate> rest;
+    for (int32_t r = D - 1; r >= 1; --r) rest.push_back({best_placement, r});
+    for (size_t i = first_kind; i < placements.size(); ++i) rest.push_back({i, D});
     bool any_agg = false;
     for (auto& g : ag) any_agg |= !g.empty();
     if (any_agg && D > 1)
-        for (auto& pl : placements) consider(pl, 0);
+        for (size_t i = 0; i < placements.size(); ++i) rest.push_back({i, 0});
+    pick(rest);
+    Plan best = emit_plan(assign(placements[winner.placement], winner.replicas, ex, ag, c), c);
     // Few questions on several devices: one model at a time, tensor-parallel over the widest group
     // of devices that holds it (the reference's schedule without its pauses) can be fastest.
-    if (D > 1 && c.tp_efficiency > 0 && o.replicate) {
+    // It runs one step at a time, so it takes at least every model's load and fastest runs: built
+    // and simulated only when that leaves room below the best plan.
+    double serial = 0;
+    for (int32_t m = 0; m < M; ++m)
+        if (!ex[m].empty() || !ag[m].empty())
+            serial += c.models[m].load_s + run_seconds(c.models[m], Role::Expert, int64_t(ex[m].size()), D, c.tp_efficiency) +
+                      run_seconds(c.models[m], Role::Aggregate, int64_t(ag[m].size()), D, c.tp_efficiency);
+    if (D > 1 && c.tp_efficiency > 0 && o.replicate && serial < best_t) {
         Plan p = plan_reference(w, c, 0.0, false);
         if (simulate(p, w, c).makespan < best_t) best = std::move(p);
     }
