@@ -138,3 +138,28 @@ def test_calibration_learns_each_models_lengths():
     # A model the run did not measure keeps its figures (the R1-Qwen model: its own 4800).
     assert new.model_tokens("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B").expert_output == 4800
     assert new.model_tokens("Qwen/Qwen2.5-7B-Instruct").expert_output == new.tokens.expert_output
+
+
+def test_long_reasoning_experts_are_replicated():
+    # A reasoning expert picked for many questions: at 8x the others' output tokens its work
+    # dominates and the balanced fill runs it on several devices; at equal tokens once.
+    from dataclasses import replace
+
+    import symoe
+    from symoe import Config
+
+    cfg = Config.bundled("paper16").with_devices(4)
+    equal = replace(cfg, models=tuple(replace(m, expert_output_tokens=None, aggregate_output_tokens=None)
+                                      for m in cfg.models))
+    r1 = cfg.index("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B")
+    rng = np.random.default_rng(0)
+    pr = np.ones(16)
+    pr[r1] = 3
+    a = symoe.Assignment(cfg.names, np.stack([rng.choice(16, size=3, replace=False, p=pr / pr.sum())
+                                              for _ in range(2000)]))
+    loads = {}
+    for label, c in (("long", cfg), ("equal", equal)):
+        p = symoe.plan(a, c, optimize_s=0)
+        loads[label] = int(np.sum((p.arrays["kind"] == 0) & (p.arrays["model"] == r1)))
+        assert p.gap < 0.05
+    assert loads["long"] >= 2 and loads["equal"] == 1

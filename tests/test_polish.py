@@ -154,3 +154,21 @@ def test_cli_optimize_flag(tmp_path):
     r = CliRunner().invoke(main, ["plan", "--assignment", str(tmp_path / "a.jsonl"), "--config", "paper16",
                                   "--optimize", "-1"])
     assert r.exit_code == 2 and "--optimize" in r.output
+
+
+def test_pairs_small_with_large_models_under_tight_memory():
+    # 30 GB: one 20 GB model and one 8 GB model fit together, two large ones do not. Loading the
+    # next small model beside each large one (and the reverse) hides loads the heuristic leaves
+    # in series; the polish finds the exact optimum.
+    from test_planner_exact import model
+
+    tok = symoe.Tokens(100, 100, 100, 100)
+    big1, big2, small1, small2 = (model("L1", 20, 20, 10.0), model("L2", 20, 20, 10.0), model("S1", 8, 8, 10.0),
+                                  model("S2", 8, 8, 10.0))
+    inst = Instance(Config((big1, big2, small1, small2), (symoe.Device(30e9),), tok), [[0, 1], [2, 3]])
+    h = inst.plan("symoe")
+    opt, _ = optimum(inst, math.inf)
+    r = polish(h, 2.0)
+    assert h.makespan > opt * 1.1  # the heuristic alone loses
+    assert r.plan.makespan == pytest.approx(opt, rel=1e-9)
+    check_memory_timeline(r.plan)
