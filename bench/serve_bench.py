@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def measure(eng, model: str, reqs: list, clock: Clock) -> dict:
     s = time.perf_counter() - t0
     assert len(got) == len(reqs), f"{len(got)} of {len(reqs)} generations came back"
     return {"requests": len(reqs), "seconds": s, "tokens": b.tokens, "prompt_tokens": b.prompt_tokens,
-            "tokens_per_s": b.tokens / s, "first_token_s": b.first_token_s}
+            "tokens_per_s": b.tokens / s, "load_average_1m": os.getloadavg()[0]}  # a shared machine: say how busy
 
 
 def main() -> None:
