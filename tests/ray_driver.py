@@ -32,7 +32,7 @@ from symoe.datasets import load_questions
 from symoe.execution import RunOptions, run_plan
 from symoe.execution.replan import plan_requests, stored_work
 from symoe.generation import Requests, Sampling
-from symoe.generation.ray_engine import DeviceLost
+from symoe.generation.engine import DeviceLost
 from symoe.models import fetch_tiny
 from symoe.planning import Plan, plan
 from symoe.routing import Assignment

@@ -12,8 +12,8 @@ from symoe.datasets import Question
 from symoe.execution import RunOptions
 from symoe.execution.replan import missing_questions, plan_requests, replan, run_replanning, stored_work
 from symoe.generation import Requests, Sampling
+from symoe.generation.engine import DeviceLost
 from symoe.generation.fake import FakeEngine, ScaledClock
-from symoe.generation.ray_engine import DeviceLost
 from symoe.store import Store
 from symoe.workloads import category_keywords, skewed_profiles
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..datasets import Question
 from ..generation import Clock, Engine, Request, Requests, Sampling
+from ..generation.engine import DeviceLost
 from ..planning import Plan
 from ..planning import plan as make_plan
 from ..routing import Assignment
@@ -113,7 +114,6 @@ def run_replanning(plan: Plan, questions: Sequence[Question], store: Store, run_
 
     ``engines_for(plan, devices)``: engines for a plan over the original devices ``devices``;
     ``lost_now()``: the devices already lost (original number: where), checked before the first run."""
-    from ..generation.ray_engine import DeviceLost
     from .report import grade_run, write_report
     from .scheduler import check_plan_matches, run_plan
 

@@ -33,6 +33,15 @@ class EngineTimeout(EngineError):
     """An engine call missed its deadline; what it waited on was killed."""
 
 
+class DeviceLost(EngineError):
+    """A model's host or its whole node is gone (a cluster engine): ``device`` and ``node`` say
+    where; with ``node_lost`` no reload there can succeed, so a run replans (execution/replan.py)."""
+
+    def __init__(self, message: str, model: str, device: int, node: str, node_lost: bool):
+        super().__init__(message)
+        self.model, self.device, self.node, self.node_lost = model, device, node, node_lost
+
+
 def position_limit(path: str | None) -> int | None:
     """``max_position_embeddings`` from the model folder's ``config.json`` (None: no folder on
     disk, or no such field; the engine then finds out)."""

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from .engine import BatchInfo, Clock, Engine, EngineError, EngineTimeout, ModelSettings, OnDone, generation_from_event
+from .engine import BatchInfo, Clock, DeviceLost, Engine, EngineError, EngineTimeout, ModelSettings, OnDone, generation_from_event
 from .local import engine_env
 from .requests import Request
 
@@ -36,14 +36,6 @@ NODE_CHECK_S = 5.0  # a device reservation checks its node is still in the clust
 VERDICT_S = 90.0    # after a fault: how long to wait for the cluster to say whether the node is gone
 PING_S = 10.0       # alive(): an actor that does not answer a ping within this is not alive
 SHARE_STEP = 1e-4   # Ray's resource granularity: shares are rounded down to it
-
-
-class DeviceLost(EngineError):
-    """A model's actor or its whole node is gone; ``device`` and ``node`` say where."""
-
-    def __init__(self, message: str, model: str, device: int, node: str, node_lost: bool):
-        super().__init__(message)
-        self.model, self.device, self.node, self.node_lost = model, device, node, node_lost
 
 
 class ModelHost:
