@@ -148,14 +148,14 @@ class _Instance:
         horizon = int(3 * _UNITS)
         up = lambda x: int(math.ceil(x * S - 1e-9))  # durations rounded up: the model never undercounts
         cm = cp_model.CpModel()
-        mk = cm.NewIntVar(0, horizon, "makespan")
+        mk = cm.new_int_var(0, horizon, "makespan")
         io: dict[int, list] = {d: [] for d in range(self.D)}
         comp: dict[int, list] = {d: [] for d in range(self.D)}
         mem: dict[int, tuple[list, list]] = {d: ([], []) for d in range(self.D)}
         V: dict[tuple[int, int, int], dict] = {}  # (model, device, residency)
         runs: dict[tuple[int, int], list] = {(m, r): [] for m in self.used for r in (0, 1)}
         overlap = [dv.overlap_load for dv in self.cfg.devices]
-        wait_end = {g: cm.NewIntVar(0, horizon, f"experts_done_{g}") for g in self.waits_for}
+        wait_end = {g: cm.new_int_var(0, horizon, f"experts_done_{g}") for g in self.waits_for}
         for m in self.used:
             f = self.fig[m]
             # A model with both roles may be loaded twice on a device: once for its expert run (and
@@ -164,78 +164,78 @@ class _Instance:
             for d in self.alone[m]:
                 for r_i, roles in enumerate(kinds):
                     v: dict = {}
-                    use = v["use"] = cm.NewBoolVar(f"use_{m}_{d}_{r_i}")
-                    ls = v["ls"] = cm.NewIntVar(0, horizon, "")
-                    v["load"] = cm.NewOptionalFixedSizeIntervalVar(ls, up(f.load), use, "")
+                    use = v["use"] = cm.new_bool_var(f"use_{m}_{d}_{r_i}")
+                    ls = v["ls"] = cm.new_int_var(0, horizon, "")
+                    v["load"] = cm.new_optional_fixed_size_interval_var(ls, up(f.load), use, "")
                     ready = ls + up(f.load)
-                    last = cm.NewIntVar(0, horizon, "")  # the end of m's last run in this residency
-                    cm.Add(last >= ready).OnlyEnforceIf(use)
+                    last = cm.new_int_var(0, horizon, "")  # the end of m's last run in this residency
+                    cm.add(last >= ready).only_enforce_if(use)
                     for role in roles:
                         n_all = (self.ne[m], self.na[m])[role]
                         if n_all == 0:
                             continue
-                        has = cm.NewBoolVar("")
-                        x = cm.NewIntVar(0, int(n_all), "")
-                        cm.Add(x >= 1).OnlyEnforceIf(has)
-                        cm.Add(x == 0).OnlyEnforceIf(has.Not())
-                        cm.AddImplication(has, use)
-                        work = cm.NewIntVar(0, horizon, "")
+                        has = cm.new_bool_var("")
+                        x = cm.new_int_var(0, int(n_all), "")
+                        cm.add(x >= 1).only_enforce_if(has)
+                        cm.add(x == 0).only_enforce_if(has.negated())
+                        cm.add_implication(has, use)
+                        work = cm.new_int_var(0, horizon, "")
                         coef = int(math.ceil(f.work[role] * S * _K))
-                        cm.Add(_K * work >= coef * x).OnlyEnforceIf(has)
-                        cm.Add(work >= up(f.floor[role])).OnlyEnforceIf(has)
-                        dur = cm.NewIntVar(0, horizon, "")
-                        cm.Add(dur == up(f.overhead) + work).OnlyEnforceIf(has)
-                        cm.Add(dur == 0).OnlyEnforceIf(has.Not())
-                        s = cm.NewIntVar(0, horizon, "")
-                        e = cm.NewIntVar(0, horizon, "")
-                        iv = cm.NewOptionalIntervalVar(s, dur, e, has, "")
-                        cm.Add(s >= ready).OnlyEnforceIf(has)
-                        cm.Add(last >= e).OnlyEnforceIf(has)
-                        cm.Add(mk >= e).OnlyEnforceIf(has)
+                        cm.add(_K * work >= coef * x).only_enforce_if(has)
+                        cm.add(work >= up(f.floor[role])).only_enforce_if(has)
+                        dur = cm.new_int_var(0, horizon, "")
+                        cm.add(dur == up(f.overhead) + work).only_enforce_if(has)
+                        cm.add(dur == 0).only_enforce_if(has.negated())
+                        s = cm.new_int_var(0, horizon, "")
+                        e = cm.new_int_var(0, horizon, "")
+                        iv = cm.new_optional_interval_var(s, dur, e, has, "")
+                        cm.add(s >= ready).only_enforce_if(has)
+                        cm.add(last >= e).only_enforce_if(has)
+                        cm.add(mk >= e).only_enforce_if(has)
                         comp[d].append(iv)
                         if role == 0:
                             for g, ms in self.waits_for.items():
                                 if m in ms:
-                                    cm.Add(wait_end[g] >= e).OnlyEnforceIf(has)
+                                    cm.add(wait_end[g] >= e).only_enforce_if(has)
                         else:
-                            cm.Add(s >= wait_end[m]).OnlyEnforceIf(has)
+                            cm.add(s >= wait_end[m]).only_enforce_if(has)
                         v[role] = (has, x, s, e)
                         runs[(m, role)].append(x)
-                    cm.AddBoolOr([v[r][0] for r in (0, 1) if r in v]).OnlyEnforceIf(use)
+                    cm.add_bool_or([v[r][0] for r in (0, 1) if r in v]).only_enforce_if(use)
                     # Unload after the last run, on the I/O lane; memory held from load start to unload end.
-                    us = v["us"] = cm.NewIntVar(0, horizon, "")
-                    cm.Add(us >= last).OnlyEnforceIf(use)
-                    v["unload"] = cm.NewOptionalFixedSizeIntervalVar(us, up(f.unload), use, "")
-                    held = cm.NewIntVar(0, horizon, "")
-                    held_end = cm.NewIntVar(0, horizon, "")
-                    cm.Add(held_end == us + up(f.unload)).OnlyEnforceIf(use)
-                    mem[d][0].append(cm.NewOptionalIntervalVar(ls, held, held_end, use, ""))
+                    us = v["us"] = cm.new_int_var(0, horizon, "")
+                    cm.add(us >= last).only_enforce_if(use)
+                    v["unload"] = cm.new_optional_fixed_size_interval_var(us, up(f.unload), use, "")
+                    held = cm.new_int_var(0, horizon, "")
+                    held_end = cm.new_int_var(0, horizon, "")
+                    cm.add(held_end == us + up(f.unload)).only_enforce_if(use)
+                    mem[d][0].append(cm.new_optional_interval_var(ls, held, held_end, use, ""))
                     mem[d][1].append(int(math.ceil(f.bytes / _KB)))
                     io[d] += [v["load"], v["unload"]]
                     V[(m, d, r_i)] = v
                 if len(kinds) == 2:  # the second residency follows the first one's unload
                     a, b = V[(m, d, 0)], V[(m, d, 1)]
-                    cm.AddImplication(b["use"], a["use"])
-                    cm.Add(b["ls"] >= a["us"] + up(f.unload)).OnlyEnforceIf(b["use"])
+                    cm.add_implication(b["use"], a["use"])
+                    cm.add(b["ls"] >= a["us"] + up(f.unload)).only_enforce_if(b["use"])
             for role, n_all in ((0, self.ne[m]), (1, self.na[m])):
                 if n_all:
-                    cm.Add(sum(runs[(m, role)]) == int(n_all))
+                    cm.add(sum(runs[(m, role)]) == int(n_all))
             if not replicate and self.ne[m]:
-                cm.AddAtMostOne([V[(m, d, 0)][0][0] for d in self.alone[m]])
+                cm.add_at_most_one([V[(m, d, 0)][0][0] for d in self.alone[m]])
         for d in range(self.D):
             if overlap[d]:
-                cm.AddNoOverlap(io[d])
-                cm.AddNoOverlap(comp[d])
+                cm.add_no_overlap(io[d])
+                cm.add_no_overlap(comp[d])
             else:
-                cm.AddNoOverlap(io[d] + comp[d])
+                cm.add_no_overlap(io[d] + comp[d])
             if mem[d][0]:
-                cm.AddCumulative(mem[d][0], mem[d][1], int(self.cfg.devices[d].memory_bytes // _KB))
-        cm.Minimize(mk)
+                cm.add_cumulative(mem[d][0], mem[d][1], int(self.cfg.devices[d].memory_bytes // _KB))
+        cm.minimize(mk)
         self._hint(cm, V, p, S)
         solver = cp_model.CpSolver()
         solver.parameters.max_time_in_seconds = max(0.05, budget)
         solver.parameters.num_workers = workers
-        status = solver.Solve(cm)
+        status = solver.solve(cm)
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             return None
         return self._decode(solver, V)
@@ -261,25 +261,25 @@ class _Instance:
                 first[(m, d, "unload")] = float(t.start[s])
         for (m, d, r_i), v in V.items():
             if r_i:  # the heuristic loads a model once per device: no second residency
-                cm.AddHint(v["use"], False)
+                cm.add_hint(v["use"], False)
                 for r in (0, 1):
                     if r in v:
-                        cm.AddHint(v[r][0], False)
-                        cm.AddHint(v[r][1], 0)
+                        cm.add_hint(v[r][0], False)
+                        cm.add_hint(v[r][1], 0)
                 continue
             used = any(counts.get((m, d, r), 0) for r in (0, 1))
-            cm.AddHint(v["use"], used)
+            cm.add_hint(v["use"], used)
             if (m, d, "load") in first:
-                cm.AddHint(v["ls"], int(first[(m, d, "load")] * S))
+                cm.add_hint(v["ls"], int(first[(m, d, "load")] * S))
             if (m, d, "unload") in first:
-                cm.AddHint(v["us"], int(first[(m, d, "unload")] * S))
+                cm.add_hint(v["us"], int(first[(m, d, "unload")] * S))
             for r in (0, 1):
                 if r in v:
                     n = counts.get((m, d, r), 0)
-                    cm.AddHint(v[r][0], n > 0)
-                    cm.AddHint(v[r][1], n)
+                    cm.add_hint(v[r][0], n > 0)
+                    cm.add_hint(v[r][1], n)
                     if (m, d, f"run{r}") in first:
-                        cm.AddHint(v[r][2], int(first[(m, d, f"run{r}")] * S))
+                        cm.add_hint(v[r][2], int(first[(m, d, f"run{r}")] * S))
 
     def _decode(self, solver, V: dict) -> Plan:
         """The solution as plan steps: on each device, unloads, loads and runs in order of their
@@ -287,17 +287,17 @@ class _Instance:
         events: list[list[tuple[int, int, int, int, int, np.ndarray | None]]] = [[] for _ in range(self.D)]
         taken = {(m, r): 0 for m in self.used for r in (0, 1)}
         for (m, d, _), v in sorted(V.items()):
-            if not solver.BooleanValue(v["use"]):
+            if not solver.boolean_value(v["use"]):
                 continue
-            events[d].append((solver.Value(v["ls"]), 1, StepKind.LOAD, m, 0, None))
+            events[d].append((solver.value(v["ls"]), 1, StepKind.LOAD, m, 0, None))
             for r in (0, 1):
-                if r in v and solver.BooleanValue(v[r][0]):
-                    n = solver.Value(v[r][1])
+                if r in v and solver.boolean_value(v[r][0]):
+                    n = solver.value(v[r][1])
                     src = self.expert_items[m] if r == 0 else self.agg_items[m]
                     items = src[taken[(m, r)]:taken[(m, r)] + n]
                     taken[(m, r)] += n
-                    events[d].append((solver.Value(v[r][2]), 2, StepKind.RUN, m, r, items))
-            events[d].append((solver.Value(v["us"]), 0, StepKind.UNLOAD, m, 0, None))
+                    events[d].append((solver.value(v[r][2]), 2, StepKind.RUN, m, r, items))
+            events[d].append((solver.value(v["us"]), 0, StepKind.UNLOAD, m, 0, None))
         cols: dict[str, list] = {k: [] for k in ("kind", "role", "device", "model", "tp", "item_begin", "item_end",
                                                  "seconds")}
         items: list[np.ndarray] = []
@@ -354,7 +354,7 @@ class _Instance:
         # its first device's rule on every device it spans); else one lane each.
         two_lanes = any(dv.overlap_load for dv in self.cfg.devices)
         cm = cp_model.CpModel()
-        mk = cm.NewIntVar(0, top, "makespan")
+        mk = cm.new_int_var(0, top, "makespan")
         io: dict[int, list] = {d: [] for d in range(D)}
         comp: dict[int, list] = {d: [] for d in range(D)}
         for m in self.used:
@@ -365,32 +365,32 @@ class _Instance:
             work = self.ne[m] * f.work[0] + self.na[m] * f.work[1]
             zs, blocks = [], []
             for d in devs:
-                z = cm.NewBoolVar("")
-                ls = cm.NewIntVar(0, top, "")
-                io[d].append(cm.NewOptionalFixedSizeIntervalVar(ls, down(f.load), z, ""))
-                size = cm.NewIntVar(0, top, "")
-                cm.Add(size >= down(shortest)).OnlyEnforceIf(z)
-                s = cm.NewIntVar(0, top, "")
-                e = cm.NewIntVar(0, top, "")
-                comp[d].append(cm.NewOptionalIntervalVar(s, size, e, z, ""))
-                cm.Add(s >= ls + down(f.load)).OnlyEnforceIf(z)
-                cm.Add(mk >= e).OnlyEnforceIf(z)
-                cm.Add(size == 0).OnlyEnforceIf(z.Not())
+                z = cm.new_bool_var("")
+                ls = cm.new_int_var(0, top, "")
+                io[d].append(cm.new_optional_fixed_size_interval_var(ls, down(f.load), z, ""))
+                size = cm.new_int_var(0, top, "")
+                cm.add(size >= down(shortest)).only_enforce_if(z)
+                s = cm.new_int_var(0, top, "")
+                e = cm.new_int_var(0, top, "")
+                comp[d].append(cm.new_optional_interval_var(s, size, e, z, ""))
+                cm.add(s >= ls + down(f.load)).only_enforce_if(z)
+                cm.add(mk >= e).only_enforce_if(z)
+                cm.add(size == 0).only_enforce_if(z.negated())
                 zs.append(z)
                 blocks.append(size)
-            cm.AddBoolOr(zs)
-            cm.Add(sum(blocks) >= down(work) - D + down(f.overhead) * sum(zs))
+            cm.add_bool_or(zs)
+            cm.add(sum(blocks) >= down(work) - D + down(f.overhead) * sum(zs))
         for d in range(D):
             if two_lanes:
-                cm.AddNoOverlap(io[d])
-                cm.AddNoOverlap(comp[d])
+                cm.add_no_overlap(io[d])
+                cm.add_no_overlap(comp[d])
             else:
-                cm.AddNoOverlap(io[d] + comp[d])
-        cm.Minimize(mk)
+                cm.add_no_overlap(io[d] + comp[d])
+        cm.minimize(mk)
         solver = cp_model.CpSolver()
         solver.parameters.max_time_in_seconds = max(0.05, budget)
         solver.parameters.num_workers = workers
-        status = solver.Solve(cm)
+        status = solver.solve(cm)
         if status == cp_model.INFEASIBLE:  # the heuristic plan's own relaxation fits: never expected
             raise SymoeError("polish: the bound model has no solution below the heuristic plan's makespan")
-        return float(solver.BestObjectiveBound()) / S  # valid also when time ran out (UNKNOWN)
+        return float(solver.best_objective_bound) / S  # valid also when time ran out (UNKNOWN)
