@@ -163,3 +163,26 @@ def test_long_reasoning_experts_are_replicated():
         loads[label] = int(np.sum((p.arrays["kind"] == 0) & (p.arrays["model"] == r1)))
         assert p.gap < 0.05
     assert loads["long"] >= 2 and loads["equal"] == 1
+
+
+def test_calibration_learns_lengths_from_the_store(tmp_path):
+    # Every stored generation counts, reused ones from earlier runs too (the run's report has
+    # none of them); models without stored generations keep the report's or their own figures.
+    from symoe import Config
+    from symoe.execution.calibration import calibrate
+    from symoe.execution.report import RunReport
+    from symoe.generation.requests import Generation
+    from symoe.store import Store
+
+    cfg = Config.bundled("paper16")
+    with Store(tmp_path / "s.sqlite") as store:
+        for i, (model, role, pin, out) in enumerate([(R1, "expert", 300, 5000), (R1, "expert", 310, 7000),
+                                                     (R1, "aggregate", 2500, 9000), (LLAMA, "expert", 280, 400),
+                                                     (LLAMA, "aggregator-benchmark", 2000, 100)]):
+            store.put(Generation(f"k{i}", model, f"q{i}", role, 0, "{}", "text", pin, out, "stop"))
+        assert store.token_lengths()[(R1, "expert")] == (2, 305.0, 6000.0)
+        new = calibrate(cfg, RunReport("r", [], [], 0.0, 0.0, 0, 5), store)
+    r1, llama = new.model_tokens(R1), new.model_tokens(LLAMA)
+    assert (r1.expert_prompt, r1.expert_output, r1.aggregate_prompt, r1.aggregate_output) == (305, 6000, 2500, 9000)
+    assert (llama.expert_prompt, llama.expert_output) == (280, 400)
+    assert llama.aggregate_output == cfg.tokens.aggregate_output  # the benchmark's role is not aggregation

@@ -120,6 +120,14 @@ class Store:
                 found.update(r[0] for r in self._db.execute(q, chunk))
         return found
 
+    def token_lengths(self) -> dict[tuple[str, str], tuple[int, float, float]]:
+        """Per (model, role): stored generations with measured lengths, their mean prompt and output tokens."""
+        with self._lock:
+            rows = self._db.execute("SELECT model, role, COUNT(*), AVG(prompt_tokens), AVG(tokens) FROM generations "
+                                    "WHERE tokens IS NOT NULL AND tokens >= 0 AND prompt_tokens IS NOT NULL "
+                                    "GROUP BY model, role").fetchall()
+        return {(m, r): (int(n), float(pin), float(out)) for m, r, n, pin, out in rows}
+
     def count(self, role: str | None = None) -> int:
         """Stored generations (of ``role`` if given)."""
         with self._lock:

@@ -158,5 +158,6 @@ def run_plan_cmd(questions_path: str, fmt: str | None, limit: int | None, plan_p
     print_run(report)
     click.echo(f"wrote {run_dir}/results.jsonl, run_log.jsonl, timeline_measured.png, timeline_predicted.png")
     if calibrate_path:
-        Path(calibrate_path).write_text(calibrate(p.config, report).to_toml())
+        with Store(store_path) as store:  # every measured length of the pool's models, reused ones too
+            Path(calibrate_path).write_text(calibrate(p.config, report, store).to_toml())
         click.echo(f"wrote calibrated cost figures to {calibrate_path}")

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..config import Config
 from .report import RunReport, StepRecord
 
+if TYPE_CHECKING:
+    from ..store import Store
 
-def calibrate(cfg: Config, report: RunReport) -> Config:
+
+def calibrate(cfg: Config, report: RunReport, store: Store | None = None) -> Config:
     """Cost-model figures from a measured run, for the next plan: per model the median load time
     and prefill/decode throughputs fitted by least squares to its generate steps
     (``seconds - overhead = prompt_tokens / prefill_tps + tokens / decode_tps``), and the observed
-    tokens per request by role: per model (its ``*_tokens`` figures) and over all models (``[tokens]``,
-    the figures of models the run did not measure)."""
+    tokens per request by role: per model (its ``*_tokens`` figures: the mean lengths of all its
+    generations in ``store`` when given, reused ones from earlier runs included, else of this run's)
+    and over all models (``[tokens]``, the figures of models the run did not measure)."""
+    stored = store.token_lengths() if store is not None else {}
     loads: dict[str, list[float]] = {}
     runs: dict[str, list[StepRecord]] = {}
     for r in report.steps:
@@ -43,6 +48,9 @@ def calibrate(cfg: Config, report: RunReport) -> Config:
             elif A[:, 1].sum() > 0:  # one run: keep the configured prefill rate, fit decode
                 upd["decode_tps"] = A[:, 1].sum() / max(y.sum() - A[:, 0].sum() / m.prefill_tps, 1e-3)
         for role in ("expert", "aggregate"):  # this model's own lengths (reasoning models write far more)
+            if (m.name, role) in stored:
+                _, upd[f"{role}_prompt_tokens"], upd[f"{role}_output_tokens"] = stored[(m.name, role)]
+                continue
             mine = [r for r in rs if r.info.get("role") == role]
             n = sum(r.info["generated"] for r in mine)
             if n:
