@@ -5,7 +5,8 @@ their size depends on the pool and the devices, never on the number of questions
 
 - the *improvement* model: how many of each model's expert items and aggregations each device
   runs, when each device loads, runs and unloads each model (one load per model and device, one
-  expert run and one aggregation run), under the simulator's rules (an I/O lane and a compute lane
+  expert run and one aggregation run; a model with both roles may be loaded a second time for its
+  aggregation, freeing the memory between), under the simulator's rules (an I/O lane and a compute lane
   per device, or one lane without load/generate overlap; every device's memory at every instant;
   aggregation after the expert runs its questions may wait for). It starts from the heuristic
   plan (solution hint) and any better solution becomes a plan, which goes through the core's
@@ -17,13 +18,14 @@ their size depends on the pool and the devices, never on the number of questions
   the same work interleaved); the blocks hold at least the model's one-device work plus one
   overhead per device; memory and aggregation order are left out; times are rounded down. Its
   proven optimum, never above the optimal makespan, and the core's bound give ``plan.lower_bound``,
-  so ``plan.gap`` is a true optimality gap.
+  so ``plan.gap`` is a true optimality gap. (The first time in a process, importing OR-tools
+  takes a second or two beyond the budget; several workers make CP-SAT's portfolio, whose results
+  may differ between runs: ``optimize_s=0`` keeps the deterministic heuristic plan.)
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, replace
 
