@@ -116,10 +116,12 @@ class EngineSettings(BaseModel):
 
     @property
     def resolved_dtype(self) -> str:
+        """The dtype engines use (float32 on CPU, auto on GPU unless set)."""
         return self.dtype or ("float32" if self.platform == "cpu" else "auto")
 
     @property
     def eager(self) -> bool:
+        """Whether engines skip graph capture (on CPU unless set)."""
         return self.platform == "cpu" if self.enforce_eager is None else self.enforce_eager
 
 
@@ -163,6 +165,7 @@ class ModelSpec:
 
     @property
     def resident_bytes(self) -> float:
+        """Device memory the model holds while loaded: weights plus engine extras."""
         return self.weight_bytes + self.extra_bytes
 
 
@@ -226,6 +229,7 @@ class Config:
 
     @property
     def names(self) -> tuple[str, ...]:
+        """The pool's model names, in config order."""
         return tuple(self._index)
 
     @functools.cached_property

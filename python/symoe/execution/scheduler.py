@@ -61,6 +61,7 @@ class RunOptions:
 
 
 def check_plan_matches(plan: Plan, questions: Sequence[Question], experts_by_name: Sequence[Sequence[str]] | None) -> None:
+    """Refuse a plan made for other questions or another assignment."""
     if len(questions) != len(plan.experts):
         raise ValueError(f"plan is for {len(plan.experts)} questions, {len(questions)} were given")
     if plan.question_ids and tuple(plan.question_ids) != tuple(q.id for q in questions):
@@ -130,6 +131,8 @@ def run_plan(plan: Plan, questions: Sequence[Question], store: Store, run_dir: s
 
 
 class Scheduler:
+    """Runs one plan: lanes per device, dependencies from the simulator's rules, every generation stored."""
+
     def __init__(self, plan: Plan, questions: Sequence[Question], store: Store, requests: Requests,
                  settings: dict[str, ModelSettings], engines: list[Engine], options: RunOptions, clock: Clock,
                  run_id: str):
@@ -235,6 +238,7 @@ class Scheduler:
     # --- running -------------------------------------------------------------------------------
 
     def run(self) -> None:
+        """Run every step; raises the first fault that is not retried."""
         self.t0 = self.clock.now()
         # Endpoints first: one that does not answer fails the run before any local model loads.
         devs = self.plan.config.devices
@@ -377,6 +381,7 @@ class Scheduler:
                              rec.items, rec.tokens, rec.info)
 
     def aggregate_request(self, q: int, expert_texts: Sequence[str]) -> Request:
+        """The aggregation request of question ``q`` from its stored expert answers."""
         assert self.plan.aggregator is not None
         return self.req.aggregate(self.names[self.plan.aggregator[q]], self.qs[q], expert_texts)
 

@@ -76,6 +76,7 @@ class Worker:
         self._lines.put(None)
 
     def read(self, what: str, deadline: float) -> dict[str, Any]:
+        """The worker's next message; its exit, a malformed line or the deadline raise EngineError."""
         try:
             line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()) if deadline != float("inf") else None)
         except queue.Empty:
@@ -95,11 +96,13 @@ class Worker:
         return msg
 
     def wait_ready(self, what: str, deadline: float) -> None:
+        """Wait for the worker's ready line within the deadline."""
         if not self._ready:
             self.read(what, deadline)
             self._ready = True
 
     def request(self, msg: dict[str, Any], what: str, deadline: float, on_event: Any = None) -> dict[str, Any]:
+        """Send one command and wait for its reply, passing events on to ``on_event``."""
         self.wait_ready(what, deadline)
         assert self.proc.stdin is not None
         try:
@@ -118,6 +121,7 @@ class Worker:
             return reply
 
     def log_tail(self, n: int = 15) -> str:
+        """The last lines of the worker's log, for error messages."""
         try:
             lines = self.log_path.read_text(errors="replace").splitlines()
         except OSError:
@@ -148,6 +152,7 @@ class LocalEngine(Engine):
 
     @classmethod
     def for_config(cls, cfg: Config, device: int, log_dir: Path) -> LocalEngine:
+        """The engine of ``device`` with the config's engine environment."""
         eng = cfg.engine
         local = sum(d.endpoint is None for d in cfg.devices)  # endpoints' virtual devices use no cores
         env = engine_env(eng.platform, device, local, eng.threads, eng.kv_cache_gb)
