@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,6 +44,7 @@ def outside(args: argparse.Namespace) -> None:
     proc = subprocess.run(cmd, env=env, timeout=3000)
     if proc.returncode:
         raise SystemExit(f"benchmark failed (exit {proc.returncode}); Ray logs under {ray_tmp}")
+    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def steps_summary(report) -> dict:  # type: ignore[no-untyped-def]

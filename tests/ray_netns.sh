@@ -10,10 +10,10 @@ export RAY_USAGE_STATS_ENABLED=0 RAY_DISABLE_DOCKER_CPU_WARNING=1
 names=(node-a node-b node-c node-d)
 common=(--node-ip-address 127.0.0.1 --num-cpus 1 --num-gpus 0 --disable-usage-stats)
 "$RAY_BIN/ray" start --head --port "$RAY_PORT" --node-name node-a --resources '{"symoe_dev_0": 1}' \
-  --include-dashboard=false --temp-dir "$RAY_TMP" "${common[@]}" >"$RAY_TMP.node-a.log" 2>&1
+  --include-dashboard=false --temp-dir "$RAY_TMP" "${common[@]}" >"$RAY_TMP/node-a.log" 2>&1
 for ((i = 1; i < ${NODES:-2}; i++)); do
   "$RAY_BIN/ray" start --address "127.0.0.1:$RAY_PORT" --node-name "${names[$i]}" \
-    --resources "{\"symoe_dev_$i\": 1}" "${common[@]}" >"$RAY_TMP.${names[$i]}.log" 2>&1
+    --resources "{\"symoe_dev_$i\": 1}" "${common[@]}" >"$RAY_TMP/${names[$i]}.log" 2>&1
 done
 echo "cluster up" >&2
 "$@"
