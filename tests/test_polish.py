@@ -18,6 +18,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+
 import symoe
 from symoe import Config, _core
 from symoe.polish import polish
@@ -66,7 +67,7 @@ def test_bound_below_optimum_and_plan_above_bound(suite):
 
 def test_polished_plans_are_valid_and_within_memory(suite):
     improved = 0
-    for inst, plans, r, opt in suite:
+    for inst, _plans, r, _opt in suite:
         q = r.plan
         q.validate()  # the core's validator and simulator, then aggregation after its experts
         check_memory_timeline(q)
@@ -138,6 +139,7 @@ def test_cli_optimize_flag(tmp_path):
     import json
 
     from click.testing import CliRunner
+
     from symoe.cli import main
 
     cfg = Config.bundled("paper16")

@@ -28,12 +28,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from .config import Config
 from .errors import SymoeError
-from .planning import Plan, Role, StepKind, simulate
+from .planning import Plan, StepKind, simulate
 
 __all__ = ["PolishResult", "polish"]
 
@@ -148,14 +149,16 @@ class _Instance:
         H = p.makespan
         S = _UNITS / H  # time units per second
         horizon = int(3 * _UNITS)
-        up = lambda x: int(math.ceil(x * S - 1e-9))  # durations rounded up: the model never undercounts
+        def up(x: float) -> int:  # durations rounded up: the model never undercounts
+            return int(math.ceil(x * S - 1e-9))
+
         cm = cp_model.CpModel()
         mk = cm.new_int_var(0, horizon, "makespan")
-        io: dict[int, list] = {d: [] for d in range(self.D)}
-        comp: dict[int, list] = {d: [] for d in range(self.D)}
-        mem: dict[int, tuple[list, list]] = {d: ([], []) for d in range(self.D)}
-        V: dict[tuple[int, int, int], dict] = {}  # (model, device, residency)
-        runs: dict[tuple[int, int], list] = {(m, r): [] for m in self.used for r in (0, 1)}
+        io: dict[int, list[Any]] = {d: [] for d in range(self.D)}
+        comp: dict[int, list[Any]] = {d: [] for d in range(self.D)}
+        mem: dict[int, tuple[list[Any], list[int]]] = {d: ([], []) for d in range(self.D)}
+        V: dict[tuple[int, int, int], dict[Any, Any]] = {}  # (model, device, residency)
+        runs: dict[tuple[int, int], list[Any]] = {(m, r): [] for m in self.used for r in (0, 1)}
         overlap = [dv.overlap_load for dv in self.cfg.devices]
         wait_end = {g: cm.new_int_var(0, horizon, f"experts_done_{g}") for g in self.waits_for}
         for m in self.used:
@@ -165,7 +168,7 @@ class _Instance:
             kinds = [(0, 1)] + ([(1,)] if self.ne[m] and self.na[m] else [])
             for d in self.alone[m]:
                 for r_i, roles in enumerate(kinds):
-                    v: dict = {}
+                    v: dict[Any, Any] = {}
                     use = v["use"] = cm.new_bool_var(f"use_{m}_{d}_{r_i}")
                     ls = v["ls"] = cm.new_int_var(0, horizon, "")
                     v["load"] = cm.new_optional_fixed_size_interval_var(ls, up(f.load), use, "")
@@ -242,7 +245,7 @@ class _Instance:
             return None
         return self._decode(solver, V)
 
-    def _hint(self, cm, V: dict, p: Plan, S: float) -> None:
+    def _hint(self, cm: Any, V: dict[tuple[int, int, int], dict[Any, Any]], p: Plan, S: float) -> None:
         """The heuristic plan as the solver's starting point (counts, residency, start times)."""
         a, t = p.arrays, p.timeline
         assert t is not None
@@ -283,7 +286,7 @@ class _Instance:
                     if (m, d, f"run{r}") in first:
                         cm.add_hint(v[r][2], int(first[(m, d, f"run{r}")] * S))
 
-    def _decode(self, solver, V: dict) -> Plan:
+    def _decode(self, solver: Any, V: dict[tuple[int, int, int], dict[Any, Any]]) -> Plan:
         """The solution as plan steps: on each device, unloads, loads and runs in order of their
         start times (the order of the solver's lanes); items split in question order."""
         events: list[list[tuple[int, int, int, int, int, np.ndarray | None]]] = [[] for _ in range(self.D)]
@@ -300,9 +303,9 @@ class _Instance:
                     taken[(m, r)] += n
                     events[d].append((solver.value(v[r][2]), 2, StepKind.RUN, m, r, items))
             events[d].append((solver.value(v["us"]), 0, StepKind.UNLOAD, m, 0, None))
-        cols: dict[str, list] = {k: [] for k in ("kind", "role", "device", "model", "tp", "item_begin", "item_end",
+        cols: dict[str, list[Any]] = {k: [] for k in ("kind", "role", "device", "model", "tp", "item_begin", "item_end",
                                                  "seconds")}
-        items: list[np.ndarray] = []
+        chunks: list[np.ndarray] = []
         n_items = 0
         for d in range(self.D):
             for _, _, kind, m, r, its in sorted(events[d], key=lambda e: (e[0], e[1], e[3], e[4])):
@@ -314,13 +317,13 @@ class _Instance:
                 cols["seconds"].append(0.0)
                 cols["item_begin"].append(n_items)
                 if its is not None:
-                    items.append(its)
+                    chunks.append(its)
                     n_items += len(its)
                 cols["item_end"].append(n_items)
         from .planning import _DTYPES
 
         arrays = {k: np.asarray(v, dtype=_DTYPES[k]) for k, v in cols.items()}
-        arrays["items"] = np.concatenate(items).astype(np.int64) if items else np.zeros(0, dtype=np.int64)
+        arrays["items"] = np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, dtype=np.int64)
         q = replace(self.p, arrays=arrays, timeline=None)
         q.timeline = simulate(q)  # validates every invariant first (ValueError on a broken plan)
         return q
@@ -348,7 +351,9 @@ class _Instance:
         from ortools.sat.python import cp_model
 
         S = _UNITS / horizon_s
-        down = lambda x: int(math.floor(x * S))  # noqa: E731 (durations rounded down: a relaxation)
+        def down(x: float) -> int:  # durations rounded down: a relaxation
+            return int(math.floor(x * S))
+
         top = int(math.ceil(horizon_s * S)) + 1
         eff, D = float(self.cfg.tp_efficiency), self.D
         s_max = 1.0 + (D - 1) * eff
@@ -357,8 +362,8 @@ class _Instance:
         two_lanes = any(dv.overlap_load for dv in self.cfg.devices)
         cm = cp_model.CpModel()
         mk = cm.new_int_var(0, top, "makespan")
-        io: dict[int, list] = {d: [] for d in range(D)}
-        comp: dict[int, list] = {d: [] for d in range(D)}
+        io: dict[int, list[Any]] = {d: [] for d in range(D)}
+        comp: dict[int, list[Any]] = {d: [] for d in range(D)}
         for m in self.used:
             f = self.fig[m]
             devs = self.shard_devices(m)
