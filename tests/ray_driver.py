@@ -76,6 +76,14 @@ def setup(out: Path, n_questions: int) -> tuple:
     return cfg, qs, p
 
 
+def running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (a zombie holds no memory)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def placement(p) -> dict:
     """Per device the questions of its expert and aggregation runs (from the plan)."""
     out: dict = {}
@@ -92,7 +100,13 @@ def phase_both(out: Path) -> dict:
         r = run_plan(p, qs, store, out / "both-run", SAMPLING, options=RunOptions(progress=False))
         total = stored_work(p, qs, store, Requests(cfg, SAMPLING))
         texts = [store.get(x.key).text for x in plan_requests(p, qs, Requests(cfg, SAMPLING))]
-    return {"nodes": [n.name for n in cfg.cluster.node], "placement": placement(p), "generated": r.generated,
+    # The actors' processes (this PID namespace holds them all) are gone: their memory is free.
+    pids = [s.info["pid"] for s in r.steps if s.kind == "load"]
+    deadline = time.monotonic() + 30
+    while (alive := [x for x in pids if running(x)]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return {"actor_pids": pids, "actors_alive_after": alive,
+            "nodes": [n.name for n in cfg.cluster.node], "placement": placement(p), "generated": r.generated,
             "reused": r.reused, "stored": total, "expected": len(qs) * 3, "finals": [x.final_text for x in r.results],
             "expert_texts": texts, "steps": [[s.device, s.kind, s.info.get("node")] for s in r.steps]}
 

@@ -114,6 +114,7 @@ def test_a_plan_runs_on_both_nodes_with_aggregation_across_them(cluster):
     assert all(t.strip() for t in r["expert_texts"] + r["finals"])  # the models really wrote something
     loads = {(d, node) for d, kind, node in r["steps"] if kind == "load"}
     assert loads == {(0, "node-a"), (1, "node-b")}
+    assert len(r["actor_pids"]) == 2 and r["actors_alive_after"] == []  # unloaded: the actors' processes ended
 
 
 def test_a_lost_node_is_reported_and_a_rerun_with_retries_completes_on_the_other(cluster):
