@@ -13,7 +13,7 @@ import symoe.pipeline
 from symoe import Config, Plan, Profiles, SymoeError, plan, route
 from symoe.cli import main
 from symoe.datasets import Question, load_questions
-from symoe.execution.scheduler import check_plan_matches
+from symoe.execution.run import check_plan_matches
 from symoe.generation import Sampling
 from symoe.models import check_model_folder
 from symoe.pipeline import Task, check_run

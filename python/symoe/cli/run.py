@@ -135,7 +135,7 @@ def run_plan_cmd(questions_path: str, fmt: str | None, limit: int | None, plan_p
                  calibrate_path: str | None, retries: int, deadline_factor: float, deadline_margin: float) -> None:
     """Execute a plan on real engines; generations go to a durable store (resumable)."""
     from ..execution import calibrate, run_plan
-    from ..execution.scheduler import check_plan_matches
+    from ..execution.run import check_plan_matches
     from ..models import check_models
     from ..store import Store
 

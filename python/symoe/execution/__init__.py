@@ -2,6 +2,7 @@
 
 from .calibration import calibrate
 from .report import QuestionResult, RunReport, StepRecord
-from .scheduler import RunOptions, run_plan
+from .run import run_plan
+from .scheduler import RunOptions
 
 __all__ = ["QuestionResult", "RunOptions", "RunReport", "StepRecord", "calibrate", "run_plan"]

@@ -115,7 +115,7 @@ def run_replanning(plan: Plan, questions: Sequence[Question], store: Store, run_
     ``engines_for(plan, devices)``: engines for a plan over the original devices ``devices``;
     ``lost_now()``: the devices already lost (original number: where), checked before the first run."""
     from .report import grade_run, write_report
-    from .scheduler import check_plan_matches, run_plan
+    from .run import check_plan_matches, run_plan
 
     if engines_for is None:
         raise ValueError("run_replanning needs engines_for (engines for a plan over given devices)")

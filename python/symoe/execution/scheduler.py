@@ -20,27 +20,20 @@ stored stays; with ``retries`` the model is reloaded and only what the store lac
 from __future__ import annotations
 
 import threading
-import uuid
-from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from ..datasets import Question
-from ..generation import Clock, Engine, EngineError, Generation, ModelSettings, Request, Requests, Sampling
+from ..generation import Clock, Engine, EngineError, Generation, ModelSettings, Request, Requests
 from ..generation.batch import generate_once
-from ..generation.local import LocalEngine
-from ..generation.remote import EndpointSettings, RemoteEngine
-from ..generation.served import ServedEngine
-from ..planning import ROLES, STEP_KINDS, Plan, Role, StepKind
+from ..planning import ROLES, STEP_KINDS, Plan, StepKind
 from ..progress import progress_bar
 from ..store import Store
-from .report import RunReport, StepRecord, grade_run, write_report
-
-
-PREPARE_AHEAD = 16384  # aggregation requests built ahead of their step, at most
+from .aggregation import Aggregations
+from .dependencies import step_graph
+from .report import StepRecord
 
 
 @dataclass(frozen=True)
@@ -60,76 +53,6 @@ class RunOptions:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
 
 
-def check_plan_matches(plan: Plan, questions: Sequence[Question], experts_by_name: Sequence[Sequence[str]] | None) -> None:
-    """Refuse a plan made for other questions or another assignment."""
-    if len(questions) != len(plan.experts):
-        raise ValueError(f"plan is for {len(plan.experts)} questions, {len(questions)} were given")
-    if plan.question_ids and tuple(plan.question_ids) != tuple(q.id for q in questions):
-        raise ValueError("plan does not match the questions: question ids differ")
-    for q, h in zip(questions, plan.question_hashes):  # same ids, other texts: answers to the wrong questions
-        if q.text_hash != h:
-            raise ValueError(f"plan does not match the questions: question {q.id!r} has a different text "
-                             f"from the one planned")
-    if experts_by_name is not None:
-        names = plan.config.names
-        planned = [[names[m] for m in row] for row in plan.experts]
-        if [list(r) for r in experts_by_name] != planned:
-            raise ValueError("plan does not match the assignment: the experts per question differ")
-
-
-def local_engines(plan: Plan, run_dir: Path) -> list[Engine]:
-    """One engine per device: in-process workers, with a vLLM server per ``serve = "vllm"`` model,
-    and a remote engine per endpoint model's virtual device."""
-    cfg, logs = plan.config, run_dir / "logs"
-    served = {m.name for m in cfg.models if m.serve == "vllm"}
-    out: list[Engine] = []
-    for d, dev in enumerate(cfg.devices):
-        if dev.endpoint is not None:
-            out.append(RemoteEngine(d, EndpointSettings.of(cfg.model(dev.endpoint))))
-        elif served:
-            out.append(ServedEngine.for_config(cfg, d, logs, served, LocalEngine.for_config(cfg, d, logs)))
-        else:
-            out.append(LocalEngine.for_config(cfg, d, logs))
-    return out
-
-
-def run_plan(plan: Plan, questions: Sequence[Question], store: Store, run_dir: str | Path,
-             sampling: Sampling = Sampling(), assignment: Sequence[Sequence[str]] | None = None,
-             options: RunOptions = RunOptions(), engines: Sequence[Engine] | None = None, clock: Clock | None = None,
-             run_id: str | None = None) -> RunReport:
-    """Execute every step of ``plan``; generations already in ``store`` are reused, not redone.
-    ``engines`` (one per device) default to local vLLM workers."""
-    check_plan_matches(plan, questions, assignment)
-    dup = len({q.id for q in questions}) != len(questions)
-    if dup:
-        raise ValueError("questions: duplicate question ids (each question needs its own id)")
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg = plan.config
-    if engines is None and cfg.cluster is not None:  # a Ray cluster's devices; a lost node's work replanned
-        from ..cluster import run_on_config
-
-        return run_on_config(plan, questions, store, run_dir, sampling, assignment, options, run_id)
-    settings = {cfg.names[m]: ModelSettings.of(cfg, cfg.names[m]) for m in np.unique(plan.arrays["model"]) if m >= 0}
-    if engines is None:
-        engines = local_engines(plan, run_dir)
-    elif len(engines) != len(cfg.devices):
-        raise ValueError(f"{len(engines)} engines for a plan on {len(cfg.devices)} devices")
-    s = Scheduler(plan, questions, store, Requests(cfg, sampling), settings, list(engines), options,
-                  clock or Clock(), run_id or uuid.uuid4().hex[:12])
-    try:
-        s.run()
-    finally:
-        for e in engines:
-            e.close()
-        store.release(s.run_id)
-    report = RunReport(s.run_id, sorted(s.records, key=lambda r: (r.start, r.step)),
-                       grade_run(plan, questions, s.expert_requests, s.aggregate_request, store), s.makespan,
-                       plan.makespan, s.generated, s.reused, s.retried, finish=s.finish)
-    write_report(report, plan, run_dir, options.pictures)
-    return report
-
-
 class Scheduler:
     """Runs one plan: lanes per device, dependencies from the simulator's rules, every generation stored."""
 
@@ -143,97 +66,21 @@ class Scheduler:
         a = plan.arrays
         self.a = a
         self.k = plan.k
-        n = len(questions)
-        self.expert_requests: list[Request] = [
-            requests.expert(cfg.names[plan.experts[q, j]], questions[q], j) for q in range(n) for j in range(self.k)]
         self.lock = threading.Lock()
         self.abort = threading.Event()
         self.failure: BaseException | None = None
         self.records: list[StepRecord] = []
         self.generated = self.reused = self.retried = 0
         self.makespan = self.finish = 0.0
-        # Aggregation readiness: expert generations still missing per question, and per
-        # aggregation step the questions still waiting.
-        have = store.existing([r.key for r in self.expert_requests])
-        self.pending = {r.key for r in self.expert_requests} - have
-        self.missing = [sum(r.key not in have for r in self.expert_requests[q * self.k:(q + 1) * self.k])
-                        for q in range(n)]
-        # Models whose every run on a device is already in the store (a resumed run, or the
-        # aggregation phase of --skip-agreed) are neither loaded nor unloaded there.
-        self.needed: set[tuple[int, int]] = set()
-        self.prepared: dict[int, Request] = {}
-        for st in np.flatnonzero(a["kind"] == StepKind.RUN):
-            items = [int(i) for i in a["items"][a["item_begin"][st]:a["item_end"][st]]]
-            if a["role"][st] == Role.EXPERT:
-                need = any(self.expert_requests[i].key not in have for i in items)
-            elif any(self.missing[q] for q in items):
-                need = True
-            else:  # every expert answer is stored, so the aggregation requests are known now
-                reqs = self._aggregations(items)
-                self.prepared.update(zip(items, reqs))
-                need = len(store.existing([r.key for r in reqs])) < len(reqs)
-            if need:
-                self.needed.add((int(a["device"][st]), int(a["model"][st])))
-        self.agg_steps_of: dict[int, list[int]] = {}
-        self.agg_wait: dict[int, int] = {}
-        self.agg_ready: dict[int, threading.Event] = {}
-        for st in np.flatnonzero((a["kind"] == StepKind.RUN) & (a["role"] == Role.AGGREGATE)):
-            waiting = [int(q) for q in a["items"][a["item_begin"][st]:a["item_end"][st]] if self.missing[q] > 0]
-            self.agg_wait[int(st)] = len(waiting)
-            self.agg_ready[int(st)] = ev = threading.Event()
-            if not waiting:
-                ev.set()
-            for q in waiting:
-                self.agg_steps_of.setdefault(q, []).append(int(st))
-        self.qidx = {q.id: i for i, q in enumerate(questions)}
+        self.agg = Aggregations(plan, questions, store, requests, self.lock, self.abort)
+        self.expert_requests = self.agg.expert_requests
+        self.needed = self.agg.needed()
         self.stopped = False
-        # Aggregation requests are built as their questions' experts complete, off the lanes (a
-        # bounded number ahead: each holds its experts' texts).
-        self.prepare_pool = ThreadPoolExecutor(1, thread_name_prefix="symoe-prepare")
         self.done = [threading.Event() for _ in range(plan.n_steps)]
-        self.deps, self.lanes = self._graph()
+        self.deps, self.lanes = step_graph(self.plan)
         runs = a["kind"] == StepKind.RUN
         total = int(np.sum(a["item_end"][runs] - a["item_begin"][runs]))
         self.bar = progress_bar(options.progress, total)
-
-    def _graph(self) -> tuple[list[list[int]], list[list[int]]]:
-        """Per step the steps it waits for, and per lane its steps in order (the simulator's rules)."""
-        a, devs = self.a, self.plan.config.devices
-        D = len(devs)
-        last_io: list[int | None] = [None] * D
-        last_comp: list[int | None] = [None] * D
-        ready: dict[tuple[int, int], int] = {}
-        last_run: dict[tuple[int, int], int] = {}
-        deps: list[list[int]] = []
-        lanes: list[list[int]] = [[] for _ in range(2 * D)]  # lane 2d: compute, 2d+1: I/O
-        for s in range(self.plan.n_steps):
-            kind, d, m = STEP_KINDS[a["kind"][s]], int(a["device"][s]), int(a["model"][s])
-            span = range(d, d + max(1, int(a["tp"][s])))
-            overlap = devs[d].overlap_load
-            dep: set[int | None] = set()
-            if kind in ("load", "wake"):
-                dep |= {last_io[e] for e in span} | (set() if overlap else {last_comp[e] for e in span})
-            elif kind in ("unload", "park"):
-                dep |= {last_io[e] for e in span} | {last_run.get((d, m)), ready.get((d, m))}
-                dep |= set() if overlap else {last_comp[e] for e in span}
-            elif kind == "run":
-                dep |= {last_comp[e] for e in span} | {ready.get((d, m))}
-                dep |= set() if overlap else {last_io[e] for e in span}
-            else:  # pause
-                dep |= {last_io[e] for e in span} | {last_comp[e] for e in span}
-            io_step = kind in ("load", "wake", "unload", "park") and overlap
-            lanes[2 * d + io_step].append(s)
-            for e in span:
-                if kind != "run" or not overlap:
-                    last_io[e] = s
-                if io_step is False:
-                    last_comp[e] = s
-                if kind in ("load", "wake"):
-                    ready[(e, m)] = s
-                if kind == "run":
-                    last_run[(e, m)] = s
-            deps.append(sorted(x for x in dep if x is not None))
-        return deps, [lane for lane in lanes if lane]
 
     # --- running -------------------------------------------------------------------------------
 
@@ -266,7 +113,7 @@ class Scheduler:
                 th.join(10.0)
             raise
         finally:
-            self.prepare_pool.shutdown(wait=False, cancel_futures=True)
+            self.agg.close()
             self.bar(None)
         # As the plan's prediction: results exist once the last run ends; unloads after it delay none.
         self.finish = self.clock.now() - self.t0
@@ -281,7 +128,7 @@ class Scheduler:
                 return
             self.stopped = True
         self.abort.set()
-        for ev in list(self.done) + list(self.agg_ready.values()):
+        for ev in list(self.done) + list(self.agg.ready.values()):
             ev.set()
         for e in self.engines:
             e.close()
@@ -291,8 +138,8 @@ class Scheduler:
             for s in steps:
                 for x in self.deps[s]:
                     self.done[x].wait()
-                if s in self.agg_ready:
-                    self.agg_ready[s].wait()
+                if s in self.agg.ready:
+                    self.agg.ready[s].wait()
                 if self.abort.is_set():
                     return
                 self._step_with_retries(s)
@@ -382,25 +229,7 @@ class Scheduler:
 
     def aggregate_request(self, q: int, expert_texts: Sequence[str]) -> Request:
         """The aggregation request of question ``q`` from its stored expert answers."""
-        assert self.plan.aggregator is not None
-        return self.req.aggregate(self.names[self.plan.aggregator[q]], self.qs[q], expert_texts)
-
-    def _aggregations(self, questions: Sequence[int]) -> list[Request]:
-        """The aggregation requests of ``questions`` (all experts stored), prepared or built now."""
-        with self.lock:
-            ready = {q: self.prepared.pop(q) for q in questions if q in self.prepared}
-        rest = [q for q in questions if q not in ready]
-        got = self.store.generations(r.key for q in rest for r in self.expert_requests[q * self.k:(q + 1) * self.k])
-        for q in rest:
-            ready[q] = self.aggregate_request(q, [got[r.key].text for r in self.expert_requests[q * self.k:(q + 1) * self.k]])
-        return [ready[q] for q in questions]
-
-    def _prepare(self, q: int) -> None:
-        if self.abort.is_set():
-            return
-        r = self._aggregations([q])[0]
-        with self.lock:
-            self.prepared[q] = r
+        return self.agg.request(q, expert_texts)
 
     def _run(self, s: int, model: str, eng: Engine, what: str, rec: StepRecord) -> None:
         a = self.a
@@ -409,7 +238,7 @@ class Scheduler:
         if role == "expert":
             reqs = [self.expert_requests[int(i)] for i in items]
         else:
-            reqs = self._aggregations([int(q) for q in items])
+            reqs = self.agg.requests([int(q) for q in items])
         have = self.store.existing([r.key for r in reqs])
         todo = [r for r in reqs if r.key not in have]
         self._reused([r for r in reqs if r.key in have])
@@ -423,7 +252,7 @@ class Scheduler:
 
     def _reused(self, reqs: list[Request]) -> None:
         """Found in the store (an earlier run, or another run on this store meanwhile)."""
-        self._available(reqs)
+        self.agg.available(reqs)
         with self.lock:
             self.reused += len(reqs)
         self.bar(len(reqs))
@@ -433,29 +262,5 @@ class Scheduler:
         self.store.put(g)
         with self.lock:
             self.generated += 1
-        self._available([g])
+        self.agg.available([g])
         self.bar(1)
-
-    def _available(self, gens: Sequence[Generation | Request]) -> None:
-        """Generations now in the store (ours, or another run's); only expert answers count: the
-        last one of a question releases its aggregations and has its aggregation prepared ahead."""
-        ready: list[threading.Event] = []
-        prepare: list[int] = []
-        with self.lock:
-            for g in gens:
-                if g.key not in self.pending:
-                    continue
-                self.pending.discard(g.key)
-                q = self.qidx[g.question]
-                self.missing[q] -= 1
-                if self.missing[q] == 0 and q in self.agg_steps_of:
-                    if len(self.prepared) < PREPARE_AHEAD:
-                        prepare.append(q)
-                    for st in self.agg_steps_of[q]:
-                        self.agg_wait[st] -= 1
-                        if self.agg_wait[st] == 0:
-                            ready.append(self.agg_ready[st])
-        for q in prepare:
-            self.prepare_pool.submit(self._prepare, q)
-        for ev in ready:
-            ev.set()
