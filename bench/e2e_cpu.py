@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 
 import symoe
-from symoe.datasets import load_questions
+from symoe.datasets import bundled, load_questions
 from symoe.execution import RunOptions, calibrate, run_plan
 from symoe.generation import Sampling
 from symoe.models import fetch_tiny
-from symoe.pipeline import bundled
 from symoe.store import Store
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "symbolic_moe"

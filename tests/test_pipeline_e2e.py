@@ -6,7 +6,8 @@ import json
 from click.testing import CliRunner
 
 from symoe.cli import main
-from symoe.pipeline import Task, bundled
+from symoe.datasets import bundled
+from symoe.pipeline import Task
 
 
 def test_symoe_run_and_majority_baseline(tmp_path):

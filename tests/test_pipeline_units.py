@@ -91,7 +91,7 @@ def test_check_pool_names_problems():
 
 
 def test_bundled_sample_is_real_test_data():
-    from symoe.pipeline import bundled
+    from symoe.datasets import bundled
 
     sample = json.loads(bundled("mmlu_pro_sample.json").read_text())
     test = json.loads((DATA / "MMLU_Pro_test.json").read_text())

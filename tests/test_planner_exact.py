@@ -30,6 +30,7 @@ import math
 
 import numpy as np
 import pytest
+
 import symoe
 from symoe import Config, Device, ModelSpec, Tokens, _core
 from symoe.config import GB
@@ -202,7 +203,7 @@ def device_sequences(inst: Instance, d: int, jobs: dict, cutoff: list, out: list
     keys = sorted(jobs)
     # Aggregations here may only follow their questions' expert slots that run here (else deadlock).
     local_q = [0] * inst.N
-    for (m, role), qs in jobs.items():
+    for (_m, role), qs in jobs.items():
         if role == EXPERT:
             for q, its in qs.items():
                 local_q[q] += len(its)
@@ -465,7 +466,7 @@ def suite():
 
 
 def test_bound_below_optimum_and_every_plan(suite):
-    for inst, plans, lb, opt, seqs in suite:
+    for inst, plans, lb, opt, _seqs in suite:
         assert lb <= opt * (1 + EPS), (inst.cfg, inst.experts, inst.agg, lb, opt)
         for s, p in plans.items():
             assert p.makespan >= lb * (1 - EPS), (s, p.makespan, lb)
@@ -475,7 +476,7 @@ def test_bound_below_optimum_and_every_plan(suite):
 def test_search_timing_matches_the_core(suite):
     # The transcribed rules time the optimum exactly as symoe.simulate does, and the core accepts it.
     found = 0
-    for inst, plans, lb, opt, seqs in suite:
+    for inst, _plans, _lb, opt, seqs in suite:
         if seqs is None:
             continue
         found += 1
@@ -485,7 +486,7 @@ def test_search_timing_matches_the_core(suite):
 
 
 def test_plans_within_memory_at_every_instant(suite):
-    for inst, plans, lb, opt, seqs in suite:
+    for _inst, plans, _lb, _opt, _seqs in suite:
         for p in plans.values():
             check_memory_timeline(p)
 

@@ -123,7 +123,7 @@ def test_coresidency_prefetch_overlaps_loads_with_generation():
     loads = [s for s, k in enumerate(kinds) if k == "load"]
     runs = [s for s, k in enumerate(kinds) if k == "run"]
     # Some load runs while an earlier run generates.
-    assert any(t.start[l] < t.end[r] and t.end[l] > t.start[r] for l in loads for r in runs)
+    assert any(t.start[ld] < t.end[r] and t.end[ld] > t.start[r] for ld in loads for r in runs)
     serial = symoe.plan(a, cfg.with_devices(overlap_load=False))
     assert p.makespan < serial.makespan
 

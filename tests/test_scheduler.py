@@ -12,7 +12,7 @@ import symoe
 from symoe.datasets import Question
 from symoe.execution import RunOptions, run_plan
 from symoe.generation import EngineError, EngineTimeout, Sampling
-from symoe.generation.fake import Fault, FakeEngine, ScaledClock
+from symoe.generation.fake import FakeEngine, Fault, ScaledClock
 from symoe.planning import STEP_KINDS, Role, StepKind
 from symoe.store import Store
 from symoe.workloads import category_keywords, skewed_profiles

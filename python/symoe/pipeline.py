@@ -8,14 +8,14 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from . import _core
-from .datasets import Question, bundled
+from .config import Config
+from .datasets import Question
 from .errors import SymoeError
 from .evaluation import (
     agreed_answer,
@@ -29,7 +29,6 @@ from .generation import Clock, Engine, ModelSettings, Requests, Sampling
 from .keywords import annotate
 from .matching import Embedder, match_keywords
 from .models import check_models
-from .config import Config
 from .planning import Plan, plan
 from .presets import preset as get_preset
 from .routing import RARE_THRESHOLD, Assignment, Profiles, route

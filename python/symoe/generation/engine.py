@@ -119,7 +119,7 @@ class Engine(ABC):
 
     device: int
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027  (optional: engines without a warm-up keep this)
         """Warm up ahead of the first load (e.g. start a spare process). Optional."""
 
     @abstractmethod

@@ -5,8 +5,8 @@ on every load, and injectable faults (death, hang, malformed output, slow device
 from __future__ import annotations
 
 import threading
-import zlib
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -66,7 +66,8 @@ def fake_text(r: Request) -> str:
     h = zlib.crc32(r.key.encode())
     body = r.messages[-1]["content"] if r.messages else (r.prompt or "")
     if r.role == "keywords":
-        return "Keywords: " + ", ".join(["algebra", "physics", "law", "biology", "economics"][i % 5] for i in range(h % 3, h % 3 + 3))
+        topics = ["algebra", "physics", "law", "biology", "economics"]
+        return "Keywords: " + ", ".join(topics[i % 5] for i in range(h % 3, h % 3 + 3))
     answer = f"\\boxed{{{h % 1000}}}" if "\\boxed" in body[-300:] else f"({'ABCDEFGHIJ'[h % 10]})"
     return f"[{r.model}] Let me think step by step. The answer is {answer}"
 

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from ..prompts import aggregator_messages, as_completion, expert_messages, keyword_messages
 
 if TYPE_CHECKING:
-    from ..datasets import Question
     from ..config import Config
+    from ..datasets import Question
 
 Role = Literal["expert", "aggregate", "keywords", "aggregator-benchmark"]
 Message = dict[str, str]
