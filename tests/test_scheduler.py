@@ -76,7 +76,9 @@ def test_large_plans_run_as_predicted(devices, tmp_path):
     assert not raised
     check_exactly_once_and_ordered(p, qs, engines, tmp_path)
     assert report.generated == len(qs) * (p.k + 1) and report.reused == 0
-    assert abs(report.makespan / p.makespan - 1) < 0.05, (report.makespan, p.makespan)
+    # The run follows the plan's timeline: a scheduler that serialised devices or missed overlaps would
+    # be off by far more than the 10% a busy machine's thread wake-ups can add over 25 real seconds.
+    assert abs(report.makespan / p.makespan - 1) < 0.10, (report.makespan, p.makespan)
     if devices > 1:  # cross-device aggregation: experts of one question on several devices
         assert len({int(d) for d in p.arrays["device"][p.arrays["kind"] == StepKind.RUN]}) == devices
         assert aggregating
@@ -99,7 +101,9 @@ def test_coresidency_prefetch_and_evictions(case, tmp_path):
         assert kinds["park"] > 10 and kinds["wake"] > 10
     report, engines = fake_run(p, qs, tmp_path, real_seconds=10.0)
     check_exactly_once_and_ordered(p, qs, engines, tmp_path)
-    assert abs(report.makespan / p.makespan - 1) < 0.05, (report.makespan, p.makespan)
+    # The run follows the plan's timeline: a scheduler that serialised devices or missed overlaps would
+    # be off by far more than the 10% a busy machine's thread wake-ups can add over 25 real seconds.
+    assert abs(report.makespan / p.makespan - 1) < 0.10, (report.makespan, p.makespan)
 
 
 def small(tmp_path, n=200, devices=2):
