@@ -146,12 +146,14 @@ def _run(p: Plan, questions: Sequence[Question], store: Store, run_dir: Path, sa
 def _then(first: RunReport, second: RunReport, reused_again: int) -> RunReport:
     """Two runs one after the other as one report (the second's steps shifted by the first's time;
     ``reused_again``: the second's reuses of what the first generated, not counted twice)."""
-    shifted = [replace(r, start=r.start + first.makespan, end=r.end + first.makespan,
+    # The second run starts once the first has finished (its unloads included).
+    shifted = [replace(r, start=r.start + first.finish, end=r.end + first.finish,
                        predicted_start=r.predicted_start + first.predicted_makespan,
                        predicted_end=r.predicted_end + first.predicted_makespan) for r in second.steps]
-    return RunReport(second.run_id, first.steps + shifted, second.results, first.makespan + second.makespan,
+    return RunReport(second.run_id, first.steps + shifted, second.results, first.finish + second.makespan,
                      first.predicted_makespan + second.predicted_makespan, first.generated + second.generated,
-                     first.reused + second.reused - reused_again, first.retries + second.retries)
+                     first.reused + second.reused - reused_again, first.retries + second.retries,
+                     finish=first.finish + second.finish)
 
 
 def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles, task: Task, store: Store,

@@ -44,8 +44,9 @@ def print_run(report: RunReport) -> None:
         x[3] += r.predicted_end - r.predicted_start
         x[4] += r.tokens
     table(list(rows.values()), ["step", "count", "measured s", "predicted s", "tokens"])
-    click.echo(f"makespan: measured {report.makespan:,.1f} s, predicted {report.predicted_makespan:,.1f} s; "
-               f"{report.generated} generations made, {report.reused} reused from the store")
+    click.echo(f"makespan (last result): measured {report.makespan:,.1f} s, predicted {report.predicted_makespan:,.1f} s; "
+               f"finished (unloads included) at {report.finish:,.1f} s")
+    click.echo(f"{report.generated} generations made, {report.reused} reused from the store")
     click.echo(f"experts used: {', '.join(sorted({e for r in report.results for e in r.experts}))}")
     click.echo(f"accuracy: {100 * report.accuracy:.1f}% ({sum(r.correct for r in report.results)}/{len(report.results)})")
 
