@@ -64,7 +64,8 @@ def inside(args: argparse.Namespace) -> None:
     """The measurements (run inside the namespace, connected to its cluster)."""
     import numpy as np
 
-    from symoe.cluster import ClusterTable, discover, run_on_cluster
+    from symoe.cluster import discover, run_on_cluster
+    from symoe.cluster_table import ClusterTable
     from symoe.config import Config
     from symoe.datasets import load_questions
     from symoe.execution import RunOptions, run_plan

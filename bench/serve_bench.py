@@ -25,9 +25,10 @@ from pathlib import Path
 import symoe
 from symoe.datasets import load_questions
 from symoe.generation import ModelSettings, Requests, Sampling
+from symoe.generation.endpoint import EndpointSettings
 from symoe.generation.engine import Clock
 from symoe.generation.local import LocalEngine
-from symoe.generation.remote import EndpointSettings, RemoteEngine
+from symoe.generation.remote import RemoteEngine
 from symoe.generation.served import ServedEngine
 from symoe.models import fetch_tiny
 

@@ -5,9 +5,10 @@ import tomllib
 
 import pytest
 
-from symoe.cluster import LOST, ClusterTable, from_nodes, from_table
+from symoe.cluster_table import ClusterTable
 from symoe.config import GB, Config
 from symoe.errors import SymoeError
+from symoe.topology import LOST, from_nodes, from_table
 
 POOL = """
 [engine]

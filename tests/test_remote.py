@@ -15,9 +15,10 @@ from openai_fake_server import FakeOpenAI
 from symoe.datasets import Question
 from symoe.execution import RunOptions, run_plan
 from symoe.generation import EngineError, EngineTimeout, ModelSettings, Sampling
+from symoe.generation.endpoint import EndpointSettings, public_url
 from symoe.generation.engine import Clock
 from symoe.generation.fake import FakeEngine, ScaledClock
-from symoe.generation.remote import EndpointSettings, RemoteEngine, public_url
+from symoe.generation.remote import RemoteEngine
 from symoe.generation.requests import Request, SamplingParams
 from symoe.store import Store
 

@@ -21,7 +21,8 @@ from symoe.generation import EngineError, ModelSettings, Sampling, SamplingParam
 from symoe.generation.engine import Clock
 from symoe.generation.local import engine_env
 from symoe.generation.requests import Request
-from symoe.generation.served import ServedEngine, free_port, server_command
+from symoe.generation.served import ServedEngine
+from symoe.generation.vllm_server import free_port, server_command
 from symoe.models import fetch_tiny
 from symoe.store import Store
 

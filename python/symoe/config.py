@@ -15,7 +15,7 @@ from pydantic import ConfigDict, FiniteFloat, PositiveInt, ValidationError
 from pydantic.dataclasses import dataclass
 
 from . import _core
-from .cluster import ClusterTable, planning_devices
+from .cluster_table import ClusterTable
 from .errors import SymoeError
 from .pool_file import (
     GB,
@@ -35,6 +35,7 @@ from .pool_file import (
     read_toml,
     to_toml,
 )
+from .topology import planning_devices
 
 __all__ = ["GB", "ModelSpec", "Device", "Tokens", "EngineSettings", "Config", "bundled_config_path"]
 
@@ -106,7 +107,7 @@ class Config:
     pause_s: float = ReferenceTable.model_fields["pause_s"].default
     meta: Mapping[str, Any] = field(default_factory=dict)
     engine: EngineSettings = EngineSettings()
-    cluster: ClusterTable | None = None  # run on a Ray cluster: its devices are the plan's (cluster.py)
+    cluster: ClusterTable | None = None  # run on a Ray cluster: its devices are the plan's (cluster_table.py, topology.py)
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.models]

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError
 from pydantic.dataclasses import dataclass
 
-from .cluster import ClusterTable
+from .cluster_table import ClusterTable
 from .errors import SymoeError
 
 if TYPE_CHECKING:

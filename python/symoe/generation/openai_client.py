@@ -1,0 +1,221 @@
+"""OpenAI-compatible client: one endpoint's health check and requests, reached with the ``openai``
+client library, each request retried with exponential backoff on timeouts, 429, 5xx, dropped
+connections and malformed answers, bounded in count and time; and a batch of requests sent
+concurrently (up to ``max_concurrency`` threads), each finished generation handed to ``on_done``
+on the caller's thread the moment it arrives."""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import random
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import openai
+
+from .endpoint import EndpointSettings
+from .engine import BatchInfo, Clock, EngineError, EngineTimeout, OnDone, generation_from_event
+from .requests import Generation, Request
+
+log = logging.getLogger("symoe.remote")
+
+# Status codes worth another try: request timeout, conflict, rate limit, server errors.
+RETRY_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+
+
+class Malformed(Exception):
+    """A response that does not carry a generation (retried like a server error)."""
+
+
+class Fatal(Exception):
+    """An answer that another try will not change (400, 401, 404, ...)."""
+
+
+class RemoteClient:
+    """One endpoint's client: health check and one request with retries."""
+
+    def __init__(self, settings: EndpointSettings, closed: threading.Event | None = None):
+        self.s = settings
+        self._key = settings.api_key()
+        # Retries are ours (bounded by the step's deadline, interruptible on close), not the library's.
+        self.client = openai.OpenAI(base_url=settings.url, api_key=self._key, max_retries=0,
+                                    timeout=settings.request_timeout_s)
+        self.closed = closed or threading.Event()
+        self.retries = 0  # attempts after a first one, over this client's life
+        self._lock = threading.Lock()
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the key blanked out (a server might echo a header back)."""
+        return text.replace(self._key, "***") if self._key != "EMPTY" else text
+
+    def check(self, deadline: float, clock: Clock) -> None:
+        """The server answers and lists the model; else an error naming model and URL, at once."""
+        t = min(self.s.health_timeout_s, max(0.1, deadline - clock.now()))
+        try:
+            ids = [m.id for m in self.client.models.list(timeout=t)]
+        except openai.APIStatusError as e:
+            raise EngineError(self.scrub(f"{self.s.where}: GET /models answered {e.status_code}: {e.message}")) from None
+        except openai.APIError as e:
+            raise EngineError(self.scrub(f"{self.s.where}: the server does not answer GET /models within {t:.0f} s "
+                                         f"({type(e).__name__}: {e})")) from None
+        except (ValueError, TypeError, AttributeError) as e:
+            raise EngineError(self.scrub(f"{self.s.where}: GET /models gave a malformed answer ({e})")) from None
+        if self.s.model_id not in ids:
+            raise EngineError(f"{self.s.where}: the server does not serve {self.s.model_id!r} (it lists "
+                              f"{', '.join(map(repr, ids[:10])) or 'nothing'})")
+
+    def _once(self, r: Request, timeout: float) -> dict[str, Any]:
+        """One attempt; the finished-generation event the engines share."""
+        p = r.params
+        common: dict[str, Any] = dict(model=self.s.model_id, temperature=p.temperature, max_tokens=p.max_tokens,
+                                      seed=p.seed, timeout=timeout)
+        try:
+            if self.s.chat:
+                if r.messages is None:
+                    raise Fatal(f"request {r.key[:12]} has no chat messages for a chat endpoint")
+                resp: Any = self.client.chat.completions.create(messages=list(r.messages), **common)  # type: ignore[arg-type]
+            else:
+                if r.prompt is None:
+                    raise Fatal(f"request {r.key[:12]} has no prompt for a completion endpoint")
+                resp = self.client.completions.create(prompt=r.prompt, **common)
+        except openai.APIStatusError as e:
+            msg = str(e.message)[:300]
+            msg = msg if msg.startswith("Error code") else f"HTTP {e.status_code}: {msg}"
+            if e.status_code in RETRY_STATUS:
+                raise _Retry(msg, _retry_after(e)) from None
+            raise Fatal(msg) from None
+        except openai.APIConnectionError as e:  # timeouts, refused or dropped connections
+            raise _Retry(f"{type(e).__name__}: {e}") from None
+        except (openai.APIResponseValidationError, ValueError) as e:  # unparsable JSON included
+            raise Malformed(f"unparsable response: {str(e)[:200]}") from None
+        try:
+            choice = resp.choices[0]
+            text = choice.message.content if self.s.chat else choice.text
+            usage = resp.usage
+            ev = {"id": r.key, "text": text, "tokens": usage.completion_tokens, "prompt_tokens": usage.prompt_tokens,
+                  "finish": choice.finish_reason}
+        except (AttributeError, IndexError, TypeError, KeyError) as e:
+            raise Malformed(f"response without a generation ({type(e).__name__}: {e}): {str(resp)[:200]}") from None
+        if not isinstance(text, str) or not isinstance(ev["tokens"], int) or not isinstance(ev["finish"], str):
+            raise Malformed(f"response without text, token usage or finish reason: {str(resp)[:200]}")
+        return ev
+
+    def request(self, r: Request, deadline: float, clock: Clock, stop: threading.Event) -> dict[str, Any]:
+        """``r`` with retries: bounded by ``max_attempts`` and by ``deadline``; ``stop`` (or a
+        closed engine) ends the waiting between attempts."""
+        attempt, wait = 0, self.s.backoff_s
+        while True:
+            attempt += 1
+            left = deadline - clock.now()
+            if left <= 0:
+                raise EngineTimeout(f"{self.s.where}: request {r.key[:12]} missed its deadline")
+            try:
+                return self._once(r, min(self.s.request_timeout_s, left))
+            except Fatal as e:
+                raise EngineError(self.scrub(f"{self.s.where}: request {r.key[:12]} failed: {e}")) from None
+            except (_Retry, Malformed) as e:
+                after = e.after if isinstance(e, _Retry) else None
+                pause = min(self.s.backoff_max_s, after if after is not None else wait * (0.5 + random.random()))
+                if attempt >= self.s.max_attempts or clock.now() + pause >= deadline:
+                    why = "attempts" if attempt >= self.s.max_attempts else "time before the deadline"
+                    err = EngineTimeout if why != "attempts" else EngineError
+                    raise err(self.scrub(f"{self.s.where}: request {r.key[:12]} failed after {attempt} attempt(s), "
+                                         f"no {why} left: {e}")) from None
+                log.warning("%s", self.scrub(f"{self.s.where}: attempt {attempt} of request {r.key[:12]} failed "
+                                             f"({e}); retrying in {pause:.1f} s"))
+                with self._lock:
+                    self.retries += 1
+                if stop.wait(pause) or self.closed.is_set():
+                    raise EngineError(f"{self.s.where}: request {r.key[:12]} stopped") from None
+                wait = min(self.s.backoff_max_s, wait * 2)
+
+    def close(self) -> None:
+        """Stop retrying and close the connections (requests in flight fail)."""
+        self.closed.set()
+        self.client.close()
+
+
+class _Retry(Exception):
+    """A transient failure; ``after``: the server's Retry-After, if it gave one."""
+
+    def __init__(self, msg: str, after: float | None = None):
+        super().__init__(msg)
+        self.after = after
+
+
+def _retry_after(e: openai.APIStatusError) -> float | None:
+    try:
+        v = float(e.response.headers.get("retry-after", ""))
+    except (ValueError, AttributeError):
+        return None
+    return v if math.isfinite(v) and v >= 0 else None
+
+
+def generate_concurrently(client: RemoteClient, requests: Sequence[Request], on_done: OnDone, what: str,
+                          deadline: float, clock: Clock) -> BatchInfo:
+    """Every request through ``client``, ``max_concurrency`` at a time; ``on_done`` on this thread
+    as each arrives. On the first failure no new request starts, those in flight are still
+    awaited and handed over (nothing that arrived is lost), then the failure is raised."""
+    pending = {r.key: r for r in requests}
+    n = len(requests)
+    if n == 0:
+        return BatchInfo(0.0, 0, 0, 0)
+    stop = threading.Event()
+    out: queue.Queue[tuple[Request, dict[str, Any] | None, BaseException | None]] = queue.Queue()
+    t0 = time.perf_counter()
+
+    def one(r: Request) -> None:
+        if stop.is_set():
+            out.put((r, None, None))
+            return
+        try:
+            out.put((r, client.request(r, deadline, clock, stop), None))
+        except BaseException as e:  # handed to the caller's thread; no new request starts
+            stop.set()
+            out.put((r, None, e))
+
+    pool = ThreadPoolExecutor(min(client.s.max_concurrency, n), thread_name_prefix=f"symoe-remote-{client.s.name}")
+    stats = [0, 0, 0]
+    failure: BaseException | None = None
+    try:
+        for r in requests:
+            pool.submit(one, r)
+        for _ in range(n):
+            # Each attempt is bounded by the deadline; the grace covers a thread that is just
+            # returning, not a hung server.
+            left = deadline - clock.now()
+            try:
+                r, ev, err = out.get(timeout=None if math.isinf(left) else max(0.0, left) + 30.0)
+            except queue.Empty:
+                stop.set()
+                raise EngineTimeout(f"{what}: {client.s.where}: {len(pending)} requests unanswered by the "
+                                    f"deadline") from None
+            if err is not None:
+                if failure is None:
+                    failure = err
+                    stop.set()
+                continue
+            if ev is None:  # skipped after a failure
+                continue
+            g: Generation = generation_from_event(ev, pending, what, time.perf_counter() - t0)
+            del pending[g.key]
+            stats[0] += g.tokens
+            stats[1] += g.prompt_tokens
+            stats[2] += 1
+            on_done(g)
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    if failure is not None:
+        if isinstance(failure, EngineError):
+            raise type(failure)(f"{what}: {failure}") from None
+        raise EngineError(client.scrub(f"{what}: {client.s.where}: {type(failure).__name__}: {failure}")) from failure
+    # No first-token time: answers come whole (no streaming).
+    return BatchInfo(time.perf_counter() - t0, stats[0], stats[1], stats[2])
