@@ -9,7 +9,6 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from enum import IntEnum
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -19,40 +18,11 @@ from . import _core, endpoint_plan
 from .config import Config
 from .errors import SymoeError
 from .routing import Assignment
+from .steps import ROLES, STEP_KINDS, Role, StepKind
 
 __all__ = ["Role", "StepKind", "Plan", "Timeline", "plan", "simulate", "save_picture", "STEP_KINDS", "ROLES"]
 
 
-class StepKind(IntEnum):
-    """What a plan step does (the values of ``cpp/plan.hpp``'s ``StepKind``)."""
-
-    LOAD = 0
-    RUN = 1
-    UNLOAD = 2
-    PARK = 3
-    WAKE = 4
-    PAUSE = 5
-
-    @property
-    def label(self) -> str:
-        """The step's name as plan JSON and run logs write it."""
-        return self.name.lower()
-
-
-class Role(IntEnum):
-    """Whose work a run step does (the values of ``cpp/plan.hpp``'s ``Role``)."""
-
-    EXPERT = 0
-    AGGREGATE = 1
-
-    @property
-    def label(self) -> str:
-        """The role's name as plan JSON and run logs write it."""
-        return self.name.lower()
-
-
-STEP_KINDS = tuple(k.label for k in StepKind)  # step labels by value, as run logs and plan JSON write them
-ROLES = tuple(r.label for r in Role)
 
 
 @dataclass

@@ -11,16 +11,12 @@ their size depends on the pool and the devices, never on the number of questions
   aggregation after the expert runs its questions may wait for). It starts from the heuristic
   plan (solution hint) and any better solution becomes a plan, which goes through the core's
   validator and simulator like every plan: the better simulated makespan is kept.
-- the *bound* model, a relaxation of every plan ``validate()`` accepts (tensor-parallel steps,
-  reloads, parks and wakes included): each used model is loaded on at least one device; loads are
-  disjoint on each device's I/O lane; each device runs a model's work as one block after the model's
-  first load there (on one compute lane, in order of those loads, which never ends later than
-  the same work interleaved); the blocks hold at least the model's one-device work plus one
-  overhead per device; memory and aggregation order are left out; times are rounded down. Its
-  proven optimum, never above the optimal makespan, and the core's bound give ``plan.lower_bound``,
-  so ``plan.gap`` is a true optimality gap. (The first time in a process, importing OR-tools
-  takes a second or two beyond the budget; several workers make CP-SAT's portfolio, whose results
-  may differ between runs: ``optimize_s=0`` keeps the deterministic heuristic plan.)
+- the *bound* model (:mod:`.polish_bound`): a relaxation of every plan, whose proven optimum and
+  the core's bound give ``plan.lower_bound``, so ``plan.gap`` is a true optimality gap.
+
+(The first time in a process, importing OR-tools takes a second or two beyond the budget; several
+workers make CP-SAT's portfolio, whose results may differ between runs: ``optimize_s=0`` keeps the
+deterministic heuristic plan.)
 """
 
 from __future__ import annotations
@@ -28,20 +24,11 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, replace
-from typing import Any
 
-import numpy as np
-
-from .config import Config
-from .errors import SymoeError
-from .planning import Plan, StepKind, simulate
+from .planning import Plan, simulate
+from .polish_model import Instance
 
 __all__ = ["PolishResult", "polish"]
-
-_KB = 1e6  # memory in the model: megabytes (CP-SAT works on integers; kilobytes crashed its LNS presolve)
-_UNITS = 1_000_000  # the heuristic makespan in time units: resolution ~1e-6 of it
-_K = 1000  # extra precision of per-item work coefficients
-
 
 @dataclass(frozen=True)
 class PolishResult:
@@ -53,37 +40,6 @@ class PolishResult:
     improved: bool  # the solver's plan replaced the heuristic one
     optimal: bool  # makespan == bound (within 1e-9)
     seconds: float  # wall time spent
-
-
-@dataclass(frozen=True)
-class _Model:
-    """One model's figures in the linear form of the core's run-time formula:
-    a run of n requests takes overhead + max(n * work, floor) (tp = 1)."""
-
-    load: float
-    unload: float
-    overhead: float
-    work: tuple[float, float]  # seconds per request, by role
-    floor: tuple[float, float]  # one sequence decoded alone, by role
-    bytes: float
-
-
-def _figures(cfg: Config) -> list[_Model]:
-    out = []
-    for m in cfg.models:
-        t = cfg.model_tokens(m.name)
-        work = (t.expert_prompt / m.prefill_tps + t.expert_output / m.decode_tps,
-                t.aggregate_prompt / m.prefill_tps + t.aggregate_output / m.decode_tps)
-        floor = (t.expert_output / m.stream_tps, t.aggregate_output / m.stream_tps)
-        x = _Model(m.load_s, m.unload_s, m.overhead_s, work, floor, m.resident_bytes)
-        for role, name in ((0, "expert"), (1, "aggregate")):  # the linear form is the core's formula
-            for n in (1, 1000):
-                want = cfg.run_seconds(m.name, name, n)
-                got = x.overhead + max(n * x.work[role], x.floor[role])
-                if not math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-9):
-                    raise SymoeError(f"polish: model {m.name}: run time {got} differs from the core's {want}")
-        out.append(x)
-    return out
 
 
 def polish(p: Plan, seconds: float, *, replicate: bool = True, workers: int | None = None) -> PolishResult:
@@ -98,7 +54,7 @@ def polish(p: Plan, seconds: float, *, replicate: bool = True, workers: int | No
         p = replace(p, timeline=simulate(p))
     t0 = time.monotonic()
     workers = workers or 8  # CP-SAT's portfolio (time-shared on fewer cores) finds far more than one worker
-    inst = _Instance(p)
+    inst = Instance(p)
     best = p
     improved = False
     # The improvement model first (a better plan tightens the bound model's horizon).
@@ -107,297 +63,11 @@ def polish(p: Plan, seconds: float, *, replicate: bool = True, workers: int | No
         if q is not None and q.makespan < p.makespan * (1 - 1e-12):
             best, improved = q, True
     left = max(seconds - (time.monotonic() - t0), seconds * 0.3)
-    relax = inst.relaxation_bound(best.makespan, left, workers)
+    from .polish_bound import relaxation_bound
+
+    relax = relaxation_bound(inst, best.makespan, left, workers)
     # The relaxation's bound is at most the optimum up to the rounding of its last division.
     lb = max(p.lower_bound, min(relax, best.makespan)) if math.isfinite(relax) else p.lower_bound
     best = replace(best, lower_bound=lb)
     return PolishResult(best, p.makespan, relax, improved, best.makespan <= lb * (1 + 1e-9),
                         time.monotonic() - t0)
-
-
-class _Instance:
-    """The workload and cost figures of a plan, grouped by model."""
-
-    def __init__(self, p: Plan):
-        self.p, self.cfg = p, p.config
-        self.M, self.D, self.k = len(self.cfg.models), len(self.cfg.devices), p.k
-        self.fig = _figures(self.cfg)
-        flat = p.experts.ravel()
-        order = np.argsort(flat, kind="stable")
-        counts = np.bincount(flat, minlength=self.M)
-        self.expert_items = np.split(order.astype(np.int64), np.cumsum(counts)[:-1])  # per model, question order
-        self.ne = counts.astype(np.int64)
-        agg = p.aggregator if p.aggregator is not None else np.full(len(p.experts), -1, dtype=np.int64)
-        self.agg = agg
-        self.agg_items = [np.flatnonzero(agg == g).astype(np.int64) for g in range(self.M)]
-        self.na = np.array([len(x) for x in self.agg_items], dtype=np.int64)
-        self.used = [m for m in range(self.M) if self.ne[m] + self.na[m] > 0]
-        mem = [d.memory_bytes for d in self.cfg.devices]
-        self.alone = {m: [d for d in range(self.D) if self.fig[m].bytes <= mem[d] * (1 + 1e-12)] for m in self.used}
-        self.fits_alone = all(self.alone[m] for m in self.used)
-        # Expert models whose runs an aggregator's runs may wait for (they share a question).
-        self.waits_for: dict[int, set[int]] = {}
-        for g in range(self.M):
-            if self.na[g]:
-                self.waits_for[g] = set(np.unique(p.experts[agg == g]).tolist())
-
-    # ---- the improvement model --------------------------------------------------------------
-
-    def improve(self, p: Plan, budget: float, workers: int, replicate: bool) -> Plan | None:
-        from ortools.sat.python import cp_model
-
-        H = p.makespan
-        S = _UNITS / H  # time units per second
-        horizon = int(3 * _UNITS)
-        def up(x: float) -> int:  # durations rounded up: the model never undercounts
-            return int(math.ceil(x * S - 1e-9))
-
-        cm = cp_model.CpModel()
-        mk = cm.new_int_var(0, horizon, "makespan")
-        io: dict[int, list[Any]] = {d: [] for d in range(self.D)}
-        comp: dict[int, list[Any]] = {d: [] for d in range(self.D)}
-        mem: dict[int, tuple[list[Any], list[int]]] = {d: ([], []) for d in range(self.D)}
-        V: dict[tuple[int, int, int], dict[Any, Any]] = {}  # (model, device, residency)
-        runs: dict[tuple[int, int], list[Any]] = {(m, r): [] for m in self.used for r in (0, 1)}
-        overlap = [dv.overlap_load for dv in self.cfg.devices]
-        wait_end = {g: cm.new_int_var(0, horizon, f"experts_done_{g}") for g in self.waits_for}
-        for m in self.used:
-            f = self.fig[m]
-            # A model with both roles may be loaded twice on a device: once for its expert run (and
-            # perhaps its aggregation), and again later for aggregation only, freeing the memory between.
-            kinds = [(0, 1)] + ([(1,)] if self.ne[m] and self.na[m] else [])
-            for d in self.alone[m]:
-                for r_i, roles in enumerate(kinds):
-                    v: dict[Any, Any] = {}
-                    use = v["use"] = cm.new_bool_var(f"use_{m}_{d}_{r_i}")
-                    ls = v["ls"] = cm.new_int_var(0, horizon, "")
-                    v["load"] = cm.new_optional_fixed_size_interval_var(ls, up(f.load), use, "")
-                    ready = ls + up(f.load)
-                    last = cm.new_int_var(0, horizon, "")  # the end of m's last run in this residency
-                    cm.add(last >= ready).only_enforce_if(use)
-                    for role in roles:
-                        n_all = (self.ne[m], self.na[m])[role]
-                        if n_all == 0:
-                            continue
-                        has = cm.new_bool_var("")
-                        x = cm.new_int_var(0, int(n_all), "")
-                        cm.add(x >= 1).only_enforce_if(has)
-                        cm.add(x == 0).only_enforce_if(has.negated())
-                        cm.add_implication(has, use)
-                        work = cm.new_int_var(0, horizon, "")
-                        coef = int(math.ceil(f.work[role] * S * _K))
-                        cm.add(_K * work >= coef * x).only_enforce_if(has)
-                        cm.add(work >= up(f.floor[role])).only_enforce_if(has)
-                        dur = cm.new_int_var(0, horizon, "")
-                        cm.add(dur == up(f.overhead) + work).only_enforce_if(has)
-                        cm.add(dur == 0).only_enforce_if(has.negated())
-                        s = cm.new_int_var(0, horizon, "")
-                        e = cm.new_int_var(0, horizon, "")
-                        iv = cm.new_optional_interval_var(s, dur, e, has, "")
-                        cm.add(s >= ready).only_enforce_if(has)
-                        cm.add(last >= e).only_enforce_if(has)
-                        cm.add(mk >= e).only_enforce_if(has)
-                        comp[d].append(iv)
-                        if role == 0:
-                            for g, ms in self.waits_for.items():
-                                if m in ms:
-                                    cm.add(wait_end[g] >= e).only_enforce_if(has)
-                        else:
-                            cm.add(s >= wait_end[m]).only_enforce_if(has)
-                        v[role] = (has, x, s, e)
-                        runs[(m, role)].append(x)
-                    cm.add_bool_or([v[r][0] for r in (0, 1) if r in v]).only_enforce_if(use)
-                    # Unload after the last run, on the I/O lane; memory held from load start to unload end.
-                    us = v["us"] = cm.new_int_var(0, horizon, "")
-                    cm.add(us >= last).only_enforce_if(use)
-                    v["unload"] = cm.new_optional_fixed_size_interval_var(us, up(f.unload), use, "")
-                    held = cm.new_int_var(0, horizon, "")
-                    held_end = cm.new_int_var(0, horizon, "")
-                    cm.add(held_end == us + up(f.unload)).only_enforce_if(use)
-                    mem[d][0].append(cm.new_optional_interval_var(ls, held, held_end, use, ""))
-                    mem[d][1].append(int(math.ceil(f.bytes / _KB)))
-                    io[d] += [v["load"], v["unload"]]
-                    V[(m, d, r_i)] = v
-                if len(kinds) == 2:  # the second residency follows the first one's unload
-                    a, b = V[(m, d, 0)], V[(m, d, 1)]
-                    cm.add_implication(b["use"], a["use"])
-                    cm.add(b["ls"] >= a["us"] + up(f.unload)).only_enforce_if(b["use"])
-            for role, n_all in ((0, self.ne[m]), (1, self.na[m])):
-                if n_all:
-                    cm.add(sum(runs[(m, role)]) == int(n_all))
-            if not replicate and self.ne[m]:
-                cm.add_at_most_one([V[(m, d, 0)][0][0] for d in self.alone[m]])
-        for d in range(self.D):
-            if overlap[d]:
-                cm.add_no_overlap(io[d])
-                cm.add_no_overlap(comp[d])
-            else:
-                cm.add_no_overlap(io[d] + comp[d])
-            if mem[d][0]:
-                cm.add_cumulative(mem[d][0], mem[d][1], int(self.cfg.devices[d].memory_bytes // _KB))
-        cm.minimize(mk)
-        self._hint(cm, V, p, S)
-        solver = cp_model.CpSolver()
-        solver.parameters.max_time_in_seconds = max(0.05, budget)
-        solver.parameters.num_workers = workers
-        status = solver.solve(cm)
-        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-            return None
-        return self._decode(solver, V)
-
-    def _hint(self, cm: Any, V: dict[tuple[int, int, int], dict[Any, Any]], p: Plan, S: float) -> None:
-        """The heuristic plan as the solver's starting point (counts, residency, start times)."""
-        a, t = p.arrays, p.timeline
-        assert t is not None
-        counts: dict[tuple[int, int, int], int] = {}
-        first: dict[tuple[int, int, str], float] = {}
-        for s in range(p.n_steps):
-            kind, m, d = int(a["kind"][s]), int(a["model"][s]), int(a["device"][s])
-            if m < 0:
-                continue
-            if kind == StepKind.RUN:
-                role = int(a["role"][s])
-                key = (m, d, role)
-                counts[key] = counts.get(key, 0) + int(a["item_end"][s] - a["item_begin"][s])
-                first.setdefault((m, d, f"run{role}"), float(t.start[s]))
-            elif kind == StepKind.LOAD:
-                first.setdefault((m, d, "load"), float(t.start[s]))
-            elif kind == StepKind.UNLOAD:
-                first[(m, d, "unload")] = float(t.start[s])
-        for (m, d, r_i), v in V.items():
-            if r_i:  # the heuristic loads a model once per device: no second residency
-                cm.add_hint(v["use"], False)
-                for r in (0, 1):
-                    if r in v:
-                        cm.add_hint(v[r][0], False)
-                        cm.add_hint(v[r][1], 0)
-                continue
-            used = any(counts.get((m, d, r), 0) for r in (0, 1))
-            cm.add_hint(v["use"], used)
-            if (m, d, "load") in first:
-                cm.add_hint(v["ls"], int(first[(m, d, "load")] * S))
-            if (m, d, "unload") in first:
-                cm.add_hint(v["us"], int(first[(m, d, "unload")] * S))
-            for r in (0, 1):
-                if r in v:
-                    n = counts.get((m, d, r), 0)
-                    cm.add_hint(v[r][0], n > 0)
-                    cm.add_hint(v[r][1], n)
-                    if (m, d, f"run{r}") in first:
-                        cm.add_hint(v[r][2], int(first[(m, d, f"run{r}")] * S))
-
-    def _decode(self, solver: Any, V: dict[tuple[int, int, int], dict[Any, Any]]) -> Plan:
-        """The solution as plan steps: on each device, unloads, loads and runs in order of their
-        start times (the order of the solver's lanes); items split in question order."""
-        events: list[list[tuple[int, int, int, int, int, np.ndarray | None]]] = [[] for _ in range(self.D)]
-        taken = {(m, r): 0 for m in self.used for r in (0, 1)}
-        for (m, d, _), v in sorted(V.items()):
-            if not solver.boolean_value(v["use"]):
-                continue
-            events[d].append((solver.value(v["ls"]), 1, StepKind.LOAD, m, 0, None))
-            for r in (0, 1):
-                if r in v and solver.boolean_value(v[r][0]):
-                    n = solver.value(v[r][1])
-                    src = self.expert_items[m] if r == 0 else self.agg_items[m]
-                    items = src[taken[(m, r)]:taken[(m, r)] + n]
-                    taken[(m, r)] += n
-                    events[d].append((solver.value(v[r][2]), 2, StepKind.RUN, m, r, items))
-            events[d].append((solver.value(v["us"]), 0, StepKind.UNLOAD, m, 0, None))
-        cols: dict[str, list[Any]] = {k: [] for k in ("kind", "role", "device", "model", "tp", "item_begin", "item_end",
-                                                 "seconds")}
-        chunks: list[np.ndarray] = []
-        n_items = 0
-        for d in range(self.D):
-            for _, _, kind, m, r, its in sorted(events[d], key=lambda e: (e[0], e[1], e[3], e[4])):
-                cols["kind"].append(int(kind))
-                cols["role"].append(r)
-                cols["device"].append(d)
-                cols["model"].append(m)
-                cols["tp"].append(1)
-                cols["seconds"].append(0.0)
-                cols["item_begin"].append(n_items)
-                if its is not None:
-                    chunks.append(its)
-                    n_items += len(its)
-                cols["item_end"].append(n_items)
-        from .planning import _DTYPES
-
-        arrays = {k: np.asarray(v, dtype=_DTYPES[k]) for k, v in cols.items()}
-        arrays["items"] = np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, dtype=np.int64)
-        q = replace(self.p, arrays=arrays, timeline=None)
-        q.timeline = simulate(q)  # validates every invariant first (ValueError on a broken plan)
-        return q
-
-    # ---- the bound model ---------------------------------------------------------------------
-
-    def shard_devices(self, m: int) -> list[int]:
-        """Devices that hold 1/t of model m for some group of t consecutive devices (the only ones
-        that can run it, tensor-parallel steps included)."""
-        mem = [d.memory_bytes for d in self.cfg.devices]
-        b = self.fig[m].bytes
-        out: set[int] = set()
-        for t in range(1, self.D + 1):
-            run = 0
-            for d in range(self.D + 1):
-                if d < self.D and b / t <= mem[d] * (1 + 1e-12):
-                    run += 1
-                    continue
-                if run >= t:
-                    out.update(range(d - run, d))
-                run = 0
-        return sorted(out)
-
-    def relaxation_bound(self, horizon_s: float, budget: float, workers: int) -> float:
-        from ortools.sat.python import cp_model
-
-        S = _UNITS / horizon_s
-        def down(x: float) -> int:  # durations rounded down: a relaxation
-            return int(math.floor(x * S))
-
-        top = int(math.ceil(horizon_s * S)) + 1
-        eff, D = float(self.cfg.tp_efficiency), self.D
-        s_max = 1.0 + (D - 1) * eff
-        # With any overlapping device, every device gets two lanes (a tensor-parallel step follows
-        # its first device's rule on every device it spans); else one lane each.
-        two_lanes = any(dv.overlap_load for dv in self.cfg.devices)
-        cm = cp_model.CpModel()
-        mk = cm.new_int_var(0, top, "makespan")
-        io: dict[int, list[Any]] = {d: [] for d in range(D)}
-        comp: dict[int, list[Any]] = {d: [] for d in range(D)}
-        for m in self.used:
-            f = self.fig[m]
-            devs = self.shard_devices(m)
-            roles = [r for r, n in ((0, self.ne[m]), (1, self.na[m])) if n]
-            shortest = f.overhead + min(f.floor[r] for r in roles) / s_max  # any run, any tp
-            work = self.ne[m] * f.work[0] + self.na[m] * f.work[1]
-            zs, blocks = [], []
-            for d in devs:
-                z = cm.new_bool_var("")
-                ls = cm.new_int_var(0, top, "")
-                io[d].append(cm.new_optional_fixed_size_interval_var(ls, down(f.load), z, ""))
-                size = cm.new_int_var(0, top, "")
-                cm.add(size >= down(shortest)).only_enforce_if(z)
-                s = cm.new_int_var(0, top, "")
-                e = cm.new_int_var(0, top, "")
-                comp[d].append(cm.new_optional_interval_var(s, size, e, z, ""))
-                cm.add(s >= ls + down(f.load)).only_enforce_if(z)
-                cm.add(mk >= e).only_enforce_if(z)
-                cm.add(size == 0).only_enforce_if(z.negated())
-                zs.append(z)
-                blocks.append(size)
-            cm.add_bool_or(zs)
-            cm.add(sum(blocks) >= down(work) - D + down(f.overhead) * sum(zs))
-        for d in range(D):
-            if two_lanes:
-                cm.add_no_overlap(io[d])
-                cm.add_no_overlap(comp[d])
-            else:
-                cm.add_no_overlap(io[d] + comp[d])
-        cm.minimize(mk)
-        solver = cp_model.CpSolver()
-        solver.parameters.max_time_in_seconds = max(0.05, budget)
-        solver.parameters.num_workers = workers
-        status = solver.solve(cm)
-        if status == cp_model.INFEASIBLE:  # the heuristic plan's own relaxation fits: never expected
-            raise SymoeError("polish: the bound model has no solution below the heuristic plan's makespan")
-        return float(solver.best_objective_bound) / S  # valid also when time ran out (UNKNOWN)

@@ -1,0 +1,37 @@
+"""The vocabulary of plan steps, mirrored from ``cpp/plan.hpp`` in this one place."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class StepKind(IntEnum):
+    """What a plan step does (the values of ``cpp/plan.hpp``'s ``StepKind``)."""
+
+    LOAD = 0
+    RUN = 1
+    UNLOAD = 2
+    PARK = 3
+    WAKE = 4
+    PAUSE = 5
+
+    @property
+    def label(self) -> str:
+        """The step's name as plan JSON and run logs write it."""
+        return self.name.lower()
+
+
+class Role(IntEnum):
+    """Whose work a run step does (the values of ``cpp/plan.hpp``'s ``Role``)."""
+
+    EXPERT = 0
+    AGGREGATE = 1
+
+    @property
+    def label(self) -> str:
+        """The role's name as plan JSON and run logs write it."""
+        return self.name.lower()
+
+
+STEP_KINDS = tuple(k.label for k in StepKind)  # step labels by value, as run logs and plan JSON write them
+ROLES = tuple(r.label for r in Role)
