@@ -13,6 +13,7 @@ from typing import Any, Literal
 from .cluster_table import ClusterTable, NodeTable
 from .errors import SymoeError
 from .pool_file import GB
+
 LOST = "lost"    # node id of a listed node that is not in the cluster (any more)
 GPU_PIN = 0.001  # of the node's ``node:<ip>`` resource: pins a GPU bundle to its node
 
