@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .cluster_table import ClusterTable, NodeTable
 from .errors import SymoeError
-from .topology import GB, Topology, from_nodes
+from .pool_file import GB
+from .topology import Topology, from_nodes
 
 if TYPE_CHECKING:
     from .config import Config

@@ -240,15 +240,17 @@ def plan(
     aggregator: str | Sequence[str | None] | None = None,
     strategy: Literal["symoe", "reference", "naive"] = "symoe",
     replicate: bool = True,
-    optimize_s: float = 2.0,
+    optimize_s: float = 0.0,
 ) -> Plan:
     """Plan the assignment's expert runs (and aggregation, if an aggregator is given) on ``config``.
 
     The assignment's model names are resolved in the pool by name; the returned plan carries its
     simulated timeline and the lower bound. ``optimize_s`` > 0 (symoe only): the heuristic plan is
     polished by a constraint solver for about that many seconds (``symoe.polish``), which also
-    proves a tighter lower bound, so ``plan.gap`` is a true optimality gap; 0: the heuristic alone
-    (deterministic; a polished plan may differ between runs of the solver).
+    proves a tighter lower bound, so ``plan.gap`` is a true optimality gap. The default 0 keeps the
+    heuristic plan, which is deterministic (the same on any machine and thread count), so runs are
+    reproducible; the solver's parallel search under a wall-clock budget may return a different,
+    equally valid plan each time (``symoe plan`` polishes by default, ``--optimize 2``).
     """
     if not (math.isfinite(optimize_s) and optimize_s >= 0):
         raise ValueError(f"optimize_s must be a finite number of seconds >= 0, got {optimize_s!r}")

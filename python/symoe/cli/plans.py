@@ -78,7 +78,8 @@ def route_cmd(profiles_path: str, questions_path: str, out_path: str, k: int, se
               "refuses other questions under the same ids.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None)
 @click.option("--optimize", "optimize_s", type=click.FloatRange(min=0), default=2.0, show_default=True,
-              help="Seconds the constraint solver polishes the symoe plan and proves its optimality gap (0: off).")
+              help="Seconds the constraint solver polishes the symoe plan and proves its optimality gap (0: off, the "
+              "deterministic heuristic plan; a polished plan may differ between runs).")
 def plan_cmd(assignment_path: str, config_path: str, devices: int | None, memory_gb: float | None,
              aggregator: str | None, strategy: str, out_path: str | None, png_path: str | None,
              questions_path: str | None, fmt: str | None, optimize_s: float) -> None:
