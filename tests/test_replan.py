@@ -4,31 +4,24 @@ loss is reported with its device and node. (The same on a real Ray cluster: test
 
 from collections import Counter
 
-import numpy as np
 import pytest
 
 import symoe
-from symoe.datasets import Question
 from symoe.execution import RunOptions
 from symoe.execution.replan import missing_questions, plan_requests, replan, run_replanning, stored_work
 from symoe.generation import Requests, Sampling
 from symoe.generation.engine import DeviceLost
 from symoe.generation.fake import FakeEngine, ScaledClock
 from symoe.store import Store
-from symoe.workloads import category_keywords, skewed_profiles
+from test_scheduler import AGG, PAPER
+from test_scheduler import workload as scheduler_workload
 
-PAPER = symoe.Config.bundled("paper16")
-AGG = "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"
 QUIET = RunOptions(progress=False, pictures=False)
 
 
 def workload(n, devices=3, seed=0):
-    rng = np.random.default_rng(seed)
-    cats = [f"c{i}" for i in range(14)]
-    qcats = [cats[i] for i in rng.integers(0, 14, n)]
-    qs = [Question(f"q{i}", f"Question {i} about {c}?\n(A) yes\n(B) no", "A", "letter", c) for i, c in enumerate(qcats)]
-    a = symoe.route(skewed_profiles(PAPER.names, cats), category_keywords(qcats), seed=seed,
-                    question_ids=[q.id for q in qs])
+    """The scheduler tests' skewed workload, planned on ``devices`` paper16 devices."""
+    qs, a = scheduler_workload(n, seed)
     return qs, symoe.plan(a, PAPER.with_devices(devices), aggregator=AGG)
 
 
