@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 from .config import Config
@@ -50,9 +49,7 @@ class SymbolicMoE:
         self.k, self.seed, self.preset = k, seed, get_preset(preset)
         self.rare_threshold = self.preset.rare_threshold if rare_threshold is None else rare_threshold
         self.similarity_floor = similarity_floor
-        default = Sampling(seed=seed)
-        self.sampling = sampling or replace(default, max_tokens=self.config.engine.max_tokens or default.max_tokens,
-                                            aggregate_max_tokens=self.config.engine.max_tokens or default.max_tokens)
+        self.sampling = sampling or Sampling.for_pool(self.config, seed=seed)
         self.options, self.engines, self.clock = options, engines, clock
 
     @classmethod

@@ -88,11 +88,9 @@ def run_cmd(questions_path: str | None, fmt: str | None, config_path: str, store
     try:
         cfg = Config.load(config_path).with_devices(devices)
         qs = questions(questions_path, fmt, limit)
-        tokens = max_tokens or cfg.engine.max_tokens or Sampling.max_tokens
         moe = SymbolicMoE(cfg, profiles_path or bundled("tiny_profiles.json"), task_path or bundled("tiny_task.json"),
                           store=store_path, k=k, seed=seed, preset=preset, rare_threshold=rare_threshold,
-                          similarity_floor=similarity_floor, sampling=Sampling(max_tokens=tokens,
-                                                                               aggregate_max_tokens=tokens, seed=seed),
+                          similarity_floor=similarity_floor, sampling=Sampling.for_pool(cfg, max_tokens, seed),
                           options=run_options(retries, deadline_factor, deadline_margin))
         t0 = time.perf_counter()
         res = moe.run(qs, out_dir, baseline, skip_agreed)  # type: ignore[arg-type]

@@ -26,12 +26,6 @@ from .common import (
 )
 
 
-def _sampling(cfg: Config, max_tokens: int | None, seed: int) -> Sampling:
-    """The paper's sampling; new tokens from the option, else the config, else the paper's."""
-    tokens = max_tokens or cfg.engine.max_tokens or Sampling.max_tokens
-    return Sampling(max_tokens=tokens, aggregate_max_tokens=tokens, seed=seed)
-
-
 @click.command("keywords")
 @questions_opt
 @format_opt
@@ -98,7 +92,7 @@ def profile_cmd(questions_path: str | None, fmt: str | None, config_path: str, s
         provide(cfg, cfg.names)
         check_models(cfg, cfg.names)
         with Store(store_path) as store:
-            prof, records = profile_pool(qs, kws, cfg, store, Path(out_path).parent, _sampling(cfg, max_tokens, seed))
+            prof, records = profile_pool(qs, kws, cfg, store, Path(out_path).parent, Sampling.for_pool(cfg, max_tokens, seed))
     except (ValueError, RuntimeError) as e:
         fail(e)
     prof.save(out_path)
@@ -140,7 +134,7 @@ def select_aggregator_cmd(questions_path: str | None, fmt: str | None, config_pa
         check_models(cfg, cfg.names)
         with Store(store_path) as store:
             best, scores = select_aggregator(qs, records, cfg, store, Path(out_path).parent,
-                                             _sampling(cfg, max_tokens, seed))
+                                             Sampling.for_pool(cfg, max_tokens, seed))
     except (ValueError, RuntimeError) as e:
         fail(e)
     table([[m, 100.0 * a, "<- selected" if m == best else ""] for m, a in scores.items()],

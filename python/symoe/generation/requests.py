@@ -35,6 +35,13 @@ class Sampling:
     keyword_samples: int = 5
     keyword_max_tokens: int = 48
 
+    @classmethod
+    def for_pool(cls, cfg: Config, max_tokens: int | None = None, seed: int = 0) -> Sampling:
+        """The paper's sampling with new tokens per answer from ``max_tokens``, else the config's
+        ``[engine] max_tokens``, else the paper's 4096 (aggregations alike)."""
+        tokens = max_tokens or cfg.engine.max_tokens or cls.max_tokens
+        return cls(max_tokens=tokens, aggregate_max_tokens=tokens, seed=seed)
+
 
 @dataclass(frozen=True)
 class SamplingParams:
