@@ -24,13 +24,14 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from conftest import DATA as BENCH
 from symoe.cluster import with_discovered_devices
 from symoe.config import Config
 from symoe.datasets import load_questions
 from symoe.execution import RunOptions, run_plan
-from symoe.execution.replan import plan_requests, stored_work
+from symoe.execution.replan import stored_work
 from symoe.generation import Requests, Sampling
 from symoe.generation.engine import DeviceLost
 from symoe.models import fetch_tiny
@@ -45,17 +46,10 @@ SAMPLING = Sampling(max_tokens=24, aggregate_max_tokens=40)
 
 def kill_node(name: str) -> list[int]:
     """SIGKILL the raylet of node ``name`` (a crash: its workers, our actor included, follow)."""
-    pids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            cmd = open(f"/proc/{d}/cmdline", "rb").read().split(b"\0")
-        except OSError:
-            continue
-        if cmd and cmd[0].endswith(b"/raylet") and f"--node-name={name}".encode() in cmd:
-            os.kill(int(d), signal.SIGKILL)
-            pids.append(int(d))
+    pids = [p.pid for p in psutil.process_iter(["cmdline"])
+            if (cmd := p.info["cmdline"]) and cmd[0].endswith("/raylet") and f"--node-name={name}" in cmd]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
     return pids
 
 
@@ -99,7 +93,7 @@ def phase_both(out: Path) -> dict:
     with Store(out / "both.sqlite") as store:
         r = run_plan(p, qs, store, out / "both-run", SAMPLING, options=RunOptions(progress=False))
         total = stored_work(p, qs, store, Requests(cfg, SAMPLING))
-        texts = [store.get(x.key).text for x in plan_requests(p, qs, Requests(cfg, SAMPLING))]
+        texts = [store.get(x.key).text for x in Requests(cfg, SAMPLING).plan_experts(p, qs)]
     # The actors' processes (this PID namespace holds them all) are gone: their memory is free.
     pids = [s.info["pid"] for s in r.steps if s.kind == "load"]
     deadline = time.monotonic() + 30

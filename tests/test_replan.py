@@ -8,7 +8,7 @@ import pytest
 
 import symoe
 from symoe.execution import RunOptions
-from symoe.execution.replan import missing_questions, plan_requests, replan, run_replanning, stored_work
+from symoe.execution.replan import missing_questions, replan, run_replanning, stored_work
 from symoe.generation import Requests, Sampling
 from symoe.generation.engine import DeviceLost
 from symoe.generation.fake import FakeEngine, ScaledClock
@@ -137,4 +137,4 @@ def test_nothing_missing_replans_to_nothing(tmp_path):
     with Store(tmp_path / "store.sqlite") as s:
         rp = replan(p, qs, s, Requests(p.config, Sampling()), lost=[1])
         assert rp.plan is None and rp.questions == []
-        assert len(plan_requests(p, qs, Requests(p.config, Sampling()))) == len(qs) * p.k
+        assert len(Requests(p.config, Sampling()).plan_experts(p, qs)) == len(qs) * p.k

@@ -38,8 +38,7 @@ class Graded:
 
 def expert_requests(plan: Plan, questions: Sequence[Question], sampling: Sampling) -> list[Request]:
     """Every expert request of a plan, question by question and slot by slot."""
-    build, names = Requests(plan.config, sampling), plan.config.names
-    return [build.expert(names[plan.experts[q, j]], qu, j) for q, qu in enumerate(questions) for j in range(plan.k)]
+    return Requests(plan.config, sampling).plan_experts(plan, questions)
 
 
 def grade_from_store(plan: Plan, questions: Sequence[Question], sampling: Sampling, store: Store,

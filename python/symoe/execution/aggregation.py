@@ -26,10 +26,9 @@ class Aggregations:
     def __init__(self, plan: Plan, questions: Sequence[Question], store: Store, requests: Requests,
                  lock: threading.Lock, abort: threading.Event):
         self.plan, self.qs, self.store, self.req, self.lock, self.abort = plan, questions, store, requests, lock, abort
-        cfg, a, k, n = plan.config, plan.arrays, plan.k, len(questions)
+        a, k, n = plan.arrays, plan.k, len(questions)
         self.k = k
-        self.expert_requests: list[Request] = [
-            requests.expert(cfg.names[plan.experts[q, j]], questions[q], j) for q in range(n) for j in range(k)]
+        self.expert_requests = requests.plan_experts(plan, questions)
         have = store.existing([r.key for r in self.expert_requests])
         self.pending = {r.key for r in self.expert_requests} - have
         self.missing = [sum(r.key not in have for r in self.expert_requests[q * k:(q + 1) * k]) for q in range(n)]
@@ -53,7 +52,7 @@ class Aggregations:
         stored (a resumed run, or the aggregation phase of --skip-agreed) is neither loaded nor
         unloaded there."""
         a, out = self.plan.arrays, set()
-        for st in np.flatnonzero(self.plan.arrays["kind"] == StepKind.RUN):
+        for st in np.flatnonzero(a["kind"] == StepKind.RUN):
             items = [int(i) for i in a["items"][a["item_begin"][st]:a["item_end"][st]]]
             if a["role"][st] == Role.EXPERT:
                 need = any(self.expert_requests[i].key in self.pending for i in items)

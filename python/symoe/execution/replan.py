@@ -36,24 +36,28 @@ class Replanned:
     devices: list[int]             # the original numbers of the new plan's devices, in its order
 
 
+def _stored(plan: Plan, questions: Sequence[Question], store: Store,
+            requests: Requests) -> tuple[list[bool], dict[int, bool], int]:
+    """Per question whether all its expert answers are stored; per question with all of them and
+    an aggregator, whether its aggregation is stored; and how many expert answers are stored."""
+    k, experts = plan.k, requests.plan_experts(plan, questions)
+    have = store.existing([r.key for r in experts])
+    complete = [all(r.key in have for r in experts[q * k:(q + 1) * k]) for q in range(len(questions))]
+    aggregated: dict[int, bool] = {}
+    if plan.aggregator is not None:
+        full = [q for q in range(len(questions)) if complete[q] and plan.aggregator[q] >= 0]
+        got = store.generations(r.key for q in full for r in experts[q * k:(q + 1) * k])
+        want = {q: requests.aggregate(plan.config.names[plan.aggregator[q]], questions[q],
+                                      [got[r.key].text for r in experts[q * k:(q + 1) * k]]) for q in full}
+        stored = store.existing([r.key for r in want.values()])
+        aggregated = {q: r.key in stored for q, r in want.items()}
+    return complete, aggregated, len(have)
+
+
 def missing_questions(plan: Plan, questions: Sequence[Question], store: Store, requests: Requests) -> list[int]:
     """Positions of the questions with an expert answer or an aggregation the store lacks."""
-    names, k = plan.config.names, plan.k
-    experts = [[requests.expert(names[plan.experts[q, j]], questions[q], j) for j in range(k)]
-               for q in range(len(questions))]
-    have = store.existing([r.key for row in experts for r in row])
-    out: list[int] = []
-    complete: list[int] = []
-    for q, row in enumerate(experts):
-        (complete if all(r.key in have for r in row) else out).append(q)
-    if plan.aggregator is not None:
-        aggs = [q for q in complete if plan.aggregator[q] >= 0]
-        got = store.generations(r.key for q in aggs for r in experts[q])
-        want = {q: requests.aggregate(names[plan.aggregator[q]], questions[q], [got[r.key].text for r in experts[q]])
-                for q in aggs}
-        stored = store.existing([r.key for r in want.values()])
-        out += [q for q, r in want.items() if r.key not in stored]
-    return sorted(out)
+    complete, aggregated, _ = _stored(plan, questions, store, requests)
+    return [q for q in range(len(questions)) if not complete[q] or not aggregated.get(q, True)]
 
 
 def replan(plan: Plan, questions: Sequence[Question], store: Store, requests: Requests,
@@ -77,26 +81,10 @@ def replan(plan: Plan, questions: Sequence[Question], store: Store, requests: Re
     return Replanned(p, [questions[q] for q in todo], todo, devices)
 
 
-def plan_requests(plan: Plan, questions: Sequence[Question], requests: Requests) -> list[Request]:
-    """The plan's expert requests, question by question (slot order)."""
-    names = plan.config.names
-    return [requests.expert(names[plan.experts[q, j]], questions[q], j) for q in range(len(questions))
-            for j in range(plan.k)]
-
-
 def stored_work(plan: Plan, questions: Sequence[Question], store: Store, requests: Requests) -> int:
     """How many of the plan's generations (expert answers and aggregations) the store holds."""
-    k, experts = plan.k, plan_requests(plan, questions, requests)
-    have = store.existing([r.key for r in experts])
-    n = len(have)
-    if plan.aggregator is not None:
-        full = [q for q in range(len(questions)) if plan.aggregator[q] >= 0
-                and all(r.key in have for r in experts[q * k:(q + 1) * k])]
-        got = store.generations(r.key for q in full for r in experts[q * k:(q + 1) * k])
-        aggs = [requests.aggregate(plan.config.names[plan.aggregator[q]], questions[q],
-                                   [got[r.key].text for r in experts[q * k:(q + 1) * k]]) for q in full]
-        n += len(store.existing([r.key for r in aggs]))
-    return n
+    _, aggregated, experts = _stored(plan, questions, store, requests)
+    return experts + sum(aggregated.values())
 
 
 EnginesFor = Callable[[Plan, list[int]], Sequence[Engine]]
@@ -151,7 +139,7 @@ def run_replanning(plan: Plan, questions: Sequence[Question], store: Store, run_
             replans += 1
             current = replan(plan, questions, store, requests, lost)
             _say(current, str(e).splitlines()[0])
-    expert_reqs = plan_requests(plan, questions, requests)
+    expert_reqs = requests.plan_experts(plan, questions)
     names = plan.config.names
 
     def aggregate(q: int, texts: Sequence[str]) -> Request:

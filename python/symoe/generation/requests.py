@@ -19,6 +19,7 @@ from ..prompts import aggregator_messages, as_completion, expert_messages, keywo
 if TYPE_CHECKING:
     from ..config import Config
     from ..datasets import Question
+    from ..planning import Plan
 
 Role = Literal["expert", "aggregate", "keywords", "aggregator-benchmark"]
 Message = dict[str, str]
@@ -146,6 +147,12 @@ class Requests:
         """The expert's chain-of-thought answer; profiling uses the same request (slot 0)."""
         return self._make(model, expert_messages(q.text, q.kind), "expert", slot, q.id,
                           self.cfg.model(model).max_tokens or self.s.max_tokens)
+
+    def plan_experts(self, plan: Plan, questions: Sequence[Question]) -> list[Request]:
+        """Every expert request of ``plan``, question by question in slot order (item
+        ``q * k + slot`` of the plan's expert runs)."""
+        names = plan.config.names
+        return [self.expert(names[plan.experts[q, j]], qu, j) for q, qu in enumerate(questions) for j in range(plan.k)]
 
     def aggregate(self, model: str, q: Question, expert_texts: Sequence[str]) -> Request:
         """The aggregation request of a question from its experts' answers."""
