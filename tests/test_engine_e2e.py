@@ -11,6 +11,7 @@ import threading
 import time
 
 import numpy as np
+import psutil
 import pytest
 
 import symoe
@@ -109,18 +110,9 @@ def smol_config_path():
 
 def workers_of(parent: int) -> list[int]:
     """Live worker processes started by ``parent`` (they carry its pid in their environment)."""
-    pids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            env = open(f"/proc/{d}/environ", "rb").read().split(b"\0")
-            state = open(f"/proc/{d}/stat").read().split(")")[-1].split()[0]
-        except OSError:
-            continue
-        if f"SYMOE_PARENT_PID={parent}".encode() in env and state != "Z":
-            pids.append(int(d))
-    return pids
+    return [p.pid for p in psutil.process_iter(["environ", "status"])
+            if (p.info["environ"] or {}).get("SYMOE_PARENT_PID") == str(parent)
+            and p.info["status"] != psutil.STATUS_ZOMBIE]
 
 
 def wait_no_workers(parent: int, seconds: float = 10.0) -> bool:

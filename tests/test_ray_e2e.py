@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'symoe[ray]')")
@@ -47,17 +48,7 @@ pytestmark = pytest.mark.skipif(not namespaces_allowed(), reason="needs root all
 
 def namespace_processes(marker: str) -> list[int]:
     """Processes whose command line names ``marker`` (the cluster's private temp folder)."""
-    pids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            cmd = open(f"/proc/{d}/cmdline", "rb").read()
-        except OSError:
-            continue
-        if marker.encode() in cmd:
-            pids.append(int(d))
-    return pids
+    return [p.pid for p in psutil.process_iter(["cmdline"]) if marker in "\0".join(p.info["cmdline"] or [])]
 
 
 @pytest.fixture(scope="module")
