@@ -2,6 +2,8 @@
 run as predicted, every generation once and stored, aggregation after its experts; faults
 (death, hang, garbage, slow) stop the run cleanly or are recovered with retries."""
 
+import json
+import multiprocessing
 import threading
 from collections import Counter
 
@@ -32,10 +34,10 @@ def workload(n, seed=0):
     return qs, a
 
 
-def fake_run(p, qs, tmp_path, real_seconds=3.0, faults=(), options=QUIET, slow=None):
+def fake_run(p, qs, tmp_path, real_seconds=3.0, faults=(), options=QUIET, slow=None, engine=FakeEngine):
     # Real time per plan second: the plan's predicted makespan takes about ``real_seconds``.
     clock = ScaledClock(real_seconds / p.makespan)
-    engines = [FakeEngine(d, p.config, clock, faults if d == 0 else (), (slow or {}).get(d, 1.0))
+    engines = [engine(d, p.config, clock, faults if d == 0 else (), (slow or {}).get(d, 1.0))
                for d in range(len(p.config.devices))]
     store = Store(tmp_path / "store.sqlite")
     try:
@@ -140,16 +142,41 @@ def check_exactly_once_and_ordered_after_resume(p, qs, tmp_path):
         assert s.count("expert") == len(qs) * p.k and s.count("aggregate") == len(qs)
 
 
+class Recording(FakeEngine):
+    """A fake engine that also keeps each batch it was asked for: (model, request keys)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batches = []
+
+    def generate(self, model, requests, on_done, what, deadline):
+        self.batches.append((model, [r.key for r in requests]))
+        return super().generate(model, requests, on_done, what, deadline)
+
+
 @pytest.mark.parametrize("kind,op", [("die", "generate"), ("hang", "generate"), ("garbage", "generate"),
                                      ("die", "load")])
 def test_retries_recover(kind, op, tmp_path):
     qs, p = small(tmp_path)
     opts = RunOptions(progress=False, pictures=False, deadline_factor=3.0, deadline_margin_s=0.0, retries=2)
-    report, engines = fake_run(p, qs, tmp_path, faults=[Fault(kind, op=op, after=7)], options=opts)
+    report, engines = fake_run(p, qs, tmp_path, faults=[Fault(kind, op=op, after=7)], options=opts, engine=Recording)
     assert report.retries == 1
     assert report.generated == len(qs) * (p.k + 1)
     check_exactly_once_and_ordered(p, qs, engines, tmp_path)
-    assert engines[0].calls.count(("load", engines[0].calls[0][1])) >= 1
+    calls, e0 = engines[0].calls, engines[0]
+    if op == "load":  # the first load failed; the same model was loaded again before it generated anything
+        model = calls[0][1]
+        assert calls[0] == ("load", model) and ("load", model) in calls[1:]
+        assert calls.index(("load", model), 1) < calls.index(("generate", model))
+        return
+    # The first batch of device 0 failed after 7 generations; the model was loaded again after the
+    # fault, and its next batch held exactly the items that were missing: nothing stored was redone.
+    model, keys = e0.batches[0]
+    failed = calls.index(("generate", model))
+    again = calls.index(("generate", model), failed + 1)
+    assert ("load", model) in calls[failed + 1:again]
+    retried = next(k for m, k in e0.batches[1:] if m == model)
+    assert retried == keys[7:]
 
 
 def test_retries_are_bounded(tmp_path):
@@ -204,30 +231,36 @@ def test_answers_stored_meanwhile_by_another_run_release_aggregation(tmp_path):
     assert 0 < r.reused <= len(dev1) and r.generated + r.reused == len(qs) * (p.k + 1)
 
 
-def test_two_concurrent_runs_on_one_store_generate_each_item_once(tmp_path):
+def one_of_two_runs(i, tmp_path, barrier):
+    """One run of test_two_concurrent_runs..., in a process of its own (its own pid, connection
+    and clock); what it generated goes to ``run<i>.json``."""
     qs, p = small(tmp_path, n=120)
     clock = ScaledClock(3.0 / p.makespan)
-    fleets = [[FakeEngine(d, p.config, clock) for d in range(2)] for _ in range(2)]
-    reports, errors = [], []
+    engines = [FakeEngine(d, p.config, clock) for d in range(2)]
+    barrier.wait(60)
+    with Store(tmp_path / "store.sqlite") as store:
+        r = run_plan(p, qs, store, tmp_path / f"run{i}", Sampling(), options=QUIET, engines=engines, clock=clock)
+    made = [x[0] for e in engines for x in e.log]
+    (tmp_path / f"run{i}.json").write_text(json.dumps({"generated": r.generated, "reused": r.reused, "made": made}))
 
-    def run(engines, i):
-        try:
-            with Store(tmp_path / "store.sqlite") as store:
-                reports.append(run_plan(p, qs, store, tmp_path / f"run{i}", Sampling(), options=QUIET,
-                                        engines=engines, clock=clock))
-        except BaseException as e:
-            errors.append(e)
 
-    threads = [threading.Thread(target=run, args=(f, i)) for i, f in enumerate(fleets)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(120)
-    assert not errors and len(reports) == 2
-    made = Counter(x[0] for f in fleets for e in f for x in e.log)
+def test_two_concurrent_runs_on_one_store_generate_each_item_once(tmp_path):
+    # Two runs of one plan in two processes at once: claims (pid and start time) keep them apart.
+    qs, p = small(tmp_path, n=120)
+    Store(tmp_path / "store.sqlite").close()
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=one_of_two_runs, args=(i, tmp_path, barrier)) for i in range(2)]
+    for pr in procs:
+        pr.start()
+    for pr in procs:
+        pr.join(180)
+    assert [pr.exitcode for pr in procs] == [0, 0]
+    reports = [json.loads((tmp_path / f"run{i}.json").read_text()) for i in range(2)]
+    made = Counter(k for r in reports for k in r["made"])
     assert len(made) == len(qs) * (p.k + 1) and max(made.values()) == 1  # together: each item once
-    assert all(r.generated + r.reused == len(qs) * (p.k + 1) for r in reports), [(r.generated, r.reused) for r in reports]
-    assert sum(r.generated for r in reports) == len(qs) * (p.k + 1)
+    assert all(r["generated"] + r["reused"] == len(qs) * (p.k + 1) for r in reports), reports
+    assert sum(r["generated"] for r in reports) == len(qs) * (p.k + 1)
     with Store(tmp_path / "store.sqlite") as s:
         assert s.count() == len(qs) * (p.k + 1)
 
@@ -244,7 +277,8 @@ def test_stale_claim_of_a_dead_run_is_taken_over(tmp_path):
     build = Requests(p.config, Sampling())
     keys = [build.expert(p.config.names[p.experts[q, j]], qs[q], j).key for q in range(len(qs)) for j in range(p.k)]
     with Store(tmp_path / "store.sqlite") as s:
-        s._db.executemany("INSERT INTO claims VALUES (?,?,?,?)", [(k, "dead-run", dead.pid, 0.0) for k in keys])
+        s._db.executemany("INSERT INTO claims (key, owner, pid, created) VALUES (?,?,?,?)",
+                          [(k, "dead-run", dead.pid, 0.0) for k in keys])
     report, engines = fake_run(p, qs, tmp_path)
     assert report.generated == len(qs) * (p.k + 1)
     with Store(tmp_path / "store.sqlite") as s:

@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS generations (
     seconds REAL
 );
 CREATE TABLE IF NOT EXISTS claims (
-    key TEXT PRIMARY KEY, owner TEXT NOT NULL, pid INTEGER NOT NULL, created REAL
+    key TEXT PRIMARY KEY, owner TEXT NOT NULL, pid INTEGER NOT NULL, created REAL, started REAL
 );
 CREATE TABLE IF NOT EXISTS events (
     run TEXT NOT NULL, step INTEGER NOT NULL, device INTEGER, kind TEXT, model TEXT, start REAL, end REAL,
@@ -83,6 +83,8 @@ class Store:
         cols = {r[1] for r in self._db.execute("PRAGMA table_info(generations)")}
         if "seconds" not in cols:  # a store written before generations kept their timing
             self._db.execute("ALTER TABLE generations ADD COLUMN seconds REAL")
+        if "started" not in {r[1] for r in self._db.execute("PRAGMA table_info(claims)")}:  # claims by pid alone
+            self._db.execute("ALTER TABLE claims ADD COLUMN started REAL")
 
     def close(self) -> None:
         """Close the database."""
@@ -169,28 +171,29 @@ class Store:
         return out
 
     # Claims: a run claims what it is about to generate, so a second run on the same store waits
-    # for those items instead of generating them again. Liveness is the claimant's pid: runs
-    # sharing a store share a machine (it is a local SQLite file).
+    # for those items instead of generating them again. Runs sharing a store share a machine (it is a
+    # local SQLite file), so the claimant is its process: pid and start time together, since a pid
+    # alone is reused by the system and would make a dead run's claims look held.
 
     def claim(self, keys: Sequence[str], owner: str) -> set[str]:
         """Claim ``keys`` for ``owner``; returns those a live other run holds (stale claims, whose
-        process is gone, are taken over)."""
+        process is gone or whose pid now names another process, are taken over)."""
         others: set[str] = set()
-        me = os.getpid()
+        me, started = os.getpid(), _started(os.getpid())
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for i in range(0, len(keys), 500):
                     chunk = list(keys[i:i + 500])
-                    self._db.executemany("INSERT OR IGNORE INTO claims VALUES (?,?,?,?)",
-                                         [(k, owner, me, time.time()) for k in chunk])
-                    q = f"SELECT key, pid FROM claims WHERE owner != ? AND key IN ({','.join('?' * len(chunk))})"
-                    for key, pid in self._db.execute(q, [owner, *chunk]).fetchall():
-                        if _alive(pid):
+                    self._db.executemany("INSERT OR IGNORE INTO claims VALUES (?,?,?,?,?)",
+                                         [(k, owner, me, time.time(), started) for k in chunk])
+                    q = f"SELECT key, pid, started FROM claims WHERE owner != ? AND key IN ({','.join('?' * len(chunk))})"
+                    for key, pid, since in self._db.execute(q, [owner, *chunk]).fetchall():
+                        if _alive(pid, since):
                             others.add(key)
                         else:
-                            self._db.execute("UPDATE claims SET owner = ?, pid = ?, created = ? WHERE key = ?",
-                                             (owner, me, time.time(), key))
+                            self._db.execute("UPDATE claims SET owner = ?, pid = ?, created = ?, started = ? WHERE key = ?",
+                                             (owner, me, time.time(), started, key))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -203,17 +206,33 @@ class Store:
             self._db.execute("DELETE FROM claims WHERE owner = ?", (owner,))
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first), None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()
+    except OSError:
+        return None
+
+
+def _started(pid: int) -> float | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22): with the
+    pid, it names one process for the life of the system. None where there is no /proc."""
+    fields = _stat(pid)
+    return float(fields[19]) if fields else None
+
+
+def _alive(pid: int, started: float | None) -> bool:
+    """Whether the claimant still runs: its pid names a live process started when the claim's
+    was (a claim without a start time, from an older store or a system without /proc, is judged
+    by its pid alone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    try:  # a zombie has exited
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return True
+        pass
+    fields = _stat(pid)
+    if fields is None:
+        return True  # no /proc: the pid is all there is to go by
+    return fields[0] != "Z" and (started is None or float(fields[19]) == started)  # Z: a zombie has exited
