@@ -291,3 +291,46 @@ def test_run_plan_checks_model_folders_before_the_store(pool):
                                   "--plan", str(pool / "plan.json"), "--store", str(pool / "store.sqlite")])
     refused(r, f"model b ({pool / 'models' / 'b'}): weight file model.safetensors is", "(truncated)")
     assert not (pool / "store.sqlite").exists()
+
+
+# -- issue 24: the API refuses what the CLI refuses; errors name what the user wrote ---------------
+
+def test_route_refuses_k_below_one_like_the_cli(pool):
+    prof = Profiles.from_json(pool / "profiles.json")
+    for k in (0, -1):
+        with pytest.raises(ValueError, match=f"k must be an integer in \\[1, 65536\\], got {k}"):
+            route(prof, [["law"]] * 3, k=k)
+
+
+def test_model_larger_than_every_device_is_named_with_its_file_and_keys(pool):
+    cfg = pool / "big.toml"
+    cfg.write_text('[devices]\nmemory_gb = 1.0\n[defaults]\nextra_fraction = 0.1\n'
+                   '[[model]]\nname = "small"\nweight_gb = 0.1\n[[model]]\nname = "huge"\nparams_b = 0.7\n')
+    a = route(Profiles.from_dict({"small": {"law": 1}, "huge": {"law": 5}}), [["law"]] * 3, k=2, question_ids=["q0", "q1", "q2"])
+    a.save(pool / "a.jsonl")
+    parts = (f"{cfg}: model 'huge' needs 1.54 GB", "params_b", "[[model]]", "the largest device has 1.00 GB",
+             "[devices] memory_gb")
+    with pytest.raises(SymoeError) as e:
+        plan(a, Config.from_toml(cfg))
+    assert all(p in str(e.value) for p in parts), str(e.value)
+    refused(CliRunner().invoke(main, ["plan", "--assignment", str(pool / "a.jsonl"), "--config", str(cfg)]), *parts)
+
+
+def test_run_plan_with_another_k_says_what_the_plan_was_made_for(pool):
+    a = route(Profiles.from_json(pool / "profiles.json"), [["law"]] * 3, k=2, question_ids=["q0", "q1", "q2"])
+    a.save(pool / "a.jsonl")
+    r = CliRunner().invoke(main, ["plan", "--assignment", str(pool / "a.jsonl"), "--config", str(pool / "pool.toml"),
+                                  "--questions", str(pool / "qs.jsonl"), "--out", str(pool / "plan.json")])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((pool / "plan.json").read_text())
+    for edit, parts in [({"k": 1}, ("plan.json was made with k=2", "its 'k' says 1", "route again with -k 1")),
+                        ({"question_hashes": doc["question_hashes"][:2]},
+                         ("plan.json holds 3 questions but records 2 question texts", "symoe plan --questions"))]:
+        (pool / "plan.json").write_text(json.dumps({**doc, **edit}))
+        with pytest.raises(SymoeError) as e:
+            Plan.from_json(pool / "plan.json")
+        assert all(p in str(e.value) for p in parts), str(e.value)
+        refused(CliRunner().invoke(main, ["run-plan", "--questions", str(pool / "qs.jsonl"), "--format", "jsonl",
+                                          "--plan", str(pool / "plan.json"), "--store", str(pool / "store.sqlite")]),
+                *parts)
+    assert not (pool / "store.sqlite").exists()

@@ -210,7 +210,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="no devices"):
         symoe.plan(a, Config(cfg.models, ()))
     small = make_config([5, 60], memory=30)
-    with pytest.raises(ValueError, match=r"model 1 needs 61\.0.* GB but the largest device has 30\.0"):
+    with pytest.raises(ValueError, match=r"model 'm1' needs 61\.00 GB .* but the largest device has 30\.00 GB"):
         symoe.plan(assignment(small.names, [[0, 1]]), small)
     with pytest.raises(ValueError, match="weight_bytes\n  Input should be greater than or equal to 0"):
         ModelSpec("a", weight_bytes=-1.0)

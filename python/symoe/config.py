@@ -108,6 +108,7 @@ class Config:
     meta: Mapping[str, Any] = field(default_factory=dict)
     engine: EngineSettings = EngineSettings()
     cluster: ClusterTable | None = None  # run on a Ray cluster: its devices are the plan's (cluster_table.py, topology.py)
+    source: str | None = field(default=None, compare=False)  # the pool file read, for messages
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.models]
@@ -209,7 +210,7 @@ class Config:
             devices = planning_devices(f.cluster, f.engine.platform, dv.memory_gb, dv.overlap_load, source) or devices
         try:
             return cls(models, devices, f.tokens, f.reference.tp_efficiency, f.reference.pause_s, f.meta, f.engine,
-                       f.cluster)
+                       f.cluster, source)
         except (ValueError, ValidationError) as e:
             raise SymoeError(f"{source}: {e}") from None
 

@@ -14,15 +14,13 @@ from typing import Any, Literal, cast
 
 import numpy as np
 
-from . import _core, endpoint_plan
+from . import _core, endpoint_plan, plan_checks
 from .config import Config
 from .errors import SymoeError
 from .routing import Assignment
 from .steps import ROLES, STEP_KINDS, Role, StepKind
 
 __all__ = ["Role", "StepKind", "Plan", "Timeline", "plan", "simulate", "save_picture", "STEP_KINDS", "ROLES"]
-
-
 
 
 @dataclass
@@ -208,8 +206,7 @@ class Plan:
         except (TypeError, ValueError, OverflowError) as e:  # wrong shapes or types in a hand-edited plan
             raise SymoeError(f"plan {source}: {type(e).__name__}: {e}") from e
         ids, hashes = tuple(doc.get("question_ids", ())), tuple(doc.get("question_hashes", ()))
-        if hashes and (len(hashes) != len(experts) or not all(isinstance(h, str) for h in hashes)):
-            raise SymoeError(f"plan {source}: question_hashes must be {len(experts)} strings, one per question")
+        plan_checks.check_plan_shape(source, k, doc["experts"], hashes)
         p = cls(doc["strategy"], cfg, experts, agg, arrays, question_ids=ids, question_hashes=hashes)
         p.timeline = simulate(p)
         p.lower_bound = _core.lower_bound(**p._core_inputs())
@@ -261,6 +258,7 @@ def plan(
     remap = np.array([config.index(m) for m in assignment.models], dtype=np.int64)
     experts = np.ascontiguousarray(remap[assignment.experts])
     agg = _aggregator_array(aggregator, len(assignment), config)
+    plan_checks.check_fits(config, experts, agg)  # the core would name the model by its index
     if endpoint_plan.endpoint_models(config):  # models behind servers: each on a virtual device of its own
         config, arrays = endpoint_plan.plan_arrays(experts, agg, config, strategy, replicate)
         args = dict(experts=experts, aggregator=agg, **config.core_args())

@@ -234,8 +234,8 @@ def route(
     ``(indptr, indices)`` of vocabulary ids. The draw for question ``question_offset + i``
     depends only on ``seed``, that index and its scores, so batches and thread counts agree.
     """
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-        raise ValueError(f"k must be a non-negative integer, got {k!r}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= _core.MAX_K:
+        raise ValueError(f"k must be an integer in [1, {_core.MAX_K}], got {k!r}")  # the CLI's and check_run's range
     if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
         raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
     if not isinstance(question_offset, (int, np.integer)) or question_offset < 0:
