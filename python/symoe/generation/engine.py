@@ -24,6 +24,11 @@ from .requests import Generation, Request
 if TYPE_CHECKING:
     from ..config import Config
 
+# Bounds of the waits no step's deadline covers (engines' own housekeeping):
+SPAWN_S = 60.0      # a worker or server process is started (Popen returns) within this
+KILL_WAIT_S = 30.0  # a killed process has exited within this, or it is reported and left behind
+PREPARE_S = 600.0   # prepare(): the warm-up (a spare process, a device reservation) is ready within this
+
 
 class EngineError(RuntimeError):
     """An engine failed; the message names the model, device and step."""

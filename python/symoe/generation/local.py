@@ -8,19 +8,32 @@ process, with ``vllm`` already imported, is kept per device so a load only pays 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
+import select
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import EngineSettings
-from .engine import BatchInfo, Clock, Engine, EngineError, EngineTimeout, ModelSettings, OnDone, generation_from_event
+from .engine import (
+    KILL_WAIT_S,
+    SPAWN_S,
+    BatchInfo,
+    Clock,
+    Engine,
+    EngineError,
+    EngineTimeout,
+    ModelSettings,
+    OnDone,
+    generation_from_event,
+)
 from .requests import Request
 
 if TYPE_CHECKING:
@@ -30,6 +43,36 @@ WORKER = Path(__file__).with_name("worker.py")
 # Workers are started from one long-lived thread: their die-with-parent signal fires when the
 # thread that started them ends, and scheduler threads come and go.
 _spawner = ThreadPoolExecutor(1, thread_name_prefix="symoe-spawn")
+log = logging.getLogger("symoe.engine")
+
+
+def spawn(what: str, cmd: Sequence[str], **popen: Any) -> subprocess.Popen[Any]:
+    """Start ``cmd`` from the spawner thread, within :data:`SPAWN_S` (a process that appears after
+    that is killed the moment it does)."""
+    def start() -> subprocess.Popen[Any]:
+        return subprocess.Popen(cmd, **popen)
+
+    def late(f: Future[subprocess.Popen[Any]]) -> None:
+        if f.exception() is None:
+            f.result().kill()
+
+    fut = _spawner.submit(start)
+    try:
+        return fut.result(timeout=SPAWN_S)
+    except TimeoutError:
+        fut.add_done_callback(late)
+        raise EngineTimeout(f"{what}: the process was not started within {SPAWN_S:.0f} s") from None
+
+
+def reap(proc: subprocess.Popen[Any], what: str) -> int | None:
+    """Wait (at most :data:`KILL_WAIT_S`) for a killed process; one that outlives it (stuck in
+    the kernel, e.g. a device driver) is reported, not waited on forever. Its exit code, or None."""
+    try:
+        return proc.wait(KILL_WAIT_S)
+    except subprocess.TimeoutExpired:
+        log.warning("%s: process %d did not exit within %.0f s of SIGKILL; left behind", what, proc.pid, KILL_WAIT_S)
+        return None
+
 
 
 def engine_env(platform: str, device: int, devices: int = 1, threads: int | None = None,
@@ -63,8 +106,15 @@ class Worker:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "ab")
         env = dict(env, SYMOE_WORKER_PREIMPORT="1" if preimport else "0", SYMOE_PARENT_PID=str(os.getpid()))
-        self.proc = _spawner.submit(subprocess.Popen, [sys.executable, str(WORKER)], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=self._log, env=env, text=True, bufsize=1).result()
+        try:
+            self.proc = spawn(f"worker {log_path.stem}", [sys.executable, str(WORKER)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=self._log, env=env, text=True, bufsize=1)
+        except EngineError:
+            self._log.close()
+            raise
+        assert self.proc.stdin is not None
+        self._stdin = self.proc.stdin.fileno()  # requests are written to it directly, never blocking
+        os.set_blocking(self._stdin, False)
         self._lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
         self._ready = False
@@ -84,7 +134,7 @@ class Worker:
             raise EngineTimeout(f"{what}: no answer from the worker (pid {self.proc.pid}) by its deadline; "
                                 f"killed. Log: {self.log_path}") from None
         if line is None:
-            code = self.proc.wait()
+            code = reap(self.proc, what)
             raise EngineError(f"{what}: worker exited with code {code}\n{self.log_tail()}")
         try:
             msg = json.loads(line)
@@ -104,12 +154,7 @@ class Worker:
     def request(self, msg: dict[str, Any], what: str, deadline: float, on_event: Any = None) -> dict[str, Any]:
         """Send one command and wait for its reply, passing events on to ``on_event``."""
         self.wait_ready(what, deadline)
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write(json.dumps(msg) + "\n")
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            raise EngineError(f"{what}: worker is gone\n{self.log_tail()}") from None
+        self._send((json.dumps(msg) + "\n").encode(), what, deadline)
         while True:
             reply = self.read(what, deadline)
             if reply.get("event"):
@@ -119,6 +164,28 @@ class Worker:
             if not reply.get("ok"):
                 raise EngineError(f"{what}: {reply.get('error')}\n{self.log_tail()}")
             return reply
+
+    def _send(self, data: bytes, what: str, deadline: float) -> None:
+        """Write a request within the deadline: a worker that stops reading fills the pipe's
+        buffer (64 KiB) with a large batch, and a plain write would then block its lane for good."""
+        view = memoryview(data)
+        while view:
+            left = None if deadline == float("inf") else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                self.kill()
+                raise EngineTimeout(f"{what}: the worker (pid {self.proc.pid}) did not read its request "
+                                    f"({len(data)} bytes, {len(data) - len(view)} taken) by its deadline; killed. "
+                                    f"Log: {self.log_path}")
+            poll = select.poll()  # not select.select: a long run's descriptors may pass FD_SETSIZE
+            poll.register(self._stdin, select.POLLOUT)
+            if not poll.poll(None if left is None else max(1, int(left * 1000))):
+                continue
+            try:
+                view = view[os.write(self._stdin, view):]
+            except BlockingIOError:
+                continue
+            except OSError:  # BrokenPipeError: it exited
+                raise EngineError(f"{what}: worker is gone\n{self.log_tail()}") from None
 
     def log_tail(self, n: int = 15) -> str:
         """The last lines of the worker's log, for error messages."""
@@ -133,7 +200,7 @@ class Worker:
         holds nothing that needs a clean shutdown, and vLLM's takes seconds, so it is killed."""
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait()
+            reap(self.proc, f"worker {self.log_path.stem}")
         if not self._log.closed:
             self._log.close()
 

@@ -21,7 +21,17 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .engine import BatchInfo, Clock, Engine, EngineError, EngineTimeout, ModelSettings, OnDone, generation_from_event
+from .engine import (
+    PREPARE_S,
+    BatchInfo,
+    Clock,
+    Engine,
+    EngineError,
+    EngineTimeout,
+    ModelSettings,
+    OnDone,
+    generation_from_event,
+)
 from .local import engine_env
 from .ray_device import POLL_S, RayDevice
 from .ray_host import Hosted, cpu_env_vars, remote_host
@@ -67,7 +77,7 @@ class RayEngine(Engine):
 
     def prepare(self) -> None:
         """Reserve the device ahead of the first load."""
-        self.dev.placement(f"{self.place.label()}: reserve", self.clock.now() + 600.0)
+        self.dev.placement(f"{self.place.label()}: reserve", self.clock.now() + PREPARE_S)
 
     # --- the Engine interface --------------------------------------------------------------------
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import IO
 
 from .engine import ModelSettings
-from .local import _spawner
+from .local import log as engine_log
+from .local import spawn
 from .openai_client import RemoteClient
 
 STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL after this long
@@ -79,8 +80,12 @@ class Server:
         log.write(("$ " + " ".join(cmd) + "\n").encode())
         log.flush()
         # Started from the long-lived spawner thread: the die-with-parent signal follows that thread.
-        proc = _spawner.submit(subprocess.Popen, cmd, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent).result()
+        try:
+            proc = spawn(f"the vLLM server of model {model.name}", cmd, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                         stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+        except BaseException:
+            log.close()
+            raise
         return cls(model, proc, port, log_path, log)
 
     @property
@@ -116,6 +121,9 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+            if self.proc.poll() is None:  # stuck in the kernel (a device driver): said, not waited on forever
+                engine_log.warning("the vLLM server of model %s (pid %d) did not exit after SIGKILL; left behind",
+                                   self.model.name, self.proc.pid)
             if not self.log.closed:
                 self.log.close()
 
