@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "check.hpp"
@@ -71,6 +73,15 @@ RouteResult route(const int64_t* profiles, int64_t M, int64_t V, const int64_t* 
     }
     SYMOE_CHECK(double(max_abs) * double(std::max<int64_t>(max_len, V)) < 0x1p52,
                 "profile scores too large: |score| x keywords per question must stay below 2^52");
+    // Below this, competence^(1/T) leaves the doubles and routing would silently turn uniform.
+    if (double t_min = min_temperature(profiles, M, V); opt.scoring.temperature < t_min) {
+        char lo[32];  // rounded up to 3 digits: the figure quoted works
+        double p = std::pow(10.0, std::floor(std::log10(t_min)) - 2);
+        std::snprintf(lo, sizeof lo, "%.3g", std::ceil(t_min / p) * p);
+        SYMOE_CHECK(opt.scoring.temperature >= std::strtod(lo, nullptr),
+                    "temperature " + num(opt.scoring.temperature) + " is too small for these profiles: competence^(1/"
+                    "temperature) would overflow or underflow a double; use a temperature >= " + lo);
+    }
     RouteResult r;
     r.experts.assign(size_t(N * opt.k), 0);
     if (want_p) r.probabilities.assign(size_t(N * M), 0.0);

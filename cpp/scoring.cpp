@@ -1,6 +1,7 @@
 #include "scoring.hpp"
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 
 namespace symoe {
@@ -10,23 +11,40 @@ inline int32_t positive_part(int32_t x) { return x & -int32_t(x > 0); }
 inline double positive_part(double x) { return std::max(x, 0.0); }
 }  // namespace
 
-std::vector<double> global_competence(const int64_t* profiles, int64_t M, int64_t V, double temperature) {
-    std::vector<double> gamma(M, 0.0);
-    if (M == 0) return gamma;
+// Each model's competence base: its profile sum, shifted to >= 1 when any sum is negative.
+static std::vector<double> competence_bases(const int64_t* profiles, int64_t M, int64_t V) {
     std::vector<int64_t> c(M, 0);
     for (int64_t m = 0; m < M; ++m)
         for (int64_t v = 0; v < V; ++v) c[m] += profiles[m * V + v];
-    int64_t lo = *std::min_element(c.begin(), c.end());
+    int64_t lo = M ? *std::min_element(c.begin(), c.end()) : 0;
+    std::vector<double> x(M);
+    for (int64_t m = 0; m < M; ++m) x[m] = double(lo < 0 ? c[m] - lo + 1 : c[m]);
+    return x;
+}
+
+std::vector<double> global_competence(const int64_t* profiles, int64_t M, int64_t V, double temperature) {
+    std::vector<double> gamma = competence_bases(profiles, M, V);
     double inv_t = 1.0 / temperature;
     double total = 0.0;
-    for (int64_t m = 0; m < M; ++m) {
-        double x = double(lo < 0 ? c[m] - lo + 1 : c[m]);
+    for (double& x : gamma) {
         // T = 0.5 (the reference) squares exactly; other T go through pow.
-        gamma[m] = inv_t == 2.0 ? x * x : std::pow(x, inv_t);
-        total += gamma[m];
+        x = inv_t == 2.0 ? x * x : std::pow(x, inv_t);
+        total += x;
     }
-    for (int64_t m = 0; m < M; ++m) gamma[m] = total > 0 ? gamma[m] / total : 1.0 / double(M);
+    for (double& g : gamma) g = total > 0 ? g / total : 1.0 / double(M);
     return gamma;
+}
+
+double min_temperature(const int64_t* profiles, int64_t M, int64_t V) {
+    double hi = 0, lo = INFINITY;  // largest base, smallest positive one
+    for (double x : competence_bases(profiles, M, V))
+        if (x > 0) hi = std::max(hi, x), lo = std::min(lo, x);
+    if (hi <= 1) return 0.0;  // every base^(1/T) stays in [0, 1]
+    // The M powers must sum below DBL_MAX, and the smallest normalised one stay above DBL_MIN
+    // (else its weight is 0 and a question it alone suits falls back to uniform weights); one
+    // factor e of margin for rounding in pow and the sum.
+    double room = std::log(double(M)) + 1.0;
+    return std::max(std::log(hi) / (std::log(DBL_MAX) - room), std::log(hi / lo) / (-std::log(DBL_MIN) - room));
 }
 
 template <class T>

@@ -18,6 +18,10 @@ struct ScoringOptions {
 // All-zero competence (nothing to prefer) gives a uniform gamma instead of 0/0.
 std::vector<double> global_competence(const int64_t* profiles, int64_t M, int64_t V, double temperature);
 
+// The smallest temperature whose gamma neither overflows (NaN after normalising) nor underflows
+// to 0 for a model of positive competence; 0 when every T > 0 works.
+double min_temperature(const int64_t* profiles, int64_t M, int64_t V);
+
 // Keyword-major copy (V x M) so one question's scores read contiguous rows. T = int32_t when
 // sums fit (a 16-model row is one cache line), else double (exact below 2^53; caller checks).
 template <class T>

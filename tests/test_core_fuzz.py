@@ -229,3 +229,39 @@ def test_every_single_field_change_of_a_plan(which):
                 arrays = {k: a.astype(np.int64) if a.dtype.kind != "f" else a for k, a in p.arrays.items()}
                 arrays[field][s] = v
                 call(_core.simulate, {"devices": D, **arrays}, **plan_args(p))
+
+
+# ---- run_seconds --------------------------------------------------------------------------------
+
+RUN_SECONDS_ARGS = dict(model_cost=PLANS[0].config._cost_row(0), role=1, n=5, tp=2, tp_efficiency=0.5)
+
+
+@FUZZ
+@given(names=st.lists(st.sampled_from(sorted(RUN_SECONDS_ARGS)), min_size=1, max_size=2, unique=True), data=st.data())
+def test_run_seconds_fuzz(names, data):
+    args = dict(RUN_SECONDS_ARGS)
+    for n in names:
+        args[n] = hostile(data.draw, args[n])
+    r = call(_core.run_seconds, **args)
+    assert r is None or (np.isfinite(r) and r >= 0), (args, r)
+
+
+def test_run_seconds_that_overflow_are_refused():
+    # Finite figures, a huge n: the prediction was inf; the fuzz above rarely draws both at once.
+    row = RUN_SECONDS_ARGS["model_cost"].copy()
+    row[list(_core.COST_COLUMNS).index("prefill_tps")] = 1e-300
+    with pytest.raises(ValueError, match="predicted seconds of 4611686018427387904 requests overflow"):
+        _core.run_seconds(**dict(RUN_SECONDS_ARGS, model_cost=row, n=2**62))
+
+
+@pytest.mark.parametrize("value", [7, 2, -1, 255])
+def test_flag_arrays_take_only_booleans_or_zero_and_one(value):
+    # A cast would read any non-zero integer as true: an overlap of 7 is a typo, not a yes.
+    p = PLANS[0]
+    args = plan_args(p)
+    overlap = np.array([1, value] if value != 255 else [value, 0], dtype=np.int64 if value != 255 else np.uint8)
+    args["device_overlap"] = overlap
+    with pytest.raises(ValueError, match=f"device_overlap must hold booleans \\(or 0/1\\), got {value} at flat index "):
+        _core.lower_bound(**args)
+    args["device_overlap"] = np.array([1, 0])  # 0/1 integers still read as booleans
+    assert _core.lower_bound(**args) == _core.lower_bound(**plan_args(p))

@@ -313,3 +313,15 @@ def test_extreme_scores_match_reference():
 def test_huge_thread_count_is_capped_by_the_work():
     p = symoe.Profiles(("a", "b"), ("x",), np.array([[1], [2]]))
     assert symoe.route(p, [["x"]] * 5, threads=2**31 - 1).experts.shape == (5, 3)
+
+
+def test_temperature_too_small_for_the_profiles_is_refused_with_the_range_that_works():
+    # Competence sums 10, 2, 3: 10^(1/T) overflows a double below T ~ 0.0033, gamma turned NaN and
+    # every question was routed uniformly (half its slots to the weak model b) without a word.
+    p = symoe.Profiles(("a", "b", "c"), ("x", "y"), np.array([[9, 1], [1, 1], [0, 3]]))
+    with pytest.raises(ValueError, match=r"^temperature 0\.003 is too small for these profiles: .* overflow or "
+                                         r"underflow a double; use a temperature >= 0\.00326$"):
+        symoe.route(p, [["x"]] * 50, k=1, temperature=0.003)
+    a = symoe.route(p, [["x"]] * 50, k=1, temperature=0.00326, return_probabilities=True)  # the bound quoted works
+    assert np.isfinite(a.probabilities).all() and a.counts() == {"a": 50, "b": 0, "c": 0}
+    assert symoe.route(p, [["x"]] * 5, k=1, temperature=1e300).k == 1  # large T: uniform competence, by design
