@@ -21,8 +21,6 @@ from symoe.generation import Sampling
 from symoe.models import fetch_tiny
 from symoe.store import Store
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "symbolic_moe"
-
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -38,7 +36,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     cfg = symoe.Config.from_toml(fetch_tiny())
     qs = (load_questions(bundled("mmlu_pro_sample.json")) if args.sample
-          else load_questions(DATA / "MMLU_Pro_test.json", limit=args.questions))
+          else load_questions("mmlu_pro", limit=args.questions))
     # Routing as `symoe run` does it: keywords from the task's keyword model, matching, k=3 experts.
     moe = symoe.SymbolicMoE(cfg, bundled("tiny_profiles.json"), bundled("tiny_task.json"),
                             store=out / "keywords.sqlite", options=RunOptions(progress=False))

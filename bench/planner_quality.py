@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import replace
@@ -33,7 +32,6 @@ from symoe.polish import polish
 from symoe.workloads import category_keywords, skewed_profiles
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "symbolic_moe"
 R1_LLAMA = "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"
 R1_QWEN = "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
 
@@ -72,9 +70,9 @@ def equal_tokens(cfg: Config) -> Config:
 
 def paper(seconds: float) -> None:
     cfg0 = Config.bundled("paper16")
-    qs = json.loads((DATA / "MMLU_Pro_test.json").read_text())
-    cats = sorted({q["category"] for q in qs})
-    a = symoe.route(skewed_profiles(cfg0.names, cats), category_keywords([q["category"] for q in qs]))
+    qs = symoe.load_questions("mmlu_pro")
+    cats = sorted({q.category for q in qs})
+    a = symoe.route(skewed_profiles(cfg0.names, cats), category_keywords([q.category for q in qs]))
     print(f"\n2. paper workload: MMLU-Pro test, {len(a)} questions, k=3, aggregator {R1_LLAMA}")
     for label, cfg in (("paper16 tokens (R1 models write 8x)", cfg0), ("equal tokens (600 out each)", equal_tokens(cfg0))):
         print(f"   {label}")

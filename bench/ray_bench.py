@@ -77,12 +77,11 @@ def inside(args: argparse.Namespace) -> None:
     from symoe.store import Store
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import DATA
 
     out = Path(args.out)
     work = Path(tempfile.mkdtemp(prefix="raybench-"))
     base = Config.from_toml(fetch_tiny([SMOL]))
-    qs = load_questions(DATA / "MMLU_Pro_test.json", limit=args.questions)
+    qs = load_questions("mmlu_pro", limit=args.questions)
     a = Assignment((SMOL,), np.zeros((len(qs), 2), dtype=np.int64), question_ids=tuple(q.id for q in qs))
     sampling = Sampling(max_tokens=args.max_tokens, aggregate_max_tokens=args.max_tokens)
     opts = RunOptions(progress=False, pictures=False)

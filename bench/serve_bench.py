@@ -32,13 +32,12 @@ from symoe.generation.remote import RemoteEngine
 from symoe.generation.served import ServedEngine
 from symoe.models import fetch_tiny
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "symbolic_moe"
 SMOL = "SmolLM2-135M-Instruct"
 DEADLINE_S = 3600.0
 
 
 def requests(cfg: symoe.Config, n: int, max_tokens: int, seed: int) -> list:
-    qs = load_questions(DATA / "MMLU_Pro_test.json", limit=n)
+    qs = load_questions("mmlu_pro", limit=n)
     mk = Requests(cfg, Sampling(max_tokens=max_tokens, seed=seed))
     return [mk.expert(SMOL, q, 0) for q in qs]
 

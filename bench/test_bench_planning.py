@@ -7,7 +7,6 @@ the lower bound; predictions of the documented cost model in configs/paper16.tom
 planning 1,000,000 questions x 16 experts.
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,16 +15,15 @@ import pytest
 import symoe
 from symoe.workloads import category_keywords, skewed_profiles
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "symbolic_moe"
 AGG = "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"
 
 
 @pytest.fixture(scope="module")
 def paper():
     cfg = symoe.Config.bundled("paper16")
-    qs = json.loads((DATA / "MMLU_Pro_test.json").read_text())
-    cats = sorted({q["category"] for q in qs})
-    a = symoe.route(skewed_profiles(cfg.names, cats), category_keywords([q["category"] for q in qs]))
+    qs = symoe.load_questions("mmlu_pro")
+    cats = sorted({q.category for q in qs})
+    a = symoe.route(skewed_profiles(cfg.names, cats), category_keywords([q.category for q in qs]))
     return cfg, a
 
 

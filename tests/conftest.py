@@ -1,23 +1,35 @@
+import gzip
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from symoe.datasets import bundled
+
 sys.path.insert(0, str(Path(__file__).parent))
 
-# The Symbolic-MoE benchmark data (real questions) lives beside the checkout, not in it.
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "symbolic_moe"
+
+def data_file(name: str) -> Path:
+    """A benchmark file the package ships (the authors' name, e.g. ``MMLU_Pro_test.json``), gzipped."""
+    path = bundled(name + ".gz")
+    if not path.is_file():
+        pytest.fail(f"benchmark data file missing from the package: {path}", pytrace=False)
+    return path
+
+
+def raw_items(name: str) -> list[dict[str, Any]]:
+    """The items of a shipped benchmark file as the authors wrote them."""
+    items: list[dict[str, Any]] = json.loads(gzip.decompress(data_file(name).read_bytes()))
+    return items
 
 
 class BenchmarkData:
-    """``bench_data / "MMLU_Pro_test.json"``: the file, or a failure that says what is missing."""
+    """``bench_data / "MMLU_Pro_test.json"``: the shipped file (inside the repository, never beside it)."""
 
     def __truediv__(self, name: str) -> Path:
-        path = DATA / name
-        if not path.is_file():
-            pytest.fail(f"benchmark data file missing: {path} (tests read the Symbolic-MoE questions from "
-                        f"shared/data/symbolic_moe beside the repository checkout)", pytrace=False)
-        return path
+        return data_file(name)
 
 
 @pytest.fixture(scope="session")

@@ -26,10 +26,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from conftest import DATA as BENCH
 from symoe.cluster import with_discovered_devices
 from symoe.config import Config
-from symoe.datasets import load_questions
+from symoe.datasets import dataset_path, load_questions
 from symoe.execution import RunOptions, run_plan
 from symoe.execution.replan import stored_work
 from symoe.generation import Requests, Sampling
@@ -40,7 +39,7 @@ from symoe.routing import Assignment
 from symoe.store import Store
 
 SMOL = "SmolLM2-135M-Instruct"
-DATA = BENCH / "MMLU_Pro_test.json"
+DATA = dataset_path("mmlu_pro")
 SAMPLING = Sampling(max_tokens=24, aggregate_max_tokens=40)
 
 

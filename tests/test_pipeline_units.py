@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from conftest import DATA
+from conftest import raw_items
 from symoe.aggregator import synthetic_items
 from symoe.datasets import Question, load_questions
 from symoe.keywords import filter_keywords, parse_keywords
@@ -94,7 +94,7 @@ def test_bundled_sample_is_real_test_data():
     from symoe.datasets import bundled
 
     sample = json.loads(bundled("mmlu_pro_sample.json").read_text())
-    test = json.loads((DATA / "MMLU_Pro_test.json").read_text())
+    test = raw_items("MMLU_Pro_test.json")
     for q in sample:
         i = int(q["id"].rsplit("-", 1)[1])
         assert test[i]["question"] == q["question"] and test[i]["gold_answer"] == q["gold_answer"]

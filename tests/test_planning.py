@@ -179,13 +179,12 @@ def test_naive_with_sleep_mode_parks_and_wakes():
 
 def test_paper_workload_targets():
     """The planner's quality on the paper's pool (simulated; deterministic)."""
-    import json as _json
 
-    from conftest import DATA
+    from conftest import raw_items
     from symoe.workloads import category_keywords, skewed_profiles
 
     cfg = Config.bundled("paper16")
-    qs = _json.loads((DATA / "MMLU_Pro_test.json").read_text())
+    qs = raw_items("MMLU_Pro_test.json")
     cats = sorted({q["category"] for q in qs})
     a = symoe.route(skewed_profiles(cfg.names, cats), category_keywords([q["category"] for q in qs]))
     agg = "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"

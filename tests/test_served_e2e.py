@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import symoe
-from conftest import DATA
+from conftest import data_file
 from symoe.datasets import load_questions
 from symoe.execution import RunOptions, run_plan
 from symoe.generation import EngineError, ModelSettings, Sampling, SamplingParams
@@ -136,7 +136,7 @@ def test_mixed_pool_in_process_served_and_remote_in_one_plan(smol_config, runnin
              f'max_concurrency = 4\ndecode_tps = 60.0\n')
     (tmp_path / "pool.toml").write_text(base + extra)
     cfg = symoe.Config.from_toml(tmp_path / "pool.toml")
-    qs = load_questions(DATA / "MMLU_Pro_test.json", limit=3)
+    qs = load_questions(data_file("MMLU_Pro_test.json"), limit=3)
     prof = symoe.Profiles(cfg.names, ("any",), np.zeros((len(cfg.names), 1), dtype=np.int64))
     a = symoe.route(prof, [[] for _ in qs], k=3, rare_threshold=0, question_ids=[q.id for q in qs])
     p = symoe.plan(a, cfg, aggregator="smol-remote")

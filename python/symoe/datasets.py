@@ -1,8 +1,11 @@
 """Benchmark loaders: MMLU-Pro (10 options), MedMCQA and GPQA (4 options), AIME (numeric), and a
-plain JSONL format for users' own questions."""
+plain JSONL format for users' own questions. The paper's MMLU-Pro, MedMCQA and AIME24 splits ship
+with the package (gzip, MIT licence beside them in ``data/``) and are named by ``DATASETS``; GPQA is
+gated upstream, so it is read from a file the user points at."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import re
@@ -16,6 +19,10 @@ from .errors import SymoeError
 from .prompts import AnswerKind
 
 Format = Literal["mmlu_pro", "medmcqa", "gpqa", "aime", "jsonl"]
+Split = Literal["test", "validation"]
+# Bundled benchmarks: name -> the authors' file stem ("train" is their validation/profiling split).
+DATASETS = {"mmlu_pro": "MMLU_Pro", "medmcqa": "MedMCQA", "aime24": "AIME24"}
+SPLITS: tuple[Split, ...] = ("test", "validation")
 _OPTIONS = {"mmlu_pro": 10, "medmcqa": 4, "gpqa": 4}
 _OPTION = re.compile(r"\(([A-J])\)")
 
@@ -39,6 +46,26 @@ def bundled(name: str) -> Path:
     return Path(str(resources.files("symoe") / "data" / name))
 
 
+def dataset_path(name: str, split: str = "test") -> Path:
+    """The bundled file of a named benchmark split (``mmlu_pro``, ``medmcqa``, ``aime24``)."""
+    if name not in DATASETS:
+        raise SymoeError(f"unknown dataset {name!r}; bundled datasets: {', '.join(DATASETS)} (or pass a file path)")
+    if split not in SPLITS:
+        raise SymoeError(f"unknown split {split!r} of dataset {name}; splits: {', '.join(SPLITS)}")
+    return bundled(f"{DATASETS[name]}_{'train' if split == 'validation' else 'test'}.json.gz")
+
+
+def resolve(source: str | Path, split: str = "test") -> Path:
+    """A dataset name (when no file of that name exists) or a path."""
+    if isinstance(source, str) and source in DATASETS and not Path(source).exists():
+        return dataset_path(source, split)
+    return Path(source)
+
+
+def _stem(path: Path) -> str:
+    return Path(path.name.removesuffix(".gz")).stem
+
+
 def guess_format(path: str | Path) -> Format:
     """The dataset format from the file name (it names the benchmark, or ends in .jsonl)."""
     name = Path(path).name.lower()
@@ -51,15 +78,19 @@ def guess_format(path: str | Path) -> Format:
     raise ValueError(f"cannot tell the dataset format of {path}; pass one of mmlu_pro, medmcqa, gpqa, aime, jsonl")
 
 
-def load_questions(path: str | Path, fmt: Format | None = None, limit: int | None = None) -> list[Question]:
-    """Read a dataset file; every item is checked and a bad one named by index and field."""
+def load_questions(path: str | Path, fmt: Format | None = None, limit: int | None = None,
+                   split: Split = "test") -> list[Question]:
+    """Read a dataset: a bundled name (``"mmlu_pro"``, ``"medmcqa"``, ``"aime24"``; ``split`` test or
+    validation) or a file (``.gz`` read as gzip); every item is checked and a bad one named by index and field."""
     if limit is not None and limit < 1:
         raise SymoeError(f"limit must be >= 1, got {limit}")
+    path = resolve(path, split)
     fmt = fmt or guess_format(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise SymoeError(f"cannot read dataset {path}: {e.strerror}") from e
+        raw = path.read_bytes()
+        text = (gzip.decompress(raw) if path.name.endswith(".gz") else raw).decode("utf-8")
+    except (OSError, EOFError) as e:
+        raise SymoeError(f"cannot read dataset {path}: {getattr(e, 'strerror', None) or e}") from e
     except UnicodeDecodeError as e:
         raise SymoeError(f"dataset {path} is not UTF-8 text (byte {e.start}: {e.reason})") from e
     try:
@@ -68,7 +99,7 @@ def load_questions(path: str | Path, fmt: Format | None = None, limit: int | Non
         raise ValueError(f"{path} is not valid {'JSONL' if fmt == 'jsonl' else 'JSON'}: {e}") from e
     if not isinstance(items, list):
         raise ValueError(f"{path}: expected a list of questions")
-    stem = Path(path).stem
+    stem = _stem(path)
     out = []
     seen: dict[str, int] = {}
     for i, it in enumerate(items if limit is None else items[:limit]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -13,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import _core
-from ..datasets import Format, Question, bundled, load_questions, select
+from ..datasets import DATASETS, SPLITS, Format, Question, bundled, dataset_path, load_questions, select
 from ..execution import RunOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -26,8 +27,29 @@ per_category_opt = click.option("--per-category", type=click.IntRange(min=1), de
 seed_opt = click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True)
 k_opt = click.option("-k", type=click.IntRange(1, _core.MAX_K), default=3, show_default=True,
                      help="Experts per question.")
-questions_opt = click.option("--questions", "questions_path", default=None,
-                             help="Dataset file (default: the bundled MMLU-Pro sample).")
+
+
+def questions_opt(f: F) -> F:
+    """``--questions FILE`` or ``--dataset NAME --split SPLIT`` (a bundled benchmark), folded into
+    the command's ``questions_path``, so commands see one path."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, dataset: str | None, split: str, **kw: Any) -> Any:
+        if dataset is not None:
+            if kw.get("questions_path"):
+                raise click.UsageError("give --questions or --dataset, not both")
+            kw["questions_path"] = str(dataset_path(dataset, split))
+        elif split != "test":
+            raise click.UsageError("--split needs --dataset (a file given by --questions is one split)")
+        return f(*args, **kw)
+
+    wrapper = click.option("--questions", "questions_path", default=None,
+                           help="Dataset file (default: the bundled MMLU-Pro sample).")(wrapper)
+    wrapper = click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True,
+                           help="Split of --dataset (validation: the profiling split).")(wrapper)
+    return click.option("--dataset", type=click.Choice(list(DATASETS)), default=None,  # type: ignore[no-any-return]
+                        help="A bundled benchmark instead of --questions.")(wrapper)
+
 format_opt = click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
                           help="Dataset format (default: from the file name).")
 config_opt = click.option("--config", "config_path", default="tiny", show_default=True,

@@ -10,7 +10,7 @@ from ..datasets import bundled, load_keyword_file, load_questions
 from ..errors import SymoeError
 from ..planning import Plan, plan, save_picture
 from ..routing import RARE_THRESHOLD, Assignment, Profiles, route
-from .common import FORMATS, fail, k_opt, seed_opt, table
+from .common import fail, format_opt, k_opt, questions_opt, seed_opt, table
 
 
 def print_counts(a: Assignment) -> None:
@@ -73,10 +73,8 @@ def route_cmd(profiles_path: str, questions_path: str, out_path: str, k: int, se
 @click.option("--strategy", type=click.Choice(["symoe", "reference", "naive", "all"]), default="symoe", show_default=True)
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Plan JSON to write.")
 @click.option("--png", "png_path", type=click.Path(dir_okay=False), default=None, help="Timeline picture to write.")
-@click.option("--questions", "questions_path", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="The assignment's dataset file: the plan records a hash of each question's text, so run-plan "
-              "refuses other questions under the same ids.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None)
+@questions_opt  # the assignment's questions: the plan records a hash of each text, so run-plan refuses others
+@format_opt
 @click.option("--optimize", "optimize_s", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="Seconds the constraint solver polishes the symoe plan and proves its optimality gap (0: off, the "
               "deterministic heuristic plan; a polished plan may differ between runs).")

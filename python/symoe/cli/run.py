@@ -16,7 +16,6 @@ from ..pipeline import BASELINES, NO_AGGREGATOR
 from ..planning import Plan
 from ..routing import RARE_THRESHOLD, Assignment
 from .common import (
-    FORMATS,
     config_opt,
     fail,
     faults_opts,
@@ -111,8 +110,8 @@ def run_cmd(questions_path: str | None, fmt: str | None, config_path: str, store
 
 
 @click.command("run-plan")
-@click.option("--questions", "questions_path", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None)
+@questions_opt
+@format_opt
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Use the first N questions (must match the plan).")
 @click.option("--plan", "plan_path", required=True, type=click.Path(exists=True, dir_okay=False))
@@ -128,7 +127,7 @@ def run_cmd(questions_path: str | None, fmt: str | None, config_path: str, store
 @seed_opt
 @click.option("--calibrate", "calibrate_path", default=None, help="Write measured cost figures to this TOML.")
 @faults_opts
-def run_plan_cmd(questions_path: str, fmt: str | None, limit: int | None, plan_path: str,
+def run_plan_cmd(questions_path: str | None, fmt: str | None, limit: int | None, plan_path: str,
                  assignment_path: str | None, config_path: str | None, store_path: str, run_dir: str,
                  temperature: float, max_tokens: int, aggregate_max_tokens: int | None, seed: int,
                  calibrate_path: str | None, retries: int, deadline_factor: float, deadline_margin: float) -> None:
@@ -139,6 +138,8 @@ def run_plan_cmd(questions_path: str, fmt: str | None, limit: int | None, plan_p
     from ..store import Store
 
     try:
+        if not questions_path:
+            raise click.UsageError("run-plan needs the plan's questions: --questions FILE or --dataset NAME")
         qs = questions(questions_path, fmt, limit)
         p = Plan.from_json(plan_path)
         if config_path:
