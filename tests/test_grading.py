@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from symoe import extraction
 from symoe.datasets import load_questions
 from symoe.extraction import extract_answer, extract_boxed, extract_letter, extract_number, option_count
 from symoe.grading import answer_of, is_correct, majority
@@ -182,10 +183,43 @@ def test_extraction_table(text, kind, n_options, expected):
     assert extract_answer(text, kind, n_options) == expected
 
 
-def test_table_size_and_coverage():
-    assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
-    assert sum("<think>" in c[1] for c in CASES) >= 10
-    assert {c[3] for c in CASES} == {4, 10, None}
+def decided_by(text, kind, n_options):
+    """(region, step, answer): which step of the extractor's chain (extraction.extract_letter and
+    extract_number) gives the answer, in the text after ``</think>`` (region 0) or the whole text (1)."""
+    if kind == "letter":
+        letters = extraction._letters(n_options)
+        phrase, *rest = extraction._letter_patterns(letters)
+        for r, region in enumerate(extraction._regions(text)):
+            if hit := extraction._last(phrase, region):
+                return r, "phrase", hit
+            if hits := [h for b in extraction._boxes(region) if (h := extraction._boxed_letter(b, letters))]:
+                return r, "boxed", hits[-1]
+            for step, pat in zip(("bold", "option", "standalone"), rest):
+                if hit := extraction._last(pat, region):
+                    return r, step, hit
+        return None, "none", None
+    for r, region in enumerate(extraction._regions(text)):
+        if boxes := [b for b in extraction._boxes(region) if b and b != "X"]:
+            return r, "box", extraction.canonical(boxes[-1])
+        if extraction.mv_parse(region):
+            return r, "math-verify", extract_number(region)
+    return None, "none", None
+
+
+def test_table_size_and_coverage(cases=CASES):
+    # Size: enough distinct cases. Coverage: every step of both chains (and "no answer") decides at
+    # least one case, so a change to any step changes some expected extraction; reasoning outputs,
+    # the fallback from an answerless </think> tail to the whole text, and every option count occur.
+    assert len(cases) >= 40 and len({c[0] for c in cases}) == len(cases)
+    decided = [(kind, *decided_by(text, kind, n)) for _, text, kind, n, _ in cases]
+    for (kind, _, _, hit), (cid, text, _, n, _) in zip(decided, cases):
+        assert hit == extract_answer(text, kind, n), cid  # the chain above is the extractor's
+    steps = {(kind, step) for kind, _, step, _ in decided}
+    assert steps == {("letter", s) for s in ("phrase", "boxed", "bold", "option", "standalone", "none")} | \
+        {("number", s) for s in ("box", "math-verify", "none")}, steps
+    assert any(region == 1 for _, region, _, _ in decided)
+    assert sum("<think>" in c[1] for c in cases) >= 10
+    assert {c[3] for c in cases} == {4, 10, None}
 
 
 GRADES = [
@@ -293,3 +327,29 @@ def test_answer_of_uses_the_questions_own_options():
     assert answer_of("The answer is (F).", four) is None  # F is not an option of a 4-option question
     assert answer_of("The answer is (C).", four) == "C"
     assert answer_of("The answer is \\boxed{33}", Question("a1", "Find n.", "33", "number")) == "33"
+
+
+def _import_extraction_with(monkeypatch, math_verify):
+    """Import a fresh symoe.extraction with ``math_verify`` as the installed package (None: missing)."""
+    import importlib
+    import sys
+
+    monkeypatch.delitem(sys.modules, "symoe.extraction")  # restored after the test
+    monkeypatch.setitem(sys.modules, "math_verify", math_verify)
+    return importlib.import_module("symoe.extraction")
+
+
+def test_missing_math_verify_fails_at_import(monkeypatch):
+    # Was swallowed at every call: each non-exact numeric answer (\\sqrt{2} vs \\sqrt 2) graded wrong.
+    with pytest.raises(ImportError, match=r"math-verify, which cannot be imported .*pip install 'math-verify>=0\.9'"):
+        _import_extraction_with(monkeypatch, None)
+
+
+def test_broken_math_verify_fails_at_import(monkeypatch):
+    import types
+
+    broken = types.ModuleType("math_verify")  # imports, but parses nothing (as with a bad antlr4 runtime)
+    broken.parse = lambda s, **kw: []
+    broken.verify = lambda a, b, **kw: False
+    with pytest.raises(ImportError, match="math-verify is installed but does not work"):
+        _import_extraction_with(monkeypatch, broken)

@@ -22,6 +22,15 @@ from typing import Any
 
 from .prompts import AnswerKind
 
+# Numeric grading needs math-verify: without it (or with a broken install, which parses nothing)
+# every answer that is not an exact number would be graded wrong without a word (checked below).
+try:
+    from math_verify import parse as _mv_parse
+    from math_verify import verify as _mv_verify
+except ImportError as _e:
+    raise ImportError(f"symoe grades numeric answers with math-verify, which cannot be imported ({_e}); "
+                      "install it: pip install 'math-verify>=0.9'") from _e
+
 DEFAULT_OPTIONS = 10  # A-J (MMLU-Pro); GPQA and MedMCQA have 4 (A-D)
 _THINK_END = "</think>"
 _OPTION_IN_QUESTION = re.compile(r"\(([A-J])\)")
@@ -177,9 +186,13 @@ def mv_timeout() -> int | None:
 
 
 def mv_parse(s: str) -> list[Any]:
-    """math-verify's parse of ``s`` as a list."""
-    from math_verify import parse
-    return list(parse(s, parsing_timeout=mv_timeout()))
+    """math-verify's parse of ``s`` as a list (empty when it finds nothing: it raises on faults only)."""
+    return list(_mv_parse(s, parsing_timeout=mv_timeout()))
+
+
+def mv_equal(gold: str, predicted: str) -> bool:
+    """math-verify's equivalence of two answers (LaTeX without delimiters)."""
+    return bool(_mv_verify(mv_parse(f"${gold}$"), mv_parse(f"${predicted}$"), timeout_seconds=mv_timeout()))
 
 
 _NUM = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
@@ -223,10 +236,7 @@ def canonical(s: str) -> str:
     s = _clean(s)
     v = exact_value(s)
     if v is None and s and not _NUM.fullmatch(s):
-        try:
-            got = mv_parse(f"${s}$")
-        except Exception:
-            got = []
+        got = mv_parse(f"${s}$")
         if got and getattr(got[0], "is_Rational", False):
             v = Fraction(int(got[0].p), int(got[0].q))
     if v is None:
@@ -250,10 +260,7 @@ def extract_number(text: str) -> str | None:
         boxes = [b for b in _boxes(region) if b and b != "X"]  # "X": the prompt's template echoed
         if boxes:
             return canonical(boxes[-1])
-        try:
-            got = mv_parse(re.sub(r"\\(?:boxed|fbox)\s*\{\s*X\s*\}", "", region))
-        except Exception:
-            got = []
+        got = mv_parse(re.sub(r"\\(?:boxed|fbox)\s*\{\s*X\s*\}", "", region))
         if got:
             expr, raw = got[0], got[-1] if isinstance(got[-1], str) else str(got[0])
             rhs = getattr(expr, "rhs", None)  # "x = 33" parses as Eq(x, 33)
@@ -270,3 +277,9 @@ def extract_answer(text: str, kind: AnswerKind, n_options: int | None = None) ->
     if kind == "letter":
         return extract_letter(text, n_options)
     return extract_number(text)
+
+
+if not mv_equal("\\frac{1}{2}", "0.5"):
+    raise ImportError("math-verify is installed but does not work: it does not find 1/2 == 0.5 (a broken "
+                      "install, or a latex2sympy2_extended/antlr4 version it does not support); reinstall it: "
+                      "pip install --force-reinstall 'math-verify>=0.9'")

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from .datasets import Question
-from .extraction import canonical, exact_value, extract_answer, mv_parse, mv_timeout, option_count
+from .extraction import canonical, exact_value, extract_answer, mv_equal, option_count
 from .prompts import AnswerKind
 
 
@@ -24,11 +24,7 @@ def is_correct(predicted: str | None, gold: str, kind: AnswerKind) -> bool:
         return a == b
     if p == g:
         return True
-    try:
-        from math_verify import verify
-        return bool(verify(mv_parse(f"${g}$"), mv_parse(f"${p}$"), timeout_seconds=mv_timeout()))
-    except Exception:
-        return False
+    return mv_equal(g, p)
 
 
 def answer_of(text: str, q: Question) -> str | None:
