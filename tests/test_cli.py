@@ -38,7 +38,25 @@ def test_cli_errors_are_clean(tmp_path):
     assert "tiny)" in r.output
 
 
-def test_demo_runs():
-    r = CliRunner().invoke(main, ["demo", "--devices", "2"])
+def test_demo_runs(tmp_path):
+    # The demo routes the bundled sample with synthetic profiles and plans it with each strategy on
+    # 1 and --devices devices: every row it prints is the plan the API makes for those inputs.
+    from symoe import Config, plan, route
+    from symoe.datasets import bundled, load_questions
+    from symoe.pipeline import Task
+    from symoe.workloads import category_keywords, skewed_profiles
+
+    r = CliRunner().invoke(main, ["demo", "--devices", "2", "--png", str(tmp_path / "t.png")])
     assert r.exit_code == 0, r.output
-    assert "SYNTHETIC profiles" in r.output and r.output.count("symoe ") >= 2
+    qs = load_questions(bundled("mmlu_pro_sample.json"))
+    cfg = Config.bundled("paper16")
+    a = route(skewed_profiles(cfg.names, sorted({q.category for q in qs})), category_keywords([q.category for q in qs]))
+    assert f"routing {len(qs)} MMLU-Pro questions with SYNTHETIC profiles" in r.output
+    assert f"{len(qs)} questions x k=3; {sum(1 for n in a.counts().values() if n)} experts used" in r.output
+    agg = Task.from_json(bundled("paper16_task_mmlu_pro.json")).aggregator
+    want = [[s, str(d), str(p.timeline.loads), f"{p.makespan:,.1f}", f"{p.lower_bound:,.1f}"]
+            for d in (1, 2) for s in ("naive", "reference", "symoe")
+            for p in [plan(a, cfg.with_devices(d), aggregator=agg, strategy=s)]]
+    rows = [w for w in map(str.split, r.output.splitlines()) if w[:1] in (["naive"], ["reference"], ["symoe"])]
+    assert [w[:3] + w[4:6] for w in rows] == want, r.output
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,6 @@
 import json
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -310,9 +312,37 @@ def test_extreme_scores_match_reference():
         assert np.array_equal(a.probabilities, np.array(probs))
 
 
+def _threads_started(fn):
+    """OS threads started while ``fn`` runs: Linux hands out thread ids in sequence, so the ids of a
+    thread started before and one started after bound them (other processes only add to it)."""
+    def new_tid():
+        t = threading.Thread(target=lambda: None)
+        t.start()
+        t.join()
+        return t.native_id
+
+    for _ in range(3):  # the ids wrap around at pid_max: measure again
+        before = new_tid()
+        out = fn()
+        after = new_tid()
+        if after > before:
+            return after - before - 1, out
+    pytest.skip("thread ids wrapped around three times")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="sequential thread ids are Linux's")
 def test_huge_thread_count_is_capped_by_the_work():
+    # threads=2**31-1 asks for more threads than exist; the core starts at most one per 4096
+    # questions in each parallel pass (sampling, the rare-expert filter's passes), not one per question.
     p = symoe.Profiles(("a", "b"), ("x",), np.array([[1], [2]]))
-    assert symoe.route(p, [["x"]] * 5, threads=2**31 - 1).experts.shape == (5, 3)
+    passes, noise = 3, 200  # noise: threads other processes start meanwhile (uncapped would be ~3 x N)
+    for n in (5, 3 * 4096 + 1):
+        chunks = -(-n // 4096)
+        started, a = _threads_started(lambda n=n: symoe.route(p, [["x"]] * n, threads=2**31 - 1))
+        assert started <= passes * (chunks if chunks > 1 else 0) + noise, (n, started)
+        if chunks > 1:
+            assert started >= chunks, started  # the measure sees the core's threads
+        assert np.array_equal(a.experts, symoe.route(p, [["x"]] * n, threads=1).experts)
 
 
 def test_temperature_too_small_for_the_profiles_is_refused_with_the_range_that_works():
