@@ -232,7 +232,9 @@ def route(
 
     ``keywords`` is either one list of vocabulary keywords per question or a CSR pair
     ``(indptr, indices)`` of vocabulary ids. The draw for question ``question_offset + i``
-    depends only on ``seed``, that index and its scores, so batches and thread counts agree.
+    depends only on ``seed``, that index and its scores, so batches and thread counts agree. A
+    ``temperature`` too small for the profiles (competence^(1/T) beyond a double) is refused with
+    the smallest that works.
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= _core.MAX_K:
         raise ValueError(f"k must be an integer in [1, {_core.MAX_K}], got {k!r}")  # the CLI's and check_run's range
