@@ -1,6 +1,7 @@
 """Cluster topology without a cluster: the [cluster] table, devices by node from ray.nodes()-shaped
 records (GPUs per node, or for CPU testing one custom resource per device), lost nodes."""
 
+import importlib
 import tomllib
 
 import pytest
@@ -100,3 +101,96 @@ memory_gb = 40
     with pytest.raises(SymoeError, match="CPU devices are named by resources"):
         Config.from_dict(tomllib.loads(POOL.format(platform="cpu") + '[cluster]\n[[cluster.node]]\nname = "a"\n'
                                        'devices = 2\n'), source="pool.toml")
+
+
+# --- the Ray engine's bookkeeping, with Ray's calls stubbed (no cluster) ---------------------------
+
+TWO_SIZES = ClusterTable(node=[{"name": "gpu-a", "devices": 1, "memory_gb": 40}, {"name": "gpu-b", "devices": 1}])
+
+
+def ray_engine_of(device, monkeypatch, platform="gpu"):
+    import dataclasses
+
+    from symoe.generation.ray_engine import RayEngine
+
+    monkeypatch.setenv("SYMOE_TEST_SECRET_KEY", "sk-do-not-leak")
+    cfg = Config.from_dict(tomllib.loads(POOL.format(platform=platform)), source="pool.toml")
+    cfg = dataclasses.replace(cfg, models=(dataclasses.replace(cfg.models[0], api_key_env="SYMOE_TEST_SECRET_KEY"),),
+                              devices=(cfg.devices[0], cfg.devices[0]))
+    return cfg, RayEngine.for_config(cfg, from_nodes(TWO_SIZES, "gpu", 80.0, NODES), device)
+
+
+def test_ray_actors_get_their_devices_memory_share_and_no_keys(monkeypatch):
+    from symoe.generation import ModelSettings
+    from symoe.generation import ray_engine as re
+
+    class Actor:
+        class load:
+            @staticmethod
+            def remote(spec):
+                return spec
+
+    class Host:
+        def options(self, **opts):
+            return self
+
+        def remote(self):
+            return Actor()
+
+    sent = []
+    monkeypatch.setattr(re, "remote_host", lambda: Host())
+    monkeypatch.setattr(re.RayDevice, "placement", lambda self, what, deadline, model="": object())
+    monkeypatch.setattr(re.RayEngine, "_get", lambda self, spec, *a: sent.append(spec) or {"pid": 1})
+    for d in (0, 1):
+        cfg, eng = ray_engine_of(d, monkeypatch)
+        assert eng.env_vars.get("SYMOE_TEST_SECRET_KEY") == ""  # blanked in the actor's environment
+        eng.load(ModelSettings.of(cfg, "m"), "load m", eng.clock.now() + 60)
+    m = cfg.models[0]
+    assert [s["gpu_memory_utilization"] for s in sent] == pytest.approx([m.resident_bytes / (40 * GB),
+                                                                         m.resident_bytes / (80 * GB)])
+
+
+def test_a_node_lost_while_reserving_names_the_model(monkeypatch):
+    rpg = importlib.import_module("ray.util.placement_group")  # ray.util.placement_group is also a function
+
+    from symoe.generation import EngineTimeout, ModelSettings
+    from symoe.generation.engine import DeviceLost
+    from symoe.generation.ray_device import RayDevice
+
+    class PG:
+        def ready(self):
+            return None
+
+    def no_answer(self, ref, what, deadline):
+        raise EngineTimeout(what)
+
+    monkeypatch.setattr(rpg, "placement_group", lambda bundles, name: PG())
+    monkeypatch.setattr(RayDevice, "wait", no_answer)
+    monkeypatch.setattr(RayDevice, "node_gone", lambda self, node_id=None: True)
+    cfg, eng = ray_engine_of(1, monkeypatch)
+    with pytest.raises(DeviceLost, match="is not alive") as e:
+        eng.load(ModelSettings.of(cfg, "m"), "load m", eng.clock.now() + 60)
+    assert e.value.model == "m" and e.value.device == 1 and e.value.node_lost
+
+
+def test_actors_and_placement_groups_that_do_not_go_are_reported(monkeypatch, caplog):
+    import logging
+
+    import ray
+    rpg = importlib.import_module("ray.util.placement_group")  # ray.util.placement_group is also a function
+
+    from symoe.generation import ModelSettings
+    from symoe.generation.ray_host import Hosted
+
+    def refuse(*a, **k):
+        raise RuntimeError("the cluster does not answer")
+
+    monkeypatch.setattr(ray, "kill", refuse)
+    monkeypatch.setattr(rpg, "remove_placement_group", refuse)
+    cfg, eng = ray_engine_of(0, monkeypatch)
+    eng.resident["m"] = Hosted(object(), ModelSettings.of(cfg, "m"), pid=4242)
+    eng.dev.pg = type("PG", (), {"id": "pg-0123"})()
+    with caplog.at_level(logging.WARNING, logger="symoe"):
+        eng.close()
+    assert "model m on device 0" in caplog.text and "pid 4242" in caplog.text and "not killed" in caplog.text
+    assert "placement group pg-0123 was not removed" in caplog.text

@@ -123,9 +123,14 @@ def test_node_lost_without_retries_is_reported_and_a_rerun_redoes_only_the_rest(
 
 def test_lost_before_the_run_without_retries_names_the_node(tmp_path):
     qs, p = workload(20)
-    with Store(tmp_path / "store.sqlite") as s, pytest.raises(DeviceLost, match="device 1: node b .*--retries"):
+    with Store(tmp_path / "store.sqlite") as s, pytest.raises(DeviceLost, match="device 1: node b .*--retries") as e:
         run_replanning(p, qs, s, tmp_path / "run", Sampling(), options=QUIET, engines_for=lambda plan, d: [],
                        lost_now=lambda: {1: "node b is not alive"})
+    # It names what was planned on the lost device (the models whose work is now without a place).
+    a = p.arrays
+    planned = sorted({p.config.names[m] for m in a["model"][a["device"] == 1] if m >= 0})
+    assert planned and e.value.model == ", ".join(planned) and e.value.device == 1
+    assert f"planned there: {', '.join(planned)}" in str(e.value)
     with Store(tmp_path / "store.sqlite") as s, pytest.raises(ValueError, match="every device"):
         replan(p, qs, s, Requests(p.config, Sampling()), lost=[0, 1, 2])
 

@@ -50,6 +50,10 @@ def local_engines(plan: Plan, run_dir: Path) -> list[Engine]:
             out.append(ServedEngine.for_config(cfg, d, logs, served, LocalEngine.for_config(cfg, d, logs)))
         else:
             out.append(LocalEngine.for_config(cfg, d, logs))
+    for e in out:  # each sizes its models' memory share by its own device
+        e.memory_bytes = cfg.devices[e.device].memory_bytes
+        if isinstance(e, ServedEngine) and e.others is not None:
+            e.others.memory_bytes = e.memory_bytes
     return out
 
 

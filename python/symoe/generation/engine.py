@@ -9,6 +9,7 @@ Implementations: :mod:`.local` (vLLM worker processes) and :mod:`.fake` (tests, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -47,6 +48,19 @@ class DeviceLost(EngineError):
         self.model, self.device, self.node, self.node_lost = model, device, node, node_lost
 
 
+def key_names(cfg: Config) -> frozenset[str]:
+    """The environment variables that hold the pool's API keys (every model's ``api_key_env``)."""
+    return frozenset(m.api_key_env for m in cfg.models if m.api_key_env)
+
+
+def without_keys(env: Mapping[str, str], cfg: Config) -> dict[str, str]:
+    """``env`` for a child process (worker, server): without the pool's API keys. Only symoe's
+    driver talks to endpoints; what vLLM needs is an open-ended set (``HF_*``, ``CUDA_*``,
+    ``NCCL_*``, proxies, caches), so the keys are taken out rather than the rest listed."""
+    names = key_names(cfg)
+    return {k: v for k, v in env.items() if k not in names}
+
+
 def position_limit(path: str | None) -> int | None:
     """``max_position_embeddings`` from the model folder's ``config.json`` (None: no folder on
     disk, or no such field; the engine then finds out)."""
@@ -80,6 +94,7 @@ class ModelSettings:
     sleep: bool = False
     gpu_memory_utilization: float | None = None
     trust_remote_code: bool = False
+    share_of_bytes: float | None = None  # the device memory gpu_memory_utilization is a fraction of
 
     @classmethod
     def of(cls, cfg: Config, name: str) -> ModelSettings:
@@ -99,7 +114,16 @@ class ModelSettings:
                              f"{Path(str(m.path)) / 'config.json'} (max_position_embeddings): set max_model_len <= "
                              f"{limit} in its [[model]] table")
         return cls(m.name, m.path or m.name, m.chat, platform, eng.resolved_dtype, length, eng.eager,
-                   m.park_s >= 0 and platform != "cpu", share, m.trust_remote_code)
+                   m.park_s >= 0 and platform != "cpu", share, m.trust_remote_code,
+                   share_of_bytes=None if share is None else cfg.devices[0].memory_bytes)
+
+    def for_memory(self, memory_bytes: float | None) -> ModelSettings:
+        """These settings on a device of ``memory_bytes`` (None: unknown, kept as they are): the
+        memory share scaled to that device's own memory (devices of one pool may differ)."""
+        if memory_bytes is None or self.gpu_memory_utilization is None or self.share_of_bytes is None:
+            return self
+        share = min(0.95, self.gpu_memory_utilization * self.share_of_bytes / memory_bytes)
+        return dataclasses.replace(self, gpu_memory_utilization=share, share_of_bytes=memory_bytes)
 
     def wire(self) -> dict[str, Any]:
         """As sent to a worker process (plain JSON)."""
@@ -123,6 +147,11 @@ class Engine(ABC):
     (a load beside a generation); calls for one model never overlap."""
 
     device: int
+    memory_bytes: float | None = None  # the device's memory (set by whoever builds the engine; None: unknown)
+
+    def sized(self, model: ModelSettings) -> ModelSettings:
+        """``model`` with its memory share of this engine's device."""
+        return model.for_memory(self.memory_bytes)
 
     def prepare(self) -> None:  # noqa: B027  (optional: engines without a warm-up keep this)
         """Warm up ahead of the first load (e.g. start a spare process). Optional."""

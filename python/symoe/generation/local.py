@@ -33,6 +33,7 @@ from .engine import (
     ModelSettings,
     OnDone,
     generation_from_event,
+    without_keys,
 )
 from .requests import Request
 
@@ -222,7 +223,7 @@ class LocalEngine(Engine):
         """The engine of ``device`` with the config's engine environment."""
         eng = cfg.engine
         local = sum(d.endpoint is None for d in cfg.devices)  # endpoints' virtual devices use no cores
-        env = engine_env(eng.platform, device, local, eng.threads, eng.kv_cache_gb)
+        env = without_keys(engine_env(eng.platform, device, local, eng.threads, eng.kv_cache_gb), cfg)
         return cls(device, env, log_dir)
 
     def _new_worker(self) -> Worker:
@@ -260,7 +261,7 @@ class LocalEngine(Engine):
         try:
             w.wait_ready(what, deadline)
             ready_s = time.perf_counter() - t0
-            info = w.request({"op": "load", "model": model.wire()}, what, deadline)
+            info = w.request({"op": "load", "model": self.sized(model).wire()}, what, deadline)
         except EngineError:
             w.kill()
             raise

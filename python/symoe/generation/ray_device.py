@@ -4,6 +4,7 @@ dead actor on a live node, or a lost node (:class:`DeviceLost`, after which ever
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -15,6 +16,7 @@ from .ray_host import Hosted
 if TYPE_CHECKING:
     from ..topology import ClusterDevice
 
+log = logging.getLogger("symoe.engine")
 POLL_S = 1.0        # waits are sliced so a closed engine fails its blocked call within this
 NODE_CHECK_S = 5.0  # a device reservation checks its node is still in the cluster this often
 VERDICT_S = 90.0    # after a fault: how long to wait for the cluster to say whether the node is gone
@@ -34,12 +36,12 @@ class RayDevice:
         """How messages name ``model`` on this device."""
         return f"model {model} on {self.place.label()}"
 
-    def placement(self, what: str, deadline: float) -> Any:
+    def placement(self, what: str, deadline: float, model: str = "") -> Any:
         """The device's placement group, reserved on first use; while it waits, a node that leaves
-        the cluster is a :class:`DeviceLost` at once."""
+        the cluster is a :class:`DeviceLost` at once (naming ``model``, the one to be loaded)."""
         from ray.util.placement_group import placement_group
 
-        self.check(what)
+        self.check(what, model)
         with self.lock:
             if self.closed:
                 raise EngineError(f"{what}: {self.place.label()}: engine closed")
@@ -56,7 +58,7 @@ class RayDevice:
                                         f"deadline (is the node up? `ray status`)") from None
                 if self.node_gone():
                     self.lost = f"node {self.place.node} (id {str(self.place.node_id)[:12]}) is not alive"
-                    self.check(what)
+                    self.check(what, model)
 
     def node_gone(self, node_id: str | None = None) -> bool:
         """Whether the node (default: the device's) has left the cluster."""
@@ -137,5 +139,7 @@ class RayDevice:
 
             try:
                 remove_placement_group(pg)
-            except Exception:  # noqa: BLE001  (the cluster may be gone; the group went with it)
-                pass
+            except Exception as e:  # noqa: BLE001  (reported: the reservation may outlive the run)
+                log.warning("%s: placement group %s was not removed (%s: %s)%s", self.place.label(),
+                            getattr(pg, "id", pg), type(e).__name__, e,
+                            f"; {self.lost}" if self.lost else "; it may still hold the device: `ray list placement-groups`")

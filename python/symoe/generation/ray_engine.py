@@ -31,9 +31,10 @@ from .engine import (
     ModelSettings,
     OnDone,
     generation_from_event,
+    key_names,
 )
 from .local import engine_env
-from .ray_device import POLL_S, RayDevice
+from .ray_device import POLL_S, RayDevice, log
 from .ray_host import Hosted, cpu_env_vars, remote_host
 from .requests import Request
 
@@ -57,6 +58,7 @@ class RayEngine(Engine):
                  gpu: bool):
         self.device, self.place, self.env_vars, self.gpu = device, place, dict(env_vars), gpu
         self.memory_share = dict(memory_share)  # model -> planned fraction of the device's memory
+        self.memory_bytes = place.memory_bytes
         self.clock = Clock()
         self.dev = RayDevice(device, place, self.clock)
         self._lock = self.dev.lock  # one lock: a model loaded while the engine closes is either seen or killed
@@ -72,6 +74,9 @@ class RayEngine(Engine):
         if gpu:  # Ray sets CUDA_VISIBLE_DEVICES for the actor's GPU; the rest of engine_env holds
             env = {k: v for k, v in engine_env("gpu", 0).items()
                    if k != "CUDA_VISIBLE_DEVICES" and os.environ.get(k) != v}
+        # The actor inherits its node's environment, not this one: a key exported where `ray start`
+        # ran is blanked there (no model an actor hosts talks to an endpoint).
+        env.update(dict.fromkeys(sorted(key_names(cfg)), ""))
         share = {m.name: m.resident_bytes / place.memory_bytes for m in cfg.models}
         return cls(device, place, env, share, gpu)
 
@@ -90,7 +95,7 @@ class RayEngine(Engine):
             if model.name in self.resident:
                 raise EngineError(f"{what}: model {model.name} is already resident on {self.place.label()}")
         t0 = time.perf_counter()
-        pg = self.dev.placement(what, deadline)
+        pg = self.dev.placement(what, deadline, model.name)
         place_s = time.perf_counter() - t0
         share = _share(self.memory_share.get(model.name, 1.0))
         opts: dict[str, Any] = dict(num_cpus=0, max_concurrency=2, max_restarts=0, max_task_retries=0,
@@ -111,7 +116,7 @@ class RayEngine(Engine):
             ray.kill(actor)
             raise EngineError(f"{what}: {self.place.label()}: engine closed")
         try:
-            info = self._get(actor.load.remote(model.wire()), model.name, what, deadline, h)
+            info = self._get(actor.load.remote(self.sized(model).wire()), model.name, what, deadline, h)
         except EngineError:
             self.kill(model.name)
             raise
@@ -233,8 +238,9 @@ class RayEngine(Engine):
         if h is not None:
             try:
                 ray.kill(h.actor, no_restart=True)
-            except Exception:  # noqa: BLE001  (its node may be gone already; nothing is left to kill)
-                pass
+            except Exception as e:  # noqa: BLE001  (reported: the actor may outlive the run, holding its memory)
+                log.warning("%s: the actor (pid %s) was not killed (%s: %s)%s", self.dev.where(model), h.pid,
+                            type(e).__name__, e, f"; {self.dev.lost}" if self.dev.lost else "; `ray list actors`")
 
     def close(self) -> None:
         with self._lock:

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from .endpoint import EndpointSettings
-from .engine import BatchInfo, Clock, Engine, EngineError, EngineTimeout, ModelSettings, OnDone
+from .engine import BatchInfo, Clock, Engine, EngineError, EngineTimeout, ModelSettings, OnDone, without_keys
 from .local import engine_env
 from .openai_client import RemoteClient, generate_concurrently
 from .requests import Request
@@ -53,7 +53,7 @@ class ServedEngine(Engine):
         """The servers of ``device`` with the config's engine environment."""
         eng = cfg.engine
         local = sum(d.endpoint is None for d in cfg.devices)  # endpoints' virtual devices use no cores
-        env = engine_env(eng.platform, device, local, eng.threads, eng.kv_cache_gb)
+        env = without_keys(engine_env(eng.platform, device, local, eng.threads, eng.kv_cache_gb), cfg)
         return cls(device, env, log_dir, served, others)
 
     # --- routing -----------------------------------------------------------------------------
@@ -79,6 +79,7 @@ class ServedEngine(Engine):
     def load(self, model: ModelSettings, what: str, deadline: float, keep_spare: bool = True) -> dict[str, Any]:
         if model.name not in self.served:
             return self._other(model.name, what).load(model, what, deadline, keep_spare)
+        model = self.sized(model)
         with self._lock:
             if self._closed:
                 raise EngineError(f"{what}: engine closed")
