@@ -154,7 +154,9 @@ class Scheduler:
         a = self.a
         kind = STEP_KINDS[a["kind"][s]]
         model = self.names[a["model"][s]] if a["model"][s] >= 0 else ""
-        return f"step {s} ({kind} {model} on device {int(a['device'][s])})".replace("  ", " ")
+        d, tp = int(a["device"][s]), int(a["tp"][s])
+        where = f"device {d}" if tp <= 1 else f"devices {d}-{d + tp - 1} (tp {tp})"
+        return f"step {s} ({kind} {model} on {where})".replace("  ", " ")
 
     def _deadline(self, s: int, predicted: float | None = None) -> float:
         t = self.plan.timeline
@@ -187,11 +189,19 @@ class Scheduler:
         eng.kill(name)
         if kind in ("run", "park", "wake"):
             what = f"{self._what(s)}, reload after: {str(err).splitlines()[0]}"
-            eng.load(self.settings[name], what, self._deadline(s, self.plan.config.model(name).load_s), keep_spare=False)
+            eng.load(self._settings(s, name), what, self._deadline(s, self.plan.config.model(name).load_s), keep_spare=False)
         if kind in ("unload", "wake"):
             self.done[s].set()
             return True
         return False
+
+    def _settings(self, s: int, model: str) -> ModelSettings:
+        """The model's settings for step ``s``; a tensor-parallel step (tp > 1: the model is sharded
+        over devices [device, device + tp), its every step names that group) tells the engine of its
+        first device the group, which that engine then hosts the model on. The dependencies keep
+        every device of the group from other generations meanwhile."""
+        tp, d = int(self.a["tp"][s]), int(self.a["device"][s])
+        return self.settings[model] if tp <= 1 else self.settings[model].on_devices(range(d, d + tp))
 
     def _step(self, s: int) -> None:
         a, eng = self.a, self.engines[int(self.a["device"][s])]
@@ -206,7 +216,7 @@ class Scheduler:
         if kind == "load":
             assert model is not None
             later = np.any((a["device"][s + 1:] == d) & (a["kind"][s + 1:] == StepKind.LOAD))
-            rec.info = eng.load(self.settings[model], what, self._deadline(s), keep_spare=bool(later))
+            rec.info = eng.load(self._settings(s, model), what, self._deadline(s), keep_spare=bool(later))
         elif kind == "unload":
             assert model is not None
             eng.unload(model, what, self._deadline(s))

@@ -15,7 +15,7 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -95,6 +95,8 @@ class ModelSettings:
     gpu_memory_utilization: float | None = None
     trust_remote_code: bool = False
     share_of_bytes: float | None = None  # the device memory gpu_memory_utilization is a fraction of
+    tensor_parallel_size: int = 1     # vLLM's tensor parallelism (GPU); see on_devices
+    device_group: tuple[int, ...] = ()  # the plan's devices a sharded model spans; (): the engine's own
 
     @classmethod
     def of(cls, cfg: Config, name: str) -> ModelSettings:
@@ -124,6 +126,18 @@ class ModelSettings:
             return self
         share = min(0.95, self.gpu_memory_utilization * self.share_of_bytes / memory_bytes)
         return dataclasses.replace(self, gpu_memory_utilization=share, share_of_bytes=memory_bytes)
+
+    def on_devices(self, group: Sequence[int]) -> ModelSettings:
+        """These settings for a model the plan shards over ``group`` (a tensor-parallel step). On a
+        GPU: vLLM tensor parallelism over the group's GPUs. On CPU: one engine (tp 1) on the union of
+        the group's cores: vLLM's CPU tensor parallelism needs one process per rank and its own
+        shared-memory transport, which symoe's workers (one in-process engine each) do not run."""
+        group = tuple(int(d) for d in group)
+        if self.platform == "cpu":
+            return replace(self, device_group=group)
+        share = self.gpu_memory_utilization  # of each GPU: it holds 1/tp of the model (the plan's memory rule)
+        return replace(self, tensor_parallel_size=len(group), device_group=group,
+                       gpu_memory_utilization=None if share is None else share / len(group))
 
     def wire(self) -> dict[str, Any]:
         """As sent to a worker process (plain JSON)."""

@@ -1,13 +1,19 @@
 """A fake engine for tests and simulation: deterministic text that ends in a parseable answer,
 latencies from the cost model on a scaled clock (a plan of hours runs in seconds), a memory check
-on every load, and injectable faults (death, hang, malformed output, slow device)."""
+on every load, and injectable faults (death, hang, malformed output, slow device).
+
+A model the plan shards over a group of devices (a tensor-parallel step) is hosted, as by real
+engines, by the engine of the group's first device; engines made together (:func:`fake_engines`)
+see each other, so such a model holds its share (1/tp) of memory on every device of the group,
+generates at the cost model's tp speed, and while it generates no other generation may run on any
+device of the group (refused: a scheduler that let one through is caught)."""
 
 from __future__ import annotations
 
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -73,13 +79,19 @@ def fake_text(r: Request) -> str:
 
 
 class FakeEngine(Engine):
-    """One fake device. ``clock`` is shared by every device of a run (and the scheduler)."""
+    """One fake device. ``clock`` is shared by every device of a run (and the scheduler); engines
+    made by :func:`fake_engines` also share their lock and see each other (``peers``)."""
 
     def __init__(self, device: int, cfg: Config, clock: ScaledClock, faults: Sequence[Fault] = (), slow: float = 1.0):
         self.device, self.cfg, self.clock, self.faults, self.slow = device, cfg, clock, list(faults), slow
         self.memory = cfg.devices[device].memory_bytes
         self._lock = threading.Lock()
-        self.resident: dict[str, bool] = {}  # model -> awake
+        self.peers: list[FakeEngine] | None = None  # every device's engine, once linked
+        self.resident: dict[str, bool] = {}  # model -> awake (the models this engine hosts)
+        self.groups: dict[str, tuple[int, ...]] = {}  # hosted model -> the devices it is sharded over
+        self.held: dict[str, tuple[float, bool]] = {}  # model with memory here (hosted, or a shard) -> bytes, awake
+        self.generating: str | None = None  # the step whose generation occupies this device
+        self.peak_bytes = 0.0
         self.dead: set[str] = set()
         self.calls: list[tuple[str, str]] = []
         self.log: list[tuple[str, str, str, float, float]] = []  # (key, role, question, batch start, finish)
@@ -120,24 +132,58 @@ class FakeEngine(Engine):
         finally:
             self.kill(model)
 
+    def _group(self, model: ModelSettings, what: str) -> list[FakeEngine]:
+        """The engines of the devices ``model`` is sharded over (this one alone normally)."""
+        group = model.device_group or (self.device,)
+        if group == (self.device,):
+            return [self]
+        if self.peers is None or group[0] != self.device or group[-1] >= len(self.peers):
+            raise EngineError(f"{what}: model {model.name} spans devices {list(group)}: the fake engine of device "
+                              f"{self.device} is not linked to them as their first (make the engines with fake_engines())")
+        return [self.peers[d] for d in group]
+
+    def _of(self, model: str) -> list[FakeEngine]:
+        """The engines of a hosted model's group."""
+        group = self.groups.get(model, (self.device,))
+        return [self] if self.peers is None else [self.peers[d] for d in group]
+
+    def used_bytes(self) -> float:
+        """Device memory in use: the awake models' shares (parked weights are in host memory)."""
+        return sum(size for size, awake in self.held.values() if awake)
+
+    def _fits(self, group: list[FakeEngine], model: str, what: str, doing: str) -> None:
+        """Each device of the group has room for its share of ``model`` (under the lock)."""
+        size = self.cfg.model(model).resident_bytes / len(group)
+        for e in group:
+            used = e.used_bytes()
+            if used + size > e.memory * (1 + 1e-9):
+                raise EngineError(f"{what}: out of memory on device {e.device} {doing} {model}: {used / 1e9:.1f} GB "
+                                  f"resident, {size / 1e9:.1f} GB more does not fit {e.memory / 1e9:.1f} GB")
+
+    def _hold(self, model: str, awake: bool | None) -> None:
+        """Set (None: drop) a hosted model's share on every device of its group (under the lock)."""
+        group = self._of(model)
+        for e in group:
+            if awake is None:
+                e.held.pop(model, None)
+            else:
+                e.held[model] = (self.cfg.model(model).resident_bytes / len(group), awake)
+                e.peak_bytes = max(e.peak_bytes, e.used_bytes())
+
     def load(self, model: ModelSettings, what: str, deadline: float, keep_spare: bool = True) -> dict[str, Any]:
         m = self.cfg.model(model.name)
+        group = self._group(model, what)
         with self._lock:
             if model.name in self.resident:
                 raise EngineError(f"{what}: model {model.name} is already resident on device {self.device}")
-            used = sum(self._bytes(x, awake) for x, awake in self.resident.items())
-            if used + m.resident_bytes > self.memory * (1 + 1e-9):
-                raise EngineError(f"{what}: out of memory on device {self.device}: {used / 1e9:.1f} GB resident, "
-                                  f"{m.resident_bytes / 1e9:.1f} GB more does not fit {self.memory / 1e9:.1f} GB")
+            self._fits(group, model.name, what, "loading")
         self._take("load", model.name, m.load_s, what, deadline)
         with self._lock:
             self.resident[model.name] = True
+            self.groups[model.name] = tuple(e.device for e in group)
+            self._hold(model.name, True)
             self.dead.discard(model.name)
-        return {"load_s": m.load_s}
-
-    def _bytes(self, name: str, awake: bool) -> float:
-        m = self.cfg.model(name)
-        return m.resident_bytes if awake else 0.0  # parked: weights in host memory
+        return {"load_s": m.load_s, "devices": [e.device for e in group]}
 
     def _need(self, model: str, what: str, awake: bool = True) -> None:
         with self._lock:
@@ -148,9 +194,27 @@ class FakeEngine(Engine):
 
     def generate(self, model: str, requests: Sequence[Request], on_done: OnDone, what: str, deadline: float) -> BatchInfo:
         self._need(model, what)
+        with self._lock:  # the generation occupies every device of the model's group
+            group = self._of(model)
+            busy = next((e for e in group if e.generating is not None), None)
+            if busy is not None:
+                why = "a tensor-parallel step needs its whole group" if len(group) > 1 else "one at a time"
+                raise EngineError(f"{what}: device {busy.device} is generating meanwhile ({busy.generating}); {why}")
+            for e in group:
+                e.generating = what
+        try:
+            return self._generate(model, requests, on_done, what, deadline, group)
+        finally:
+            with self._lock:
+                for e in group:
+                    e.generating = None
+
+    def _generate(self, model: str, requests: Sequence[Request], on_done: OnDone, what: str, deadline: float,
+                  group: list[FakeEngine]) -> BatchInfo:
         role = requests[0].role if requests else "expert"
         pin, out = self.cfg.model_tokens(model).of(role)
-        seconds = self.cfg.run_seconds(model, role, len(requests)) * self.slow
+        # The cost model's time at tp = the group's size (its TP rule); the group's slowest device sets the pace.
+        seconds = self.cfg.run_seconds(model, role, len(requests), len(group)) * max(e.slow for e in group)
         f = self._fault("generate", model)
         if f is not None and f.kind == "slow":
             seconds *= f.factor
@@ -184,17 +248,16 @@ class FakeEngine(Engine):
         self._take("park", model, self.cfg.model(model).park_s, what, deadline)
         with self._lock:
             self.resident[model] = False
+            self._hold(model, False)
 
     def wake(self, model: str, what: str, deadline: float) -> None:
         self._need(model, what, awake=False)
-        m = self.cfg.model(model)
         with self._lock:
-            used = sum(self._bytes(x, awake) for x, awake in self.resident.items())
-            if used + m.resident_bytes > self.memory * (1 + 1e-9):
-                raise EngineError(f"{what}: out of memory on device {self.device} waking {model}")
-        self._take("wake", model, m.wake_s, what, deadline)
+            self._fits(self._of(model), model, what, "waking")
+        self._take("wake", model, self.cfg.model(model).wake_s, what, deadline)
         with self._lock:
             self.resident[model] = True
+            self._hold(model, True)
 
     def unload(self, model: str, what: str, deadline: float) -> None:
         self._need(model, what, awake=False)
@@ -209,8 +272,25 @@ class FakeEngine(Engine):
         with self._lock:
             if self.resident.pop(model, None) is not None:
                 self.dead.add(model)
+                self._hold(model, None)
+                self.groups.pop(model, None)
 
     def close(self) -> None:
         self._closed.set()
         with self._lock:
+            for model in list(self.resident):
+                self._hold(model, None)
             self.resident.clear()
+            self.groups.clear()
+
+
+def fake_engines(cfg: Config, clock: ScaledClock, faults: Mapping[int, Sequence[Fault]] | None = None,
+                 slow: Mapping[int, float] | None = None) -> list[FakeEngine]:
+    """One fake engine per device of ``cfg``, linked: a model sharded over a group of devices holds
+    memory on, and keeps other generations off, every one of them. ``faults`` and ``slow`` by device."""
+    engines = [FakeEngine(d, cfg, clock, (faults or {}).get(d, ()), (slow or {}).get(d, 1.0))
+               for d in range(len(cfg.devices))]
+    lock = threading.Lock()  # one lock: a sharded model's state spans engines
+    for e in engines:
+        e.peers, e._lock = engines, lock
+    return engines

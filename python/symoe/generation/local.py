@@ -16,12 +16,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import EngineSettings
+from .device_group import cpu_list, device_cores, group_env
 from .engine import (
     KILL_WAIT_S,
     SPAWN_S,
@@ -85,10 +86,7 @@ def engine_env(platform: str, device: int, devices: int = 1, threads: int | None
     env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     if platform == "cpu":
-        cores = os.cpu_count() or 1
-        n = threads or max(1, cores // devices)
-        first = (device * n) % cores
-        env["VLLM_CPU_OMP_THREADS_BIND"] = f"{first}-{min(first + n, cores) - 1}"
+        env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_list(device_cores(device, devices, threads))
         env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(round(kv_cache_gb))))  # whole GiB
         env["CUDA_VISIBLE_DEVICES"] = ""
         iomp = Path(sys.prefix) / "lib" / "libiomp5.so"
@@ -209,8 +207,9 @@ class Worker:
 class LocalEngine(Engine):
     """The workers of one device: the resident models and one warm spare."""
 
-    def __init__(self, device: int, env: Mapping[str, str], log_dir: Path):
-        self.device, self.env, self.log_dir = device, env, log_dir
+    def __init__(self, device: int, env: Mapping[str, str], log_dir: Path,
+                 env_of_group: Callable[[Sequence[int]], Mapping[str, str]] | None = None):
+        self.device, self.env, self.log_dir, self.env_of_group = device, env, log_dir, env_of_group
         self.clock = Clock()
         self._lock = threading.Lock()  # guards resident, spare and closed
         self.resident: dict[str, Worker] = {}
@@ -224,15 +223,15 @@ class LocalEngine(Engine):
         eng = cfg.engine
         local = sum(d.endpoint is None for d in cfg.devices)  # endpoints' virtual devices use no cores
         env = without_keys(engine_env(eng.platform, device, local, eng.threads, eng.kv_cache_gb), cfg)
-        return cls(device, env, log_dir)
+        return cls(device, env, log_dir, lambda g: group_env(env, eng.platform, g, local, eng.threads))
 
-    def _new_worker(self) -> Worker:
+    def _new_worker(self, env: Mapping[str, str] | None = None) -> Worker:
         with self._lock:
             if self._closed:
                 raise EngineError(f"device {self.device}: engine closed")
             self._n += 1
             n = self._n
-        w = Worker(self.env, self.log_dir / f"device{self.device}-worker{n}.log")
+        w = Worker(env or self.env, self.log_dir / f"device{self.device}-worker{n}.log")
         with self._lock:
             if self._closed:  # closed while it started
                 w.kill()
@@ -253,8 +252,9 @@ class LocalEngine(Engine):
         with self._lock:
             if model.name in self.resident:
                 raise EngineError(f"{what}: model {model.name} is already resident on device {self.device}")
-            w, self.spare = self.spare, None
-        w = w or self._new_worker()
+            sharded = len(model.device_group) > 1  # the spare sees this device alone: a worker of its own
+            w, self.spare = (None, self.spare) if sharded else (self.spare, None)
+        w = w or self._new_worker(self._group_env(model, what) if sharded else None)
         if keep_spare:  # the next worker imports vllm while this one loads
             self.prepare()
         t0 = time.perf_counter()
@@ -268,6 +268,12 @@ class LocalEngine(Engine):
         with self._lock:
             self.resident[model.name] = w
         return {"import_s": info.get("import_s"), "load_s": info.get("load_s"), "spare_wait_s": ready_s}
+
+    def _group_env(self, model: ModelSettings, what: str) -> Mapping[str, str]:
+        if self.env_of_group is None:
+            raise EngineError(f"{what}: model {model.name} spans devices {list(model.device_group)}, and the engine "
+                              f"of device {self.device} was made for that device alone (LocalEngine.for_config)")
+        return self.env_of_group(model.device_group)
 
     def _worker(self, model: str, what: str) -> Worker:
         with self._lock:

@@ -51,6 +51,13 @@ def _share(x: float) -> float:
     return max(SHARE_STEP, math.floor(min(1.0, x) / SHARE_STEP) * SHARE_STEP)
 
 
+def tp_refused(what: str, model: str, group: Sequence[int]) -> str:
+    """Why a tensor-parallel step cannot run on a Ray cluster (untested there: refused, not guessed)."""
+    return (f"{what}: model {model} is planned tensor-parallel over devices {list(group)}; the Ray engine hosts "
+            f"each model on one device. Plan without tensor parallelism: strategy symoe with [reference] "
+            f"tp_efficiency = 0 in the pool file")
+
+
 class RayEngine(Engine):
     """The models of one cluster device, each an actor in the device's placement-group bundle."""
 
@@ -91,6 +98,8 @@ class RayEngine(Engine):
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.dev.check(what, model.name)
+        if len(model.device_group) > 1:
+            raise EngineError(tp_refused(what, model.name, model.device_group))
         with self._lock:
             if model.name in self.resident:
                 raise EngineError(f"{what}: model {model.name} is already resident on {self.place.label()}")

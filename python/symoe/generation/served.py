@@ -19,12 +19,13 @@ import itertools
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from .device_group import group_env
 from .endpoint import EndpointSettings
 from .engine import BatchInfo, Clock, Engine, EngineError, EngineTimeout, ModelSettings, OnDone, without_keys
 from .local import engine_env
@@ -39,8 +40,10 @@ class ServedEngine(Engine):
     """The vLLM servers of one device; models not in ``served`` are passed to ``others``."""
 
     def __init__(self, device: int, env: Mapping[str, str], log_dir: Path, served: set[str],
-                 others: Engine | None = None, max_concurrency: int = 256, clock: Clock | None = None):
+                 others: Engine | None = None, max_concurrency: int = 256, clock: Clock | None = None,
+                 env_of_group: Callable[[Sequence[int]], Mapping[str, str]] | None = None):
         self.device, self.env, self.log_dir, self.served, self.others = device, dict(env), log_dir, set(served), others
+        self.env_of_group = env_of_group  # a model sharded over several devices (tensor parallel) sees them all
         self.max_concurrency = max_concurrency  # vLLM batches them; this bounds open connections only
         self.clock = clock or Clock()
         self._lock = threading.Lock()
@@ -54,7 +57,8 @@ class ServedEngine(Engine):
         eng = cfg.engine
         local = sum(d.endpoint is None for d in cfg.devices)  # endpoints' virtual devices use no cores
         env = without_keys(engine_env(eng.platform, device, local, eng.threads, eng.kv_cache_gb), cfg)
-        return cls(device, env, log_dir, served, others)
+        return cls(device, env, log_dir, served, others,
+                   env_of_group=lambda g: group_env(env, eng.platform, g, local, eng.threads))
 
     # --- routing -----------------------------------------------------------------------------
 
@@ -89,7 +93,13 @@ class ServedEngine(Engine):
         t0 = time.perf_counter()
         port = free_port()
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model.name)
-        srv = Server.start(model, port, self.env, self.log_dir / f"device{self.device}-{safe}-server{n}.log")
+        env = self.env
+        if len(model.device_group) > 1:
+            if self.env_of_group is None:
+                raise EngineError(f"{what}: model {model.name} spans devices {list(model.device_group)}, and the "
+                                  f"engine of device {self.device} was made for that device alone (for_config)")
+            env = dict(self.env_of_group(model.device_group))
+        srv = Server.start(model, port, env, self.log_dir / f"device{self.device}-{safe}-server{n}.log")
         with self._lock:
             closed = self._closed
             if not closed:

@@ -44,6 +44,8 @@ def server_command(model: ModelSettings, port: int) -> list[str]:
         cmd += ["--gpu-memory-utilization", f"{model.gpu_memory_utilization:.4f}"]
     if model.sleep:
         cmd.append("--enable-sleep-mode")
+    if model.tensor_parallel_size > 1:  # sharded over the GPUs its environment shows (device_group)
+        cmd += ["--tensor-parallel-size", str(model.tensor_parallel_size)]
     if model.platform == "cpu":  # vLLM CPU: chunked prefill with per-request seeds fails
         cmd.append("--no-enable-chunked-prefill")
     return cmd

@@ -74,6 +74,8 @@ class VllmEngine:
             args["gpu_memory_utilization"] = float(spec["gpu_memory_utilization"])
         if spec.get("sleep"):
             args["enable_sleep_mode"] = True
+        if int(spec.get("tensor_parallel_size", 1)) > 1:  # sharded over the GPUs this process sees
+            args["tensor_parallel_size"] = int(spec["tensor_parallel_size"])
         if spec.get("platform") == "cpu":
             # vLLM CPU: chunked prefill with per-request seeds fails ("CPU Generator does not use offset").
             args["enable_chunked_prefill"] = False
