@@ -1,14 +1,22 @@
 import gzip
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from symoe.datasets import bundled
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# Hypothesis: under CI (the CI variable set) the same examples every run (derandomize: a failure
+# reproduces on rerun) and no example database; everywhere, a failure prints the blob that replays it.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("dev", print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 def data_file(name: str) -> Path:
