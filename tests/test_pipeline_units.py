@@ -1,5 +1,7 @@
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import raw_items
@@ -166,3 +168,21 @@ def test_paper16_settings_are_the_papers():
                                                                       "deepseek-ai/deepseek-math-7b-instruct"}
     assert {m.name for m in cfg.models if m.trust_remote_code} == {"THUDM/glm-4-9b-chat",
                                                                   "internlm/internlm3-8b-instruct"}
+
+
+def test_numpy_embedder_matches_sentence_transformers():
+    """Differential test against the reference implementation's recorded output (sentence-transformers
+    6.2 on torch, tests/data/minilm_reference.json): the torch-free embedder gives the same vectors
+    (to float32 rounding) and the same top-1 match for all 774 test keywords against the bundled
+    profiles' 331-keyword vocabulary."""
+    from symoe.datasets import bundled
+    from symoe.matching import Embedder, match_keywords
+    from symoe.routing import Profiles
+
+    ref = json.loads((Path(__file__).parent / "data" / "minilm_reference.json").read_text())
+    e = Embedder()
+    texts = list(ref["embeddings"])
+    assert np.abs(e.embed(texts) - np.array([ref["embeddings"][t] for t in texts])).max() < 1e-5
+    vocab = Profiles.from_json(bundled("tiny_profiles.json")).vocabulary
+    got = match_keywords({w: [w] for w in ref["matches"]}, vocab, e)
+    assert {w: m[0] for w, m in got.items()} == ref["matches"]

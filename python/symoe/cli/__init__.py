@@ -8,6 +8,7 @@ from types import FrameType
 
 import click
 
+from ..errors import EXTRAS, MissingExtra
 from .plans import demo_cmd, plan_cmd, route_cmd
 from .results import export_cmd, regrade_cmd, report_cmd
 from .run import run_cmd, run_plan_cmd
@@ -47,6 +48,12 @@ def cli() -> None:
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except ModuleNotFoundError as e:  # an optional dependency that no command checked first
+        if (e.name or "").split(".")[0] not in EXTRAS:
+            raise
+        command = " ".join(["symoe", *sys.argv[1:2]])
+        click.echo(f"Error: {MissingExtra(command, e.name or '')}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("interrupted: finished generations are kept in the store; rerun the same command to resume",
                    err=True)

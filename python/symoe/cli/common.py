@@ -47,7 +47,7 @@ def questions_opt(f: F) -> F:
                            help="Dataset file (default: the bundled MMLU-Pro sample).")(wrapper)
     wrapper = click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True,
                            help="Split of --dataset (validation: the profiling split).")(wrapper)
-    return click.option("--dataset", type=click.Choice(list(DATASETS)), default=None,  # type: ignore[no-any-return]
+    return click.option("--dataset", type=click.Choice(list(DATASETS)), default=None,  # type: ignore[return-value]
                         help="A bundled benchmark instead of --questions.")(wrapper)
 
 format_opt = click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import EngineSettings
+from ..errors import require
 from .device_group import cpu_list, device_cores, group_env
 from .engine import (
     KILL_WAIT_S,
@@ -74,7 +75,6 @@ def reap(proc: subprocess.Popen[Any], what: str) -> int | None:
     except subprocess.TimeoutExpired:
         log.warning("%s: process %d did not exit within %.0f s of SIGKILL; left behind", what, proc.pid, KILL_WAIT_S)
         return None
-
 
 
 def engine_env(platform: str, device: int, devices: int = 1, threads: int | None = None,
@@ -209,6 +209,7 @@ class LocalEngine(Engine):
 
     def __init__(self, device: int, env: Mapping[str, str], log_dir: Path,
                  env_of_group: Callable[[Sequence[int]], Mapping[str, str]] | None = None):
+        require("vllm", f"the in-process engine of device {device}")  # one line, not a worker's traceback
         self.device, self.env, self.log_dir, self.env_of_group = device, env, log_dir, env_of_group
         self.clock = Clock()
         self._lock = threading.Lock()  # guards resident, spare and closed

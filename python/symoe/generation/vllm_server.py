@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from ..errors import require
 from .engine import ModelSettings
 from .local import log as engine_log
 from .local import spawn
@@ -73,6 +74,7 @@ class Server:
     @classmethod
     def start(cls, model: ModelSettings, port: int, env: Mapping[str, str], log_path: Path) -> Server:
         """Start ``model``'s server on ``port`` in its own process group, its output appended to ``log_path``."""
+        require("vllm", f"the vLLM server of model {model.name}")
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(log_path, "ab")
         env = dict(env)
