@@ -503,17 +503,41 @@ def without_trailing_unloads(p: symoe.Plan) -> float:
                if a["kind"][s] not in (UNLOAD, PARK) or s < last_work.get(int(a["device"][s]), -1))
 
 
-def test_quality_against_the_optimum(suite):
+def quality_instance(seed: int) -> Instance:
+    """An instance of the suite without tensor-parallel speed-up: the search makes no
+    tensor-parallel steps, so its optimum is then the optimum of the plans that matter."""
+    inst = random_instance(np.random.default_rng(seed))
+    return Instance(Config(inst.cfg.models, inst.cfg.devices, inst.cfg.tokens, 0.0, 0.0), inst.experts, inst.agg)
+
+
+@pytest.fixture(scope="module")
+def quality():
+    """Per instance: the default plan (``symoe.plan`` as ``symoe run`` calls it: heuristic and
+    polish) and the search's optimum, found on its own (no plan under test takes part)."""
+    out = []
+    for seed in SEEDS:
+        inst = quality_instance(seed)
+        agg = None if inst.agg is None else [inst.cfg.names[g] if g >= 0 else None for g in inst.agg]
+        p = symoe.plan(inst.assignment(), inst.cfg, aggregator=agg)
+        opt, seqs = optimum(inst, math.inf)
+        assert seqs is not None
+        out.append((inst, p, opt))
+    return out
+
+
+def test_quality_against_the_optimum(quality):
+    # Issue 22's figures: the default plan within mean 1.02 and max 1.10 of the optimum, its bound
+    # never above it and on average within 5% of it (README: mean 1.001, max 1.097, 1.031).
     def stats(x):
         return f"mean {x.mean():.4f}, p90 {np.quantile(x, 0.9):.4f}, max {x.max():.4f}"
 
-    ratios = np.array([plans["symoe"].makespan / opt for inst, plans, lb, opt, seqs in suite])
-    assert (ratios >= 1 - EPS).all()
-    bare = np.array([without_trailing_unloads(plans["symoe"]) / opt for inst, plans, lb, opt, seqs in suite])
-    gap = np.array([opt / lb for inst, plans, lb, opt, seqs in suite])
-    print(f"\nover {len(ratios)} tiny instances: symoe / optimum {stats(ratios)}; without symoe's trailing "
-          f"unloads {stats(bare)}; optimum / bound {stats(gap)}")
-    assert ratios.mean() < 1.5 and ratios.max() < 3.0
+    ratios = np.array([p.makespan / opt for inst, p, opt in quality])
+    gap = np.array([opt / p.lower_bound for inst, p, opt in quality])
+    print(f"\nover {len(ratios)} tiny instances: default plan / optimum {stats(ratios)}; optimum / bound {stats(gap)}")
+    # (A ratio below 1: a plan shape the search leaves out, e.g. a model sharded over two small devices.)
+    assert (gap >= 1 - EPS).all(), [(i, g) for i, g in enumerate(gap) if g < 1 - EPS]
+    assert ratios.mean() <= 1.01 and ratios.max() <= 1.10
+    assert gap.mean() <= 1.05
 
 
 def test_bound_below_random_valid_plans():

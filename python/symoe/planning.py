@@ -237,19 +237,19 @@ def plan(
     aggregator: str | Sequence[str | None] | None = None,
     strategy: Literal["symoe", "reference", "naive"] = "symoe",
     replicate: bool = True,
-    optimize_s: float = 0.0,
+    optimize_s: float | None = None,
 ) -> Plan:
     """Plan the assignment's expert runs (and aggregation, if an aggregator is given) on ``config``.
 
     The assignment's model names are resolved in the pool by name; the returned plan carries its
-    simulated timeline and the lower bound. ``optimize_s`` > 0 (symoe only): the heuristic plan is
-    polished by a constraint solver for about that many seconds (``symoe.polish``), which also
-    proves a tighter lower bound, so ``plan.gap`` is a true optimality gap. The default 0 keeps the
-    heuristic plan, which is deterministic (the same on any machine and thread count), so runs are
-    reproducible; the solver's parallel search under a wall-clock budget may return a different,
-    equally valid plan each time (``symoe plan`` polishes by default, ``--optimize 2``).
+    simulated timeline and the lower bound. The symoe heuristic plan is then polished by a
+    constraint solver (``symoe.polish``), which also proves a tighter lower bound, so ``plan.gap``
+    is a true optimality gap. The polish is reproducible: one solver worker, a fixed seed and a
+    budget in the solver's deterministic time, so the same inputs give the same plan on any
+    machine and thread count. ``optimize_s``: that budget; 0: the heuristic plan alone; None
+    (default): ``symoe.polish.auto_budget``. Pools with endpoint models are not polished.
     """
-    if not (math.isfinite(optimize_s) and optimize_s >= 0):
+    if optimize_s is not None and not (math.isfinite(optimize_s) and optimize_s >= 0):
         raise ValueError(f"optimize_s must be a finite number of seconds >= 0, got {optimize_s!r}")
     if len(assignment) == 0 or assignment.k == 0:
         raise ValueError("assignment is empty: nothing to plan")
@@ -269,10 +269,12 @@ def plan(
     p = Plan(strategy, config, experts, agg, arrays, question_ids=assignment.question_ids)
     p.timeline = simulate(p)
     p.lower_bound = _core.lower_bound(**args)
-    if strategy == "symoe" and optimize_s > 0 and not endpoint_plan.endpoint_models(config):
-        from .polish import polish  # (the polish knows no virtual devices: it would move endpoint models)
+    if strategy == "symoe" and optimize_s != 0 and not endpoint_plan.endpoint_models(config):
+        from .polish import auto_budget, polish  # (it knows no virtual devices: it would move endpoint models)
 
-        p = polish(p, optimize_s, replicate=replicate).plan
+        budget = auto_budget(p) if optimize_s is None else optimize_s
+        if budget > 0:
+            p = polish(p, budget, replicate=replicate).plan
     return p
 
 

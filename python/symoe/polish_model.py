@@ -15,7 +15,8 @@ from .errors import SymoeError
 from .planning import Plan, StepKind, simulate
 
 _KB = 1e6  # memory in the model: megabytes (CP-SAT works on integers; kilobytes crashed its LNS presolve)
-UNITS = 1_000_000  # the heuristic makespan in time units: resolution ~1e-6 of it
+UNITS = 100_000  # the heuristic makespan in time units: resolution 1e-5 of it (finer: CP-SAT may raise
+# its bound one unit per conflict, for minutes of wall time within a small deterministic budget)
 _K = 1000  # extra precision of per-item work coefficients
 
 
@@ -30,6 +31,7 @@ class _Model:
     work: tuple[float, float]  # seconds per request, by role
     floor: tuple[float, float]  # one sequence decoded alone, by role
     bytes: float
+    park: float = -1.0  # sleep mode's park (negative: not supported)
 
 
 def _figures(cfg: Config) -> list[_Model]:
@@ -39,7 +41,7 @@ def _figures(cfg: Config) -> list[_Model]:
         work = (t.expert_prompt / m.prefill_tps + t.expert_output / m.decode_tps,
                 t.aggregate_prompt / m.prefill_tps + t.aggregate_output / m.decode_tps)
         floor = (t.expert_output / m.stream_tps, t.aggregate_output / m.stream_tps)
-        x = _Model(m.load_s, m.unload_s, m.overhead_s, work, floor, m.resident_bytes)
+        x = _Model(m.load_s, m.unload_s, m.overhead_s, work, floor, m.resident_bytes, m.park_s)
         for role, name in ((0, "expert"), (1, "aggregate")):  # the linear form is the core's formula
             for n in (1, 1000):
                 want = cfg.run_seconds(m.name, name, n)
@@ -48,6 +50,23 @@ def _figures(cfg: Config) -> list[_Model]:
                     raise SymoeError(f"polish: model {m.name}: run time {got} differs from the core's {want}")
         out.append(x)
     return out
+
+
+def solve_deterministic(cm: Any, budget: float, workers: int) -> tuple[Any, Any]:
+    """Solve ``cm`` reproducibly: a fixed seed, a budget in CP-SAT's deterministic time (work done,
+    not wall time) and one worker (several: interleaved, still deterministic), so the same inputs
+    give the same solution on any machine, load and thread count."""
+    from ortools.sat.python import cp_model
+
+    solver = cp_model.CpSolver()
+    solver.parameters.max_deterministic_time = max(0.01, budget)
+    # Raising the objective's bound costs conflicts that deterministic time barely counts: cap them too.
+    solver.parameters.max_number_of_conflicts = int(200 + 20_000 * budget)
+    solver.parameters.random_seed = 0
+    solver.parameters.num_workers = max(1, workers)
+    if workers > 1:
+        solver.parameters.interleave_search = True
+    return solver.solve(cm), solver
 
 
 class Instance:
@@ -173,10 +192,7 @@ class Instance:
                 cm.add_cumulative(mem[d][0], mem[d][1], int(self.cfg.devices[d].memory_bytes // _KB))
         cm.minimize(mk)
         self._hint(cm, V, p, S)
-        solver = cp_model.CpSolver()
-        solver.parameters.max_time_in_seconds = max(0.05, budget)
-        solver.parameters.num_workers = workers
-        status = solver.solve(cm)
+        status, solver = solve_deterministic(cm, budget, workers)
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             return None
         return self._decode(solver, V)
