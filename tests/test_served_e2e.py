@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 
 import symoe
@@ -57,8 +58,13 @@ def test_symoe_started_server_load_generate_unload(smol_config, tmp_path):
         assert eng.alive(SMOL)
         log = Path(info["log"])
         assert log.parent == tmp_path / "logs" and "--host 127.0.0.1" in log.read_text().splitlines()[0]
-        # Listening on 127.0.0.1 only: the health endpoint answers there.
         assert httpx.get(f"http://127.0.0.1:{info['port']}/health", timeout=10).status_code == 200
+        # Listening on 127.0.0.1 only: every listening socket of the server and its children is bound there.
+        server = psutil.Process(info["pid"])
+        listening = [c.laddr for proc in [server, *server.children(recursive=True)]
+                     for c in proc.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+        assert ("127.0.0.1", info["port"]) in [(a.ip, a.port) for a in listening]
+        assert all(a.ip == "127.0.0.1" for a in listening), listening
         rs = chat_requests(4)
         got = []
         b = eng.generate(SMOL, rs, got.append, "step 1 (run)", clock.now() + 300)
