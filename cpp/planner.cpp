@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <deque>
 #include <exception>
 #include <thread>
 #include <limits>
@@ -326,6 +327,48 @@ std::vector<std::vector<Job>> assign(const std::vector<std::vector<Piece>>& plac
     return jobs;
 }
 
+// Aggregations whose questions have every expert item on this device, in jobs up to the
+// aggregator's own expert job here, run right after that job while the model is resident, instead
+// of after every expert job (when memory forces the model out meanwhile, that saves a reload).
+// Split items are kept in `store`. Returns false if nothing moved.
+bool early_aggregation(std::vector<std::vector<Job>>& jobs, const Workload& w, std::deque<std::vector<int64_t>>& store) {
+    bool moved = false;
+    std::vector<int32_t> cnt(w.N), last(w.N);
+    for (auto& J : jobs) {
+        std::fill(cnt.begin(), cnt.end(), 0);
+        for (size_t i = 0; i < J.size(); ++i)
+            if (J[i].role == Role::Expert)
+                for (int64_t x = 0; x < J[i].n; ++x) { int64_t q = J[i].items[x] / w.k; cnt[q]++; last[q] = int32_t(i); }
+        std::vector<std::vector<Job>> after(J.size());  // jobs to insert after each position
+        std::vector<Job> out;
+        for (size_t a = 0; a < J.size(); ++a) {
+            if (J[a].role != Role::Aggregate) continue;
+            size_t pg = a;
+            for (size_t i = 0; i < a; ++i) if (J[i].role == Role::Expert && J[i].model == J[a].model) pg = i;
+            if (pg == a) continue;
+            std::vector<int64_t> ready, rest;
+            for (int64_t x = 0; x < J[a].n; ++x) {
+                int64_t q = J[a].items[x];
+                (cnt[q] == w.k && size_t(last[q]) <= pg ? ready : rest).push_back(q);
+            }
+            if (ready.empty()) continue;
+            moved = true;
+            store.push_back(std::move(ready));
+            after[pg].push_back(Job{J[a].model, Role::Aggregate, store.back().data(), int64_t(store.back().size())});
+            store.push_back(std::move(rest));
+            J[a].items = store.back().data();
+            J[a].n = int64_t(store.back().size());
+        }
+        if (!moved) continue;
+        for (size_t i = 0; i < J.size(); ++i) {
+            if (J[i].n > 0) out.push_back(J[i]);
+            for (auto& j : after[i]) out.push_back(j);
+        }
+        J = std::move(out);
+    }
+    return moved;
+}
+
 Plan emit_plan(const std::vector<std::vector<Job>>& jobs, const Costs& c) {
     Plan p;
     p.devices = int32_t(jobs.size());
@@ -430,7 +473,15 @@ Plan plan_symoe(const Workload& w, const Costs& c, const PlanOptions& o) {
     if (any_agg && D > 1)
         for (size_t i = 0; i < placements.size(); ++i) rest.push_back({i, 0});
     pick(rest);
-    Plan best = emit_plan(assign(placements[winner.placement], winner.replicas, ex, ag, c), c);
+    auto best_jobs = assign(placements[winner.placement], winner.replicas, ex, ag, c);
+    Plan best = emit_plan(best_jobs, c);
+    // The winner with aggregations pulled forward to where their aggregator is resident.
+    std::deque<std::vector<int64_t>> store;
+    if (w.aggregator && early_aggregation(best_jobs, w, store)) {
+        Plan p = emit_plan(best_jobs, c);
+        double t = simulate(p, w, c).makespan;
+        if (t < best_t) { best = std::move(p); best_t = t; }
+    }
     // Few questions on several devices: one model at a time, tensor-parallel over the widest group
     // of devices that holds it (the reference's schedule without its pauses) can be fastest.
     // It runs one step at a time, so it takes at least every model's load and fastest runs: built

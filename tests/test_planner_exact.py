@@ -898,3 +898,17 @@ def test_placement_cases_reach_the_optimum(case):
     assert without_trailing_unloads(p) == pytest.approx(opt, rel=1e-9)
     loads = p.arrays["model"][p.arrays["kind"] == LOAD].tolist()
     assert sorted(loads) == sorted(set(loads))  # every model loaded once
+
+
+def test_aggregation_while_its_model_is_resident():
+    # One device holds one model at a time; A and B are experts and aggregators. Question 1's
+    # experts are all B, so B aggregates it right after its expert run instead of being loaded
+    # again after A (issue 22: the heuristic reloaded B; now it meets the optimum, loading each once).
+    tok = Tokens(100, 100, 100, 100)
+    a, b = model("A", 20, 22, 2.0, 0.1), model("B", 21, 30, 1.0, 0.1)
+    inst = Instance(Config((a, b), (Device(27 * GB),), tok), [[0], [1], [0]], [1, 1, 0])
+    p = inst.plan("symoe")
+    opt, _ = optimum(inst, math.inf)
+    assert p.makespan == pytest.approx(opt, rel=1e-9)
+    loads = p.arrays["model"][p.arrays["kind"] == LOAD].tolist()
+    assert sorted(loads) == [0, 1]
