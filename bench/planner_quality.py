@@ -2,14 +2,17 @@
 
     .venv/bin/python bench/planner_quality.py [--suite N] [--polish SECONDS] [--skip-million]
 
-1. symoe / optimum on the tiny-instance suite of tests/test_planner_exact.py (exhaustive search),
-   heuristic alone and with the polish (mean, 90th percentile, max), and optimum / proven bound;
+1. symoe / optimum on the tiny-instance suite of tests/test_planner_exact.py without tensor-parallel
+   speed-up (the exhaustive search, run on its own: no plan under test takes part in its
+   optimum): the heuristic alone and the default plan (``symoe.plan``: heuristic and reproducible
+   polish), mean, 90th percentile and max; optimum / bound (the core's and the default plan's);
+   planning time; the default plan made twice is the same;
 2. the paper workload (MMLU-Pro test routed over paper16 with synthetic profiles, R1 aggregator)
    on 1 and 4 GPUs with paper16's token figures (the R1-distilled models write 8x the others),
    and with equal tokens for every model: makespan, proven gap, reference and naive vs symoe,
    and the reference / symoe ratio at tensor-parallel efficiency 0.25, 1/3, 0.5 and 1;
 3. planning time of 1,000,000 questions x 16 experts (k = 3) on 1, 4 and 16 devices, heuristic
-   alone, and the polish's time on top;
+   alone and the default plan;
 4. the paper's timing table: a GPQA-sized workload (198 questions, k = 3, paper16 and its token
    budgets, R1-Distill-Qwen-7B aggregating as the paper's GPQA choice) naive and batched (the
    authors' schedule) on one GPU, in predicted seconds per question, against the paper's
@@ -19,6 +22,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from dataclasses import replace
@@ -28,7 +32,6 @@ import numpy as np
 
 import symoe
 from symoe import Config
-from symoe.polish import polish
 from symoe.workloads import category_keywords, skewed_profiles
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,26 +43,31 @@ def stats(x: np.ndarray) -> str:
     return f"mean {x.mean():.4f}  p90 {np.quantile(x, 0.9):.4f}  max {x.max():.4f}"
 
 
-def suite(n: int, seconds: float) -> None:
+def suite(n: int) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     import test_planner_exact as exact
 
-    heur, pol, bound, core, t_pol = [], [], [], [], []
+    heur, dflt, core, bound, t_plan, same = [], [], [], [], [], 0
     for seed in range(n):
-        inst, plans, lb, opt, _ = exact.solve(seed)
-        r = polish(plans["symoe"], seconds)
-        opt = min(opt, r.plan.makespan)  # the search leaves some plan shapes out
-        heur.append(plans["symoe"].makespan / opt)
-        pol.append(r.plan.makespan / opt)
-        bound.append(opt / r.plan.lower_bound)
-        core.append(opt / lb)
-        t_pol.append(r.seconds)
-    print(f"\n1. tiny instances ({n}: 2-5 models, 1-3 devices, 1-3 questions), symoe / optimum")
-    print(f"   heuristic alone        {stats(np.array(heur))}")
-    print(f"   with a {seconds:g} s polish      {stats(np.array(pol))}   (polish wall time: mean "
-          f"{np.mean(t_pol):.2f} s, max {np.max(t_pol):.2f} s)")
-    print(f"   optimum / core bound   {stats(np.array(core))}")
-    print(f"   optimum / proven bound {stats(np.array(bound))}")
+        inst = exact.quality_instance(seed)
+        agg = None if inst.agg is None else [inst.cfg.names[g] if g >= 0 else None for g in inst.agg]
+        h = symoe.plan(inst.assignment(), inst.cfg, aggregator=agg, optimize_s=0)
+        t = time.perf_counter()
+        p = symoe.plan(inst.assignment(), inst.cfg, aggregator=agg)
+        t_plan.append(time.perf_counter() - t)
+        again = symoe.plan(inst.assignment(), inst.cfg, aggregator=agg)
+        same += all(np.array_equal(p.arrays[k], again.arrays[k]) for k in p.arrays) and p.lower_bound == again.lower_bound
+        opt, _ = exact.optimum(inst, math.inf)
+        heur.append(h.makespan / opt)
+        dflt.append(p.makespan / opt)
+        core.append(opt / h.lower_bound)
+        bound.append(opt / p.lower_bound)
+    print(f"\n1. tiny instances ({n}: 2-5 models, 1-3 devices, 1-3 questions, no TP speed-up), symoe / optimum")
+    print(f"   heuristic alone             {stats(np.array(heur))}")
+    print(f"   default plan (polished)     {stats(np.array(dflt))}   (planning: mean {np.mean(t_plan):.3f} s, "
+          f"max {np.max(t_plan):.3f} s; the same plan twice: {same}/{n})")
+    print(f"   optimum / core bound        {stats(np.array(core))}")
+    print(f"   optimum / default bound     {stats(np.array(bound))}   (min {np.min(bound):.4f}: never above the optimum)")
 
 
 def equal_tokens(cfg: Config) -> Config:
@@ -68,7 +76,7 @@ def equal_tokens(cfg: Config) -> Config:
     return replace(cfg, models=models)
 
 
-def paper(seconds: float) -> None:
+def paper(seconds: float | None) -> None:
     cfg0 = Config.bundled("paper16")
     qs = symoe.load_questions("mmlu_pro")
     cats = sorted({q.category for q in qs})
@@ -80,7 +88,7 @@ def paper(seconds: float) -> None:
         for d in (1, 4):
             c = cfg.with_devices(d)
             rows = {}
-            for s, opt_s in (("naive", 0.0), ("reference", 0.0), ("symoe", 0.0), ("symoe+polish", seconds)):
+            for s, opt_s in (("naive", 0.0), ("reference", 0.0), ("symoe", 0.0), ("symoe+polish", seconds)):  # None: default
                 t = time.perf_counter()
                 p = symoe.plan(a, c, aggregator=R1_LLAMA, strategy=s.split("+")[0], optimize_s=opt_s)  # type: ignore[arg-type]
                 rows[s] = (p, time.perf_counter() - t)
@@ -97,7 +105,7 @@ def paper(seconds: float) -> None:
         print(f"   reference / symoe on 4 GPUs by TP efficiency: {', '.join(cells)}")
 
 
-def million(seconds: float) -> None:
+def million() -> None:
     cfg = Config.bundled("paper16")
     rng = np.random.default_rng(0)
     pr = np.array([25, 20, 15, 10, 8, 6, 5, 4, 3, 2, 1, 0.4, 0.3, 0.2, 0.05, 0.05])
@@ -105,17 +113,16 @@ def million(seconds: float) -> None:
     print("\n3. planning 1,000,000 questions x 16 experts (k=3), aggregator R1-Distill-Llama-8B")
     for d in (1, 4, 16):
         c = cfg.with_devices(d)
-        times = []
-        for _ in range(3):
-            t = time.perf_counter()
-            p = symoe.plan(a, c, aggregator=R1_LLAMA, optimize_s=0)
-            times.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        r = polish(p, seconds)
-        tp = time.perf_counter() - t
-        print(f"   {d:>2} devices: heuristic {min(times):.3f} s (best of 3), makespan {p.makespan:,.0f} s, gap "
-              f"{100 * p.gap:.2f}%; polish {tp:.2f} s: makespan {r.plan.makespan:,.0f} s, proven gap "
-              f"{100 * r.plan.gap:.2f}%")
+        times = {}
+        for label, opt_s in (("heuristic", 0.0), ("default", None)):
+            best = math.inf
+            for _ in range(3):
+                t = time.perf_counter()
+                p = symoe.plan(a, c, aggregator=R1_LLAMA, optimize_s=opt_s)
+                best = min(best, time.perf_counter() - t)
+            times[label] = best
+        print(f"   {d:>2} devices: heuristic {times['heuristic']:.3f} s, default plan {times['default']:.3f} s "
+              f"(best of 3), makespan {p.makespan:,.0f} s, gap {100 * p.gap:.2f}%")
 
 
 def gpqa() -> None:
@@ -153,14 +160,15 @@ def gpqa() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--suite", type=int, default=300, help="tiny instances (0: skip)")
-    ap.add_argument("--polish", type=float, default=2.0, help="the polish's seconds")
+    ap.add_argument("--polish", type=float, default=None,
+                    help="the polish's budget in deterministic seconds (default: plan()'s own)")
     ap.add_argument("--skip-million", action="store_true")
     args = ap.parse_args()
     if args.suite:
-        suite(args.suite, args.polish)
+        suite(args.suite)
     paper(args.polish)
     if not args.skip_million:
-        million(args.polish)
+        million()
     gpqa()
 
 
