@@ -38,10 +38,11 @@ def test_keyword_matching_without_the_remote_extra(module, extra, tmp_path):
 def test_local_engine_without_vllm_is_one_line():
     code = ("import sys\nsys.modules['vllm'] = None\nfrom pathlib import Path\n"
             "from symoe.generation.local import LocalEngine\n"
-            "try:\n    LocalEngine(0, {}, Path('.'))\nexcept RuntimeError as e:\n    print(e)\n")
+            "e = LocalEngine(0, {}, Path('.'))  # an endpoint-only pool's host device: built, never loads\n"
+            "try:\n    e.prepare()\nexcept RuntimeError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert "the in-process engine of device 0 needs the 'vllm' package" in out.stdout, out.stdout + out.stderr
-    assert "symoe[cpu]" in out.stdout and "symoe[gpu]" in out.stdout
+    assert "pip install 'symoe[cpu]' (CPU) or 'symoe[gpu]' (GPU)" in out.stdout
 
 
 def test_ray_pool_without_the_ray_extra():
@@ -76,3 +77,22 @@ def test_cli_turns_an_unchecked_missing_extra_into_one_line(tmp_path):
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
     assert out.stderr.strip() == "Error: symoe route needs the 'tokenizers' package, which is not installed: " \
                                  "pip install 'symoe[remote]'"
+
+
+def test_endpoint_pool_runs_without_vllm_or_torch(tmp_path):
+    """`symoe run` on a pool of endpoints in an interpreter where vllm, torch and transformers cannot be
+    imported (as after `pip install 'symoe[remote]'`): every stage runs, every generation is stored."""
+    from openai_fake_server import FakeOpenAI
+    from symoe.store import Store
+
+    names = ["SmolLM2-135M-Instruct", "Qwen2.5-Coder-0.5B-Instruct", "gemma-3-270m"]
+    with FakeOpenAI(models=names) as srv:
+        pool = '[engine]\nplatform = "cpu"\nmax_tokens = 32\n[devices]\ncount = 1\nmemory_gb = 8.0\n'
+        pool += "".join(f'\n[[model]]\nname = "{n}"\nendpoint = "{srv.url}"\n' for n in names)
+        (tmp_path / "pool.toml").write_text(pool)
+        out = _cli_without(["vllm", "torch", "transformers", "sentence_transformers"],
+                           ["run", "--config", str(tmp_path / "pool.toml"), "--limit", "3", "--out", str(tmp_path / "out"),
+                            "--store", str(tmp_path / "s.sqlite")], tmp_path)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    with Store(tmp_path / "s.sqlite") as st:
+        assert st.count("expert") == 9 and st.count("aggregate") == 3

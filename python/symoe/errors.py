@@ -12,8 +12,9 @@ class SymoeError(ValueError):
 
 
 # Optional dependencies -> the extra that installs them (pyproject.toml's [project.optional-dependencies]).
-EXTRAS = {"tokenizers": "remote", "safetensors": "remote", "vllm": "cpu] (CPU) or 'symoe[gpu] (GPU)", "torch": "cpu",
-          "transformers": "cpu", "gguf": "cpu", "tqdm": "cpu", "ray": "ray"}
+EXTRAS = {"tokenizers": "'symoe[remote]'", "safetensors": "'symoe[remote]'", "ray": "'symoe[ray]'",
+          "vllm": "'symoe[cpu]' (CPU) or 'symoe[gpu]' (GPU)", "torch": "'symoe[cpu]'", "transformers": "'symoe[cpu]'",
+          "gguf": "'symoe[cpu]'", "tqdm": "'symoe[cpu]'"}
 
 
 class MissingExtra(RuntimeError):
@@ -22,7 +23,7 @@ class MissingExtra(RuntimeError):
     def __init__(self, what: str, module: str):
         extra = EXTRAS.get(module.split(".")[0], "")
         super().__init__(f"{what} needs the '{module}' package, which is not installed: "
-                         + (f"pip install 'symoe[{extra}]'" if extra else f"pip install {module}"))
+                         + f"pip install {extra or module}")
 
 
 def require(module: str, what: str) -> None:

@@ -209,7 +209,6 @@ class LocalEngine(Engine):
 
     def __init__(self, device: int, env: Mapping[str, str], log_dir: Path,
                  env_of_group: Callable[[Sequence[int]], Mapping[str, str]] | None = None):
-        require("vllm", f"the in-process engine of device {device}")  # one line, not a worker's traceback
         self.device, self.env, self.log_dir, self.env_of_group = device, env, log_dir, env_of_group
         self.clock = Clock()
         self._lock = threading.Lock()  # guards resident, spare and closed
@@ -227,6 +226,7 @@ class LocalEngine(Engine):
         return cls(device, env, log_dir, lambda g: group_env(env, eng.platform, g, local, eng.threads))
 
     def _new_worker(self, env: Mapping[str, str] | None = None) -> Worker:
+        require("vllm", f"the in-process engine of device {self.device}")  # one line, not a worker's traceback
         with self._lock:
             if self._closed:
                 raise EngineError(f"device {self.device}: engine closed")
