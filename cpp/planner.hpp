@@ -35,7 +35,7 @@ struct PlanOptions {
 Plan make_plan(const Workload& w, const Costs& c, const PlanOptions& o);
 
 // A lower bound on the makespan of every plan validate() accepts, tensor-parallel steps
-// included (the terms and why each holds are in planner.cpp).
+// included (the terms and why each holds are in planner_bound.cpp).
 double lower_bound(const Workload& w, const Costs& c);
 
 }  // namespace symoe
