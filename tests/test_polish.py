@@ -242,3 +242,48 @@ def test_relaxation_above_a_valid_plan_is_an_error(monkeypatch):
     monkeypatch.setattr(pb, "relaxation_bound", lambda inst, horizon_s, budget, workers: horizon_s * 1.2)
     with pytest.raises(SymoeError, match="exceeds the valid plan's makespan"):
         polish(h, BUDGET)
+
+
+@pytest.mark.parametrize("optimize_s", [None, 0.0, 0.25])
+def test_run_passes_its_polish_budget_to_the_planner(tmp_path, monkeypatch, optimize_s):
+    # symoe run --optimize S -> SymbolicMoE.run -> run_pipeline -> plan(optimize_s=S); the default
+    # (None) is plan()'s own budget, 0 the heuristic plan alone.
+    import symoe.pipeline
+    from symoe.store import Store
+    from test_evaluation import pipeline, questions
+
+    seen: list = []
+    real = symoe.pipeline.plan
+
+    def spy(*args, **kw):
+        seen.append(kw.get("optimize_s", "missing"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(symoe.pipeline, "plan", spy)
+    with Store(tmp_path / "s.sqlite") as store:
+        pipeline(tmp_path, store, questions(4), "run", baseline="top-k", optimize_s=optimize_s)
+    assert seen == [optimize_s]
+
+
+def test_cli_run_optimize_option(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from symoe.cli import main
+    from symoe.moe import SymbolicMoE
+
+    got: list = []
+
+    class Stop(RuntimeError):
+        pass
+
+    def fake_run(self, qs, out_dir, baseline, skip_agreed, optimize_s=None):
+        got.append(optimize_s)
+        raise Stop("stop here")
+
+    monkeypatch.setattr(SymbolicMoE, "run", fake_run)
+    for args, want in (([], None), (["--optimize", "0"], 0.0), (["--optimize", "1.5"], 1.5)):
+        r = CliRunner().invoke(main, ["run", "--limit", "2", "--out", str(tmp_path / "r"), *args])
+        assert "stop here" in r.output, r.output
+        assert got[-1] == want
+    r = CliRunner().invoke(main, ["run", "--optimize", "-1"])
+    assert r.exit_code == 2 and "--optimize" in r.output

@@ -83,10 +83,11 @@ class SymbolicMoE:
                     strategy=strategy)  # type: ignore[arg-type]
 
     def run(self, questions: Sequence[Question], out_dir: str | Path = "runs/default", baseline: Baseline = "none",
-            skip_agreed: bool = False) -> RunResult:
-        """The whole method (or a ``baseline``) on ``questions``; results, plan and logs in ``out_dir``."""
+            skip_agreed: bool = False, optimize_s: float | None = None) -> RunResult:
+        """The whole method (or a ``baseline``) on ``questions``; results, plan and logs in ``out_dir``.
+        ``optimize_s``: the plan's polish budget (``plan()``'s; 0: the heuristic plan alone)."""
         provide(self.config, self.config.names)
         with Store(self.store_path) as store:
             return run_pipeline(questions, self.config, self.profiles, self.task, store, out_dir, self.sampling,
                                 self.k, self.seed, self.rare_threshold, baseline, self.similarity_floor,
-                                self.options, skip_agreed, self.engines, self.clock, self.preset.name)
+                                self.options, skip_agreed, self.engines, self.clock, self.preset.name, optimize_s)

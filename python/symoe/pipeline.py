@@ -162,13 +162,13 @@ def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles,
                  out_dir: str | Path, sampling: Sampling, k: int = 3, seed: int = 0, rare_threshold: float | None = None,
                  baseline: Baseline = "none", similarity_floor: float | None = None,
                  options: RunOptions = RunOptions(), skip_agreed: bool = False,
-                 engines: EngineFactory | None = None, clock: Clock | None = None, preset: str = "symoe"
-                 ) -> RunResult:
+                 engines: EngineFactory | None = None, clock: Clock | None = None, preset: str = "symoe",
+                 optimize_s: float | None = None) -> RunResult:
     """``skip_agreed``: the experts run first; where all k extracted answers are equal that answer
     is final, and aggregation is planned only for the other questions (their aggregator is -1 in
     the saved plan). ``engines``/``clock``: for tests and what-if runs (default: local vLLM).
     ``preset``: "symoe" or "reference" (the authors' code, see :mod:`symoe.presets`); an explicit
-    ``rare_threshold`` overrides the preset's."""
+    ``rare_threshold`` overrides the preset's. ``optimize_s``: the plans' polish budget (``plan()``'s)."""
     pre = get_preset(preset)
     rare_threshold = pre.rare_threshold if rare_threshold is None else rare_threshold
     check_run(questions, cfg, profiles, task, sampling, k, seed, baseline, rare_threshold, similarity_floor,
@@ -213,7 +213,7 @@ def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles,
     hashes = tuple(q.text_hash for q in questions)
     skipped = [False] * len(questions)
     if skip_agreed and agg is not None:  # experts first; aggregation planned only where they disagree
-        p_experts = plan(a, cfg)
+        p_experts = plan(a, cfg, optimize_s=optimize_s)
         p_experts.question_hashes = hashes
         times["planning"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -221,9 +221,9 @@ def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles,
         times["generation"] = time.perf_counter() - t
         t = time.perf_counter()
         skipped = [agreed_answer(r.expert_answers) is not None for r in first.results]
-        p = plan(a, cfg, aggregator=[None if s else agg for s in skipped])
+        p = plan(a, cfg, aggregator=[None if s else agg for s in skipped], optimize_s=optimize_s)
     else:
-        p = plan(a, cfg, aggregator=agg)
+        p = plan(a, cfg, aggregator=agg, optimize_s=optimize_s)
     p.question_hashes = hashes
     p.to_json(out / "plan.json")
     times["planning"] = times.get("planning", 0.0) + time.perf_counter() - t

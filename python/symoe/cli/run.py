@@ -74,12 +74,15 @@ def print_run(report: RunReport) -> None:
 @click.option("--devices", type=int, default=None)
 @tokens_opt
 @click.option("--out", "out_dir", default="runs/default", show_default=True)
+@click.option("--optimize", "optimize_s", type=click.FloatRange(min=0), default=None,
+              help="The plan polish's budget in deterministic seconds (reproducible); 0: the heuristic plan alone. "
+              "Default: as symoe plan.")
 @faults_opts
 def run_cmd(questions_path: str | None, fmt: str | None, config_path: str, store_path: str,
             profiles_path: str | None, task_path: str | None, limit: int | None, k: int, seed: int, preset: str,
             rare_threshold: float | None, similarity_floor: float | None, baseline: str, skip_agreed: bool,
-            devices: int | None, max_tokens: int | None, out_dir: str, retries: int, deadline_factor: float,
-            deadline_margin: float) -> None:
+            devices: int | None, max_tokens: int | None, out_dir: str, optimize_s: float | None, retries: int,
+            deadline_factor: float, deadline_margin: float) -> None:
     """The whole Symbolic-MoE pipeline on real models (default: bundled MMLU-Pro sample, tiny pool)."""
     from ..datasets import bundled
     from ..moe import SymbolicMoE
@@ -92,7 +95,7 @@ def run_cmd(questions_path: str | None, fmt: str | None, config_path: str, store
                           similarity_floor=similarity_floor, sampling=Sampling.for_pool(cfg, max_tokens, seed),
                           options=run_options(retries, deadline_factor, deadline_margin))
         t0 = time.perf_counter()
-        res = moe.run(qs, out_dir, baseline, skip_agreed)  # type: ignore[arg-type]
+        res = moe.run(qs, out_dir, baseline, skip_agreed, optimize_s)  # type: ignore[arg-type]
         wall = time.perf_counter() - t0
     except (ValueError, RuntimeError) as e:
         fail(e)
