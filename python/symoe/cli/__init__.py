@@ -12,6 +12,7 @@ from ..errors import EXTRAS, MissingExtra
 from .plans import demo_cmd, plan_cmd, route_cmd
 from .results import export_cmd, regrade_cmd, report_cmd
 from .run import run_cmd, run_plan_cmd
+from .serve import serve_cmd
 from .stages import keywords_cmd, profile_cmd, select_aggregator_cmd
 from .tools import bench_grp, models_grp
 
@@ -25,7 +26,7 @@ def main() -> None:
 
 
 for _cmd in (route_cmd, plan_cmd, demo_cmd, models_grp, run_plan_cmd, keywords_cmd, profile_cmd,
-             select_aggregator_cmd, run_cmd, export_cmd, regrade_cmd, report_cmd, bench_grp):
+             select_aggregator_cmd, run_cmd, export_cmd, regrade_cmd, report_cmd, bench_grp, serve_cmd):
     main.add_command(_cmd)
 
 

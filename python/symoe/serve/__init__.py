@@ -1,0 +1,10 @@
+"""``symoe serve``: the mixture as one OpenAI-compatible model. :mod:`.protocol` (wire format and
+errors), :mod:`.window` (one window of requests through the method, batched by model),
+:mod:`.mixture` (the queue and its worker), :mod:`.residency` (which models stay loaded),
+:mod:`.http` (the server)."""
+
+from .http import MixtureServer
+from .mixture import Mixture
+from .protocol import Answer, ApiError, Limits, ServeRequest
+
+__all__ = ["Answer", "ApiError", "Limits", "Mixture", "MixtureServer", "ServeRequest"]

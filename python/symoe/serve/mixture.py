@@ -1,0 +1,138 @@
+"""The live mixture: requests queue up, and one worker thread takes every request that arrived
+within a window (``window_s`` after the first one waiting; 0: one request at a time, no
+cross-request batching) and runs them together through :func:`.window.run_window`. Stopping
+(SIGTERM) refuses new requests, lets the queue drain within a deadline, then fails what is left
+with a 503."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+
+from ..config import Config
+from ..generation import Engine
+from ..matching import Embedder
+from ..routing import Profiles
+from ..store import Store
+from .protocol import Answer, ApiError, ServeRequest
+from .residency import Residency, expected_frequency
+from .window import Job, Setup, run_window
+
+
+class Mixture:
+    """Answers :class:`ServeRequest` s in windows, batched by model, on one engine."""
+
+    def __init__(self, cfg: Config, profiles: Profiles, keyword_model: str, aggregator: str, engine: Engine,
+                 store: Store, k: int = 3, window_s: float = 0.1, skip_agreed: bool = False, max_batch: int = 256,
+                 embedder: Embedder | None = None):
+        for m in profiles.models:
+            if m not in cfg.names:
+                raise ValueError(f"profiles name model {m!r}, which is not in the pool ({', '.join(cfg.names)})")
+        for what, m in (("keyword model", keyword_model), ("aggregator", aggregator)):
+            if m not in cfg.names:
+                raise ValueError(f"task: {what} {m!r} is not in the pool ({', '.join(cfg.names)})")
+        if window_s < 0 or max_batch < 1:
+            raise ValueError(f"window must be >= 0 s and max_batch >= 1, got {window_s}, {max_batch}")
+        emb = embedder or Embedder()
+        emb.embed(list(profiles.vocabulary))  # once, before the first request waits on it
+        self.setup = Setup(cfg, profiles, keyword_model, aggregator, Residency(cfg, engine), store, emb, k,
+                           skip_agreed)
+        self.window_s, self.max_batch = window_s, max_batch
+        self.windows = 0
+        self._queue: deque[tuple[Job, threading.Event]] = deque()
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._busy = False
+        self._thread = threading.Thread(target=self._loop, name="symoe-serve-mixture", daemon=True)
+
+    def start(self, preload: bool = True) -> list[str]:
+        """Load the models chosen to stay resident (see :mod:`.residency`), then take requests;
+        returns the models loaded."""
+        s = self.setup
+        loaded: list[str] = []
+        if preload:
+            freq = expected_frequency(s.profiles, s.k)
+            ranked = sorted(freq, key=lambda m: -freq[m])
+            for m in s.residency.plan_start([s.keyword_model, s.aggregator], ranked):
+                s.residency.ensure(m)
+                loaded.append(m)
+        self._thread.start()
+        return loaded
+
+    def answer(self, req: ServeRequest, timeout_s: float) -> Answer:
+        """Queue ``req`` and wait for its answer; an :class:`ApiError` when it fails or times out."""
+        job, done = Job(req), threading.Event()
+        with self._cv:
+            if self._stopping:
+                raise ApiError(503, "the server is shutting down", "server_error", code="shutting_down")
+            self._queue.append((job, done))
+            self._cv.notify_all()
+        if not done.wait(timeout_s):
+            raise ApiError(503, f"no answer within {timeout_s:g} s", "server_error", code="timeout")
+        if job.error is not None:
+            raise job.error
+        assert job.answer is not None
+        return job.answer
+
+    def _take(self) -> list[tuple[Job, threading.Event]] | None:
+        with self._cv:
+            while not self._queue:
+                if self._stopping:
+                    return None
+                self._cv.wait()
+            if self.window_s > 0:
+                until = self._queue[0][0].arrived + self.window_s
+                while not self._stopping and len(self._queue) < self.max_batch:
+                    left = until - time.perf_counter()
+                    if left <= 0:
+                        break
+                    self._cv.wait(left)
+            n = 1 if self.window_s == 0 else min(self.max_batch, len(self._queue))
+            self._busy = True
+            return [self._queue.popleft() for _ in range(n)]
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            jobs = [j for j, _ in batch]
+            try:
+                run_window(self.setup, self.windows, jobs)
+            except Exception as e:  # noqa: BLE001  (a bug must fail its requests, never hang them)
+                for j in jobs:
+                    if j.answer is None and j.error is None:
+                        j.error = ApiError(500, f"internal error: {type(e).__name__}: {e}", "server_error")
+            finally:
+                self.windows += 1
+                for j, done in batch:
+                    if j.answer is None and j.error is None:
+                        j.error = ApiError(503, "the request was not answered", "server_error")
+                    done.set()
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+
+    def stop(self, deadline_s: float) -> int:
+        """Refuse new requests; finish those queued or running within ``deadline_s``; fail the rest
+        (503). Returns how many were failed that way."""
+        end = time.perf_counter() + deadline_s
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+            while (self._queue or self._busy) and time.perf_counter() < end:
+                self._cv.wait(max(0.0, end - time.perf_counter()))
+            left = list(self._queue)
+            self._queue.clear()
+        for j, done in left:
+            j.error = ApiError(503, "the server shut down before this request ran", "server_error",
+                               code="shutting_down")
+            done.set()
+        return len(left)
+
+    @property
+    def calls(self) -> Sequence[object]:
+        """Every engine batch so far (:class:`.window.Call`)."""
+        return self.setup.calls

@@ -1,0 +1,165 @@
+"""One window of live requests through the whole method, batched by model: one keyword batch,
+then one batch per recruited expert (resident experts first), then one aggregation batch. Each
+request's keywords, matching, seeded routing and prompts are the library's own (``keywords``,
+``matching``, ``routing``, ``generation.Requests``); every generation goes to the store, and what
+the store already holds (the same prompt with the same seed) is reused, as in batch runs. An
+engine fault fails only the requests whose generations that call held (503)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import Config
+from ..evaluation import agreed_answer
+from ..generation import EngineError, Generation, Request, Requests, Sampling
+from ..generation.batch import DEADLINE_FACTOR, DEADLINE_MARGIN_S
+from ..generation.engine import Clock
+from ..grading import answer_of
+from ..keywords import filter_keywords
+from ..matching import Embedder, match_keywords
+from ..routing import Profiles, route
+from ..store import Store
+from .protocol import Answer, ApiError, ServeRequest
+from .residency import Residency
+
+
+@dataclass
+class Job:
+    """A request waiting for its answer (``done`` is set once ``answer`` or ``error`` is)."""
+
+    req: ServeRequest
+    arrived: float = field(default_factory=time.perf_counter)
+    answer: Answer | None = None
+    error: ApiError | None = None
+    gens: list[Generation] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One engine batch: the window it served, the model, the role and the number of requests."""
+
+    window: int
+    model: str
+    role: str
+    requests: int
+    seconds: float
+
+
+@dataclass
+class Setup:
+    """What every window uses: pool, profiles, task models, engine residency, store, embedder."""
+
+    cfg: Config
+    profiles: Profiles
+    keyword_model: str
+    aggregator: str
+    residency: Residency
+    store: Store
+    embedder: Embedder
+    k: int = 3
+    skip_agreed: bool = False
+    calls: list[Call] = field(default_factory=list)
+
+
+def _fail(job: Job, e: ApiError) -> None:
+    if job.error is None:
+        job.error = e
+
+
+def _batch(s: Setup, window: int, model: str, items: Sequence[tuple[Job, Request]], keep: Sequence[str]
+           ) -> dict[str, Generation]:
+    """Generate one model's requests of the window (stored ones are reused); a fault fails the
+    jobs whose requests did not finish."""
+    items = [(j, r) for j, r in items if j.error is None]
+    if not items:
+        return {}
+    got = s.store.generations(dict.fromkeys(r.key for _, r in items))
+    todo = list({r.key: r for _, r in items if r.key not in got}.values())
+    t = time.perf_counter()
+    if todo:
+        def done(g: Generation) -> None:
+            s.store.put(g)
+            got[g.key] = g
+
+        role = todo[0].role
+        try:
+            s.residency.ensure(model, keep)
+            now = getattr(s.residency.engine, "clock", Clock()).now
+            deadline = now() + DEADLINE_FACTOR * s.cfg.run_seconds(model, role, len(todo)) + DEADLINE_MARGIN_S
+            s.residency.engine.generate(model, todo, done, f"serve window {window}: {role} on {model}", deadline)
+        except EngineError as e:
+            s.residency.fault(model)  # the next window that needs it loads it again
+            for j, r in items:
+                if r.key not in got:
+                    _fail(j, ApiError(503, f"engine fault on model {model} ({role}): {e}", "server_error",
+                                      code="engine_fault"))
+        s.calls.append(Call(window, model, role, len(todo), time.perf_counter() - t))
+    for j, r in items:
+        if r.key in got:
+            j.gens.append(got[r.key])
+    return got
+
+
+def run_window(s: Setup, window: int, jobs: Sequence[Job]) -> None:
+    """Answer ``jobs`` (sets each job's ``answer`` or ``error``)."""
+    t0 = time.perf_counter()
+    for j in jobs:
+        j.timings["queued_s"] = t0 - j.arrived
+    build = {id(j): Requests(s.cfg, Sampling.for_pool(s.cfg, j.req.max_tokens, j.req.seed)) for j in jobs}
+    # 1. keywords: one batch on the keyword model for the whole window
+    kw_reqs = {id(j): build[id(j)].keywords(s.keyword_model, j.req.question) for j in jobs}
+    got = _batch(s, window, s.keyword_model, [(j, r) for j in jobs for r in kw_reqs[id(j)]], ())
+    live = [j for j in jobs if j.error is None]
+    kws = {str(id(j)): filter_keywords([got[r.key].text for r in kw_reqs[id(j)]]) for j in live}
+    matched = match_keywords(kws, s.profiles.vocabulary, s.embedder)
+    t1 = time.perf_counter()
+    # 2. seeded routing per request, then one batch per recruited expert
+    experts: dict[int, list[Request]] = {}
+    for j in live:
+        a = route(s.profiles, [matched[str(id(j))]], k=s.k, seed=j.req.seed, rare_threshold=0)
+        experts[id(j)] = [build[id(j)].expert(m, j.req.question, slot) for slot, m in enumerate(a.names(0))]
+    by_model: dict[str, list[tuple[Job, Request]]] = {}
+    for j in live:
+        for r in experts[id(j)]:
+            by_model.setdefault(r.model, []).append((j, r))
+    resident = s.residency.resident
+    for m in sorted(by_model, key=lambda m: (m not in resident, -resident.get(m, 0))):
+        got.update(_batch(s, window, m, by_model[m], ()))
+    t2 = time.perf_counter()
+    # 3. aggregation batch, skipped where the experts agree (--skip-agreed)
+    final: dict[int, Generation] = {}
+    answers: dict[int, list[str | None]] = {}
+    agg_items: list[tuple[Job, Request]] = []
+    for j in live:
+        if j.error is not None:
+            continue
+        texts = [got[r.key].text for r in experts[id(j)]]
+        answers[id(j)] = [answer_of(t, j.req.question) for t in texts]
+        if s.skip_agreed and agreed_answer(answers[id(j)]) is not None:
+            final[id(j)] = got[experts[id(j)][0].key]
+        else:
+            agg_items.append((j, build[id(j)].aggregate(s.aggregator, j.req.question, texts)))
+    got_agg = _batch(s, window, s.aggregator, agg_items, ())
+    for j, r in agg_items:
+        if r.key in got_agg:
+            final[id(j)] = got_agg[r.key]
+    t3 = time.perf_counter()
+    for j in live:
+        if j.error is not None or id(j) not in final:
+            continue
+        g = final[id(j)]
+        j.timings.update(keywords_s=t1 - t0, experts_s=t2 - t1, aggregate_s=t3 - t2, total_s=t3 - j.arrived)
+        details: dict[str, Any] = {
+            "question": j.req.question.id, "kind": j.req.question.kind, "seed": j.req.seed,
+            "keywords": kws[str(id(j))], "matched": matched[str(id(j))],
+            "experts": [{"model": r.model, "slot": r.slot, "answer": a, "tokens": got[r.key].tokens,
+                         "seconds": got[r.key].seconds} for r, a in zip(experts[id(j)], answers[id(j)])],
+            "aggregator": None if g.role == "expert" else s.aggregator, "aggregation_skipped": g.role == "expert",
+            "answer": answer_of(g.text, j.req.question), "window": {"id": window, "requests": len(jobs)},
+            "model_calls": len(j.gens), "timings": dict(j.timings)}
+        j.answer = Answer(g.text, g.finish if g.finish in ("stop", "length") else "stop",
+                          sum(x.prompt_tokens for x in j.gens), sum(x.tokens for x in j.gens), len(j.gens), details)

@@ -1,0 +1,284 @@
+"""``symoe serve``: the mixture behind an OpenAI-compatible API on 127.0.0.1, with the fake engine
+(cost-model times on a scaled clock), with a pool of fake OpenAI endpoints, and once with the
+tiny real CPU pool. Keyword matching uses the real NumPy all-MiniLM embedder."""
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+
+import httpx
+import openai
+import psutil
+import pytest
+
+import symoe
+from openai_fake_server import FakeOpenAI
+from symoe.datasets import bundled, load_questions
+from symoe.evaluation import export_rows
+from symoe.generation import seed_for
+from symoe.generation.fake import FakeEngine, Fault, ScaledClock
+from symoe.generation.routed import stage_engine
+from symoe.matching import Embedder
+from symoe.routing import Profiles
+from symoe.serve import Limits, Mixture, MixtureServer
+from symoe.serve.protocol import question_of
+from symoe.store import Store
+
+NAMES = ["SmolLM2-135M-Instruct", "Qwen2.5-Coder-0.5B-Instruct", "gemma-3-270m"]
+AGG = KW = "Qwen2.5-Coder-0.5B-Instruct"
+MODEL = "symoe-mmlu_pro"
+POOL = """[engine]
+platform = "gpu"
+max_tokens = 64
+[devices]
+count = 1
+memory_gb = {memory}
+[tokens]
+expert_prompt = 350
+expert_output = 200
+aggregate_prompt = 1000
+aggregate_output = 200
+"""
+
+
+def pool_toml(tmp_path, memory=80.0, endpoint=None):
+    text = POOL.format(memory=memory)
+    for n in NAMES:
+        text += f'\n[[model]]\nname = "{n}"\nweight_gb = 2.0\nload_s = 5.0\n'
+        text += f'chat = {"false" if n.startswith("gemma") else "true"}\n'
+        if endpoint:
+            text += f'endpoint = "{endpoint}"\n'
+    p = tmp_path / "pool.toml"
+    p.write_text(text)
+    return p
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return Embedder()
+
+
+@pytest.fixture(scope="module")
+def profiles():
+    return Profiles.from_json(bundled("tiny_profiles.json"))
+
+
+def prompts(n):
+    qs = load_questions(bundled("mmlu_pro_sample.json"))
+    return [q.text for q in qs[:n]]
+
+
+@contextmanager
+def serving(cfg, engine, store, embedder, profiles, window_s=0.05, api_key=None, limits=Limits(), **kw):
+    mix = Mixture(cfg, profiles, KW, AGG, engine, store, window_s=window_s, embedder=embedder, **kw)
+    mix.start()
+    srv = MixtureServer(mix, MODEL, "127.0.0.1", 0, limits, api_key)
+    srv.serve_in_thread()
+    try:
+        yield srv, mix
+    finally:
+        srv.close(5.0)
+        engine.close()
+
+
+def ask_all(url, texts, seeds=None, key="none", details=True):
+    """Every prompt from its own thread at once (a barrier), through the openai client."""
+    clients = [openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=120) for _ in texts]
+    out = [None] * len(texts)
+    barrier = threading.Barrier(len(texts))
+
+    def one(i):
+        barrier.wait()
+        kw = {"seed": seeds[i]} if seeds else {}
+        out[i] = clients[i].chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": texts[i]}], extra_body={"symoe": {"details": details}},
+            **kw)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    return out
+
+
+def test_16_concurrent_requests_fake_engine_one_window_batched_by_expert(tmp_path, embedder, profiles):
+    cfg = symoe.Config.from_toml(pool_toml(tmp_path))
+    eng = FakeEngine(0, cfg, ScaledClock(0.0))
+    texts = prompts(16)
+    with Store(tmp_path / "s.sqlite") as store:
+        with serving(cfg, eng, store, embedder, profiles, window_s=3.0) as (srv, mix):
+            out = ask_all(srv.url, texts)
+            rows = list(export_rows(store, []))
+        final = {(r["question"]): r["text"] for r in rows if r["role"] == "aggregate"}
+        assert store.count("keywords") == 16 * 5 and store.count("expert") == 16 * 3 and store.count("aggregate") == 16
+    for text, r in zip(texts, out):
+        d = r.model_extra["symoe"]
+        # The right answer on the right request: the stored aggregation of this very prompt.
+        assert d["question"] == question_of(text).id
+        assert r.choices[0].message.content == final[d["question"]]
+        assert len(d["experts"]) == 3 and d["aggregator"] == AGG and d["model_calls"] == 5 + 3 + 1
+        assert r.usage.completion_tokens > 0 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    # One window; one batch per model and role in it, not one per request.
+    assert mix.windows == 1
+    gens = [c for c in mix.calls]
+    experts = {e["model"] for r in out for e in r.model_extra["symoe"]["experts"]}
+    assert len(gens) == 1 + len(experts) + 1
+    assert [(c.role, c.requests) for c in gens if c.role != "expert"] == [("keywords", 80), ("aggregate", 16)]
+    assert sum(op == "generate" for op, _ in eng.calls) == len(gens)
+
+
+def test_window_zero_runs_one_pass_per_request(tmp_path, embedder, profiles):
+    cfg = symoe.Config.from_toml(pool_toml(tmp_path))
+    eng = FakeEngine(0, cfg, ScaledClock(0.0))
+    with Store(tmp_path / "s.sqlite") as store, serving(cfg, eng, store, embedder, profiles, window_s=0) as (srv, mix):
+        ask_all(srv.url, prompts(4))
+    assert mix.windows == 4 and all(c.requests == (5 if c.role == "keywords" else 1) for c in mix.calls
+                                    if c.role != "expert")
+
+
+def test_pool_of_endpoints_16_concurrent_requests(tmp_path, embedder, profiles):
+    with FakeOpenAI(models=NAMES) as fake:
+        cfg = symoe.Config.from_toml(pool_toml(tmp_path, endpoint=fake.url))
+        eng = stage_engine(cfg, tmp_path / "logs")
+        texts, seeds = prompts(16), list(range(100, 116))
+        with Store(tmp_path / "s.sqlite") as store, serving(cfg, eng, store, embedder, profiles, window_s=1.0) as (srv, _):
+            out = ask_all(srv.url, texts, seeds)
+    for text, seed, r in zip(texts, seeds, out):
+        # The fake endpoint echoes the sampling seed, which only this request's aggregation has.
+        want = seed_for(seed, question_of(text).id, "aggregate", 0)
+        assert r.choices[0].message.content == f"seed {want}: the answer is (A)"
+    assert len(fake.requests) == 16 * (5 + 3 + 1)
+
+
+def test_bad_input_is_a_4xx_and_the_server_keeps_serving(tmp_path, embedder, profiles):
+    cfg = symoe.Config.from_toml(pool_toml(tmp_path))
+    limits = Limits(max_body_bytes=4096, max_tokens=64)
+    with Store(tmp_path / "s.sqlite") as store, \
+            serving(cfg, FakeEngine(0, cfg, ScaledClock(0.0)), store, embedder, profiles, limits=limits) as (srv, _):
+        base = srv.url
+        ok = {"model": MODEL, "messages": [{"role": "user", "content": "What is 2+2?"}]}
+        cases = [
+            (b"{not json", 400, None), (json.dumps([1, 2]).encode(), 400, None),
+            (json.dumps({**ok, "model": "gpt-4"}).encode(), 404, "model"),
+            (json.dumps({"model": MODEL}).encode(), 400, "messages"),
+            (json.dumps({"model": MODEL, "messages": [{"role": "system", "content": "x"}]}).encode(), 400, "messages"),
+            (json.dumps({**ok, "max_tokens": 65}).encode(), 400, "max_tokens"),
+            (json.dumps({**ok, "max_tokens": "many"}).encode(), 400, "max_tokens"),
+            (json.dumps({**ok, "stream": True}).encode(), 400, "stream"),
+            (json.dumps({**ok, "pad": "x" * 5000}).encode(), 413, None),
+        ]
+        with httpx.Client(timeout=30) as c:
+            for body, status, param in cases:
+                r = c.post(base + "/chat/completions", content=body, headers={"Content-Type": "application/json"})
+                assert r.status_code == status, (body[:60], r.text)
+                err = r.json()["error"]
+                assert set(err) == {"message", "type", "param", "code"} and err["message"] and err["param"] == param
+            assert c.post(base + "/completions", json={"model": MODEL}).status_code == 400
+            assert c.post(base + "/nowhere", json=ok).status_code == 404
+            assert c.get(base + "/models").json()["data"][0]["id"] == MODEL
+            # still serving, both endpoints
+            assert c.post(base + "/chat/completions", json=ok).json()["choices"][0]["message"]["content"]
+            r = c.post(base + "/completions", json={"model": MODEL, "prompt": "What is 3+4?", "max_tokens": 8})
+            assert r.status_code == 200 and r.json()["object"] == "text_completion" and r.json()["choices"][0]["text"]
+
+
+def test_client_key(tmp_path, embedder, profiles):
+    cfg = symoe.Config.from_toml(pool_toml(tmp_path))
+    with Store(tmp_path / "s.sqlite") as store, \
+            serving(cfg, FakeEngine(0, cfg, ScaledClock(0.0)), store, embedder, profiles, api_key="sk-serve") as (srv, _):
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=srv.url, api_key="wrong", max_retries=0).models.list()
+        assert httpx.get(srv.url + "/models").status_code == 401
+        assert ask_all(srv.url, ["What is 1+1?"], key="sk-serve")[0].choices[0].message.content
+
+
+def test_engine_fault_fails_only_its_requests_and_the_expert_is_reloaded(tmp_path, embedder, profiles):
+    cfg = symoe.Config.from_toml(pool_toml(tmp_path))
+    victim = "SmolLM2-135M-Instruct"
+    eng = FakeEngine(0, cfg, ScaledClock(0.0), [Fault("die", "generate", victim)])
+    texts = prompts(12)
+    with Store(tmp_path / "s.sqlite") as store, serving(cfg, eng, store, embedder, profiles, window_s=2.0) as (srv, _):
+        first = ask_all_raw(srv.url, texts)
+        again = ask_all_raw(srv.url, texts)
+    failed = [i for i, (code, _) in enumerate(first) if code != 200]
+    assert failed and len(failed) < len(texts)
+    assert all(first[i][0] == 503 and victim in first[i][1]["error"]["message"] for i in failed)
+    assert all(victim not in [e["model"] for e in body["symoe"]["experts"]] for code, body in first if code == 200)
+    # The next window reloads the expert and answers every request.
+    assert all(code == 200 for code, _ in again)
+    assert any(victim in [e["model"] for e in body["symoe"]["experts"]] for _, body in again)
+    assert [m for op, m in eng.calls if op == "load"].count(victim) == 2
+
+
+def ask_all_raw(url, texts, timeout=60, **extra):
+    out = [None] * len(texts)
+
+    def one(i):
+        r = httpx.post(url + "/chat/completions", timeout=timeout,
+                       json={"model": MODEL, "messages": [{"role": "user", "content": texts[i]}], "symoe": {"details": True},
+                             **extra})
+        out[i] = (r.status_code, r.json())
+
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(len(texts))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+    return out
+
+
+def test_cli_listens_on_loopback_only_and_drains_on_sigterm(tmp_path):
+    pool = pool_toml(tmp_path)
+    cmd = [sys.executable, "-m", "symoe.cli", "serve", "--config", str(pool), "--port", "0", "--fake", "0.02",
+           "--window-ms", "50", "--store", str(tmp_path / "s.sqlite")]
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stderr.readline()
+        m = re.search(r"at (http://[\d.]+:(\d+)/v1)", line)
+        assert m, line + p.stderr.read()
+        url, port = m.group(1), int(m.group(2))
+        listening = [c for c in psutil.Process(p.pid).net_connections("inet") if c.status == psutil.CONN_LISTEN]
+        assert [c.laddr.port for c in listening] == [port] and all(c.laddr.ip == "127.0.0.1" for c in listening)
+        got = []
+        t = threading.Thread(target=lambda: got.extend(ask_all_raw(url, prompts(3))))
+        t.start()
+        time.sleep(0.3)  # in flight (the fake engine's times at 0.02 real s per second take seconds)
+        p.send_signal(signal.SIGTERM)
+        t.join(120)
+        assert p.wait(60) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert [code for code, _ in got] == [200, 200, 200]
+    with Store(tmp_path / "s.sqlite") as store:
+        assert store.count("aggregate") == 3
+
+
+def test_tiny_real_cpu_pool(tmp_path, embedder):
+    # Real vLLM on CPU: SmolLM2 is keyword model, every expert and the aggregator (one load). Minutes on 2 cores.
+    from symoe.models import fetch_tiny
+    smol = "SmolLM2-135M-Instruct"
+    cfg = symoe.Config.from_toml(fetch_tiny([smol]))
+    prof = Profiles.from_dict({smol: Profiles.from_json(bundled("tiny_profiles.json")).to_dict()[smol]})
+    eng = stage_engine(cfg, tmp_path / "logs")
+    mix = Mixture(cfg, prof, smol, smol, eng, Store(tmp_path / "s.sqlite"), window_s=2.0, embedder=embedder)
+    mix.start()
+    srv = MixtureServer(mix, MODEL, "127.0.0.1", 0, Limits(max_tokens=32))
+    srv.serve_in_thread()
+    try:
+        texts = prompts(16)
+        out = ask_all_raw(srv.url, texts, timeout=1200, max_tokens=32)
+        assert all(code == 200 and body["choices"][0]["message"]["content"] for code, body in out)
+        assert [b["symoe"]["question"] for _, b in out] == [question_of(t).id for t in texts]
+        assert httpx.post(srv.url + "/chat/completions", content=b"{").status_code == 400
+        assert ask_all_raw(srv.url, ["What is 2+2?"], timeout=600, max_tokens=32)[0][0] == 200
+    finally:
+        srv.close(30)
+        eng.close()
+        mix.setup.store.close()
