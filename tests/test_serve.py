@@ -282,3 +282,44 @@ def test_tiny_real_cpu_pool(tmp_path, embedder):
         srv.close(30)
         eng.close()
         mix.setup.store.close()
+
+
+def test_residency_keeps_what_fits_and_swaps_the_least_recently_used(tmp_path, embedder, profiles):
+    # Room for two of the three models, and every window needs all three (keywords on one, the
+    # aggregator another, experts the third among them): the keyword model and aggregator load at
+    # start; the expert is loaded on demand, unloading the least recently used.
+    cfg = symoe.Config.from_toml(pool_toml(tmp_path))
+    two = 2 * cfg.model(NAMES[0]).resident_bytes / 1e9 + 0.01
+    cfg = symoe.Config.from_toml(pool_toml(tmp_path, memory=two))
+    eng = FakeEngine(0, cfg, ScaledClock(0.0))
+    with Store(tmp_path / "s.sqlite") as store:
+        mix = Mixture(cfg, profiles, KW, NAMES[2], eng, store, window_s=0.5, embedder=embedder)
+        loaded = mix.start()
+        srv = MixtureServer(mix, MODEL, "127.0.0.1", 0)
+        srv.serve_in_thread()
+        try:
+            out = ask_all_raw(srv.url, prompts(12))
+        finally:
+            srv.close(5.0)
+            eng.close()
+    assert loaded == [KW, NAMES[2]]
+    assert all(code == 200 for code, _ in out)
+    assert NAMES[0] in {e["model"] for _, b in out for e in b["symoe"]["experts"]}
+    assert mix.setup.residency.evictions >= 1 and eng.peak_bytes <= cfg.devices[0].memory_bytes
+    loads = [m for op, m in eng.calls if op == "load"]
+    assert loads[:2] == [KW, NAMES[2]] and NAMES[0] in loads
+
+
+def test_skip_agreed_answers_without_the_aggregator(tmp_path, embedder, profiles):
+    # The fake endpoint's every answer is (A): the experts agree, so no aggregation is asked for.
+    with FakeOpenAI(models=NAMES) as fake:
+        cfg = symoe.Config.from_toml(pool_toml(tmp_path, endpoint=fake.url))
+        eng = stage_engine(cfg, tmp_path / "logs")
+        with Store(tmp_path / "s.sqlite") as store, \
+                serving(cfg, eng, store, embedder, profiles, window_s=0.5, skip_agreed=True) as (srv, _):
+            out = ask_all_raw(srv.url, prompts(4))
+    assert len(fake.requests) == 4 * (5 + 3)
+    for _, body in out:
+        d = body["symoe"]
+        assert d["aggregation_skipped"] and d["aggregator"] is None and d["answer"] == "A" and d["model_calls"] == 8
+        assert body["usage"]["prompt_tokens"] == 8 * 11 and body["usage"]["completion_tokens"] == 8 * 7
