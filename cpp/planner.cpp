@@ -19,6 +19,9 @@ namespace symoe {
 
 namespace detail {
 
+// Expert items up to which the planner tries extra per-device orders of the winning plan.
+constexpr int64_t kSmallWorkload = 100000;
+
 Plan plan_symoe(const Workload& w, const Costs& c, const PlanOptions& o) {
     const int32_t D = int32_t(c.devices.size());
     const int64_t M = int64_t(c.models.size());
@@ -46,7 +49,16 @@ Plan plan_symoe(const Workload& w, const Costs& c, const PlanOptions& o) {
     std::vector<std::vector<Piece>> balanced(D);
     if (D > 1 && o.replicate && balanced_placement(order, ex, work, c, balanced)) add(std::move(balanced));
     const size_t first_kind = placements.size();  // the plain and balanced placements come first
-    if (D > 1) add(lpt_placement(order, ex, ag, work, c, true));
+    if (D > 1) {
+        add(lpt_placement(order, ex, ag, work, c, true));
+        // Where loads rival the work, LPT by work and load together balances the devices better.
+        std::vector<int32_t> by_total = order;
+        std::stable_sort(by_total.begin(), by_total.end(), [&](int32_t a, int32_t b) {
+            return work[a] + c.models[a].load_s > work[b] + c.models[b].load_s;
+        });
+        add(lpt_placement(by_total, ex, ag, work, c, false));
+        add(lpt_placement(by_total, ex, ag, work, c, true));
+    }
     // Each candidate is built and simulated on its own thread (they are independent); only its
     // makespan is kept, and the winner, the first candidate with the smallest makespan in the
     // order below as if they ran one by one, is built again: the plan never depends on the threads.
@@ -99,11 +111,31 @@ Plan plan_symoe(const Workload& w, const Costs& c, const PlanOptions& o) {
     Plan best = emit_plan(best_jobs, c);
     // The winner with aggregations pulled forward to where their aggregator is resident.
     std::deque<std::vector<int64_t>> store;
-    if (w.aggregator && early_aggregation(best_jobs, w, store)) {
-        Plan p = emit_plan(best_jobs, c);
+    auto early = best_jobs;
+    if (w.aggregator && early_aggregation(early, w, store)) {
+        Plan p = emit_plan(early, c);
         double t = simulate(p, w, c).makespan;
-        if (t < best_t) { best = std::move(p); best_t = t; }
+        if (t < best_t) { best = std::move(p); best_t = t; best_jobs = std::move(early); }
     }
+    // An aggregator loads while the last expert job generates only if it fits beside that job's
+    // model: each expert job that does is tried last (small workloads; each try is simulated).
+    if (w.aggregator && w.N * w.k <= kSmallWorkload)
+        for (int32_t d = 0; d < D; ++d) {
+            size_t fa = 0;
+            while (fa < best_jobs[d].size() && best_jobs[d][fa].role == Role::Expert) ++fa;
+            if (fa == best_jobs[d].size() || fa < 2) continue;
+            const double g_bytes = resident_bytes(c.models[best_jobs[d][fa].model]);
+            for (size_t j = 0; j + 1 < fa; ++j) {
+                if (!fits(resident_bytes(c.models[best_jobs[d][j].model]) + g_bytes, c.devices[d].memory_bytes)) continue;
+                auto trial = best_jobs;
+                Job x = trial[d][j];
+                trial[d].erase(trial[d].begin() + int64_t(j));
+                trial[d].insert(trial[d].begin() + int64_t(fa - 1), x);
+                Plan p = emit_plan(trial, c);
+                double t = simulate(p, w, c).makespan;
+                if (t < best_t) { best = std::move(p); best_t = t; best_jobs = std::move(trial); }
+            }
+        }
     // Few questions on several devices: one model at a time, tensor-parallel over the widest group
     // of devices that holds it (the reference's schedule without its pauses) can be fastest.
     // It runs one step at a time, so it takes at least every model's load and fastest runs: built

@@ -912,3 +912,25 @@ def test_aggregation_while_its_model_is_resident():
     assert p.makespan == pytest.approx(opt, rel=1e-9)
     loads = p.arrays["model"][p.arrays["kind"] == LOAD].tolist()
     assert sorted(loads) == [0, 1]
+
+
+def test_last_expert_job_fits_beside_the_aggregator():
+    # 35 GB: the aggregator G (12 GB) fits beside Y (20.8 GB) but not beside X (23.6 GB). Johnson's
+    # rule runs Y first; the optimum runs X first and Y last, loading G while Y generates (issue 22).
+    tok = Tokens(100, 100, 100, 100)
+    x, y, g = model("X", 23.6, 12.5, 14.1), model("Y", 20.8, 6.1, 9.0), model("G", 12.0, 13.6, 17.3)
+    inst = Instance(Config((x, y, g), (Device(35 * GB),), tok), [[0], [1], [1]], [2, 2, 2])
+    p = inst.plan("symoe")
+    opt, _ = optimum(inst, math.inf)
+    assert p.makespan == pytest.approx(opt, rel=1e-9)
+    runs = p.arrays["model"][p.arrays["kind"] == RUN].tolist()
+    assert runs == [0, 1, 2]
+
+
+@pytest.mark.parametrize("seed", [79, 119, 212])
+def test_heuristic_alone_on_former_worst_instances(seed):
+    # Instances where the heuristic alone was 1.13-1.22x the optimum: memory that lets only some
+    # models sit beside the aggregator, loads that outweigh the work on two devices.
+    inst = quality_instance(seed)
+    opt, _ = optimum(inst, math.inf)
+    assert inst.plan("symoe").makespan <= opt * 1.07
