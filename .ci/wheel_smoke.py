@@ -1,5 +1,9 @@
 """Smoke test of an installed wheel (CI and cibuildwheel): the core routes, plans and simulates,
-the bundled data loads, and no test file or source tree is needed."""
+the bundled data loads, `symoe demo` and `symoe run --help` work, and no source tree is needed."""
+
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -16,3 +20,7 @@ p.validate()
 t = symoe.simulate(p, cfg)
 assert t.makespan > 0 and abs(t.makespan - p.makespan) <= 1e-9 * p.makespan, (t.makespan, p.makespan)
 print(f"wheel smoke: {len(qs)} questions routed, {p.metrics()['loads']} loads, makespan {p.makespan:.1f} s")
+symoe_cli = Path(sys.executable).with_name("symoe")
+for args in (["demo", "--devices", "2"], ["run", "--help"]):
+    subprocess.run([str(symoe_cli), *args], check=True, stdout=subprocess.DEVNULL, timeout=600)
+print("wheel smoke: symoe demo, symoe run --help")

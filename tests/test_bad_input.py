@@ -324,6 +324,7 @@ def test_run_plan_with_another_k_says_what_the_plan_was_made_for(pool):
     assert r.exit_code == 0, r.output
     doc = json.loads((pool / "plan.json").read_text())
     for edit, parts in [({"k": 1}, ("plan.json was made with k=2", "its 'k' says 1", "route again with -k 1")),
+                        ({"k": 4}, ("plan.json was made with k=2", "its 'k' says 4", "route again with -k 4")),
                         ({"question_hashes": doc["question_hashes"][:2]},
                          ("plan.json holds 3 questions but records 2 question texts", "symoe plan --questions"))]:
         (pool / "plan.json").write_text(json.dumps({**doc, **edit}))
@@ -333,4 +334,12 @@ def test_run_plan_with_another_k_says_what_the_plan_was_made_for(pool):
         refused(CliRunner().invoke(main, ["run-plan", "--questions", str(pool / "qs.jsonl"), "--format", "jsonl",
                                           "--plan", str(pool / "plan.json"), "--store", str(pool / "store.sqlite")]),
                 *parts)
+    # run-plan --assignment routed with another k
+    (pool / "plan.json").write_text(json.dumps(doc))
+    route(Profiles.from_json(pool / "profiles.json"), [["law"]] * 3, k=3,
+          question_ids=["q0", "q1", "q2"]).save(pool / "a3.jsonl")
+    refused(CliRunner().invoke(main, ["run-plan", "--questions", str(pool / "qs.jsonl"), "--format", "jsonl",
+                                      "--plan", str(pool / "plan.json"), "--assignment", str(pool / "a3.jsonl"),
+                                      "--store", str(pool / "store.sqlite")]),
+            "the plan was made with k=2, the assignment has k=3", "symoe plan --assignment")
     assert not (pool / "store.sqlite").exists()

@@ -39,6 +39,29 @@ def test_unknown_names_are_refused_by_name():
         dataset_path("gpqa")
     with pytest.raises(SymoeError, match="unknown split 'train'.*test, validation"):
         load_questions("mmlu_pro", split="train")  # type: ignore[arg-type]
+    with pytest.raises(SymoeError, match="split='validation' is for a bundled dataset.*holds one split"):
+        load_questions(dataset_path("aime24"), split="validation")
+
+
+def test_profiling_stages_default_to_the_validation_split():
+    """`symoe profile --dataset mmlu_pro` profiles on the validation split unless told otherwise;
+    `symoe run --dataset mmlu_pro` runs the test split."""
+    import click
+
+    from symoe.cli import stages
+    from symoe.cli.common import questions_opt, validation_questions_opt
+
+    def probe(opt):
+        return click.command()(opt(lambda questions_path: click.echo(questions_path)))
+
+    for opt, split in ((validation_questions_opt, "validation"), (questions_opt, "test")):
+        r = CliRunner().invoke(probe(opt), ["--dataset", "mmlu_pro"])
+        assert r.output.strip() == str(dataset_path("mmlu_pro", split))
+        r = CliRunner().invoke(probe(opt), ["--dataset", "mmlu_pro", "--split", "test"])
+        assert r.output.strip() == str(dataset_path("mmlu_pro", "test"))
+    for cmd, split in ((stages.profile_cmd, "validation"), (stages.select_aggregator_cmd, "validation"),
+                       (stages.keywords_cmd, "test")):
+        assert f"[default: {split}]" in " ".join(CliRunner().invoke(cmd, ["--help"]).output.split())
 
 
 def test_gpqa_loader_on_hand_made_items(tmp_path):

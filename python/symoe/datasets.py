@@ -55,10 +55,14 @@ def dataset_path(name: str, split: str = "test") -> Path:
     return bundled(f"{DATASETS[name]}_{'train' if split == 'validation' else 'test'}.json.gz")
 
 
-def resolve(source: str | Path, split: str = "test") -> Path:
-    """A dataset name (when no file of that name exists) or a path."""
+def resolve(source: str | Path, split: str | None = None) -> Path:
+    """A dataset name (when no file of that name exists; ``split`` default test) or a path (no split:
+    a file is one split)."""
     if isinstance(source, str) and source in DATASETS and not Path(source).exists():
-        return dataset_path(source, split)
+        return dataset_path(source, split or "test")
+    if split is not None:
+        raise SymoeError(f"split={split!r} is for a bundled dataset ({', '.join(DATASETS)}); {source} is a file, "
+                         "which holds one split")
     return Path(source)
 
 
@@ -79,7 +83,7 @@ def guess_format(path: str | Path) -> Format:
 
 
 def load_questions(path: str | Path, fmt: Format | None = None, limit: int | None = None,
-                   split: Split = "test") -> list[Question]:
+                   split: Split | None = None) -> list[Question]:
     """Read a dataset: a bundled name (``"mmlu_pro"``, ``"medmcqa"``, ``"aime24"``; ``split`` test or
     validation) or a file (``.gz`` read as gzip); every item is checked and a bad one named by index and field."""
     if limit is not None and limit < 1:

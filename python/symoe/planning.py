@@ -195,9 +195,11 @@ class Plan:
         missing = [n for n in _ARRAYS if not isinstance(doc["arrays"], dict) or n not in doc["arrays"]]
         if missing:
             raise SymoeError(f"plan {source}: arrays: missing key {missing[0]!r}")
+        ids, hashes = tuple(doc.get("question_ids", ())), tuple(doc.get("question_hashes", ()))
         try:
             cfg = Config.from_plain(doc["config"])
             k = int(doc["k"])
+            plan_checks.check_plan_shape(source, k, doc["experts"], hashes)  # before a reshape can fail on it
             experts = np.asarray(doc["experts"], dtype=np.int64).reshape(-1, k)
             agg = None if doc["aggregator"] is None else np.asarray(doc["aggregator"], dtype=np.int64)
             arrays = {name: np.asarray(doc["arrays"][name], dtype=_DTYPES[name]) for name in _ARRAYS}
@@ -205,8 +207,6 @@ class Plan:
             raise SymoeError(f"plan {source}: config: missing key {e.args[0]!r}") from e
         except (TypeError, ValueError, OverflowError) as e:  # wrong shapes or types in a hand-edited plan
             raise SymoeError(f"plan {source}: {type(e).__name__}: {e}") from e
-        ids, hashes = tuple(doc.get("question_ids", ())), tuple(doc.get("question_hashes", ()))
-        plan_checks.check_plan_shape(source, k, doc["experts"], hashes)
         p = cls(doc["strategy"], cfg, experts, agg, arrays, question_ids=ids, question_hashes=hashes)
         p.timeline = simulate(p)
         p.lower_bound = _core.lower_bound(**p._core_inputs())

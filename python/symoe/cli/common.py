@@ -29,26 +29,35 @@ k_opt = click.option("-k", type=click.IntRange(1, _core.MAX_K), default=3, show_
                      help="Experts per question.")
 
 
-def questions_opt(f: F) -> F:
-    """``--questions FILE`` or ``--dataset NAME --split SPLIT`` (a bundled benchmark), folded into
-    the command's ``questions_path``, so commands see one path."""
+def questions_from(split: str) -> Callable[[F], F]:
+    """``--questions FILE`` or ``--dataset NAME [--split SPLIT]`` (a bundled benchmark), folded into
+    the command's ``questions_path``, so commands see one path. ``split``: the default split
+    (validation for the stages that profile models, so a test split is never profiled by accident)."""
 
-    @functools.wraps(f)
-    def wrapper(*args: Any, dataset: str | None, split: str, **kw: Any) -> Any:
-        if dataset is not None:
-            if kw.get("questions_path"):
-                raise click.UsageError("give --questions or --dataset, not both")
-            kw["questions_path"] = str(dataset_path(dataset, split))
-        elif split != "test":
-            raise click.UsageError("--split needs --dataset (a file given by --questions is one split)")
-        return f(*args, **kw)
+    def decorate(f: F) -> F:
+        @functools.wraps(f)
+        def wrapper(*args: Any, dataset: str | None, split: str | None, **kw: Any) -> Any:
+            if dataset is not None:
+                if kw.get("questions_path"):
+                    raise click.UsageError("give --questions or --dataset, not both")
+                kw["questions_path"] = str(dataset_path(dataset, split or default))
+            elif split is not None:
+                raise click.UsageError("--split needs --dataset (a file given by --questions is one split)")
+            return f(*args, **kw)
 
-    wrapper = click.option("--questions", "questions_path", default=None,
-                           help="Dataset file (default: the bundled MMLU-Pro sample).")(wrapper)
-    wrapper = click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True,
-                           help="Split of --dataset (validation: the profiling split).")(wrapper)
-    return click.option("--dataset", type=click.Choice(list(DATASETS)), default=None,  # type: ignore[return-value]
-                        help="A bundled benchmark instead of --questions.")(wrapper)
+        wrapper = click.option("--questions", "questions_path", default=None,
+                               help="Dataset file (default: the bundled MMLU-Pro sample).")(wrapper)
+        wrapper = click.option("--split", type=click.Choice(SPLITS), default=None,
+                               help=f"Split of --dataset (validation: the profiling split). [default: {default}]")(wrapper)
+        return click.option("--dataset", type=click.Choice(list(DATASETS)), default=None,  # type: ignore[return-value]
+                            help="A bundled benchmark instead of --questions.")(wrapper)
+
+    default = split
+    return decorate
+
+
+questions_opt = questions_from("test")
+validation_questions_opt = questions_from("validation")
 
 format_opt = click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
                           help="Dataset format (default: from the file name).")

@@ -23,6 +23,7 @@ from .common import (
     store_opt,
     table,
     tokens_opt,
+    validation_questions_opt,
 )
 
 
@@ -60,7 +61,7 @@ def keywords_cmd(questions_path: str | None, fmt: str | None, config_path: str, 
 
 
 @click.command("profile")
-@questions_opt
+@validation_questions_opt
 @format_opt
 @config_opt
 @store_opt
@@ -103,7 +104,7 @@ def profile_cmd(questions_path: str | None, fmt: str | None, config_path: str, s
 
 
 @click.command("select-aggregator")
-@questions_opt
+@validation_questions_opt
 @format_opt
 @config_opt
 @store_opt

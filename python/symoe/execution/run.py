@@ -35,6 +35,11 @@ def check_plan_matches(plan: Plan, questions: Sequence[Question], experts_by_nam
     if experts_by_name is not None:
         names = plan.config.names
         planned = [[names[m] for m in row] for row in plan.experts]
+        widths = {len(r) for r in experts_by_name}
+        if widths and widths != {plan.experts.shape[1]}:
+            raise ValueError(f"plan does not match the assignment: the plan was made with k={plan.experts.shape[1]}, the "
+                             f"assignment has k={'/'.join(map(str, sorted(widths)))}; make the plan for this assignment "
+                             "with symoe plan --assignment")
         if [list(r) for r in experts_by_name] != planned:
             raise ValueError("plan does not match the assignment: the experts per question differ")
 
