@@ -306,7 +306,7 @@ def test_overlapped_load_runs_beside_generation(bench_data, smol_config, tmp_pat
 def test_worker_dies_with_a_parent_that_dies_at_once(tmp_path):
     # The parent exits right after starting a worker that is importing vllm (seconds of work):
     # the die-with-parent signal is armed before any import, so the worker goes at once.
-    code = ("import os, sys; from pathlib import Path; from symoe.generation.local import Worker, engine_env; "
+    code = ("import os, sys; from pathlib import Path; from symoe.generation.process import Worker, engine_env; "
             f"w = Worker(engine_env('cpu', 0), Path({str(tmp_path / 'w.log')!r})); print(w.proc.pid, flush=True); "
             "os._exit(0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

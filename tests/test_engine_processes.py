@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from symoe.generation import EngineTimeout, ModelSettings, local
+from symoe.generation import EngineTimeout, ModelSettings, local, process
 
 # A worker that says it is ready and then never reads its pipe (hung, e.g. in a driver call).
 HUNG_WORKER = "import json, time; print(json.dumps({'ok': True, 'ready': True}), flush=True); time.sleep(600)"
@@ -38,8 +38,8 @@ def in_thread(fn, guard_s=60.0):
 def test_hung_worker_with_a_batch_of_megabytes_hits_its_deadline(tmp_path, monkeypatch):
     script = tmp_path / "hung_worker.py"
     script.write_text(HUNG_WORKER)
-    monkeypatch.setattr(local, "WORKER", script)
-    w = local.Worker(dict(os.environ), tmp_path / "w.log", preimport=False)
+    monkeypatch.setattr(process, "WORKER", script)
+    w = process.Worker(dict(os.environ), tmp_path / "w.log", preimport=False)
     batch = {"op": "generate", "requests": [{"id": str(i), "prompt": "x" * 1000} for i in range(4000)]}  # ~4 MB
     try:
         finished, err = in_thread(lambda: w.request(batch, "generate (test)", time.monotonic() + 2.0))
@@ -69,7 +69,7 @@ class Unkillable:
 
 
 def test_kill_and_close_of_a_worker_that_does_not_die_return_and_say_so(tmp_path, caplog):
-    w = local.Worker.__new__(local.Worker)
+    w = process.Worker.__new__(process.Worker)
     w.proc, w.log_path = Unkillable(), tmp_path / "device0-worker1.log"
     w._log = open(w.log_path, "ab")
     eng = local.LocalEngine(0, {}, tmp_path)
@@ -104,7 +104,7 @@ def test_children_do_not_inherit_the_pools_api_keys(tmp_path, monkeypatch):
     monkeypatch.setenv("SYMOE_TEST_PLAIN", "kept")
     script = tmp_path / "hung_worker.py"
     script.write_text(HUNG_WORKER)
-    monkeypatch.setattr(local, "WORKER", script)
+    monkeypatch.setattr(process, "WORKER", script)
     cfg = pool_with_a_key()
     eng = local.LocalEngine.for_config(cfg, 0, tmp_path)  # a worker process: the warm spare
     try:

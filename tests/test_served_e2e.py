@@ -20,7 +20,7 @@ from symoe.datasets import load_questions
 from symoe.execution import RunOptions, run_plan
 from symoe.generation import EngineError, ModelSettings, Sampling, SamplingParams
 from symoe.generation.engine import Clock
-from symoe.generation.local import engine_env
+from symoe.generation.process import engine_env
 from symoe.generation.requests import Request
 from symoe.generation.served import ServedEngine
 from symoe.generation.vllm_server import free_port, server_command

@@ -5,7 +5,7 @@ with one bundle (a GPU pinned to its node, or for CPU testing the device's custo
 model loaded there is an actor in that bundle asking for its planned memory share of it, so
 Ray never packs more onto a device than the plan does. The actor (:class:`.ray_host.ModelHost`)
 drives the same vLLM calls as the local worker process (:class:`.worker.VllmEngine`) on one
-engine thread, with the CPU engine environment of :func:`.local.engine_env` in its runtime
+engine thread, with the CPU engine environment of :func:`.process.engine_env` in its runtime
 environment. Unload kills the actor (its process ends, so its memory is really freed); park/wake
 use vLLM's sleep mode where the model has it (GPU). Finished generations stream back through a
 Ray streaming generator and are handed to ``on_done`` the moment each arrives, so the driver's
@@ -33,7 +33,7 @@ from .engine import (
     generation_from_event,
     key_names,
 )
-from .local import engine_env
+from .process import engine_env
 from .ray_device import POLL_S, RayDevice, log
 from .ray_host import Hosted, cpu_env_vars, remote_host
 from .requests import Request

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .engine import ModelSettings
-from .local import engine_env
+from .process import engine_env
 
 
 class ModelHost:

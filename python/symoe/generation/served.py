@@ -3,7 +3,7 @@ server that symoe starts itself, one server process per resident model.
 
 The plan's load step starts ``python -m vllm.entrypoints.openai.api_server`` for the model on a
 free port of 127.0.0.1 (never another interface), with the device's engine environment
-(:func:`.local.engine_env`: CPU thread binding, or ``CUDA_VISIBLE_DEVICES`` and the planned memory
+(:func:`.process.engine_env`: CPU thread binding, or ``CUDA_VISIBLE_DEVICES`` and the planned memory
 share on a GPU), and waits for ``/health`` within the step's deadline; generation goes through
 the same client code as remote endpoints (:mod:`.openai_client`); the unload step stops the
 server (:class:`.vllm_server.Server`: its process group, SIGTERM, then SIGKILL). Park and wake
@@ -28,8 +28,8 @@ import httpx
 from .device_group import group_env
 from .endpoint import EndpointSettings
 from .engine import BatchInfo, Clock, Engine, EngineError, EngineTimeout, ModelSettings, OnDone, without_keys
-from .local import engine_env
 from .openai_client import RemoteClient, generate_concurrently
+from .process import engine_env
 from .requests import Request
 from .vllm_server import STOP_GRACE_S, Server, free_port
 

