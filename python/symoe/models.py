@@ -54,6 +54,7 @@ def cache_dir() -> Path:
 
 
 def sha256_file(path: Path) -> str:
+    """The file's SHA-256, hex (read in 4 MiB blocks)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):

@@ -35,6 +35,8 @@ def questions_from(split: str) -> Callable[[F], F]:
     (validation for the stages that profile models, so a test split is never profiled by accident)."""
 
     def decorate(f: F) -> F:
+        """Add --dataset/--split/--questions to a command taking ``questions_path``."""
+
         @functools.wraps(f)
         def wrapper(*args: Any, dataset: str | None, split: str | None, **kw: Any) -> Any:
             if dataset is not None:
