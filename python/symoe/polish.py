@@ -34,7 +34,7 @@ __all__ = ["PolishResult", "auto_budget", "polish"]
 
 def auto_budget(p: Plan) -> float:
     """``plan()``'s default polish budget in deterministic seconds: none where the heuristic plan is
-    proven within 1% of the optimum (nothing to win), else 0.1% of its predicted makespan, at most
+    proven within 1% of the optimum (nothing to win), else 0.02% of its predicted makespan, at most
     0.5 (a few seconds of wall time at worst), so planning stays a small share of the run."""
     if not p.makespan > p.lower_bound * 1.01:
         return 0.0
