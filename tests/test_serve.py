@@ -170,7 +170,7 @@ def test_bad_input_is_a_4xx_and_the_server_keeps_serving(tmp_path, embedder, pro
             (json.dumps({"model": MODEL, "messages": [{"role": "system", "content": "x"}]}).encode(), 400, "messages"),
             (json.dumps({**ok, "max_tokens": 65}).encode(), 400, "max_tokens"),
             (json.dumps({**ok, "max_tokens": "many"}).encode(), 400, "max_tokens"),
-            (json.dumps({**ok, "stream": True}).encode(), 400, "stream"),
+            (json.dumps({**ok, "stream": "yes"}).encode(), 400, "stream"),
             (json.dumps({**ok, "pad": "x" * 5000}).encode(), 413, None),
         ]
         with httpx.Client(timeout=30) as c:
@@ -258,6 +258,13 @@ def test_cli_listens_on_loopback_only_and_drains_on_sigterm(tmp_path):
     assert [code for code, _ in got] == [200, 200, 200]
     with Store(tmp_path / "s.sqlite") as store:
         assert store.count("aggregate") == 3
+    # Served answers are in the store as batch runs leave them: `symoe export` lists them.
+    out = subprocess.run([sys.executable, "-m", "symoe.cli", "export", "--store", str(tmp_path / "s.sqlite"),
+                          "--out", str(tmp_path / "x.jsonl")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(ln) for ln in (tmp_path / "x.jsonl").read_text().splitlines()]
+    assert sorted(r["question"] for r in rows if r["role"] == "aggregate") == sorted(
+        question_of(t).id for t in prompts(3))
 
 
 def test_tiny_real_cpu_pool(tmp_path, embedder):
@@ -323,3 +330,20 @@ def test_skip_agreed_answers_without_the_aggregator(tmp_path, embedder, profiles
         d = body["symoe"]
         assert d["aggregation_skipped"] and d["aggregator"] is None and d["answer"] == "A" and d["model_calls"] == 8
         assert body["usage"]["prompt_tokens"] == 8 * 11 and body["usage"]["completion_tokens"] == 8 * 7
+
+
+def test_stream_gives_the_same_answer_as_server_sent_events(tmp_path, embedder, profiles):
+    cfg = symoe.Config.from_toml(pool_toml(tmp_path))
+    with Store(tmp_path / "s.sqlite") as store, \
+            serving(cfg, FakeEngine(0, cfg, ScaledClock(0.0)), store, embedder, profiles) as (srv, _):
+        c = openai.OpenAI(base_url=srv.url, api_key="none", max_retries=0)
+        msgs = [{"role": "user", "content": prompts(1)[0]}]
+        whole = c.chat.completions.create(model=MODEL, messages=msgs, seed=5)
+        chunks = list(c.chat.completions.create(model=MODEL, messages=msgs, seed=5, stream=True,
+                                                stream_options={"include_usage": True}))
+        text = c.completions.create(model=MODEL, prompt=prompts(1)[0], seed=5, stream=True)
+        streamed_text = "".join(ch.choices[0].text for ch in text if ch.choices)
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == whole.choices[0].message.content
+    assert chunks[-1].usage.total_tokens == whole.usage.total_tokens
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == whole.choices[0].finish_reason
+    assert streamed_text == whole.choices[0].message.content  # the same question and seed: the stored answer

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from .mixture import Mixture
-from .protocol import ApiError, Endpoint, Limits, parse, response
+from .protocol import ApiError, Endpoint, Limits, parse, response, stream_events
 
 SOCKET_TIMEOUT_S = 30.0  # a client that sends nothing for this long is dropped
 PATHS: dict[str, Endpoint] = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
@@ -23,6 +23,7 @@ class MixtureServer(ThreadingHTTPServer):
     """The server: the :class:`Mixture`, the model id it answers to, limits and the client key."""
 
     daemon_threads = True
+    request_queue_size = 1024  # listen backlog: bursts of new connections queue instead of being reset
 
     def __init__(self, mixture: Mixture, model_id: str, host: str = "127.0.0.1", port: int = 8000,
                  limits: Limits = Limits(), api_key: str | None = None, request_timeout_s: float = 600.0):
@@ -68,10 +69,10 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (quiet; the CLI prints a summary)
         """Not logged."""
 
-    def _send(self, code: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
+    def _send(self, code: int, body: dict[str, Any] | bytes) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.send_response(code)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", "text/event-stream" if isinstance(body, bytes) else "application/json")
         self.send_header("Content-Length", str(len(data)))
         if code == 401:
             self.send_header("WWW-Authenticate", "Bearer")
@@ -139,7 +140,8 @@ class Handler(BaseHTTPRequestHandler):
                 raise ApiError(404, f"no such path: POST {self.path}", code="not_found")
             req = parse(endpoint, body, self.server.model_id, self.server.limits)
             answer = self.server.mixture.answer(req, self.server.request_timeout_s)
-            self._send(200, response(req, answer, self.server.model_id))
+            mid = self.server.model_id
+            self._send(200, stream_events(req, answer, mid) if req.stream else response(req, answer, mid))
         except ApiError as e:
             self._error(e)
         except (TimeoutError, ConnectionError):

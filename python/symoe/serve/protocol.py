@@ -49,6 +49,8 @@ class ServeRequest:
     seed: int
     max_tokens: int | None
     details: bool
+    stream: bool = False
+    usage_in_stream: bool = False
     created: float = field(default_factory=time.time)
 
 
@@ -101,8 +103,12 @@ def parse(endpoint: Endpoint, raw: bytes, model_id: str, limits: Limits) -> Serv
         text = prompt
     if not text.strip():
         raise ApiError(400, "the question is empty", param="messages" if endpoint == "chat" else "prompt")
-    if body.get("stream"):
-        raise ApiError(400, "stream=true is not supported yet by symoe serve", param="stream", code="unsupported")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ApiError(400, "'stream' must be true or false", param="stream")
+    opts = body.get("stream_options") or {}
+    if not isinstance(opts, dict):
+        raise ApiError(400, "'stream_options' must be an object", param="stream_options")
     n = body.get("n", 1)
     if n not in (1, None):
         raise ApiError(400, "only n=1 is supported", param="n")
@@ -121,7 +127,8 @@ def parse(endpoint: Endpoint, raw: bytes, model_id: str, limits: Limits) -> Serv
         raise ApiError(400, "'symoe' must be an object, e.g. {\"details\": true}", param="symoe")
     if seed is None:  # a hash of the prompt: the same prompt is routed the same way
         seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
-    return ServeRequest(endpoint, question_of(text), int(seed), max_tokens, bool(ext.get("details", False)))
+    return ServeRequest(endpoint, question_of(text), int(seed), max_tokens, bool(ext.get("details", False)), stream,
+                        bool(opts.get("include_usage", False)))
 
 
 @dataclass
@@ -153,3 +160,26 @@ def response(req: ServeRequest, a: Answer, model_id: str) -> dict[str, Any]:
     if req.details:
         out["symoe"] = a.details
     return out
+
+
+def stream_events(req: ServeRequest, a: Answer, model_id: str) -> bytes:
+    """``stream: true``: the answer as server-sent events (one content chunk, since engines hand
+    symoe whole generations, then the finish chunk, usage when asked, and ``[DONE]``)."""
+    full = response(req, a, model_id)
+    base = {k: full[k] for k in ("id", "created", "model")}
+    chat = req.endpoint == "chat"
+    obj = "chat.completion.chunk" if chat else "text_completion"
+
+    def choice(text: str | None, finish: str | None) -> dict[str, Any]:
+        if chat:
+            delta: dict[str, Any] = {} if text is None else {"role": "assistant", "content": text}
+            return {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+
+    chunks: list[dict[str, Any]] = [{**base, "object": obj, "choices": [choice(a.text, None)]},
+                                    {**base, "object": obj, "choices": [choice(None, a.finish)]}]
+    if req.details:
+        chunks[-1]["symoe"] = a.details
+    if req.usage_in_stream:
+        chunks.append({**base, "object": obj, "choices": [], "usage": full["usage"]})
+    return b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
