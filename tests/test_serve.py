@@ -347,3 +347,25 @@ def test_stream_gives_the_same_answer_as_server_sent_events(tmp_path, embedder, 
     assert chunks[-1].usage.total_tokens == whole.usage.total_tokens
     assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == whole.choices[0].finish_reason
     assert streamed_text == whole.choices[0].message.content  # the same question and seed: the stored answer
+
+
+def test_a_client_that_stops_sending_is_dropped_and_others_are_served(tmp_path, embedder, profiles, monkeypatch):
+    import socket
+
+    from symoe.serve import http as serve_http
+    monkeypatch.setattr(serve_http.Handler, "timeout", 1.0)
+    cfg = symoe.Config.from_toml(pool_toml(tmp_path))
+    with Store(tmp_path / "s.sqlite") as store, \
+            serving(cfg, FakeEngine(0, cfg, ScaledClock(0.0)), store, embedder, profiles) as (srv, _):
+        port = srv.server_address[1]
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"model\"")
+        assert ask_all_raw(srv.url, ["What is 5+5?"])[0][0] == 200  # served meanwhile
+        s.settimeout(30)
+        assert s.recv(4096) == b""  # closed by the server after its socket timeout, no answer
+        s.close()
+        big = socket.create_connection(("127.0.0.1", port))  # a body far over the limit: 413, then closed
+        big.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n")
+        big.settimeout(30)
+        assert big.recv(4096).startswith(b"HTTP/1.1 413")
+        big.close()
