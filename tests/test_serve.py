@@ -3,6 +3,7 @@
 tiny real CPU pool. Keyword matching uses the real NumPy all-MiniLM embedder."""
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -369,3 +370,23 @@ def test_a_client_that_stops_sending_is_dropped_and_others_are_served(tmp_path, 
         big.settimeout(30)
         assert big.recv(4096).startswith(b"HTTP/1.1 413")
         big.close()
+
+
+def test_cli_refuses_a_port_in_use_and_an_unset_key_variable(tmp_path):
+    import socket
+
+    pool = pool_toml(tmp_path)
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    base = [sys.executable, "-m", "symoe.cli", "serve", "--config", str(pool), "--fake", "0",
+            "--store", str(tmp_path / "s.sqlite")]
+    try:
+        out = subprocess.run(base + ["--port", str(held.getsockname()[1])], capture_output=True, text=True, timeout=300)
+    finally:
+        held.close()
+    assert out.returncode != 0 and "in use" in out.stderr and "Traceback" not in out.stderr
+    env = {k: v for k, v in os.environ.items() if k != "SYMOE_TEST_UNSET_KEY"}
+    out = subprocess.run(base + ["--api-key-env", "SYMOE_TEST_UNSET_KEY"], capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert out.returncode == 2 and "SYMOE_TEST_UNSET_KEY" in out.stderr

@@ -64,12 +64,18 @@ def serve_cmd(config_path: str, profiles_path: str | None, task_path: str | None
             from ..generation.routed import stage_engine
             engine = stage_engine(cfg, Path(store_path).parent / "serve-logs")
         store = Store(store_path)
+    except (ValueError, RuntimeError, OSError) as e:
+        fail(e)
+    try:
         mixture = Mixture(cfg, profiles, task.keyword_model, task.aggregator, engine, store, k=k,
                           window_s=window_ms / 1000, skip_agreed=skip_agreed, max_batch=max_batch)
         limits = Limits(max_body_kb * 1024, max_tokens or cfg.engine.max_tokens or 4096)
-        loaded = mixture.start()
+        # The address first: a port in use is found before any model loads.
         server = MixtureServer(mixture, f"symoe-{task.name}", host, port, limits, key)
+        loaded = mixture.start()
     except (ValueError, RuntimeError, OSError) as e:
+        engine.close()  # workers or servers a load started
+        store.close()
         fail(e)
     stop = threading.Event()
 

@@ -18,7 +18,7 @@ from ..routing import Profiles
 from ..store import Store
 from .protocol import Answer, ApiError, ServeRequest
 from .residency import Residency, expected_frequency
-from .window import Job, Setup, run_window
+from .window import Call, Job, Setup, run_window
 
 
 class Mixture:
@@ -133,6 +133,6 @@ class Mixture:
         return len(left)
 
     @property
-    def calls(self) -> Sequence[object]:
+    def calls(self) -> Sequence[Call]:
         """Every engine batch so far (:class:`.window.Call`)."""
         return self.setup.calls
