@@ -13,11 +13,11 @@ from pathlib import Path
 import httpx
 
 import symoe
-from symoe.datasets import bundled
+from symoe.method.datasets import bundled
 from symoe.generation import ModelSettings
 from symoe.generation.local import engine_env
 from symoe.generation.vllm_server import free_port, server_command
-from symoe.models import fetch_tiny
+from symoe.models.fetch import fetch_tiny
 from symoe.store import Store
 
 NAMES = ["SmolLM2-135M-Instruct", "Qwen2.5-Coder-0.5B-Instruct"]

@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import symoe
-from symoe.datasets import bundled, load_questions
 from symoe.execution import RunOptions, calibrate, run_plan
 from symoe.generation import Sampling
-from symoe.models import fetch_tiny
+from symoe.method.datasets import bundled, load_questions
+from symoe.models.fetch import fetch_tiny
 from symoe.store import Store
 
 

@@ -15,9 +15,9 @@ import json
 import re
 from collections import Counter
 
-from symoe.datasets import bundled, load_questions
-from symoe.extraction import extract_answer, option_count
-from symoe.grading import is_correct
+from symoe.method.datasets import bundled, load_questions
+from symoe.method.extraction import extract_answer, option_count
+from symoe.method.grading import is_correct
 
 _ANSWER_IS = re.compile(r"answer is:?\s*\(?\s*\**\s*\(?([A-J])\)?(?![A-Za-z])")
 _LETTER_PAREN = re.compile(r"\(([A-J])\)")

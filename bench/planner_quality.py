@@ -32,7 +32,7 @@ import numpy as np
 
 import symoe
 from symoe import Config
-from symoe.workloads import category_keywords, skewed_profiles
+from symoe.method.workloads import category_keywords, skewed_profiles
 
 ROOT = Path(__file__).resolve().parents[1]
 R1_LLAMA = "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"

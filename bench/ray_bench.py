@@ -32,7 +32,7 @@ SMOL = "SmolLM2-135M-Instruct"
 
 def outside(args: argparse.Namespace) -> None:
     """Start the namespace with its cluster and run this script inside it."""
-    from symoe.models import fetch_tiny
+    from symoe.models.fetch import fetch_tiny
 
     fetch_tiny([SMOL])  # the namespace has no network
     ray_tmp = tempfile.mkdtemp(prefix="symoe-raybench-", dir="/tmp")
@@ -64,16 +64,16 @@ def inside(args: argparse.Namespace) -> None:
     """The measurements (run inside the namespace, connected to its cluster)."""
     import numpy as np
 
-    from symoe.cluster import discover, run_on_cluster
-    from symoe.cluster_table import ClusterTable
-    from symoe.config import Config
-    from symoe.datasets import load_questions
+    from symoe.cluster.live import discover, run_on_cluster
+    from symoe.config.cluster_table import ClusterTable
+    from symoe.config.pool import Config
     from symoe.execution import RunOptions, run_plan
     from symoe.generation import Sampling
     from symoe.generation.local import LocalEngine
-    from symoe.models import fetch_tiny
-    from symoe.planning import plan
-    from symoe.routing import Assignment
+    from symoe.method.datasets import load_questions
+    from symoe.method.routing import Assignment
+    from symoe.models.fetch import fetch_tiny
+    from symoe.planning.plan import plan
     from symoe.store import Store
 
     sys.path.insert(0, str(ROOT / "tests"))

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import openai
 
-from symoe.config import bundled_config_path
-from symoe.datasets import dataset_path, load_questions
+from symoe.config.pool import bundled_config_path
+from symoe.method.datasets import dataset_path, load_questions
 from symoe.serve.protocol import question_of
 
 

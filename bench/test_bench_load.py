@@ -11,8 +11,8 @@ import pytest
 import symoe
 from symoe.generation import ModelSettings
 from symoe.generation.local import LocalEngine
-from symoe.loadbench import file_read_gbps
-from symoe.models import TINY, fetch_tiny
+from symoe.models.fetch import TINY, fetch_tiny
+from symoe.models.loadbench import file_read_gbps
 
 NAMES = [m.name for m in TINY]
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import symoe
-from symoe.workloads import category_keywords, skewed_profiles
+from symoe.method.workloads import category_keywords, skewed_profiles
 
 AGG = "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"
 

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 import symoe
-from symoe.datasets import Question
 from symoe.execution import RunOptions, run_plan
 from symoe.generation import Generation, Sampling
 from symoe.generation.fake import FakeEngine, ScaledClock
+from symoe.method.datasets import Question
+from symoe.method.workloads import category_keywords, skewed_profiles
 from symoe.store import Store
-from symoe.workloads import category_keywords, skewed_profiles
 
 PAPER = symoe.Config.bundled("paper16")
 AGG = "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
-from symoe.datasets import bundled
+from symoe.method.datasets import bundled
 
 sys.path.insert(0, str(Path(__file__).parent))
 

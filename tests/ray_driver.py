@@ -26,16 +26,16 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from symoe.cluster import with_discovered_devices
-from symoe.config import Config
-from symoe.datasets import dataset_path, load_questions
+from symoe.cluster.live import with_discovered_devices
+from symoe.config.pool import Config
 from symoe.execution import RunOptions, run_plan
 from symoe.execution.replan import stored_work
 from symoe.generation import Requests, Sampling
 from symoe.generation.engine import DeviceLost
-from symoe.models import fetch_tiny
-from symoe.planning import Plan, plan
-from symoe.routing import Assignment
+from symoe.method.datasets import dataset_path, load_questions
+from symoe.method.routing import Assignment
+from symoe.models.fetch import fetch_tiny
+from symoe.planning.plan import Plan, plan
 from symoe.store import Store
 
 SMOL = "SmolLM2-135M-Instruct"

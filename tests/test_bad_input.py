@@ -12,10 +12,10 @@ from click.testing import CliRunner
 import symoe.pipeline
 from symoe import Config, Plan, Profiles, SymoeError, plan, route
 from symoe.cli import main
-from symoe.datasets import Question, load_questions
 from symoe.execution.run import check_plan_matches
 from symoe.generation import Sampling
-from symoe.models import check_model_folder
+from symoe.method.datasets import Question, load_questions
+from symoe.models.fetch import check_model_folder
 from symoe.pipeline import Task, check_run
 from symoe.store import Store
 

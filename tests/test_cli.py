@@ -42,9 +42,9 @@ def test_demo_runs(tmp_path):
     # The demo routes the bundled sample with synthetic profiles and plans it with each strategy on
     # 1 and --devices devices: every row it prints is the plan the API makes for those inputs.
     from symoe import Config, plan, route
-    from symoe.datasets import bundled, load_questions
+    from symoe.method.datasets import bundled, load_questions
+    from symoe.method.workloads import category_keywords, skewed_profiles
     from symoe.pipeline import Task
-    from symoe.workloads import category_keywords, skewed_profiles
 
     r = CliRunner().invoke(main, ["demo", "--devices", "2", "--png", str(tmp_path / "t.png")])
     assert r.exit_code == 0, r.output

@@ -6,10 +6,10 @@ import tomllib
 
 import pytest
 
-from symoe.cluster_table import ClusterTable
-from symoe.config import GB, Config
+from symoe.config.cluster_table import ClusterTable
+from symoe.config.pool import GB, Config
+from symoe.config.topology import LOST, from_nodes, from_table
 from symoe.errors import SymoeError
-from symoe.topology import LOST, from_nodes, from_table
 
 POOL = """
 [engine]
@@ -111,7 +111,7 @@ TWO_SIZES = ClusterTable(node=[{"name": "gpu-a", "devices": 1, "memory_gb": 40},
 def ray_engine_of(device, monkeypatch, platform="gpu"):
     import dataclasses
 
-    from symoe.generation.ray_engine import RayEngine
+    from symoe.cluster.ray_engine import RayEngine
 
     monkeypatch.setenv("SYMOE_TEST_SECRET_KEY", "sk-do-not-leak")
     cfg = Config.from_dict(tomllib.loads(POOL.format(platform=platform)), source="pool.toml")
@@ -121,8 +121,8 @@ def ray_engine_of(device, monkeypatch, platform="gpu"):
 
 
 def test_ray_actors_get_their_devices_memory_share_and_no_keys(monkeypatch):
+    from symoe.cluster import ray_engine as re
     from symoe.generation import ModelSettings
-    from symoe.generation import ray_engine as re
 
     class Actor:
         class load:
@@ -153,9 +153,9 @@ def test_ray_actors_get_their_devices_memory_share_and_no_keys(monkeypatch):
 def test_a_node_lost_while_reserving_names_the_model(monkeypatch):
     rpg = importlib.import_module("ray.util.placement_group")  # ray.util.placement_group is also a function
 
+    from symoe.cluster.ray_device import RayDevice
     from symoe.generation import EngineTimeout, ModelSettings
     from symoe.generation.engine import DeviceLost
-    from symoe.generation.ray_device import RayDevice
 
     class PG:
         def ready(self):
@@ -179,8 +179,8 @@ def test_actors_and_placement_groups_that_do_not_go_are_reported(monkeypatch, ca
     import ray
     rpg = importlib.import_module("ray.util.placement_group")  # ray.util.placement_group is also a function
 
+    from symoe.cluster.ray_host import Hosted
     from symoe.generation import ModelSettings
-    from symoe.generation.ray_host import Hosted
 
     def refuse(*a, **k):
         raise RuntimeError("the cluster does not answer")

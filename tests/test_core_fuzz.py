@@ -15,7 +15,7 @@ from hypothesis.extra import numpy as hnp
 
 import symoe
 from symoe import Config, Device, ModelSpec, Tokens, _core
-from symoe.config import GB
+from symoe.config.pool import GB
 
 FUZZ = settings(max_examples=1000, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -8,8 +8,8 @@ from click.testing import CliRunner
 from conftest import raw_items
 from symoe import load_questions
 from symoe.cli import main as cli
-from symoe.datasets import DATASETS, dataset_path
 from symoe.errors import SymoeError
+from symoe.method.datasets import DATASETS, dataset_path
 
 SIZES = {("mmlu_pro", "test"): 2100, ("mmlu_pro", "validation"): 350, ("medmcqa", "test"): 4183,
          ("medmcqa", "validation"): 504, ("aime24", "test"): 30, ("aime24", "validation"): 354}

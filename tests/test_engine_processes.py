@@ -143,7 +143,7 @@ def test_each_device_gets_the_memory_share_of_its_own_memory(tmp_path):
     from types import SimpleNamespace
 
     import symoe
-    from symoe.config import GB
+    from symoe.config.pool import GB
     from symoe.execution.run import local_engines
 
     cfg = symoe.Config.bundled("paper16").with_devices(1, memory_gb=80)

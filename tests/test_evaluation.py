@@ -9,17 +9,17 @@ from click.testing import CliRunner
 
 import symoe.pipeline
 from symoe.cli import main
-from symoe.comparison import bootstrap_ci, load_runs
-from symoe.config import Config
-from symoe.datasets import Question
+from symoe.config.pool import Config
 from symoe.errors import SymoeError
-from symoe.evaluation import agreed_answer, export_rows, regrade
+from symoe.evaluation.comparison import bootstrap_ci, load_runs
+from symoe.evaluation.from_store import agreed_answer, export_rows, regrade
 from symoe.execution import RunOptions
 from symoe.generation import Generation, Requests, Sampling
 from symoe.generation.fake import FakeEngine, ScaledClock
+from symoe.method.datasets import Question
+from symoe.method.routing import Profiles
 from symoe.pipeline import Task, run_pipeline
-from symoe.planning import Plan
-from symoe.routing import Profiles
+from symoe.planning.plan import Plan
 from symoe.store import Store
 
 QUIET = RunOptions(progress=False, pictures=False)

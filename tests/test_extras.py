@@ -28,7 +28,7 @@ def test_require_names_the_extra(monkeypatch):
 @pytest.mark.parametrize("module,extra", [("tokenizers", "remote"), ("safetensors", "remote")])
 def test_keyword_matching_without_the_remote_extra(module, extra, tmp_path):
     """The embedder is needed by `symoe run`'s matching stage: checked before anything loads."""
-    code = (f"import sys\nsys.modules[{module!r}] = None\nfrom symoe.matching import Embedder\n"
+    code = (f"import sys\nsys.modules[{module!r}] = None\nfrom symoe.method.matching import Embedder\n"
             "try:\n    Embedder()\nexcept RuntimeError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert f"keyword matching needs the '{module}' package" in out.stdout
@@ -46,7 +46,7 @@ def test_local_engine_without_vllm_is_one_line():
 
 
 def test_ray_pool_without_the_ray_extra():
-    code = ("import sys\nsys.modules['ray'] = None\nfrom symoe.cluster import connect\n"
+    code = ("import sys\nsys.modules['ray'] = None\nfrom symoe.cluster.live import connect\n"
             "try:\n    connect('auto')\nexcept RuntimeError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert "needs the 'ray' package" in out.stdout and "pip install 'symoe[ray]'" in out.stdout, out.stdout + out.stderr

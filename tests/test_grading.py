@@ -4,11 +4,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from symoe import extraction
-from symoe.datasets import load_questions
-from symoe.extraction import extract_answer, extract_boxed, extract_letter, extract_number, option_count
-from symoe.grading import answer_of, is_correct, majority
-from symoe.prompts import aggregator_messages, as_completion, expert_messages, strip_reasoning
+from symoe.method import extraction
+from symoe.method.datasets import load_questions
+from symoe.method.extraction import extract_answer, extract_boxed, extract_letter, extract_number, option_count
+from symoe.method.grading import answer_of, is_correct, majority
+from symoe.method.prompts import aggregator_messages, as_completion, expert_messages, strip_reasoning
 
 # Table of realistic outputs: (id, text, kind, n_options, expected extraction).
 # MMLU-Pro has 10 options (A-J), GPQA and MedMCQA 4 (A-D), AIME integer answers 0-999.
@@ -319,7 +319,7 @@ def test_aime_integers_extract_and_grade(k, form, lead):
 
 
 def test_answer_of_uses_the_questions_own_options():
-    from symoe.datasets import Question
+    from symoe.method.datasets import Question
 
     four = Question("g1", "Which?\n(A) a\n(B) b\n(C) c\n(D) d", "B", "letter")
     ten = Question("m1", "Which?\n" + "\n".join(f"({c}) x" for c in "ABCDEFGHIJ"), "F", "letter")
@@ -330,13 +330,13 @@ def test_answer_of_uses_the_questions_own_options():
 
 
 def _import_extraction_with(monkeypatch, math_verify):
-    """Import a fresh symoe.extraction with ``math_verify`` as the installed package (None: missing)."""
+    """Import a fresh symoe.method.extraction with ``math_verify`` as the installed package (None: missing)."""
     import importlib
     import sys
 
-    monkeypatch.delitem(sys.modules, "symoe.extraction")  # restored after the test
+    monkeypatch.delitem(sys.modules, "symoe.method.extraction")  # restored after the test
     monkeypatch.setitem(sys.modules, "math_verify", math_verify)
-    return importlib.import_module("symoe.extraction")
+    return importlib.import_module("symoe.method.extraction")
 
 
 def test_missing_math_verify_fails_at_import(monkeypatch):

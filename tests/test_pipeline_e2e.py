@@ -6,7 +6,7 @@ import json
 from click.testing import CliRunner
 
 from symoe.cli import main
-from symoe.datasets import bundled
+from symoe.method.datasets import bundled
 from symoe.pipeline import Task
 
 

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 
 from conftest import raw_items
-from symoe.aggregator import synthetic_items
-from symoe.datasets import Question, load_questions
-from symoe.keywords import filter_keywords, parse_keywords
+from symoe.method.aggregator import synthetic_items
+from symoe.method.datasets import Question, load_questions
+from symoe.method.keywords import filter_keywords, parse_keywords
+from symoe.method.profiling import build_profiles
+from symoe.method.routing import Profiles
 from symoe.pipeline import Task, check_pool
-from symoe.profiling import build_profiles
-from symoe.routing import Profiles
 
 
 def test_parse_keywords_reference_rules():
@@ -66,7 +66,7 @@ def test_synthetic_benchmark_one_right_two_wrong():
 
 
 def test_matching_on_real_embeddings(tmp_path):
-    from symoe.matching import Embedder, match_keywords
+    from symoe.method.matching import Embedder, match_keywords
 
     e = Embedder(tmp_path / "emb.npz")
     vocab = ["organic chemistry", "microeconomics", "virology", "probability theory"]
@@ -81,7 +81,7 @@ def test_matching_on_real_embeddings(tmp_path):
 
 
 def test_check_pool_names_problems():
-    from symoe.config import Config
+    from symoe.config.pool import Config
 
     cfg = Config.bundled("paper16")
     p = Profiles.from_dict({"not-in-pool": {"x": 1}})
@@ -93,7 +93,7 @@ def test_check_pool_names_problems():
 
 
 def test_bundled_sample_is_real_test_data():
-    from symoe.datasets import bundled
+    from symoe.method.datasets import bundled
 
     sample = json.loads(bundled("mmlu_pro_sample.json").read_text())
     test = raw_items("MMLU_Pro_test.json")
@@ -105,7 +105,7 @@ def test_bundled_sample_is_real_test_data():
 
 
 def _pool_with_folder(tmp_path, engine_len=8192, model_len=None, positions=4096):
-    from symoe.config import Config
+    from symoe.config.pool import Config
 
     folder = tmp_path / "m"
     folder.mkdir(exist_ok=True)
@@ -134,7 +134,7 @@ def test_per_model_engine_settings_and_position_limit(tmp_path):
 
 
 def test_bad_per_model_settings_are_named():
-    from symoe.config import Config
+    from symoe.config.pool import Config
     from symoe.errors import SymoeError
 
     for key, v in (("max_tokens", 0), ("max_model_len", -1)):
@@ -157,7 +157,7 @@ def test_requests_take_each_models_max_tokens(tmp_path):
 
 
 def test_paper16_settings_are_the_papers():
-    from symoe.config import Config
+    from symoe.config.pool import Config
 
     cfg = Config.bundled("paper16")
     r1 = [m for m in cfg.models if "R1-Distill" in m.name]
@@ -176,9 +176,9 @@ def test_numpy_embedder_matches_sentence_transformers():
     82 texts (40 vocabulary keywords, 40 other keywords, 2 phrases), and the same top-1 match for all
     774 test keywords (112 of them not a case or "... basics" variant of a vocabulary keyword)
     against the bundled profiles' 331-keyword vocabulary, whose closest runner-up trails by 0.0018."""
-    from symoe.datasets import bundled
-    from symoe.matching import Embedder, match_keywords
-    from symoe.routing import Profiles
+    from symoe.method.datasets import bundled
+    from symoe.method.matching import Embedder, match_keywords
+    from symoe.method.routing import Profiles
 
     data = Path(__file__).parent / "data"
     ref = json.loads((data / "minilm_reference.json").read_text())

@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 
 import symoe
 from symoe import Config, Device, ModelSpec, Tokens
-from symoe.config import GB
-from symoe.planning import STEP_KINDS, save_picture
+from symoe.config.pool import GB
+from symoe.planning.plan import STEP_KINDS, save_picture
 
 
 def make_config(sizes, devices=1, memory=80.0, overlap=True, host=0.0, sleep=False):
@@ -181,7 +181,7 @@ def test_paper_workload_targets():
     """The planner's quality on the paper's pool (simulated; deterministic)."""
 
     from conftest import raw_items
-    from symoe.workloads import category_keywords, skewed_profiles
+    from symoe.method.workloads import category_keywords, skewed_profiles
 
     cfg = Config.bundled("paper16")
     qs = raw_items("MMLU_Pro_test.json")
@@ -295,14 +295,14 @@ def test_simulate_keeps_converted_arrays_alive(convert):
     cfg = make_config([5, 6], devices=2)
     p = symoe.plan(assignment(cfg.names, np.array([[0, 1], [1, 1], [0, 0]] * 100)), cfg, aggregator="m1")
     args = core_plan_args(p)
-    want = symoe.planning._core.simulate({"devices": 2, **p.arrays}, **args)
+    want = symoe.planning.plan._core.simulate({"devices": 2, **p.arrays}, **args)
     plan = {"devices": 2, **{k: convert(v) for k, v in p.arrays.items()}}
-    got = symoe.planning._core.simulate(plan, **{**args, "aggregator": convert(p.aggregator), "experts": convert(p.experts)})
+    got = symoe.planning.plan._core.simulate(plan, **{**args, "aggregator": convert(p.aggregator), "experts": convert(p.experts)})
     assert np.array_equal(got["end"], want["end"]) and got["makespan"] == want["makespan"]
     bad = p.aggregator.astype(np.int32)
     bad[3] = 7
     with pytest.raises(ValueError, match=r"aggregator id 7 \(question 3\) outside \[-1, 2\)"):
-        symoe.planning._core.simulate({"devices": 2, **p.arrays}, **{**args, "aggregator": bad.tolist()})
+        symoe.planning.plan._core.simulate({"devices": 2, **p.arrays}, **{**args, "aggregator": bad.tolist()})
 
 
 def _reference_plan():
@@ -345,13 +345,13 @@ def test_every_plan_field_is_range_checked(field, step, value, match):
         arrays[field] = arrays[field].astype(np.int64)  # the binding takes any integer dtype
     arrays[field][step] = value
     with pytest.raises(ValueError, match=match):
-        symoe.planning._core.simulate({"devices": 2, **arrays}, **core_plan_args(p))
+        symoe.planning.plan._core.simulate({"devices": 2, **arrays}, **core_plan_args(p))
 
 
 def test_malformed_plan_dicts():
     p = _reference_plan()
     args = core_plan_args(p)
-    sim = symoe.planning._core.simulate
+    sim = symoe.planning.plan._core.simulate
     for plan, match in [
         ({"devices": 2**40, **p.arrays}, r"plan devices must be an integer in .*got 1099511627776"),
         ({"devices": 3, **p.arrays}, r"plan has 3 devices, the cost model 2"),
@@ -364,13 +364,13 @@ def test_malformed_plan_dicts():
         with pytest.raises(ValueError, match=match):
             sim(plan, **args)
     with pytest.raises(ValueError, match=r"pause_s must be finite and >= 0, got -1"):
-        symoe.planning._core.make_plan(**args, strategy="reference", pause_s=-1.0, replicate=True)
+        symoe.planning.plan._core.make_plan(**args, strategy="reference", pause_s=-1.0, replicate=True)
     with pytest.raises(ValueError, match=r"tp_efficiency must be in \[0, 1\], got nan"):
-        symoe.planning._core.lower_bound(**{**args, "tp_efficiency": float("nan")})
+        symoe.planning.plan._core.lower_bound(**{**args, "tp_efficiency": float("nan")})
     huge = p.experts.astype(np.uint64)
     huge[1, 2] = 2**64 - 1
     with pytest.raises(ValueError, match=r"experts has value 18446744073709551615 beyond the int64 range"):
-        symoe.planning._core.lower_bound(**{**args, "experts": huge})
+        symoe.planning.plan._core.lower_bound(**{**args, "experts": huge})
 
 
 def test_local_search_balances_whole_models_over_devices():

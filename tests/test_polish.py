@@ -24,7 +24,7 @@ import pytest
 
 import symoe
 from symoe import Config, _core
-from symoe.polish import polish
+from symoe.planning.polish import polish
 from test_planner_exact import Instance, check_memory_timeline, optimum, random_instance, random_tp_plan
 
 EPS = 1e-9
@@ -234,7 +234,7 @@ def test_polish_is_reproducible():
 def test_relaxation_above_a_valid_plan_is_an_error(monkeypatch):
     # A bound model that claims more than a valid plan's makespan is wrong; clamping it to the
     # makespan (as before) reported a zero gap, hiding the bug.
-    import symoe.polish_bound as pb
+    import symoe.planning.polish_bound as pb
     from symoe.errors import SymoeError
 
     inst = random_instance(np.random.default_rng(3))

@@ -23,7 +23,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'symoe[ray]')")
 
-from symoe.models import fetch_tiny  # noqa: E402
+from symoe.models.fetch import fetch_tiny  # noqa: E402
 
 HERE = Path(__file__).parent
 SMOL = "SmolLM2-135M-Instruct"

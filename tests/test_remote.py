@@ -12,7 +12,6 @@ import pytest
 
 import symoe
 from openai_fake_server import FakeOpenAI
-from symoe.datasets import Question
 from symoe.execution import RunOptions, run_plan
 from symoe.generation import EngineError, EngineTimeout, ModelSettings, Sampling
 from symoe.generation.endpoint import EndpointSettings, public_url
@@ -20,6 +19,7 @@ from symoe.generation.engine import Clock
 from symoe.generation.fake import FakeEngine, ScaledClock
 from symoe.generation.remote import RemoteEngine
 from symoe.generation.requests import Request, SamplingParams
+from symoe.method.datasets import Question
 from symoe.store import Store
 
 FAST = dict(backoff_s=0.01, backoff_max_s=0.05, health_timeout_s=5.0)

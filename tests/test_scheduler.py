@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 import symoe
-from symoe.datasets import Question
 from symoe.execution import RunOptions, run_plan
 from symoe.generation import EngineError, EngineTimeout, Sampling
 from symoe.generation.fake import FakeEngine, Fault, ScaledClock
-from symoe.planning import STEP_KINDS, Role, StepKind
+from symoe.method.datasets import Question
+from symoe.method.workloads import category_keywords, skewed_profiles
+from symoe.planning.plan import STEP_KINDS, Role, StepKind
 from symoe.store import Store
-from symoe.workloads import category_keywords, skewed_profiles
 
 PAPER = symoe.Config.bundled("paper16")
 AGG = "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"

@@ -19,13 +19,13 @@ import pytest
 
 import symoe
 from openai_fake_server import FakeOpenAI
-from symoe.datasets import bundled, load_questions
-from symoe.evaluation import export_rows
+from symoe.evaluation.from_store import export_rows
 from symoe.generation import seed_for
 from symoe.generation.fake import FakeEngine, Fault, ScaledClock
 from symoe.generation.routed import stage_engine
-from symoe.matching import Embedder
-from symoe.routing import Profiles
+from symoe.method.datasets import bundled, load_questions
+from symoe.method.matching import Embedder
+from symoe.method.routing import Profiles
 from symoe.serve import Limits, Mixture, MixtureServer
 from symoe.serve.protocol import question_of
 from symoe.store import Store
@@ -270,7 +270,7 @@ def test_cli_listens_on_loopback_only_and_drains_on_sigterm(tmp_path):
 
 def test_tiny_real_cpu_pool(tmp_path, embedder):
     # Real vLLM on CPU: SmolLM2 is keyword model, every expert and the aggregator (one load). Minutes on 2 cores.
-    from symoe.models import fetch_tiny
+    from symoe.models.fetch import fetch_tiny
     smol = "SmolLM2-135M-Instruct"
     cfg = symoe.Config.from_toml(fetch_tiny([smol]))
     prof = Profiles.from_dict({smol: Profiles.from_json(bundled("tiny_profiles.json")).to_dict()[smol]})

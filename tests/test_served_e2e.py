@@ -16,7 +16,6 @@ import pytest
 
 import symoe
 from conftest import data_file
-from symoe.datasets import load_questions
 from symoe.execution import RunOptions, run_plan
 from symoe.generation import EngineError, ModelSettings, Sampling, SamplingParams
 from symoe.generation.engine import Clock
@@ -24,7 +23,8 @@ from symoe.generation.process import engine_env
 from symoe.generation.requests import Request
 from symoe.generation.served import ServedEngine
 from symoe.generation.vllm_server import free_port, server_command
-from symoe.models import fetch_tiny
+from symoe.method.datasets import load_questions
+from symoe.models.fetch import fetch_tiny
 from symoe.store import Store
 
 SMOL = "SmolLM2-135M-Instruct"

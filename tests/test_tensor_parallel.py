@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 import symoe
-from symoe.datasets import Question
 from symoe.execution import RunOptions, run_plan
 from symoe.generation import EngineError, ModelSettings, Request, Sampling, SamplingParams
 from symoe.generation import device_group as device_group_module
@@ -23,10 +22,11 @@ from symoe.generation.fake import FakeEngine, ScaledClock, fake_engines
 from symoe.generation.local import LocalEngine
 from symoe.generation.vllm_server import server_command
 from symoe.generation.worker import VllmEngine
-from symoe.planning import Plan, Role, StepKind, simulate
-from symoe.routing import Assignment
+from symoe.method.datasets import Question
+from symoe.method.routing import Assignment
+from symoe.method.workloads import category_keywords, skewed_profiles
+from symoe.planning.plan import Plan, Role, StepKind, simulate
 from symoe.store import Store
-from symoe.workloads import category_keywords, skewed_profiles
 
 PAPER = symoe.Config.bundled("paper16")
 AGG = "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"

@@ -2,15 +2,15 @@
 
 from importlib.metadata import version as _version
 
-from .config import Config, Device, EngineSettings, ModelSpec, Tokens
-from .datasets import Question, load_questions
+from .config.pool import Config, Device, EngineSettings, ModelSpec, Tokens
 from .errors import SymoeError
 from .execution import RunOptions
 from .generation import Sampling
+from .method.datasets import Question, load_questions
+from .method.routing import Assignment, Profiles, keywords_to_csr, route
 from .moe import SymbolicMoE
 from .pipeline import RunResult, Task
-from .planning import Plan, Timeline, plan, simulate
-from .routing import Assignment, Profiles, keywords_to_csr, route
+from .planning.plan import Plan, Timeline, plan, simulate
 
 __all__ = ["Assignment", "Config", "Device", "EngineSettings", "ModelSpec", "Plan", "Profiles", "Question",
            "RunOptions", "RunResult", "Sampling", "SymbolicMoE", "SymoeError", "Task", "Timeline", "Tokens",

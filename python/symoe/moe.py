@@ -5,17 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .config import Config
-from .datasets import Question, bundled
+from .config.pool import Config
+from .config.presets import preset as get_preset
 from .execution import RunOptions
 from .generation import Clock, Sampling
-from .keywords import annotate
-from .matching import Embedder, match_keywords
-from .models import check_models, provide
+from .method.datasets import Question, bundled
+from .method.keywords import annotate
+from .method.matching import Embedder, match_keywords
+from .method.routing import Assignment, Profiles, route
+from .models.fetch import check_models, provide
 from .pipeline import Baseline, EngineFactory, RunResult, Task, run_pipeline
-from .planning import Plan, plan
-from .presets import preset as get_preset
-from .routing import Assignment, Profiles, route
+from .planning.plan import Plan, plan
 from .store import Store
 
 __all__ = ["SymbolicMoE"]
@@ -40,7 +40,7 @@ class SymbolicMoE:
                  engines: EngineFactory | None = None, clock: Clock | None = None):
         self.config = pool if isinstance(pool, Config) else Config.load(pool)
         if self.config.cluster is not None and self.config.cluster.discover and engines is None:
-            from .cluster import with_discovered_devices
+            from .cluster.live import with_discovered_devices
 
             self.config = with_discovered_devices(self.config)  # plans over the running cluster's devices
         self.profiles = profiles if isinstance(profiles, Profiles) else Profiles.from_json(profiles)

@@ -14,10 +14,10 @@ from typing import Literal
 import numpy as np
 
 from . import _core
-from .config import Config
-from .datasets import Question
+from .config.pool import Config
+from .config.presets import preset as get_preset
 from .errors import SymoeError, require
-from .evaluation import (
+from .evaluation.from_store import (
     agreed_answer,
     grade_from_store,
     missing_experts,
@@ -26,12 +26,12 @@ from .evaluation import (
 )
 from .execution import RunOptions, RunReport, run_plan
 from .generation import Clock, Engine, ModelSettings, Requests, Sampling
-from .keywords import annotate
-from .matching import Embedder, match_keywords
-from .models import check_models
-from .planning import Plan, plan
-from .presets import preset as get_preset
-from .routing import RARE_THRESHOLD, Assignment, Profiles, route
+from .method.datasets import Question
+from .method.keywords import annotate
+from .method.matching import Embedder, match_keywords
+from .method.routing import RARE_THRESHOLD, Assignment, Profiles, route
+from .models.fetch import check_models
+from .planning.plan import Plan, plan
 from .store import Store
 
 Baseline = Literal["none", "single-best", "top-k", "random", "majority", "self-moa", "oracle"]
@@ -167,7 +167,7 @@ def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles,
     """``skip_agreed``: the experts run first; where all k extracted answers are equal that answer
     is final, and aggregation is planned only for the other questions (their aggregator is -1 in
     the saved plan). ``engines``/``clock``: for tests and what-if runs (default: local vLLM).
-    ``preset``: "symoe" or "reference" (the authors' code, see :mod:`symoe.presets`); an explicit
+    ``preset``: "symoe" or "reference" (the authors' code, see :mod:`symoe.config.presets`); an explicit
     ``rare_threshold`` overrides the preset's. ``optimize_s``: the plans' polish budget (``plan()``'s)."""
     pre = get_preset(preset)
     rare_threshold = pre.rare_threshold if rare_threshold is None else rare_threshold

@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import _core
-from ..datasets import DATASETS, SPLITS, Format, Question, bundled, dataset_path, load_questions, select
 from ..execution import RunOptions
+from ..method.datasets import DATASETS, SPLITS, Format, Question, bundled, dataset_path, load_questions, select
 
 F = TypeVar("F", bound=Callable[..., Any])
 FORMATS = Format.__args__  # type: ignore[attr-defined]

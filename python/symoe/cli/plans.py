@@ -5,11 +5,11 @@ from __future__ import annotations
 import click
 import numpy as np
 
-from ..config import Config
-from ..datasets import bundled, load_keyword_file, load_questions
+from ..config.pool import Config
 from ..errors import SymoeError
-from ..planning import Plan, plan, save_picture
-from ..routing import RARE_THRESHOLD, Assignment, Profiles, route
+from ..method.datasets import bundled, load_keyword_file, load_questions
+from ..method.routing import RARE_THRESHOLD, Assignment, Profiles, route
+from ..planning.plan import Plan, plan, save_picture
 from .common import fail, format_opt, k_opt, questions_opt, seed_opt, table
 
 
@@ -115,8 +115,8 @@ def plan_cmd(assignment_path: str, config_path: str, devices: int | None, memory
 @click.option("--png", "png_path", type=click.Path(dir_okay=False), default=None)
 def demo_cmd(devices: int, png_path: str | None) -> None:
     """Route the bundled MMLU-Pro sample with synthetic profiles and plan it on the paper's pool."""
+    from ..method.workloads import category_keywords, skewed_profiles
     from ..pipeline import Task
-    from ..workloads import category_keywords, skewed_profiles
 
     qs = load_questions(bundled("mmlu_pro_sample.json"))  # real questions
     cfg = Config.bundled("paper16")

@@ -25,7 +25,7 @@ def _existing_store(path: str) -> str:
 def export_cmd(questions_path: str | None, fmt: str | None, store_path: str, out_path: str) -> None:
     """Every stored generation as JSONL: question, model, role, slot, text, extracted answer, correct,
     tokens (graded against --questions; generations of other questions carry no verdict)."""
-    from ..evaluation import export_rows
+    from ..evaluation.from_store import export_rows
     from ..store import Store
 
     try:
@@ -50,7 +50,7 @@ def export_cmd(questions_path: str | None, fmt: str | None, store_path: str, out
 def regrade_cmd(run_dir: str, questions_path: str | None, fmt: str | None, store_path: str) -> None:
     """Grade a finished run again from the store with the current extractor (no generation);
     rewrites RUN_DIR/results.jsonl and the accuracy in summary.json."""
-    from ..evaluation import regrade
+    from ..evaluation.from_store import regrade
     from ..store import Store
 
     try:
@@ -71,7 +71,7 @@ def regrade_cmd(run_dir: str, questions_path: str | None, fmt: str | None, store
 def report_cmd(run_dirs: tuple[str, ...], as_json: bool, png_path: str | None) -> None:
     """Runs side by side: accuracy with a 95% bootstrap interval, per-category accuracy, model calls
     and generated tokens per question, wall time, loads (runs over the same questions only)."""
-    from .. import comparison
+    from ..evaluation import comparison
 
     try:
         rows = comparison.load_runs(run_dirs)

@@ -9,12 +9,12 @@ from typing import Any
 import click
 import numpy as np
 
-from ..config import Config
+from ..config.pool import Config
 from ..execution import RunReport
 from ..generation import Sampling
+from ..method.routing import RARE_THRESHOLD, Assignment
 from ..pipeline import BASELINES, NO_AGGREGATOR
-from ..planning import Plan
-from ..routing import RARE_THRESHOLD, Assignment
+from ..planning.plan import Plan
 from .common import (
     config_opt,
     fail,
@@ -84,7 +84,7 @@ def run_cmd(questions_path: str | None, fmt: str | None, config_path: str, store
             devices: int | None, max_tokens: int | None, out_dir: str, optimize_s: float | None, retries: int,
             deadline_factor: float, deadline_margin: float) -> None:
     """The whole Symbolic-MoE pipeline on real models (default: bundled MMLU-Pro sample, tiny pool)."""
-    from ..datasets import bundled
+    from ..method.datasets import bundled
     from ..moe import SymbolicMoE
 
     try:
@@ -137,7 +137,7 @@ def run_plan_cmd(questions_path: str | None, fmt: str | None, limit: int | None,
     """Execute a plan on real engines; generations go to a durable store (resumable)."""
     from ..execution import calibrate, run_plan
     from ..execution.run import check_plan_matches
-    from ..models import check_models
+    from ..models.fetch import check_models
     from ..store import Store
 
     try:

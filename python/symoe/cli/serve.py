@@ -11,10 +11,10 @@ from types import FrameType
 import click
 
 from .. import _core
-from ..config import Config
-from ..datasets import bundled
+from ..config.pool import Config
 from ..generation import Engine
-from ..routing import Profiles
+from ..method.datasets import bundled
+from ..method.routing import Profiles
 from .common import config_opt, fail, store_opt
 
 

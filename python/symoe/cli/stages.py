@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..config import Config
+from ..config.pool import Config
 from ..errors import SymoeError
 from ..generation import Sampling
 from ..pipeline import Task
@@ -40,9 +40,9 @@ from .common import (
 def keywords_cmd(questions_path: str | None, fmt: str | None, config_path: str, store_path: str, model: str | None,
                  limit: int | None, per_category: int | None, seed: int, out_path: str) -> None:
     """Annotate questions with skill keywords (5 samples at T=0.7, filtered as the reference)."""
-    from ..datasets import bundled
-    from ..keywords import annotate
-    from ..models import check_models, provide
+    from ..method.datasets import bundled
+    from ..method.keywords import annotate
+    from ..models.fetch import check_models, provide
     from ..store import Store
 
     try:
@@ -77,8 +77,8 @@ def profile_cmd(questions_path: str | None, fmt: str | None, config_path: str, s
                 limit: int | None, per_category: int | None, max_tokens: int | None, seed: int, out_path: str,
                 records_path: str) -> None:
     """Profile every pool model on the validation split."""
-    from ..models import check_models, provide
-    from ..profiling import profile_pool, save_records
+    from ..method.profiling import profile_pool, save_records
+    from ..models.fetch import check_models, provide
     from ..store import Store
 
     try:
@@ -120,9 +120,9 @@ def select_aggregator_cmd(questions_path: str | None, fmt: str | None, config_pa
                           records_path: str, limit: int | None, per_category: int | None, max_tokens: int | None,
                           seed: int, task_name: str, keyword_model: str | None, out_path: str) -> None:
     """Evaluate every candidate aggregator on the synthetic benchmark; keep the best."""
-    from ..aggregator import select_aggregator
-    from ..models import check_models, provide
-    from ..profiling import load_records
+    from ..method.aggregator import select_aggregator
+    from ..method.profiling import load_records
+    from ..models.fetch import check_models, provide
     from ..store import Store
 
     try:

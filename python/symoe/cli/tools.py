@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..config import Config
+from ..config.pool import Config
 from .common import fail, table
 
 
@@ -21,7 +21,7 @@ def models_grp() -> None:
 @click.option("--only", multiple=True, help="Fetch only these models of the pool.")
 def models_fetch(pool: str, only: tuple[str, ...]) -> None:
     """Fetch, verify (SHA-256) and convert the tiny CPU pool into the cache; print its config path."""
-    from ..models import fetch_tiny
+    from ..models.fetch import fetch_tiny
 
     try:
         path = fetch_tiny(list(only) or None)
@@ -44,8 +44,8 @@ def bench_grp() -> None:
 def bench_load_cmd(config_path: str, models: tuple[str, ...], batches: tuple[int, ...], max_tokens: int,
                    out_path: str | None) -> None:
     """Per model: load, first token, throughput by batch size, unload; raw file-read bandwidth."""
-    from ..loadbench import bench_model
-    from ..models import check_models, provide
+    from ..models.fetch import check_models, provide
+    from ..models.loadbench import bench_model
 
     try:
         cfg = Config.load(config_path)

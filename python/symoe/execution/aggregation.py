@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..datasets import Question
 from ..generation import Generation, Request, Requests
-from ..planning import Plan, Role, StepKind
+from ..method.datasets import Question
+from ..planning.plan import Plan, Role, StepKind
 from ..store import Store
 
 PREPARE_AHEAD = 16384  # aggregation requests built ahead of their step, at most

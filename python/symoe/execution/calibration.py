@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..config import Config
+from ..config.pool import Config
 from .report import RunReport, StepRecord
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@ cost model is right."""
 
 from __future__ import annotations
 
-from ..planning import STEP_KINDS, Plan
+from ..planning.plan import STEP_KINDS, Plan
 
 
 def step_graph(plan: Plan) -> tuple[list[list[int]], list[list[int]]]:

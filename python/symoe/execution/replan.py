@@ -13,12 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..datasets import Question
 from ..generation import Clock, Engine, Request, Requests, Sampling
 from ..generation.engine import DeviceLost
-from ..planning import Plan
-from ..planning import plan as make_plan
-from ..routing import Assignment
+from ..method.datasets import Question
+from ..method.routing import Assignment
+from ..planning.plan import Plan
+from ..planning.plan import plan as make_plan
 from ..store import Store
 from .report import RunReport
 from .scheduler import RunOptions

@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from ..datasets import Question
 from ..generation import Request
-from ..grading import answer_of, is_correct, majority
+from ..method.datasets import Question
+from ..method.grading import answer_of, is_correct, majority
 from ..picture import draw_timeline
-from ..planning import Plan
+from ..planning.plan import Plan
 from ..store import Store
 
 

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..datasets import Question
 from ..generation import Clock, Engine, EngineError, Generation, ModelSettings, Request, Requests
 from ..generation.batch import generate_once
-from ..planning import ROLES, STEP_KINDS, Plan, StepKind
+from ..method.datasets import Question
+from ..planning.plan import ROLES, STEP_KINDS, Plan, StepKind
 from ..progress import progress_bar
 from ..store import Store
 from .aggregation import Aggregations

@@ -16,7 +16,7 @@ from .requests import Generation, Request
 from .routed import stage_engine
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from ..config.pool import Config
     from ..store import Store
 
 # Stages have no plan to derive deadlines from: the cost model's time, times this, plus the margin.

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 from ..errors import SymoeError
 
 if TYPE_CHECKING:
-    from ..config import ModelSpec
+    from ..config.pool import ModelSpec
 
 
 def public_url(url: str) -> str:

@@ -23,7 +23,7 @@ from ..errors import SymoeError
 from .requests import Generation, Request
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from ..config.pool import Config
 
 # Bounds of the waits no step's deadline covers (engines' own housekeeping):
 SPAWN_S = 60.0      # a worker or server process is started (Popen returns) within this

@@ -21,7 +21,7 @@ from .engine import BatchInfo, Clock, Engine, EngineError, EngineTimeout, ModelS
 from .requests import Request
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from ..config.pool import Config
 
 TICK_S = 0.002  # real seconds between checks while a batch runs
 

@@ -30,7 +30,7 @@ from .process import Worker, engine_env
 from .requests import Request
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from ..config.pool import Config
 
 
 class LocalEngine(Engine):

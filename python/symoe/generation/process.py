@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..config import EngineSettings
+from ..config.pool import EngineSettings
 from .device_group import cpu_list, device_cores
 from .engine import KILL_WAIT_S, SPAWN_S, EngineError, EngineTimeout
 

@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..prompts import aggregator_messages, as_completion, expert_messages, keyword_messages
+from ..method.prompts import aggregator_messages, as_completion, expert_messages, keyword_messages
 
 if TYPE_CHECKING:
-    from ..config import Config
-    from ..datasets import Question
-    from ..planning import Plan
+    from ..config.pool import Config
+    from ..method.datasets import Question
+    from ..planning.plan import Plan
 
 Role = Literal["expert", "aggregate", "keywords", "aggregator-benchmark"]
 Message = dict[str, str]

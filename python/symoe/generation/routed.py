@@ -17,7 +17,7 @@ from .requests import Request
 from .served import ServedEngine
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from ..config.pool import Config
 
 
 class RoutedEngine(Engine):

@@ -11,10 +11,10 @@ import time
 from collections import deque
 from collections.abc import Sequence
 
-from ..config import Config
+from ..config.pool import Config
 from ..generation import Engine
-from ..matching import Embedder
-from ..routing import Profiles
+from ..method.matching import Embedder
+from ..method.routing import Profiles
 from ..store import Store
 from .protocol import Answer, ApiError, ServeRequest
 from .residency import Residency, expected_frequency

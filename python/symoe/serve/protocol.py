@@ -11,8 +11,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..datasets import Question
-from ..extraction import option_count
+from ..method.datasets import Question
+from ..method.extraction import option_count
 
 Endpoint = Literal["chat", "completion"]
 _OPTION_MARK = "(A)"

@@ -16,11 +16,11 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..config import Config
+from ..config.pool import Config
 from ..generation import Engine, ModelSettings
 from ..generation.batch import DEADLINE_FACTOR, DEADLINE_MARGIN_S
 from ..generation.engine import Clock, EngineError
-from ..routing import Profiles, route
+from ..method.routing import Profiles, route
 
 
 def expected_frequency(profiles: Profiles, k: int, seed: int = 0) -> dict[str, int]:

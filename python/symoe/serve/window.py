@@ -12,15 +12,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import Config
-from ..evaluation import agreed_answer
+from ..config.pool import Config
+from ..evaluation.from_store import agreed_answer
 from ..generation import EngineError, Generation, Request, Requests, Sampling
 from ..generation.batch import DEADLINE_FACTOR, DEADLINE_MARGIN_S
 from ..generation.engine import Clock
-from ..grading import answer_of
-from ..keywords import filter_keywords
-from ..matching import Embedder, match_keywords
-from ..routing import Profiles, route
+from ..method.grading import answer_of
+from ..method.keywords import filter_keywords
+from ..method.matching import Embedder, match_keywords
+from ..method.routing import Profiles, route
 from ..store import Store
 from .protocol import Answer, ApiError, ServeRequest
 from .residency import Residency

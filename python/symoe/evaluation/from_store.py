@@ -11,13 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from .datasets import Question
-from .errors import SymoeError
-from .execution.report import QuestionResult, grade_run
-from .generation import Request, Requests, Sampling
-from .grading import answer_of, is_correct
-from .planning import Plan
-from .store import Store
+from ..errors import SymoeError
+from ..execution.report import QuestionResult, grade_run
+from ..generation import Request, Requests, Sampling
+from ..method.datasets import Question
+from ..method.grading import answer_of, is_correct
+from ..planning.plan import Plan
+from ..store import Store
 
 
 def agreed_answer(answers: Sequence[str | None]) -> str | None:

@@ -8,13 +8,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import Config
+from ..config.pool import Config
+from ..generation import Requests, Sampling
+from ..generation.batch import generate_jobs
+from ..store import Store
 from .datasets import Question
-from .generation import Requests, Sampling
-from .generation.batch import generate_jobs
 from .grading import answer_of, is_correct
 from .routing import Profiles
-from .store import Store
 
 
 def build_profiles(records: Sequence[Mapping[str, Any]], keywords: Mapping[str, Sequence[str]],

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from .errors import SymoeError
+from ..errors import SymoeError
 from .prompts import AnswerKind
 
 Format = Literal["mmlu_pro", "medmcqa", "gpqa", "aime", "jsonl"]

@@ -7,11 +7,11 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import Config
+from ..config.pool import Config
+from ..generation import Requests, Sampling
+from ..generation.batch import generate_jobs
+from ..store import Store
 from .datasets import Question
-from .generation import Requests, Sampling
-from .generation.batch import generate_jobs
-from .store import Store
 
 MAX_LEN = 20
 

@@ -14,10 +14,12 @@ from typing import Any, Literal, cast
 
 import numpy as np
 
-from . import _core, endpoint_plan, plan_checks
-from .config import Config
-from .errors import SymoeError
-from .routing import Assignment
+from .. import _core
+from ..config.pool import Config
+from ..errors import SymoeError
+from ..method.routing import Assignment
+from . import checks as plan_checks
+from . import endpoints as endpoint_plan
 from .steps import ROLES, STEP_KINDS, Role, StepKind
 
 __all__ = ["Role", "StepKind", "Plan", "Timeline", "plan", "simulate", "save_picture", "STEP_KINDS", "ROLES"]
@@ -243,11 +245,11 @@ def plan(
 
     The assignment's model names are resolved in the pool by name; the returned plan carries its
     simulated timeline and the lower bound. The symoe heuristic plan is then polished by a
-    constraint solver (``symoe.polish``), which also proves a tighter lower bound, so ``plan.gap``
+    constraint solver (``symoe.planning.polish``), which also proves a tighter lower bound, so ``plan.gap``
     is a true optimality gap. The polish is reproducible: one solver worker, a fixed seed and a
     budget in the solver's deterministic time, so the same inputs give the same plan on any
     machine and thread count. ``optimize_s``: that budget; 0: the heuristic plan alone; None
-    (default): ``symoe.polish.auto_budget``. Pools with endpoint models are not polished.
+    (default): ``symoe.planning.polish.auto_budget``. Pools with endpoint models are not polished.
     """
     if optimize_s is not None and not (math.isfinite(optimize_s) and optimize_s >= 0):
         raise ValueError(f"optimize_s must be a finite number of seconds >= 0, got {optimize_s!r}")
@@ -290,7 +292,7 @@ def simulate(p: Plan, config: Config | None = None) -> Timeline:
 
 def save_picture(p: Plan, path: str | Path, title: str | None = None) -> None:
     """Timeline PNG of the plan's predicted run (one lane pair per device)."""
-    from .picture import draw_timeline
+    from ..picture import draw_timeline
 
     if p.timeline is None:
         p.timeline = simulate(p)

@@ -11,7 +11,7 @@ from typing import Literal
 
 import numpy as np
 
-from . import _core
+from .. import _core
 
 __all__ = ["Profiles", "Assignment", "route", "keywords_to_csr"]
 
@@ -109,7 +109,7 @@ def keywords_to_csr(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Question keyword lists -> CSR (indptr, indices) over ``vocabulary``.
 
-    Keywords must already be mapped into the vocabulary (see ``symoe.matching``); repeated
+    Keywords must already be mapped into the vocabulary (see ``symoe.method.matching``); repeated
     keywords count repeatedly, as in the reference.
     """
     index = {kw: i for i, kw in enumerate(vocabulary)}

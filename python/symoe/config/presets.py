@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import SymoeError
-from .routing import RARE_THRESHOLD
+from ..errors import SymoeError
+from ..method.routing import RARE_THRESHOLD
 
 
 @dataclass(frozen=True)

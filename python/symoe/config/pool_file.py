@@ -20,11 +20,11 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError
 from pydantic.dataclasses import dataclass
 
+from ..errors import SymoeError
 from .cluster_table import ClusterTable
-from .errors import SymoeError
 
 if TYPE_CHECKING:
-    from .config import Config
+    from .pool import Config
 
 GB = 1e9
 

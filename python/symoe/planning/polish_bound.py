@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import SymoeError
+from ..errors import SymoeError
 from .polish_model import UNITS, Instance, solve_deterministic
 
 _MB = 1e6  # memory in the model: megabytes, demands rounded down and capacities up (a relaxation)

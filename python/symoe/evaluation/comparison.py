@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SymoeError
-from .evaluation import read_json, read_jsonl
+from ..errors import SymoeError
+from .from_store import read_json, read_jsonl
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0  # fixed: the same runs always give the same interval

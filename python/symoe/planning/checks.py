@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import GB, Config
-from .errors import SymoeError
+from ..config.pool import GB, Config
+from ..errors import SymoeError
 
 
 def check_fits(config: Config, experts: np.ndarray, aggregator: np.ndarray | None) -> None:

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import Config
-from .generation import Generation, ModelSettings, Request, SamplingParams
-from .generation.local import LocalEngine
+from ..config.pool import Config
+from ..generation import Generation, ModelSettings, Request, SamplingParams
+from ..generation.local import LocalEngine
 
 PROMPT = ({"role": "user", "content": "Explain step by step why the sky is blue."},)
 NO_DEADLINE = math.inf

@@ -14,9 +14,9 @@ import numpy as np
 from pydantic import ConfigDict, FiniteFloat, PositiveInt, ValidationError
 from pydantic.dataclasses import dataclass
 
-from . import _core
+from .. import _core
+from ..errors import SymoeError
 from .cluster_table import ClusterTable
-from .errors import SymoeError
 from .pool_file import (
     GB,
     CostDefaults,
@@ -270,7 +270,7 @@ def _resolve(d: CostDefaults, m: ModelEntry, i: int, base: Path | None, source: 
     h2d = g.h2d_bandwidth_gbps * GB
     path = m.path
     if path and "{cache}" in path:
-        from .models import cache_dir
+        from ..models.fetch import cache_dir
 
         path = path.replace("{cache}", str(cache_dir()))
     if path and base is not None and not Path(path).is_absolute() and (base / path).exists():

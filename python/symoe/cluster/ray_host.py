@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .engine import ModelSettings
-from .process import engine_env
+from ..generation.engine import ModelSettings
+from ..generation.process import engine_env
 
 
 class ModelHost:
@@ -18,7 +18,7 @@ class ModelHost:
     it (vLLM's CPU thread binding holds for the thread that started the engine)."""
 
     def __init__(self) -> None:
-        from .worker import VllmEngine
+        from ..generation.worker import VllmEngine
 
         self.engine = VllmEngine()
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="symoe-engine")

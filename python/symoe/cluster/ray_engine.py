@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .engine import (
+from ..generation.engine import (
     PREPARE_S,
     BatchInfo,
     Clock,
@@ -33,14 +33,14 @@ from .engine import (
     generation_from_event,
     key_names,
 )
-from .process import engine_env
+from ..generation.process import engine_env
+from ..generation.requests import Request
 from .ray_device import POLL_S, RayDevice, log
 from .ray_host import Hosted, cpu_env_vars, remote_host
-from .requests import Request
 
 if TYPE_CHECKING:
-    from ..config import Config
-    from ..topology import ClusterDevice, Topology
+    from ..config.pool import Config
+    from ..config.topology import ClusterDevice, Topology
 
 PING_S = 10.0       # alive(): an actor that does not answer a ping within this is not alive
 SHARE_STEP = 1e-4   # Ray's resource granularity: shares are rounded down to it

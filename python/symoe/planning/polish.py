@@ -26,8 +26,8 @@ import math
 import time
 from dataclasses import dataclass, replace
 
-from .errors import SymoeError
-from .planning import Plan, simulate
+from ..errors import SymoeError
+from .plan import Plan, simulate
 from .polish_model import Instance
 
 __all__ = ["PolishResult", "auto_budget", "polish"]

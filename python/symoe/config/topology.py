@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from ..errors import SymoeError
 from .cluster_table import ClusterTable, NodeTable
-from .errors import SymoeError
 from .pool_file import GB
 
 LOST = "lost"    # node id of a listed node that is not in the cluster (any more)
@@ -67,7 +67,7 @@ class Topology:
 
     def planning_devices(self, overlap_load: bool) -> tuple[Any, ...]:
         """The planner's devices (memory and host budget per device)."""
-        from .config import Device
+        from .pool import Device
 
         return tuple(Device(d.memory_bytes, overlap_load, d.host_bytes) for d in self.devices)
 

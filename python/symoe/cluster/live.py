@@ -10,19 +10,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .cluster_table import ClusterTable, NodeTable
-from .errors import SymoeError, require
-from .pool_file import GB
-from .topology import Topology, from_nodes
+from ..config.cluster_table import ClusterTable, NodeTable
+from ..config.pool_file import GB
+from ..config.topology import Topology, from_nodes
+from ..errors import SymoeError, require
 
 if TYPE_CHECKING:
-    from .config import Config
-    from .datasets import Question
-    from .execution.report import RunReport
-    from .execution.scheduler import RunOptions
-    from .generation import Sampling
-    from .planning import Plan
-    from .store import Store
+    from ..config.pool import Config
+    from ..execution.report import RunReport
+    from ..execution.scheduler import RunOptions
+    from ..generation import Sampling
+    from ..method.datasets import Question
+    from ..planning.plan import Plan
+    from ..store import Store
 
 
 def connect(address: str) -> None:
@@ -109,10 +109,10 @@ def run_on_cluster(plan: Plan, questions: Sequence[Question], store: Store, run_
     """Run ``plan`` with one Ray engine per device of ``topology`` (this process connected to
     the cluster); a device lost before or during the run is reported, and with
     ``options.retries`` the missing work is replanned over the surviving devices."""
-    from .execution.replan import run_replanning
-    from .execution.scheduler import RunOptions
-    from .generation import Sampling
-    from .generation.ray_engine import ray_engines
+    from ..execution.replan import run_replanning
+    from ..execution.scheduler import RunOptions
+    from ..generation import Sampling
+    from .ray_engine import ray_engines
 
     if len(topology.devices) != len(plan.config.devices):
         raise SymoeError(f"the plan is for {len(plan.config.devices)} devices, the cluster has "

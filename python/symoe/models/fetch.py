@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import SymoeError
+from ..errors import SymoeError
 
 if TYPE_CHECKING:
-    from .config import Config
+    from ..config.pool import Config
 
 
 @dataclass(frozen=True)
@@ -117,8 +117,8 @@ def fetch_model(m: TinyModel, root: Path) -> Path:
     _say(f"{m.name}: SHA-256 verified; converting to a Hugging Face folder (fp32)")
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    r = subprocess.run([sys.executable, "-m", "symoe.convert", str(gguf), str(tmp)] + (["--add-bos"] if m.add_bos_token else []),
-                       capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"))
+    cmd = [sys.executable, "-m", "symoe.models.convert", str(gguf), str(tmp)] + (["--add-bos"] if m.add_bos_token else [])
+    r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"))
     if r.returncode:
         raise RuntimeError(f"{m.name}: conversion failed:\n{r.stderr[-3000:]}")
     files = {p.name: (p.stat().st_size, sha256_file(p)) for p in sorted(tmp.iterdir()) if p.is_file()}

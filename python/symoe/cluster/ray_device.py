@@ -10,11 +10,11 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from .engine import Clock, DeviceLost, EngineError, EngineTimeout
+from ..generation.engine import Clock, DeviceLost, EngineError, EngineTimeout
 from .ray_host import Hosted
 
 if TYPE_CHECKING:
-    from ..topology import ClusterDevice
+    from ..config.topology import ClusterDevice
 
 log = logging.getLogger("symoe.engine")
 POLL_S = 1.0        # waits are sliced so a closed engine fails its blocked call within this
@@ -62,7 +62,7 @@ class RayDevice:
 
     def node_gone(self, node_id: str | None = None) -> bool:
         """Whether the node (default: the device's) has left the cluster."""
-        from ..cluster import alive_node_ids
+        from .live import alive_node_ids
 
         node_id = node_id or self.place.node_id
         return node_id is not None and node_id not in alive_node_ids()

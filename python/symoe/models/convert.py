@@ -1,4 +1,4 @@
-"""GGUF -> Hugging Face folder (fp32), run in a subprocess by ``symoe.models``.
+"""GGUF -> Hugging Face folder (fp32), run in a subprocess by ``symoe.models.fetch``.
 
 vLLM 0.32 cannot read GGUF. transformers dequantises it; the quantisation config is dropped and the
 model rebuilt from its config so the saved folder is a plain fp32 checkpoint."""

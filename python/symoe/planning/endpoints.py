@@ -26,8 +26,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from . import _core
-from .config import Config, Device, ModelSpec
+from .. import _core
+from ..config.pool import Config, Device, ModelSpec
 
 UNLIMITED_BYTES = 1e18   # a virtual device's memory: nothing an endpoint holds counts
 AGGREGATION_RUNS = (1, 2, 4, 8)  # an endpoint's aggregations in this many runs: the fastest simulated

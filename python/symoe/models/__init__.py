@@ -1,0 +1,3 @@
+"""The tiny model pool: fetching and converting weights, and load/offload timing. Imports only
+config and below.
+"""
