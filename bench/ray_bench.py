@@ -64,10 +64,11 @@ def inside(args: argparse.Namespace) -> None:
     """The measurements (run inside the namespace, connected to its cluster)."""
     import numpy as np
 
-    from symoe.cluster.live import discover, run_on_cluster
+    from symoe.cluster.live import discover
     from symoe.config.cluster_table import ClusterTable
     from symoe.config.pool import Config
     from symoe.execution import RunOptions, run_plan
+    from symoe.execution.on_cluster import run_on_cluster
     from symoe.generation import Sampling
     from symoe.generation.local import LocalEngine
     from symoe.method.datasets import load_questions

@@ -23,13 +23,14 @@ import time
 from pathlib import Path
 
 import symoe
-from symoe.generation import ModelSettings, Requests, Sampling
+from symoe.generation import ModelSettings, Sampling
 from symoe.generation.endpoint import EndpointSettings
 from symoe.generation.engine import Clock
 from symoe.generation.local import LocalEngine
 from symoe.generation.remote import RemoteEngine
 from symoe.generation.served import ServedEngine
 from symoe.method.datasets import load_questions
+from symoe.method.requests import Requests
 from symoe.models.fetch import fetch_tiny
 
 SMOL = "SmolLM2-135M-Instruct"

@@ -10,9 +10,9 @@ import pytest
 
 import symoe
 from symoe.generation import ModelSettings
+from symoe.generation.loadbench import file_read_gbps
 from symoe.generation.local import LocalEngine
 from symoe.models.fetch import TINY, fetch_tiny
-from symoe.models.loadbench import file_read_gbps
 
 NAMES = [m.name for m in TINY]
 

@@ -30,9 +30,10 @@ from symoe.cluster.live import with_discovered_devices
 from symoe.config.pool import Config
 from symoe.execution import RunOptions, run_plan
 from symoe.execution.replan import stored_work
-from symoe.generation import Requests, Sampling
+from symoe.generation import Sampling
 from symoe.generation.engine import DeviceLost
 from symoe.method.datasets import dataset_path, load_questions
+from symoe.method.requests import Requests
 from symoe.method.routing import Assignment
 from symoe.models.fetch import fetch_tiny
 from symoe.planning.plan import Plan, plan

@@ -172,7 +172,7 @@ def test_calibration_learns_lengths_from_the_store(tmp_path):
     from symoe import Config
     from symoe.execution.calibration import calibrate
     from symoe.execution.report import RunReport
-    from symoe.generation.requests import Generation
+    from symoe.records import Generation
     from symoe.store import Store
 
     cfg = Config.bundled("paper16")

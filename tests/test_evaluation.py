@@ -14,9 +14,10 @@ from symoe.errors import SymoeError
 from symoe.evaluation.comparison import bootstrap_ci, load_runs
 from symoe.evaluation.from_store import agreed_answer, export_rows, regrade
 from symoe.execution import RunOptions
-from symoe.generation import Generation, Requests, Sampling
+from symoe.generation import Generation, Sampling
 from symoe.generation.fake import FakeEngine, ScaledClock
 from symoe.method.datasets import Question
+from symoe.method.requests import Requests
 from symoe.method.routing import Profiles
 from symoe.pipeline import Task, run_pipeline
 from symoe.planning.plan import Plan

@@ -145,7 +145,8 @@ def test_bad_per_model_settings_are_named():
 
 
 def test_requests_take_each_models_max_tokens(tmp_path):
-    from symoe.generation import Requests, Sampling
+    from symoe.generation import Sampling
+    from symoe.method.requests import Requests
 
     cfg = _pool_with_folder(tmp_path, model_len=4096)
     build = Requests(cfg, Sampling(max_tokens=4096, aggregate_max_tokens=2048))

@@ -18,8 +18,8 @@ from symoe.generation.endpoint import EndpointSettings, public_url
 from symoe.generation.engine import Clock
 from symoe.generation.fake import FakeEngine, ScaledClock
 from symoe.generation.remote import RemoteEngine
-from symoe.generation.requests import Request, SamplingParams
 from symoe.method.datasets import Question
+from symoe.records import Request, SamplingParams
 from symoe.store import Store
 
 FAST = dict(backoff_s=0.01, backoff_max_s=0.05, health_timeout_s=5.0)
@@ -325,8 +325,8 @@ def test_api_key_never_reaches_the_run_directory(tmp_path, monkeypatch):
 def test_pipeline_stages_send_an_endpoint_model_to_its_server(tmp_path):
     # Keywords, profiling and aggregator selection go through generate_jobs: the endpoint model's
     # requests reach its server; nothing is loaded in-process for it.
-    from symoe.generation import Requests
     from symoe.generation.batch import generate_jobs
+    from symoe.method.requests import Requests
 
     with FakeOpenAI() as srv:
         cfg = mixed_config(srv.url)

@@ -9,9 +9,10 @@ import pytest
 import symoe
 from symoe.execution import RunOptions
 from symoe.execution.replan import missing_questions, replan, run_replanning, stored_work
-from symoe.generation import Requests, Sampling
+from symoe.generation import Sampling
 from symoe.generation.engine import DeviceLost
 from symoe.generation.fake import FakeEngine, ScaledClock
+from symoe.method.requests import Requests
 from symoe.store import Store
 from test_scheduler import AGG, PAPER
 from test_scheduler import workload as scheduler_workload

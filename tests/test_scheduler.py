@@ -204,7 +204,8 @@ def test_resume_reuses_everything(tmp_path):
 def test_answers_stored_meanwhile_by_another_run_release_aggregation(tmp_path):
     # Another run on the same store writes device 1's expert answers while this run is under way:
     # they are reused, and the aggregations that wait for them still start (no deadlock).
-    from symoe.generation import Generation, Requests
+    from symoe.generation import Generation
+    from symoe.method.requests import Requests
 
     qs, p = small(tmp_path, n=60)
     build = Requests(p.config, Sampling())
@@ -272,7 +273,7 @@ def test_stale_claim_of_a_dead_run_is_taken_over(tmp_path):
     qs, p = small(tmp_path, n=30)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    from symoe.generation import Requests
+    from symoe.method.requests import Requests
 
     build = Requests(p.config, Sampling())
     keys = [build.expert(p.config.names[p.experts[q, j]], qs[q], j).key for q in range(len(qs)) for j in range(p.k)]

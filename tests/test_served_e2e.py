@@ -20,11 +20,11 @@ from symoe.execution import RunOptions, run_plan
 from symoe.generation import EngineError, ModelSettings, Sampling, SamplingParams
 from symoe.generation.engine import Clock
 from symoe.generation.process import engine_env
-from symoe.generation.requests import Request
 from symoe.generation.served import ServedEngine
 from symoe.generation.vllm_server import free_port, server_command
 from symoe.method.datasets import load_questions
 from symoe.models.fetch import fetch_tiny
+from symoe.records import Request
 from symoe.store import Store
 
 SMOL = "SmolLM2-135M-Instruct"

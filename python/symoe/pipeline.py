@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _core
 from .config.pool import Config
+from .config.presets import RARE_THRESHOLD
 from .config.presets import preset as get_preset
 from .errors import SymoeError, require
 from .evaluation.from_store import (
@@ -25,11 +26,12 @@ from .evaluation.from_store import (
     write_jsonl,
 )
 from .execution import RunOptions, RunReport, run_plan
-from .generation import Clock, Engine, ModelSettings, Requests, Sampling
+from .generation import Clock, Engine, ModelSettings, Sampling
 from .method.datasets import Question
 from .method.keywords import annotate
 from .method.matching import Embedder, match_keywords
-from .method.routing import RARE_THRESHOLD, Assignment, Profiles, route
+from .method.requests import Requests
+from .method.routing import Assignment, Profiles, route
 from .models.fetch import check_models
 from .planning.plan import Plan, plan
 from .store import Store

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SymoeError
-from .generation.requests import Generation, generation_key
+from .records import Generation, generation_key
 
 __all__ = ["Generation", "Store", "generation_key"]
 

@@ -6,9 +6,10 @@ import click
 import numpy as np
 
 from ..config.pool import Config
+from ..config.presets import RARE_THRESHOLD
 from ..errors import SymoeError
 from ..method.datasets import bundled, load_keyword_file, load_questions
-from ..method.routing import RARE_THRESHOLD, Assignment, Profiles, route
+from ..method.routing import Assignment, Profiles, route
 from ..planning.plan import Plan, plan, save_picture
 from .common import fail, format_opt, k_opt, questions_opt, seed_opt, table
 

@@ -10,9 +10,10 @@ import click
 import numpy as np
 
 from ..config.pool import Config
+from ..config.presets import RARE_THRESHOLD
 from ..execution import RunReport
 from ..generation import Sampling
-from ..method.routing import RARE_THRESHOLD, Assignment
+from ..method.routing import Assignment
 from ..pipeline import BASELINES, NO_AGGREGATOR
 from ..planning.plan import Plan
 from .common import (

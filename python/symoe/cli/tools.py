@@ -44,8 +44,8 @@ def bench_grp() -> None:
 def bench_load_cmd(config_path: str, models: tuple[str, ...], batches: tuple[int, ...], max_tokens: int,
                    out_path: str | None) -> None:
     """Per model: load, first token, throughput by batch size, unload; raw file-read bandwidth."""
+    from ..generation.loadbench import bench_model
     from ..models.fetch import check_models, provide
-    from ..models.loadbench import bench_model
 
     try:
         cfg = Config.load(config_path)

@@ -1,13 +1,11 @@
-"""A live Ray cluster: joining it, discovering its devices, noticing lost nodes, and running a plan
-on it (the pool's ``[cluster]`` table, :mod:`.cluster_table`; its devices, :mod:`.topology`). Ray
+"""A live Ray cluster: joining it, discovering its devices, noticing lost nodes (running a plan on
+it: :mod:`symoe.execution.on_cluster`; the pool's ``[cluster]`` table, :mod:`.cluster_table`; its devices, :mod:`.topology`). Ray
 is imported only when a live cluster is asked.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..config.cluster_table import ClusterTable, NodeTable
@@ -17,12 +15,6 @@ from ..errors import SymoeError, require
 
 if TYPE_CHECKING:
     from ..config.pool import Config
-    from ..execution.report import RunReport
-    from ..execution.scheduler import RunOptions
-    from ..generation import Sampling
-    from ..method.datasets import Question
-    from ..planning.plan import Plan
-    from ..store import Store
 
 
 def connect(address: str) -> None:
@@ -89,35 +81,3 @@ def with_discovered_devices(cfg: Config) -> Config:
              for name, devs in topo.nodes.items()]
     table = cfg.cluster.model_copy(update={"discover": False, "node": nodes})
     return replace(cfg, devices=topo.planning_devices(overlap), cluster=table)
-
-
-def run_on_config(plan: Plan, questions: Sequence[Question], store: Store, run_dir: str | Path,
-                  sampling: Sampling, assignment: Sequence[Sequence[str]] | None, options: RunOptions,
-                  run_id: str | None = None) -> RunReport:
-    """``run_plan`` for a plan whose config has a ``[cluster]`` table: its devices on the cluster."""
-    cfg = plan.config
-    if any(d.endpoint is not None for d in cfg.devices):
-        raise SymoeError("[cluster]: pools with endpoint models do not run on a Ray cluster yet; drop the endpoint "
-                         "models or the [cluster] table")
-    topology = live_topology(cfg, lost_ok=True)
-    return run_on_cluster(plan, questions, store, run_dir, topology, sampling, assignment, options, run_id)
-
-
-def run_on_cluster(plan: Plan, questions: Sequence[Question], store: Store, run_dir: str | Path, topology: Topology,
-                   sampling: Sampling | None = None, assignment: Sequence[Sequence[str]] | None = None,
-                   options: RunOptions | None = None, run_id: str | None = None) -> RunReport:
-    """Run ``plan`` with one Ray engine per device of ``topology`` (this process connected to
-    the cluster); a device lost before or during the run is reported, and with
-    ``options.retries`` the missing work is replanned over the surviving devices."""
-    from ..execution.replan import run_replanning
-    from ..execution.scheduler import RunOptions
-    from ..generation import Sampling
-    from .ray_engine import ray_engines
-
-    if len(topology.devices) != len(plan.config.devices):
-        raise SymoeError(f"the plan is for {len(plan.config.devices)} devices, the cluster has "
-                         f"{len(topology.devices)} ({', '.join(d.label() for d in topology.devices)}); plan again")
-    connect(topology.address)
-    return run_replanning(plan, questions, store, run_dir, sampling or Sampling(), assignment, options or RunOptions(),
-                          engines_for=lambda p, devices: ray_engines(p.config, topology.subset(devices)),
-                          lost_now=lambda: lost_devices(topology), run_id=run_id)

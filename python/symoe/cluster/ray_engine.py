@@ -34,7 +34,7 @@ from ..generation.engine import (
     key_names,
 )
 from ..generation.process import engine_env
-from ..generation.requests import Request
+from ..records import Request
 from .ray_device import POLL_S, RayDevice, log
 from .ray_host import Hosted, cpu_env_vars, remote_host
 

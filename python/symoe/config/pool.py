@@ -30,6 +30,7 @@ from .pool_file import (
     Seconds,
     Tokens,
     bundled_config_path,
+    cache_dir,
     check_serving,
     explain,
     read_toml,
@@ -270,8 +271,6 @@ def _resolve(d: CostDefaults, m: ModelEntry, i: int, base: Path | None, source: 
     h2d = g.h2d_bandwidth_gbps * GB
     path = m.path
     if path and "{cache}" in path:
-        from ..models.fetch import cache_dir
-
         path = path.replace("{cache}", str(cache_dir()))
     if path and base is not None and not Path(path).is_absolute() and (base / path).exists():
         path = str((base / path).resolve())

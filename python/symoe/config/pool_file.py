@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -241,3 +242,9 @@ def bundled_config_path(name: str) -> Path:
     if not p.exists():
         raise ValueError(f"no bundled config named {name!r}")
     return p
+
+
+def cache_dir() -> Path:
+    """Where fetched models live (``$SYMOE_CACHE``, else ``$XDG_CACHE_HOME/symoe`` or ``~/.cache/symoe``)."""
+    base = os.environ.get("SYMOE_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "symoe")
+    return Path(base)

@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import SymoeError
-from ..method.routing import RARE_THRESHOLD
+
+RARE_THRESHOLD = 0.05  # the paper's rare-expert filter share (the authors' code never applies it)
 
 
 @dataclass(frozen=True)

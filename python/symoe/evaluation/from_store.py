@@ -13,9 +13,10 @@ import numpy as np
 
 from ..errors import SymoeError
 from ..execution.report import QuestionResult, grade_run
-from ..generation import Request, Requests, Sampling
+from ..generation import Request, Sampling
 from ..method.datasets import Question
 from ..method.grading import answer_of, is_correct
+from ..method.requests import Requests
 from ..planning.plan import Plan
 from ..store import Store
 

@@ -12,8 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..generation import Generation, Request, Requests
+from ..generation import Generation, Request
 from ..method.datasets import Question
+from ..method.requests import Requests
 from ..planning.plan import Plan, Role, StepKind
 from ..store import Store
 

@@ -13,9 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..generation import Clock, Engine, Request, Requests, Sampling
+from ..generation import Clock, Engine, Request, Sampling
 from ..generation.engine import DeviceLost
 from ..method.datasets import Question
+from ..method.requests import Requests
 from ..method.routing import Assignment
 from ..planning.plan import Plan
 from ..planning.plan import plan as make_plan

@@ -10,12 +10,13 @@ import numpy as np
 
 from ..cluster.ray_engine import tp_refused
 from ..errors import SymoeError
-from ..generation import Clock, Engine, ModelSettings, Requests, Sampling
+from ..generation import Clock, Engine, ModelSettings, Sampling
 from ..generation.endpoint import EndpointSettings
 from ..generation.local import LocalEngine
 from ..generation.remote import RemoteEngine
 from ..generation.served import ServedEngine
 from ..method.datasets import Question
+from ..method.requests import Requests
 from ..planning.plan import Plan
 from ..store import Store
 from .report import RunReport, grade_run, write_report
@@ -83,7 +84,7 @@ def run_plan(plan: Plan, questions: Sequence[Question], store: Store, run_dir: s
             s0, a = int(sharded[0]), plan.arrays
             d, tp = int(a["device"][s0]), int(a["tp"][s0])
             raise SymoeError(tp_refused(f"step {s0}", cfg.names[a["model"][s0]], range(d, d + tp)))
-        from ..cluster.live import run_on_config
+        from .on_cluster import run_on_config
 
         return run_on_config(plan, questions, store, run_dir, sampling, assignment, options, run_id)
     settings = {cfg.names[m]: ModelSettings.of(cfg, cfg.names[m]) for m in np.unique(plan.arrays["model"]) if m >= 0}

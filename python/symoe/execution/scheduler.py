@@ -25,9 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..generation import Clock, Engine, EngineError, Generation, ModelSettings, Request, Requests
+from ..generation import Clock, Engine, EngineError, Generation, ModelSettings, Request
 from ..generation.batch import generate_once
 from ..method.datasets import Question
+from ..method.requests import Requests
 from ..planning.plan import ROLES, STEP_KINDS, Plan, StepKind
 from ..progress import progress_bar
 from ..store import Store

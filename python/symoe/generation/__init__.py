@@ -1,8 +1,9 @@
-"""Generation: typed requests and results, the engine interface and its implementations, and
-batch generation for the pipeline's stages (keywords, profiling, aggregator selection)."""
+"""Generation: the engine interface and its implementations (request and result records are
+re-exported from ``symoe.records``), batch generation for the pipeline's stages (keywords,
+profiling, aggregator selection) and load/offload timing. Imports store, records, config and below."""
 
+from ..records import Generation, Request, Sampling, SamplingParams, seed_for
 from .engine import BatchInfo, Clock, Engine, EngineError, EngineTimeout, ModelSettings
-from .requests import Generation, Request, Requests, Sampling, SamplingParams, seed_for
 
 __all__ = ["BatchInfo", "Clock", "Engine", "EngineError", "EngineTimeout", "Generation", "ModelSettings", "Request",
-           "Requests", "Sampling", "SamplingParams", "seed_for"]
+           "Sampling", "SamplingParams", "seed_for"]

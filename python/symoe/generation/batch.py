@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..progress import progress_bar
+from ..records import Generation, Request
 from .engine import BatchInfo, Clock, Engine, EngineError, ModelSettings, OnDone
-from .requests import Generation, Request
 from .routed import stage_engine
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SymoeError
-from .requests import Generation, Request
+from ..records import Generation, Request
 
 if TYPE_CHECKING:
     from ..config.pool import Config

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import require
+from ..records import Request
 from .device_group import group_env
 from .engine import (
     BatchInfo,
@@ -27,7 +28,6 @@ from .engine import (
     without_keys,
 )
 from .process import Worker, engine_env
-from .requests import Request
 
 if TYPE_CHECKING:
     from ..config.pool import Config

@@ -18,9 +18,9 @@ from typing import Any
 
 import openai
 
+from ..records import Generation, Request
 from .endpoint import EndpointSettings
 from .engine import BatchInfo, Clock, EngineError, EngineTimeout, OnDone, generation_from_event
-from .requests import Generation, Request
 
 log = logging.getLogger("symoe.remote")
 

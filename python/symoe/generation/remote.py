@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import SymoeError
+from ..records import Request
 from .endpoint import EndpointSettings, public_url
 from .engine import BatchInfo, Clock, Engine, EngineError, ModelSettings, OnDone
 from .openai_client import RemoteClient, generate_concurrently
-from .requests import Request
 
 
 class RemoteEngine(Engine):

@@ -9,11 +9,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..records import Request
 from .endpoint import EndpointSettings
 from .engine import BatchInfo, Clock, Engine, ModelSettings, OnDone
 from .local import LocalEngine
 from .remote import RemoteEngine
-from .requests import Request
 from .served import ServedEngine
 
 if TYPE_CHECKING:

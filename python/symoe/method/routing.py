@@ -12,6 +12,7 @@ from typing import Literal
 import numpy as np
 
 from .. import _core
+from ..config.presets import RARE_THRESHOLD
 
 __all__ = ["Profiles", "Assignment", "route", "keywords_to_csr"]
 
@@ -208,7 +209,6 @@ class Assignment:
         return cls(models, experts, tuple(ids), int(rows[0].get("seed", 0)))
 
 
-RARE_THRESHOLD = 0.05  # the paper's rare-expert filter share (the authors' code never applies it)
 
 
 def route(

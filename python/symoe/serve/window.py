@@ -14,12 +14,13 @@ from typing import Any
 
 from ..config.pool import Config
 from ..evaluation.from_store import agreed_answer
-from ..generation import EngineError, Generation, Request, Requests, Sampling
+from ..generation import EngineError, Generation, Request, Sampling
 from ..generation.batch import DEADLINE_FACTOR, DEADLINE_MARGIN_S
 from ..generation.engine import Clock
 from ..method.grading import answer_of
 from ..method.keywords import filter_keywords
 from ..method.matching import Embedder, match_keywords
+from ..method.requests import Requests
 from ..method.routing import Profiles, route
 from ..store import Store
 from .protocol import Answer, ApiError, ServeRequest

@@ -1,8 +1,8 @@
-"""Typed generation requests and results, and the one place that builds them.
+"""What the store keeps: typed generation requests (with their sampling) and results.
 
 Every request carries its store key (a hash of model, prompt, sampling parameters, role and slot),
 so a generation is stored once and found again by any later run; every seed derives from the run's
-``seed`` through :func:`seed_for`.
+``seed`` through :func:`seed_for`; :class:`symoe.method.requests.Requests` builds them.
 """
 
 from __future__ import annotations
@@ -10,16 +10,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..method.prompts import aggregator_messages, as_completion, expert_messages, keyword_messages
-
 if TYPE_CHECKING:
-    from ..config.pool import Config
-    from ..method.datasets import Question
-    from ..planning.plan import Plan
+    from .config.pool import Config
 
 Role = Literal["expert", "aggregate", "keywords", "aggregator-benchmark"]
 Message = dict[str, str]
@@ -119,52 +114,3 @@ def seed_for(run_seed: int, question: str, role: str, slot: int) -> int:
     batch order, device or thread."""
     h = hashlib.sha256(f"{run_seed}|{question}|{role}|{slot}".encode()).digest()
     return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
-
-
-class Requests:
-    """Builds every request of a run: expert answers, aggregations, keyword samples and the
-    aggregator benchmark. Needs the pool to know which models take chat messages and which have
-    their own ``max_tokens`` (it then replaces the run's for that model's answers)."""
-
-    def __init__(self, cfg: Config, sampling: Sampling = Sampling()):
-        self.cfg, self.s = cfg, sampling
-
-    def _make(self, model: str, messages: list[Message], role: Role, slot: int, question: str, max_tokens: int,
-              temperature: float | None = None, seed_slot: int | None = None) -> Request:
-        seed_role = "aggregate" if role == "aggregator-benchmark" else role
-        params = SamplingParams(self.s.temperature if temperature is None else temperature, int(max_tokens),
-                                seed_for(self.s.seed, question, seed_role, slot if seed_slot is None else seed_slot))
-        if self.cfg.model(model).chat:
-            payload: dict[str, Any] = {"messages": messages}
-            msgs, prompt = tuple(messages), None
-        else:
-            prompt = as_completion(messages)
-            payload, msgs = {"prompt": prompt}, None
-        key = generation_key(model, payload, params.as_dict(), role, slot)
-        return Request(key, model, role, slot, question, params, msgs, prompt)
-
-    def expert(self, model: str, q: Question, slot: int) -> Request:
-        """The expert's chain-of-thought answer; profiling uses the same request (slot 0)."""
-        return self._make(model, expert_messages(q.text, q.kind), "expert", slot, q.id,
-                          self.cfg.model(model).max_tokens or self.s.max_tokens)
-
-    def plan_experts(self, plan: Plan, questions: Sequence[Question]) -> list[Request]:
-        """Every expert request of ``plan``, question by question in slot order (item
-        ``q * k + slot`` of the plan's expert runs)."""
-        names = plan.config.names
-        return [self.expert(names[plan.experts[q, j]], qu, j) for q, qu in enumerate(questions) for j in range(plan.k)]
-
-    def aggregate(self, model: str, q: Question, expert_texts: Sequence[str]) -> Request:
-        """The aggregation request of a question from its experts' answers."""
-        return self._make(model, aggregator_messages(q.text, q.kind, expert_texts), "aggregate", 0, q.id,
-                          self.cfg.model(model).max_tokens or self.s.aggregate_max_tokens)
-
-    def aggregator_benchmark(self, model: str, q: Question, responses: Sequence[str]) -> Request:
-        """The aggregation prompt on the synthetic benchmark (seeded like a real aggregation)."""
-        return self._make(model, aggregator_messages(q.text, q.kind, responses), "aggregator-benchmark", 0, q.id,
-                          self.cfg.model(model).max_tokens or self.s.aggregate_max_tokens)
-
-    def keywords(self, model: str, q: Question) -> list[Request]:
-        """``keyword_samples`` samples at temperature 0.7 (SYMBOLIC_MOE.md section 1)."""
-        return [self._make(model, keyword_messages(q.text), "keywords", i, q.id, self.s.keyword_max_tokens, 0.7)
-                for i in range(self.s.keyword_samples)]

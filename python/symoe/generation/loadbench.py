@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config.pool import Config
-from ..generation import Generation, ModelSettings, Request, SamplingParams
-from ..generation.local import LocalEngine
+from ..records import Generation, Request, SamplingParams
+from .engine import ModelSettings
+from .local import LocalEngine
 
 PROMPT = ({"role": "user", "content": "Explain step by step why the sky is blue."},)
 NO_DEADLINE = math.inf
