@@ -74,7 +74,7 @@ def inside(args: argparse.Namespace) -> None:
     from symoe.method.datasets import load_questions
     from symoe.method.routing import Assignment
     from symoe.models.fetch import fetch_tiny
-    from symoe.planning.plan import plan
+    from symoe.planning.planner import plan
     from symoe.store import Store
 
     sys.path.insert(0, str(ROOT / "tests"))

@@ -36,7 +36,8 @@ from symoe.method.datasets import dataset_path, load_questions
 from symoe.method.requests import Requests
 from symoe.method.routing import Assignment
 from symoe.models.fetch import fetch_tiny
-from symoe.planning.plan import Plan, plan
+from symoe.planning.plan import Plan
+from symoe.planning.planner import plan
 from symoe.store import Store
 
 SMOL = "SmolLM2-135M-Instruct"

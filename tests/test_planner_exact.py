@@ -34,6 +34,7 @@ import pytest
 import symoe
 from symoe import Config, Device, ModelSpec, Tokens, _core
 from symoe.config.pool import GB
+from symoe.planning.steps import ARRAY_DTYPES
 
 LOAD, RUN, UNLOAD, PARK, WAKE, PAUSE = range(6)
 EXPERT, AGG = 0, 1
@@ -640,7 +641,7 @@ def test_random_tensor_parallel_plans():
         except ValueError:
             continue
         accepted += 1
-        typed = {k: v.astype(symoe.planning.plan._DTYPES[k]) for k, v in arrays.items()}
+        typed = {k: v.astype(ARRAY_DTYPES[k]) for k, v in arrays.items()}
         p = symoe.Plan("hand", inst.cfg, inst.experts, inst.agg, typed)
         p.timeline = symoe.simulate(p)
         p.validate()

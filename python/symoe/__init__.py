@@ -10,7 +10,8 @@ from .method.datasets import Question, load_questions
 from .method.routing import Assignment, Profiles, keywords_to_csr, route
 from .moe import SymbolicMoE
 from .pipeline import RunResult, Task
-from .planning.plan import Plan, Timeline, plan, simulate
+from .planning.plan import Plan, Timeline, simulate
+from .planning.planner import plan
 
 __all__ = ["Assignment", "Config", "Device", "EngineSettings", "ModelSpec", "Plan", "Profiles", "Question",
            "RunOptions", "RunResult", "Sampling", "SymbolicMoE", "SymoeError", "Task", "Timeline", "Tokens",

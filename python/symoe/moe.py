@@ -15,7 +15,8 @@ from .method.matching import Embedder, match_keywords
 from .method.routing import Assignment, Profiles, route
 from .models.fetch import check_models, provide
 from .pipeline import Baseline, EngineFactory, RunResult, Task, run_pipeline
-from .planning.plan import Plan, plan
+from .planning.plan import Plan
+from .planning.planner import plan
 from .store import Store
 
 __all__ = ["SymbolicMoE"]

@@ -33,7 +33,8 @@ from .method.matching import Embedder, match_keywords
 from .method.requests import Requests
 from .method.routing import Assignment, Profiles, route
 from .models.fetch import check_models
-from .planning.plan import Plan, plan
+from .planning.plan import Plan
+from .planning.planner import plan
 from .store import Store
 
 Baseline = Literal["none", "single-best", "top-k", "random", "majority", "self-moa", "oracle"]

@@ -10,7 +10,8 @@ from ..config.presets import RARE_THRESHOLD
 from ..errors import SymoeError
 from ..method.datasets import bundled, load_keyword_file, load_questions
 from ..method.routing import Assignment, Profiles, route
-from ..planning.plan import Plan, plan, save_picture
+from ..planning.plan import Plan, save_picture
+from ..planning.planner import plan
 from .common import fail, format_opt, k_opt, questions_opt, seed_opt, table
 
 

@@ -19,7 +19,7 @@ from ..method.datasets import Question
 from ..method.requests import Requests
 from ..method.routing import Assignment
 from ..planning.plan import Plan
-from ..planning.plan import plan as make_plan
+from ..planning.planner import plan as make_plan
 from ..store import Store
 from .report import RunReport
 from .scheduler import RunOptions

@@ -28,12 +28,12 @@ import numpy as np
 
 from .. import _core
 from ..config.pool import Config, Device, ModelSpec
+from .steps import ARRAY_DTYPES
 
 UNLIMITED_BYTES = 1e18   # a virtual device's memory: nothing an endpoint holds counts
 AGGREGATION_RUNS = (1, 2, 4, 8)  # an endpoint's aggregations in this many runs: the fastest simulated
 _PLACEHOLDER = ModelSpec("symoe-endpoint-placeholder", 0.0, prefill_tps=1e15, decode_tps=1e15, stream_tps=1e15)
-_DTYPES = dict(kind=np.int8, role=np.int8, device=np.int32, model=np.int32, tp=np.int32, item_begin=np.int64,
-               item_end=np.int64, seconds=np.float64)
+_DTYPES = {k: t for k, t in ARRAY_DTYPES.items() if k != "items"}  # the step columns (items apart)
 LOAD, RUN, UNLOAD = 0, 1, 2   # cpp/plan.hpp StepKind
 EXPERT, AGGREGATE = 0, 1      # cpp/plan.hpp Role
 Step = tuple[int, int, int, int, int, float, list[int]]  # kind, role, device, model, tp, seconds, items

@@ -7,22 +7,20 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any
 
 import numpy as np
 
 from .. import _core
 from ..config.pool import Config
 from ..errors import SymoeError
-from ..method.routing import Assignment
 from . import checks as plan_checks
 from . import endpoints as endpoint_plan
-from .steps import ROLES, STEP_KINDS, Role, StepKind
+from .steps import ARRAY_DTYPES, ROLES, STEP_KINDS, Role, StepKind
 
-__all__ = ["Role", "StepKind", "Plan", "Timeline", "plan", "simulate", "save_picture", "STEP_KINDS", "ROLES"]
+__all__ = ["Role", "StepKind", "Plan", "Timeline", "simulate", "save_picture", "STEP_KINDS", "ROLES"]
 
 
 @dataclass
@@ -44,8 +42,6 @@ class Timeline:
 
 
 _ARRAYS = ("kind", "role", "device", "model", "tp", "item_begin", "item_end", "seconds", "items")
-_DTYPES = dict(kind=np.int8, role=np.int8, device=np.int32, model=np.int32, tp=np.int32,
-               item_begin=np.int64, item_end=np.int64, seconds=np.float64, items=np.int64)
 
 
 @dataclass
@@ -204,7 +200,7 @@ class Plan:
             plan_checks.check_plan_shape(source, k, doc["experts"], hashes)  # before a reshape can fail on it
             experts = np.asarray(doc["experts"], dtype=np.int64).reshape(-1, k)
             agg = None if doc["aggregator"] is None else np.asarray(doc["aggregator"], dtype=np.int64)
-            arrays = {name: np.asarray(doc["arrays"][name], dtype=_DTYPES[name]) for name in _ARRAYS}
+            arrays = {name: np.asarray(doc["arrays"][name], dtype=ARRAY_DTYPES[name]) for name in _ARRAYS}
         except KeyError as e:  # only the config's keys are left unchecked
             raise SymoeError(f"plan {source}: config: missing key {e.args[0]!r}") from e
         except (TypeError, ValueError, OverflowError) as e:  # wrong shapes or types in a hand-edited plan
@@ -220,64 +216,6 @@ class Plan:
                                  f"{p.makespan}")
             p.lower_bound = float(proven)
         return p
-
-
-def _aggregator_array(aggregator: str | Sequence[str | None] | None, n: int, cfg: Config) -> np.ndarray | None:
-    if aggregator is None:
-        return None
-    if isinstance(aggregator, str):
-        return np.full(n, cfg.index(aggregator), dtype=np.int64)
-    if len(aggregator) != n:
-        raise ValueError(f"{len(aggregator)} aggregators for {n} questions")
-    return np.array([cfg.index(a) if a is not None else -1 for a in aggregator], dtype=np.int64)
-
-
-def plan(
-    assignment: Assignment,
-    config: Config,
-    *,
-    aggregator: str | Sequence[str | None] | None = None,
-    strategy: Literal["symoe", "reference", "naive"] = "symoe",
-    replicate: bool = True,
-    optimize_s: float | None = None,
-) -> Plan:
-    """Plan the assignment's expert runs (and aggregation, if an aggregator is given) on ``config``.
-
-    The assignment's model names are resolved in the pool by name; the returned plan carries its
-    simulated timeline and the lower bound. The symoe heuristic plan is then polished by a
-    constraint solver (``symoe.planning.polish``), which also proves a tighter lower bound, so ``plan.gap``
-    is a true optimality gap. The polish is reproducible: one solver worker, a fixed seed and a
-    budget in the solver's deterministic time, so the same inputs give the same plan on any
-    machine and thread count. ``optimize_s``: that budget; 0: the heuristic plan alone; None
-    (default): ``symoe.planning.polish.auto_budget``. Pools with endpoint models are not polished.
-    """
-    if optimize_s is not None and not (math.isfinite(optimize_s) and optimize_s >= 0):
-        raise ValueError(f"optimize_s must be a finite number of seconds >= 0, got {optimize_s!r}")
-    if len(assignment) == 0 or assignment.k == 0:
-        raise ValueError("assignment is empty: nothing to plan")
-    if not config.devices:
-        raise ValueError("no devices: at least one device is needed")
-    remap = np.array([config.index(m) for m in assignment.models], dtype=np.int64)
-    experts = np.ascontiguousarray(remap[assignment.experts])
-    agg = _aggregator_array(aggregator, len(assignment), config)
-    plan_checks.check_fits(config, experts, agg)  # the core would name the model by its index
-    if endpoint_plan.endpoint_models(config):  # models behind servers: each on a virtual device of its own
-        config, arrays = endpoint_plan.plan_arrays(experts, agg, config, strategy, replicate)
-        args = dict(experts=experts, aggregator=agg, **config.core_args())
-    else:
-        args = dict(experts=experts, aggregator=agg, **config.core_args())
-        made = _core.make_plan(**args, strategy=strategy, pause_s=float(config.pause_s), replicate=bool(replicate))
-        arrays = cast(dict[str, np.ndarray], {k: v for k, v in made.items() if k != "devices"})
-    p = Plan(strategy, config, experts, agg, arrays, question_ids=assignment.question_ids)
-    p.timeline = simulate(p)
-    p.lower_bound = _core.lower_bound(**args)
-    if strategy == "symoe" and optimize_s != 0 and not endpoint_plan.endpoint_models(config):
-        from .polish import auto_budget, polish  # (it knows no virtual devices: it would move endpoint models)
-
-        budget = auto_budget(p) if optimize_s is None else optimize_s
-        if budget > 0:
-            p = polish(p, budget, replicate=replicate).plan
-    return p
 
 
 def simulate(p: Plan, config: Config | None = None) -> Timeline:

@@ -13,6 +13,7 @@ import numpy as np
 from ..config.pool import Config
 from ..errors import SymoeError
 from .plan import Plan, StepKind, simulate
+from .steps import ARRAY_DTYPES
 
 _KB = 1e6  # memory in the model: megabytes (CP-SAT works on integers; kilobytes crashed its LNS presolve)
 UNITS = 100_000  # the heuristic makespan in time units: resolution 1e-5 of it (finer: CP-SAT may raise
@@ -272,9 +273,7 @@ class Instance:
                     chunks.append(its)
                     n_items += len(its)
                 cols["item_end"].append(n_items)
-        from .plan import _DTYPES
-
-        arrays = {k: np.asarray(v, dtype=_DTYPES[k]) for k, v in cols.items()}
+        arrays = {k: np.asarray(v, dtype=ARRAY_DTYPES[k]) for k, v in cols.items()}
         arrays["items"] = np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, dtype=np.int64)
         q = replace(self.p, arrays=arrays, timeline=None)
         q.timeline = simulate(q)  # validates every invariant first (ValueError on a broken plan)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+import numpy as np
+
 
 class StepKind(IntEnum):
     """What a plan step does (the values of ``cpp/plan.hpp``'s ``StepKind``)."""
@@ -35,3 +37,9 @@ class Role(IntEnum):
 
 STEP_KINDS = tuple(k.label for k in StepKind)  # step labels by value, as run logs and plan JSON write them
 ROLES = tuple(r.label for r in Role)
+
+
+ARRAY_DTYPES: dict[str, type[np.generic]] = dict(
+    kind=np.int8, role=np.int8, device=np.int32, model=np.int32, tp=np.int32, item_begin=np.int64, item_end=np.int64,
+    seconds=np.float64, items=np.int64)
+"""The dtype of every plan array (as the C++ core makes and reads them)."""
