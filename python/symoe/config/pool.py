@@ -5,13 +5,14 @@ every default; the C++ core receives plain numbers from here and holds none)."""
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Mapping
 from dataclasses import asdict, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import ConfigDict, FiniteFloat, PositiveInt, ValidationError
+from pydantic import ConfigDict, ValidationError
 from pydantic.dataclasses import dataclass
 
 from .. import _core
@@ -20,82 +21,23 @@ from .cluster_table import ClusterTable
 from .pool_file import (
     GB,
     CostDefaults,
-    DevicesTable,
     EngineSettings,
     ModelEntry,
-    NonNeg,
     PoolFile,
-    Rate,
     ReferenceTable,
-    Seconds,
     Tokens,
     bundled_config_path,
     cache_dir,
     check_serving,
     explain,
     read_toml,
-    to_toml,
 )
+from .spec import Device, ModelSpec
 from .topology import planning_devices
 
 __all__ = ["GB", "ModelSpec", "Device", "Tokens", "EngineSettings", "Config", "bundled_config_path"]
 
 _COST = CostDefaults()
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One model of the pool and its cost-model figures (bytes, seconds, tokens per second).
-
-    ``load_s`` is a cold start; ``park_s``/``wake_s`` the sleep-mode offload and return
-    (``park_s < 0``: not supported). ``decode_tps``/``prefill_tps`` hold for a saturated batch,
-    ``stream_tps`` for one sequence alone. ``max_tokens``, ``max_model_len`` and
-    ``trust_remote_code`` are engine settings (None: the run's and ``[engine]``'s). The
-    ``*_tokens`` figures are this model's expected tokens per request by role (reasoning models
-    write far more than others; None: the config's ``[tokens]``).
-    """
-
-    name: str
-    weight_bytes: NonNeg
-    path: str | None = None
-    extra_bytes: NonNeg = 0.0
-    load_s: Seconds = 0.0
-    unload_s: Seconds = 0.0
-    park_s: FiniteFloat = -1.0
-    wake_s: Seconds = 0.0
-    overhead_s: Seconds = _COST.overhead_s
-    prefill_tps: Rate = _COST.prefill_tps
-    decode_tps: Rate = _COST.decode_tps
-    stream_tps: Rate = _COST.stream_tps
-    chat: bool = True  # instruct model with a chat template (False: plain completion)
-    max_tokens: PositiveInt | None = None
-    max_model_len: PositiveInt | None = None
-    trust_remote_code: bool = False  # the model's own code from its folder (GLM-4, InternLM3)
-    expert_prompt_tokens: NonNeg | None = None
-    expert_output_tokens: NonNeg | None = None
-    aggregate_prompt_tokens: NonNeg | None = None
-    aggregate_output_tokens: NonNeg | None = None
-    endpoint: str | None = None  # remote: behind this OpenAI-compatible server (no local memory)
-    served_name: str | None = None
-    api_key_env: str | None = None  # the variable's NAME; the key itself is read at run time only
-    max_concurrency: PositiveInt = 8
-    serve: Literal["vllm"] | None = None
-
-    @property
-    def resident_bytes(self) -> float:
-        """Device memory the model holds while loaded: weights plus engine extras."""
-        return self.weight_bytes + self.extra_bytes
-
-
-@dataclass(frozen=True)
-class Device:
-    """One device's memory and abilities."""
-
-    memory_bytes: Rate
-    overlap_load: bool = DevicesTable.model_fields["overlap_load"].default  # load beside a generation
-    host_bytes: NonNeg = 0.0  # host memory for weights parked by sleep mode
-    endpoint: str | None = None  # plans only: the virtual device of this endpoint model
-
 
 @dataclass(frozen=True, config=ConfigDict(arbitrary_types_allowed=True))
 class Config:
@@ -288,3 +230,22 @@ def _resolve(d: CostDefaults, m: ModelEntry, i: int, base: Path | None, source: 
         serve=m.serve)
 
 
+def to_toml(cfg: Config) -> str:
+    """``cfg`` as a pool file with every figure explicit (calibration writes it back)."""
+    def val(v: Any) -> str:
+        return "true" if v is True else "false" if v is False else repr(v) if isinstance(v, (int, float)) \
+            else json.dumps(str(v))
+
+    d0 = cfg.devices[0]
+    lines = ["[devices]", f"count = {sum(d.endpoint is None for d in cfg.devices)}", f"memory_gb = {d0.memory_bytes / GB!r}",
+             f"overlap_load = {val(d0.overlap_load)}", f"host_memory_gb = {d0.host_bytes / GB!r}", "", "[tokens]"]
+    lines += [f"{k} = {float(v)!r}" for k, v in asdict(cfg.tokens).items()]
+    lines += ["", "[reference]", f"tp_efficiency = {float(cfg.tp_efficiency)!r}",
+              f"pause_s = {float(cfg.pause_s)!r}", "", "[engine]"]
+    lines += [f"{k} = {val(v)}" for k, v in cfg.engine.model_dump(exclude_none=True).items()]
+    for m in cfg.models:
+        lines += ["", "[[model]]"] + [f"{k} = {val(v)}" for k, v in asdict(m).items()
+                                      if v is not None and not (m.endpoint and k == "weight_bytes")]
+    if cfg.cluster is not None:
+        lines += cfg.cluster.toml_lines()
+    return "\n".join(lines) + "\n"

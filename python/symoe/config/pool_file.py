@@ -8,14 +8,13 @@ sets its own.
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError
@@ -23,9 +22,6 @@ from pydantic.dataclasses import dataclass
 
 from ..errors import SymoeError
 from .cluster_table import ClusterTable
-
-if TYPE_CHECKING:
-    from .pool import Config
 
 GB = 1e9
 
@@ -211,27 +207,6 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise SymoeError(f"pool config {path} is not UTF-8 text (byte {e.start}: {e.reason})") from e
     except tomllib.TOMLDecodeError as e:
         raise SymoeError(f"pool config {path} is not valid TOML: {e}") from e
-
-
-def to_toml(cfg: Config) -> str:
-    """``cfg`` as a pool file with every figure explicit (calibration writes it back)."""
-    def val(v: Any) -> str:
-        return "true" if v is True else "false" if v is False else repr(v) if isinstance(v, (int, float)) \
-            else json.dumps(str(v))
-
-    d0 = cfg.devices[0]
-    lines = ["[devices]", f"count = {sum(d.endpoint is None for d in cfg.devices)}", f"memory_gb = {d0.memory_bytes / GB!r}",
-             f"overlap_load = {val(d0.overlap_load)}", f"host_memory_gb = {d0.host_bytes / GB!r}", "", "[tokens]"]
-    lines += [f"{k} = {float(v)!r}" for k, v in asdict(cfg.tokens).items()]
-    lines += ["", "[reference]", f"tp_efficiency = {float(cfg.tp_efficiency)!r}",
-              f"pause_s = {float(cfg.pause_s)!r}", "", "[engine]"]
-    lines += [f"{k} = {val(v)}" for k, v in cfg.engine.model_dump(exclude_none=True).items()]
-    for m in cfg.models:
-        lines += ["", "[[model]]"] + [f"{k} = {val(v)}" for k, v in asdict(m).items()
-                                      if v is not None and not (m.endpoint and k == "weight_bytes")]
-    if cfg.cluster is not None:
-        lines += cfg.cluster.toml_lines()
-    return "\n".join(lines) + "\n"
 
 
 def bundled_config_path(name: str) -> Path:

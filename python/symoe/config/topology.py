@@ -13,6 +13,7 @@ from typing import Any, Literal
 from ..errors import SymoeError
 from .cluster_table import ClusterTable, NodeTable
 from .pool_file import GB
+from .spec import Device
 
 LOST = "lost"    # node id of a listed node that is not in the cluster (any more)
 GPU_PIN = 0.001  # of the node's ``node:<ip>`` resource: pins a GPU bundle to its node
@@ -65,10 +66,8 @@ class Topology:
         same = [d.index for d in self.devices if d.host == host]
         return same.index(index), len(same)
 
-    def planning_devices(self, overlap_load: bool) -> tuple[Any, ...]:
+    def planning_devices(self, overlap_load: bool) -> tuple[Device, ...]:
         """The planner's devices (memory and host budget per device)."""
-        from .pool import Device
-
         return tuple(Device(d.memory_bytes, overlap_load, d.host_bytes) for d in self.devices)
 
     def subset(self, devices: Sequence[int]) -> Topology:
@@ -94,7 +93,7 @@ def from_table(table: ClusterTable, platform: Literal["cpu", "gpu"], memory_gb: 
 
 
 def planning_devices(table: ClusterTable, platform: Literal["cpu", "gpu"], memory_gb: float, overlap_load: bool,
-                     source: str = "config") -> tuple[Any, ...] | None:
+                     source: str = "config") -> tuple[Device, ...] | None:
     """The plan's devices from the listed nodes (None with ``discover``: the running cluster says)."""
     if table.discover:
         return None
