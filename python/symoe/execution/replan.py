@@ -21,7 +21,8 @@ from ..method.routing import Assignment
 from ..planning.plan import Plan
 from ..planning.planner import plan as make_plan
 from ..store import Store
-from .report import RunReport
+from .on_engines import check_plan_matches, run_on_engines
+from .report import RunReport, grade_run, write_report
 from .scheduler import RunOptions
 
 log = logging.getLogger("symoe.replan")
@@ -103,9 +104,6 @@ def run_replanning(plan: Plan, questions: Sequence[Question], store: Store, run_
 
     ``engines_for(plan, devices)``: engines for a plan over the original devices ``devices``;
     ``lost_now()``: the devices already lost (original number: where), checked before the first run."""
-    from .report import grade_run, write_report
-    from .run import check_plan_matches, run_plan
-
     if engines_for is None:
         raise ValueError("run_replanning needs engines_for (engines for a plan over given devices)")
     check_plan_matches(plan, questions, assignment)
@@ -132,8 +130,8 @@ def run_replanning(plan: Plan, questions: Sequence[Question], store: Store, run_
     while current.plan is not None:
         rows = None if assignment is None else [assignment[i] for i in current.question_index]
         try:
-            report = run_plan(current.plan, current.questions, store, run_dir, sampling, rows, options,
-                              engines=engines_for(current.plan, current.devices), clock=clock, run_id=run_id)
+            report = run_on_engines(current.plan, current.questions, store, run_dir, sampling, rows, options,
+                                    engines_for(current.plan, current.devices), clock, run_id)
             break
         except DeviceLost as e:
             if replans >= options.retries or not e.node_lost:

@@ -1,8 +1,8 @@
-"""Run a plan: the engines of its devices, the scheduler, and the run's report."""
+"""Run a plan: the engines of its devices (local, served, remote; or a Ray cluster's, :mod:`.on_cluster`),
+then the run itself (:mod:`.on_engines`)."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,39 +10,20 @@ import numpy as np
 
 from ..cluster.ray_engine import tp_refused
 from ..errors import SymoeError
-from ..generation import Clock, Engine, ModelSettings, Sampling
+from ..generation import Clock, Engine, Sampling
 from ..generation.endpoint import EndpointSettings
 from ..generation.local import LocalEngine
 from ..generation.remote import RemoteEngine
 from ..generation.served import ServedEngine
 from ..method.datasets import Question
-from ..method.requests import Requests
 from ..planning.plan import Plan
 from ..store import Store
-from .report import RunReport, grade_run, write_report
-from .scheduler import RunOptions, Scheduler
+from .on_cluster import run_on_config
+from .on_engines import check_plan_matches, run_on_engines
+from .report import RunReport
+from .scheduler import RunOptions
 
-
-def check_plan_matches(plan: Plan, questions: Sequence[Question], experts_by_name: Sequence[Sequence[str]] | None) -> None:
-    """Refuse a plan made for other questions or another assignment."""
-    if len(questions) != len(plan.experts):
-        raise ValueError(f"plan is for {len(plan.experts)} questions, {len(questions)} were given")
-    if plan.question_ids and tuple(plan.question_ids) != tuple(q.id for q in questions):
-        raise ValueError("plan does not match the questions: question ids differ")
-    for q, h in zip(questions, plan.question_hashes):  # same ids, other texts: answers to the wrong questions
-        if q.text_hash != h:
-            raise ValueError(f"plan does not match the questions: question {q.id!r} has a different text "
-                             f"from the one planned")
-    if experts_by_name is not None:
-        names = plan.config.names
-        planned = [[names[m] for m in row] for row in plan.experts]
-        widths = {len(r) for r in experts_by_name}
-        if widths and widths != {plan.experts.shape[1]}:
-            raise ValueError(f"plan does not match the assignment: the plan was made with k={plan.experts.shape[1]}, the "
-                             f"assignment has k={'/'.join(map(str, sorted(widths)))}; make the plan for this assignment "
-                             "with symoe plan --assignment")
-        if [list(r) for r in experts_by_name] != planned:
-            raise ValueError("plan does not match the assignment: the experts per question differ")
+__all__ = ["check_plan_matches", "local_engines", "run_plan"]
 
 
 def local_engines(plan: Plan, run_dir: Path) -> list[Engine]:
@@ -84,24 +65,7 @@ def run_plan(plan: Plan, questions: Sequence[Question], store: Store, run_dir: s
             s0, a = int(sharded[0]), plan.arrays
             d, tp = int(a["device"][s0]), int(a["tp"][s0])
             raise SymoeError(tp_refused(f"step {s0}", cfg.names[a["model"][s0]], range(d, d + tp)))
-        from .on_cluster import run_on_config
-
         return run_on_config(plan, questions, store, run_dir, sampling, assignment, options, run_id)
-    settings = {cfg.names[m]: ModelSettings.of(cfg, cfg.names[m]) for m in np.unique(plan.arrays["model"]) if m >= 0}
     if engines is None:
         engines = local_engines(plan, run_dir)
-    elif len(engines) != len(cfg.devices):
-        raise ValueError(f"{len(engines)} engines for a plan on {len(cfg.devices)} devices")
-    s = Scheduler(plan, questions, store, Requests(cfg, sampling), settings, list(engines), options,
-                  clock or Clock(), run_id or uuid.uuid4().hex[:12])
-    try:
-        s.run()
-    finally:
-        for e in engines:
-            e.close()
-        store.release(s.run_id)
-    report = RunReport(s.run_id, sorted(s.records, key=lambda r: (r.start, r.step)),
-                       grade_run(plan, questions, s.expert_requests, s.aggregate_request, store), s.makespan,
-                       plan.makespan, s.generated, s.reused, s.retried, finish=s.finish)
-    write_report(report, plan, run_dir, options.pictures)
-    return report
+    return run_on_engines(plan, questions, store, run_dir, sampling, assignment, options, engines, clock, run_id)
