@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from .cluster.live import with_discovered_devices
 from .config.pool import Config
 from .config.presets import preset as get_preset
 from .execution import RunOptions
@@ -41,8 +42,6 @@ class SymbolicMoE:
                  engines: EngineFactory | None = None, clock: Clock | None = None):
         self.config = pool if isinstance(pool, Config) else Config.load(pool)
         if self.config.cluster is not None and self.config.cluster.discover and engines is None:
-            from .cluster.live import with_discovered_devices
-
             self.config = with_discovered_devices(self.config)  # plans over the running cluster's devices
         self.profiles = profiles if isinstance(profiles, Profiles) else Profiles.from_json(profiles)
         self.task = task if isinstance(task, Task) else Task.from_json(task)

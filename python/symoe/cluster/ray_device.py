@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..generation.engine import Clock, DeviceLost, EngineError, EngineTimeout
+from .live import alive_node_ids
 from .ray_host import Hosted
 
 if TYPE_CHECKING:
@@ -62,8 +63,6 @@ class RayDevice:
 
     def node_gone(self, node_id: str | None = None) -> bool:
         """Whether the node (default: the device's) has left the cluster."""
-        from .live import alive_node_ids
-
         node_id = node_id or self.place.node_id
         return node_id is not None and node_id not in alive_node_ids()
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..generation.engine import ModelSettings
 from ..generation.process import engine_env
+from ..generation.worker import VllmEngine  # (vLLM itself is imported when an engine loads)
 
 
 class ModelHost:
@@ -18,8 +19,6 @@ class ModelHost:
     it (vLLM's CPU thread binding holds for the thread that started the engine)."""
 
     def __init__(self) -> None:
-        from ..generation.worker import VllmEngine
-
         self.engine = VllmEngine()
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="symoe-engine")
 

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, replace
 
 from ..errors import SymoeError
+from . import polish_bound
 from .plan import Plan, simulate
 from .polish_model import Instance
 
@@ -74,9 +75,7 @@ def polish(p: Plan, seconds: float, *, replicate: bool = True, workers: int = 1)
         q = inst.improve(p, seconds * 0.6, workers, replicate)
         if q is not None and q.makespan < p.makespan * (1 - 1e-12):
             best, improved = q, True
-    from .polish_bound import relaxation_bound
-
-    relax = relaxation_bound(inst, best.makespan, seconds * 0.4, workers)
+    relax = polish_bound.relaxation_bound(inst, best.makespan, seconds * 0.4, workers)
     # A relaxation's bound is at most every valid plan's makespan, up to the rounding of its last
     # division: above that it is wrong, and a clamped value would report a false zero gap.
     if math.isfinite(relax) and relax > best.makespan * (1 + 1e-9):
