@@ -33,9 +33,11 @@ AGG = "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"
 QUIET = RunOptions(progress=False, pictures=False)
 # Measured per-step spread of the scheduler's timing tests on fake engines (tests/test_scheduler.py's
 # prefetch plan at 10 real seconds, 3 runs on the shared 2-core machine): every step's start and end
-# within 1.0-2.1% of the makespan of its prediction. 5% leaves room for a busier machine; a TP step
-# timed as tp 1 is off by 23% (2 devices) and 58% (4 devices) by the end of a reference run.
-STEP_TOLERANCE = 0.05
+# within 1.0-2.1% of the makespan of its prediction. A reference run on 2 devices (26 steps, 6 real
+# seconds) drifted 4.9% by its last step on a quiet machine in CI (wake-up latencies add up along a
+# device's steps), so the margin is the scheduler tests' 10%; a TP step timed as tp 1 is off by 23%
+# (2 devices) and 58% (4 devices) by the end of a reference run.
+STEP_TOLERANCE = 0.10
 INF = float("inf")
 
 
