@@ -23,12 +23,12 @@ from .polish_model import UNITS, Instance, solve_deterministic
 _MB = 1e6  # memory in the model: megabytes, demands rounded down and capacities up (a relaxation)
 
 
-def shard_devices(inst: Instance, m: int) -> list[int]:
-    """Devices that hold 1/t of model m for some group of t consecutive devices (the only ones
-    that can run it, tensor-parallel steps included)."""
+def _widest_groups(inst: Instance, m: int) -> dict[int, int]:
+    """Per device: the widest group of t consecutive devices containing it that each hold 1/t of
+    model m (devices in no such group cannot run m at all)."""
     mem = [d.memory_bytes for d in inst.cfg.devices]
     b = inst.fig[m].bytes
-    out: set[int] = set()
+    widest: dict[int, int] = {}
     for t in range(1, inst.D + 1):
         run = 0
         for d in range(inst.D + 1):
@@ -36,28 +36,21 @@ def shard_devices(inst: Instance, m: int) -> list[int]:
                 run += 1
                 continue
             if run >= t:
-                out.update(range(d - run, d))
+                widest.update({e: t for e in range(d - run, d)})
             run = 0
-    return sorted(out)
+    return widest
+
+
+def shard_devices(inst: Instance, m: int) -> list[int]:
+    """Devices that hold 1/t of model m for some group of t consecutive devices (the only ones
+    that can run it, tensor-parallel steps included)."""
+    return sorted(_widest_groups(inst, m))
+
 
 def shard_shares(inst: Instance) -> dict[int, dict[int, int]]:
     """Per used model and device: the widest group of t consecutive devices containing it that
     each hold 1/t of the model (so the model holds at least 1/t of itself there when resident)."""
-    mem = [d.memory_bytes for d in inst.cfg.devices]
-    out: dict[int, dict[int, int]] = {}
-    for m in inst.used:
-        b, widest = inst.fig[m].bytes, {}
-        for t in range(1, inst.D + 1):
-            run = 0
-            for d in range(inst.D + 1):
-                if d < inst.D and b / t <= mem[d] * (1 + 1e-12):
-                    run += 1
-                    continue
-                if run >= t:
-                    widest.update({e: t for e in range(d - run, d)})
-                run = 0
-        out[m] = widest
-    return out
+    return {m: _widest_groups(inst, m) for m in inst.used}
 
 
 def aggregation_followers(inst: Instance, s_max: float) -> dict[int, float]:
