@@ -33,6 +33,7 @@ def questions_from(split: str) -> Callable[[F], F]:
     """``--questions FILE`` or ``--dataset NAME [--split SPLIT]`` (a bundled benchmark), folded into
     the command's ``questions_path``, so commands see one path. ``split``: the default split
     (validation for the stages that profile models, so a test split is never profiled by accident)."""
+    default = split  # the wrapper's own ``split`` is the option's value
 
     def decorate(f: F) -> F:
         """Add --dataset/--split/--questions to a command taking ``questions_path``."""
@@ -54,7 +55,6 @@ def questions_from(split: str) -> Callable[[F], F]:
         return click.option("--dataset", type=click.Choice(list(DATASETS)), default=None,  # type: ignore[return-value]
                             help="A bundled benchmark instead of --questions.")(wrapper)
 
-    default = split
     return decorate
 
 
