@@ -3,9 +3,12 @@ records (GPUs per node, or for CPU testing one custom resource per device), lost
 
 import importlib
 import tomllib
+import types
 
+import numpy as np
 import pytest
 
+import symoe
 from symoe.config.cluster_table import ClusterTable
 from symoe.config.pool import GB, Config
 from symoe.config.topology import LOST, from_nodes, from_table
@@ -194,3 +197,26 @@ def test_actors_and_placement_groups_that_do_not_go_are_reported(monkeypatch, ca
         eng.close()
     assert "model m on device 0" in caplog.text and "pid 4242" in caplog.text and "not killed" in caplog.text
     assert "placement group pg-0123 was not removed" in caplog.text
+
+
+def test_a_tensor_parallel_plan_is_refused_before_the_cluster_is_touched(monkeypatch, tmp_path):
+    # The Ray engine hosts each model on one device: a TP step must not start the run (and load or
+    # generate what comes before it) only to fail at its own load.
+    from symoe.execution import on_cluster
+    from symoe.planning.plan import StepKind
+    from symoe.store import Store
+
+    paper = Config.bundled("paper16")
+    agg = "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"
+    a = symoe.Assignment((agg,), np.zeros((4, 1), dtype=np.int64), tuple(f"q{i}" for i in range(4)))
+    p = symoe.plan(a, paper.with_devices(2), aggregator=agg, strategy="reference")
+    runs = p.arrays["kind"] == StepKind.RUN
+    assert (p.arrays["tp"][runs] == 2).all()
+
+    def touched(*args, **kwargs):
+        raise AssertionError("the cluster was touched")
+
+    monkeypatch.setattr(on_cluster, "connect", touched)
+    topology = types.SimpleNamespace(devices=[object(), object()], address="auto")
+    with Store(tmp_path / "store.sqlite") as store, pytest.raises(SymoeError, match=r"tensor-parallel over devices \[0, 1\]"):
+        on_cluster.run_on_cluster(p, [], store, tmp_path / "run", topology)
