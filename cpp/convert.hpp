@@ -1,5 +1,5 @@
-// Argument conversion for the bindings (bindings.cpp is its only user): every Python argument to
-// its exact C++ type, or std::invalid_argument naming the argument and the value.
+// Argument conversion for the bindings (the register_*.cpp files are its only users): every Python
+// argument to its exact C++ type, or std::invalid_argument naming the argument and the value.
 #pragma once
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
