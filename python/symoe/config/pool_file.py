@@ -3,6 +3,35 @@
 Every default has its home here (the resolved types in :mod:`.config` and the C++ core take theirs
 from these tables). ``[defaults]`` holds the cost figures every ``[[model]]`` inherits unless it
 sets its own.
+
+The measured cost model (issue 21; ``symoe calibrate`` writes the same figures into a machine
+profile, see :mod:`.profile`):
+
+- load = ``start_s`` (process and engine start) + weight bytes / ``load_bandwidth_gbps`` +
+  ``init_s`` (KV-cache allocation, compilation or graph capture); ``load_s`` overrides the sum.
+- ``decode_curve = [t1, t2, t4, ...]``: aggregate decode tokens/s with 1, 2, 4, ... (2**i)
+  sequences in flight, at most :data:`CURVE_POINTS` entries; between points the rate is
+  interpolated over log2(sequences), beyond the last it stays flat. ``max_seqs``: sequences an
+  engine holds in flight at once (more requests run in waves).
+- ``expert_output_quantiles`` / ``aggregate_output_quantiles`` (per ``[[model]]``): at most
+  :data:`QUANTILES` output lengths, ascending, each standing for an equal share of that model's
+  requests of that role (entry i is the (i + 0.5) / count quantile). A run of n requests then
+  takes overhead + n * prompt / prefill_tps + the drain: sum over j of (q[j] - q[j-1]) * step(alive_j),
+  alive_j = n * (count - j) / count, step(b) = b / rate(b); a run's max_tokens caps each length.
+
+A model with a ``decode_curve`` or quantiles is timed by the drain (without a curve its rate at b
+sequences is min(b * stream_tps, decode_tps)); one with neither by the scalar formula
+``overhead + max(n * (prompt / prefill_tps + output / decode_tps), output / stream_tps)``.
+Example::
+
+    [[model]]
+    name = "Qwen2.5-7B-Instruct"
+    weight_gb = 15.2
+    start_s = 6.0
+    init_s = 9.0
+    decode_curve = [40.0, 78.0, 150.0, 280.0, 500.0, 850.0, 1300.0, 1800.0]
+    max_seqs = 256
+    expert_output_quantiles = [180, 260, 310, 350, 390, 420, 460, 500, 540, 590, 650, 720, 800, 900, 1100, 1600]
 """
 
 from __future__ import annotations
@@ -17,7 +46,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+)
 from pydantic.dataclasses import dataclass
 
 from ..errors import SymoeError
@@ -29,6 +68,10 @@ NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Seconds = NonNeg
 Rate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 _STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)
+CURVE_POINTS = 8   # decode_curve: rates at 1, 2, 4, ..., 128 sequences in flight
+QUANTILES = 16     # *_output_quantiles: lengths per model and role
+Curve = Annotated[list[Rate], Field(min_length=1, max_length=CURVE_POINTS)]
+Lengths = Annotated[list[NonNeg], Field(min_length=1, max_length=QUANTILES)]
 
 
 class CostDefaults(BaseModel):
@@ -37,7 +80,8 @@ class CostDefaults(BaseModel):
     model_config = _STRICT
     dtype_bytes: PositiveFloat = 2.0
     load_bandwidth_gbps: PositiveFloat = 2.0     # weights read from disk, GB/s
-    init_s: Seconds = 0.0                        # engine start besides reading weights
+    start_s: Seconds = 0.0                       # process and engine start before the weights are read
+    init_s: Seconds = 0.0                        # engine initialisation after them (KV cache, compile)
     unload_s: Seconds = 1.0
     h2d_bandwidth_gbps: PositiveFloat = 25.0     # sleep mode: park/wake copies
     sleep: bool = False
@@ -45,6 +89,8 @@ class CostDefaults(BaseModel):
     prefill_tps: Rate = 10000.0
     decode_tps: Rate = 2000.0                    # saturated batch
     stream_tps: Rate = 50.0                      # one sequence alone
+    decode_curve: Curve | None = None            # decode tokens/s at 1, 2, 4, ... sequences in flight
+    max_seqs: PositiveInt | None = None          # sequences in flight at most (None: no limit)
     extra_gb: NonNegativeFloat | None = None     # KV cache and activations per engine
     extra_fraction: NonNegativeFloat = 0.0       # ... as a fraction of the weights
 
@@ -69,11 +115,20 @@ class ModelEntry(CostDefaults):
     expert_output_tokens: NonNegativeFloat | None = None  # (None: the [tokens] table's)
     aggregate_prompt_tokens: NonNegativeFloat | None = None
     aggregate_output_tokens: NonNegativeFloat | None = None
+    expert_output_quantiles: Lengths | None = None     # output lengths, ascending, equal shares
+    aggregate_output_quantiles: Lengths | None = None
     endpoint: str | None = None            # an OpenAI-compatible server's base URL (http://host:port/v1)
     served_name: str | None = None         # the model id that server knows (None: name)
     api_key_env: str | None = None         # NAME of the environment variable holding its API key
     max_concurrency: PositiveInt = 8       # requests in flight to the endpoint at once
     serve: Literal["vllm"] | None = None   # a local model run in a vLLM server symoe starts
+
+    @field_validator("expert_output_quantiles", "aggregate_output_quantiles")
+    @classmethod
+    def _ascending(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and any(b < a for a, b in zip(v, v[1:])):
+            raise ValueError("must be ascending (equal shares of the requests, shortest first)")
+        return v
 
 
 class DevicesTable(BaseModel):
