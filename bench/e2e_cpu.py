@@ -19,6 +19,7 @@ from symoe.execution import RunOptions, calibrate, run_plan
 from symoe.generation import Sampling
 from symoe.method.datasets import bundled, load_questions
 from symoe.models.fetch import fetch_tiny
+from symoe.planning.steps import StepKind
 from symoe.store import Store
 
 
@@ -65,7 +66,7 @@ def main() -> None:
         pc = symoe.plan(sub, cal, aggregator=task.aggregator, strategy=strategy)
         summary["runs"][name] = {"questions": n, "devices": devices, "measured_s": rep.makespan, "wall_s": wall,
                                      "predicted_s": p.makespan, "predicted_after_calibration_s": pc.makespan,
-                                     "loads": sum(s.kind == "load" for s in rep.steps), "accuracy": rep.accuracy}
+                                     "loads": sum(s.kind == StepKind.LOAD for s in rep.steps), "accuracy": rep.accuracy}
         (out / f"calibrated-{name}.toml").write_text(cal.to_toml())
         calibrated[name] = (cal, sub, rep.makespan, strategy)
         print(name, json.dumps(summary["runs"][name]), flush=True)

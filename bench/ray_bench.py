@@ -49,11 +49,13 @@ def outside(args: argparse.Namespace) -> None:
 
 def steps_summary(report) -> dict:  # type: ignore[no-untyped-def]
     """Load seconds and generation throughput of a run report."""
-    loads = [s.end - s.start for s in report.steps if s.kind == "load"]
-    runs = [s for s in report.steps if s.kind == "run"]
+    from symoe.planning.steps import StepKind
+
+    loads = [s.end - s.start for s in report.steps if s.kind == StepKind.LOAD]
+    runs = [s for s in report.steps if s.kind == StepKind.RUN]
     run_s = sum(s.end - s.start for s in runs)
     tokens = sum(s.tokens for s in runs)
-    info = next((s.info for s in report.steps if s.kind == "load"), {})
+    info = next((s.info for s in report.steps if s.kind == StepKind.LOAD), {})
     return {"load_s": loads, "engine_import_s": info.get("import_s"), "engine_init_s": info.get("load_s"),
             "run_s": run_s, "tokens": tokens, "tokens_per_s": tokens / run_s if run_s else None,
             "makespan_s": report.makespan, "predicted_makespan_s": report.predicted_makespan,

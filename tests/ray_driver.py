@@ -36,7 +36,7 @@ from symoe.method.datasets import dataset_path, load_questions
 from symoe.method.requests import Requests
 from symoe.method.routing import Assignment
 from symoe.models.fetch import fetch_tiny
-from symoe.planning.plan import Plan
+from symoe.planning.plan import Plan, StepKind
 from symoe.planning.planner import plan
 from symoe.store import Store
 
@@ -96,14 +96,14 @@ def phase_both(out: Path) -> dict:
         total = stored_work(p, qs, store, Requests(cfg, SAMPLING))
         texts = [store.get(x.key).text for x in Requests(cfg, SAMPLING).plan_experts(p, qs)]
     # The actors' processes (this PID namespace holds them all) are gone: their memory is free.
-    pids = [s.info["pid"] for s in r.steps if s.kind == "load"]
+    pids = [s.info["pid"] for s in r.steps if s.kind == StepKind.LOAD]
     deadline = time.monotonic() + 30
     while (alive := [x for x in pids if running(x)]) and time.monotonic() < deadline:
         time.sleep(0.5)
     return {"actor_pids": pids, "actors_alive_after": alive,
             "nodes": [n.name for n in cfg.cluster.node], "placement": placement(p), "generated": r.generated,
             "reused": r.reused, "stored": total, "expected": len(qs) * 3, "finals": [x.final_text for x in r.results],
-            "expert_texts": texts, "steps": [[s.device, s.kind, s.info.get("node")] for s in r.steps]}
+            "expert_texts": texts, "steps": [[s.device, s.kind.label, s.info.get("node")] for s in r.steps]}
 
 
 def phase_fault(out: Path) -> dict:

@@ -121,11 +121,12 @@ def test_calibration_learns_each_models_lengths():
     from symoe import Config
     from symoe.execution.calibration import calibrate
     from symoe.execution.report import RunReport, StepRecord
+    from symoe.planning.steps import StepKind
 
     cfg = Config.bundled("paper16")
 
     def run(step, model, role, n, prompt, out):
-        return StepRecord(step, 0, "run", model, 0.0, 10.0 + step, 0.0, 0.0, n, n * out, n * prompt,
+        return StepRecord(step, 0, StepKind.RUN, model, 0.0, 10.0 + step, 0.0, 0.0, n, n * out, n * prompt,
                           {"role": role, "generated": n})
 
     steps = [run(0, LLAMA, "expert", 10, 250, 500), run(1, R1, "expert", 10, 260, 6000),

@@ -45,7 +45,7 @@ def test_plan_generate_aggregate_grade(bench_data, smol_config, tmp_path):
         texts = {k: store.get(k).text for k in store.all_keys()}
     assert r.generated == 6 and r.reused == 0
     assert all(t.strip() for t in texts.values())  # the model really wrote something
-    kinds = [s.kind for s in r.steps]
+    kinds = [s.kind.label for s in r.steps]
     assert kinds == ["load", "run", "run", "unload"]
     assert all(s.end > s.start for s in r.steps)
     assert r.steps[1].tokens > 0 and r.steps[1].info["role"] == "expert"
@@ -63,7 +63,7 @@ def test_plan_generate_aggregate_grade(bench_data, smol_config, tmp_path):
         r2 = run_plan(p, qs, store, tmp_path / "run2", Sampling(max_tokens=24, aggregate_max_tokens=24), options=QUIET)
         assert store.count() == 6 and {k: store.get(k).text for k in store.all_keys()} == texts
     assert r2.generated == 0 and r2.reused == 6
-    assert [s.kind for s in r2.steps] == ["run", "run"]  # everything stored: the model is not even loaded
+    assert [s.kind.label for s in r2.steps] == ["run", "run"]  # everything stored: the model is not even loaded
     assert [x.final_answer for x in r2.results] == [x.final_answer for x in r.results]
 
 
@@ -219,12 +219,13 @@ def test_two_devices_with_cross_device_aggregation(bench_data, smol_config, tmp_
         created = dict(store._db.execute("SELECT role, MAX(created) FROM generations WHERE role = 'expert'"))
         first_agg = store._db.execute("SELECT MIN(created) FROM generations WHERE role = 'aggregate'").fetchone()[0]
     assert r.generated == 12
-    by_dev = {s.device for s in r.steps if s.kind == "run"}
+    by_dev = {s.device for s in r.steps if s.kind == symoe.planning.plan.StepKind.RUN}
     assert by_dev == {0, 1}
     # Aggregation starts once the last expert answer is stored (the expert step itself may still
     # be returning), so its answers come after every expert answer.
-    agg = [s for s in r.steps if s.kind == "run" and s.info["role"] == "aggregate"]
-    assert agg and all(s.start >= max(e.start for e in r.steps if e.kind == "run" and e.info["role"] == "expert")
+    run = symoe.planning.plan.StepKind.RUN
+    agg = [s for s in r.steps if s.kind == run and s.info["role"] == "aggregate"]
+    assert agg and all(s.start >= max(e.start for e in r.steps if e.kind == run and e.info["role"] == "expert")
                        for s in agg)
     assert first_agg > created["expert"]
     logs = sorted((tmp_path / "run" / "logs").glob("device*-worker*.log"))
@@ -297,7 +298,7 @@ def test_overlapped_load_runs_beside_generation(bench_data, smol_config, tmp_pat
     with Store(tmp_path / "s.sqlite") as store:
         r = run_plan(p, qs, store, tmp_path / "run", Sampling(max_tokens=48), options=QUIET)
         assert store.count("expert") == 12
-    by = {(s.kind, s.model): s for s in r.steps}
+    by = {(s.kind.label, s.model): s for s in r.steps}
     load_b, run_a = by[("load", "smol-b")], by[("run", "smol-a")]
     assert load_b.start < run_a.end and run_a.start < load_b.end  # they overlapped in time
     assert by[("run", "smol-b")].start >= load_b.end

@@ -20,7 +20,7 @@ from symoe.method.datasets import Question
 from symoe.method.requests import Requests
 from symoe.method.routing import Profiles
 from symoe.pipeline import Task, run_pipeline
-from symoe.planning.plan import Plan
+from symoe.planning.plan import Plan, StepKind
 from symoe.store import Store
 
 QUIET = RunOptions(progress=False, pictures=False)
@@ -72,7 +72,7 @@ def pipeline(tmp_path, store, qs, out, **kw):
     res = run_pipeline(qs, pool(), PROFILES, TASK, store, tmp_path / out, SAMPLING, options=QUIET,
                        engines=engines, clock=clock, **kw)
     calls = [x for e in log for x in e.log]
-    loads = [s for s in res.report.steps if s.kind == "load"]
+    loads = [s for s in res.report.steps if s.kind == StepKind.LOAD]
     return res, calls, loads, json.loads((tmp_path / out / "summary.json").read_text())
 
 

@@ -157,5 +157,5 @@ def test_mixed_pool_in_process_served_and_remote_in_one_plan(smol_config, runnin
     assert used == set(cfg.names)  # all three ways of hosting a model take part (routing is seeded)
     assert r.generated == 12 and by_model == used
     assert list((tmp_path / "run" / "logs").glob("device0-smol-served-server*.log"))  # the server's log is kept
-    kinds = {(s.kind, s.model) for s in r.steps}
+    kinds = {(s.kind.label, s.model) for s in r.steps}
     assert {("load", m) for m in used} <= kinds and ("unload", "smol-served") in kinds

@@ -73,7 +73,7 @@ def check_timeline(p, report):
     tol = STEP_TOLERANCE * p.makespan
     for r in report.steps:
         assert abs(r.start - r.predicted_start) < tol and abs(r.end - r.predicted_end) < tol, (
-            f"step {r.step} ({r.kind} {r.model} on device {r.device}): ran {r.start:.1f}-{r.end:.1f}, "
+            f"step {r.step} ({r.kind.label} {r.model} on device {r.device}): ran {r.start:.1f}-{r.end:.1f}, "
             f"predicted {r.predicted_start:.1f}-{r.predicted_end:.1f} (tolerance {tol:.1f})")
     assert abs(report.makespan / p.makespan - 1) < STEP_TOLERANCE
 

@@ -35,6 +35,7 @@ from .method.routing import Assignment, Profiles, route
 from .models.fetch import check_models
 from .planning.plan import Plan
 from .planning.planner import plan
+from .planning.steps import StepKind
 from .store import Store
 
 Baseline = Literal["none", "single-best", "top-k", "random", "majority", "self-moa", "oracle"]
@@ -250,7 +251,7 @@ def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles,
                "accuracy": report.accuracy, "experts_used": sorted({e for r in report.results for e in r.experts}),
                "aggregations": sum(r.aggregator is not None for r in report.results),
                "aggregations_skipped": sum(skipped), "model_calls": used.calls, "tokens": used.tokens,
-               "loads": sum(1 for s in report.steps if s.kind == "load"), "makespan_s": report.makespan,
+               "loads": sum(1 for s in report.steps if s.kind == StepKind.LOAD), "makespan_s": report.makespan,
                "predicted_makespan_s": report.predicted_makespan, "wall_s": sum(times.values()),
                "stage_seconds": times, "generated": report.generated, "reused": report.reused,
                "sampling": asdict(sampling)}

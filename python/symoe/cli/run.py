@@ -38,7 +38,7 @@ def print_run(report: RunReport) -> None:
     """Measured vs predicted time per step kind, and the accuracy."""
     rows: dict[str, list[Any]] = {}
     for r in report.steps:
-        x = rows.setdefault(r.kind, [r.kind, 0, 0.0, 0.0, 0])
+        x = rows.setdefault(r.kind.label, [r.kind.label, 0, 0.0, 0.0, 0])
         x[1] += 1
         x[2] += r.end - r.start
         x[3] += r.predicted_end - r.predicted_start

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..config.pool import Config
+from ..planning.steps import StepKind
 from .report import RunReport, StepRecord
 
 if TYPE_CHECKING:
@@ -25,9 +26,9 @@ def calibrate(cfg: Config, report: RunReport, store: Store | None = None) -> Con
     loads: dict[str, list[float]] = {}
     runs: dict[str, list[StepRecord]] = {}
     for r in report.steps:
-        if r.kind == "load" and r.model:
+        if r.kind == StepKind.LOAD and r.model:
             loads.setdefault(r.model, []).append(r.end - r.start)
-        if r.kind == "run" and r.model and r.info.get("generated"):
+        if r.kind == StepKind.RUN and r.model and r.info.get("generated"):
             runs.setdefault(r.model, []).append(r)
     models = []
     for m in cfg.models:
@@ -59,7 +60,7 @@ def calibrate(cfg: Config, report: RunReport, store: Store | None = None) -> Con
         models.append(replace(m, **upd))
     tokens = cfg.tokens
     for role in ("expert", "aggregate"):
-        rs = [r for r in report.steps if r.kind == "run" and r.info.get("role") == role and r.info.get("generated")]
+        rs = [r for r in report.steps if r.kind == StepKind.RUN and r.info.get("role") == role and r.info.get("generated")]
         n = sum(r.info["generated"] for r in rs)
         if n:
             tokens = replace(tokens, **{f"{role}_prompt": sum(r.prompt_tokens for r in rs) / n,

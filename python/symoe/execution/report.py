@@ -16,6 +16,7 @@ from ..method.datasets import Question
 from ..method.grading import answer_of, is_correct, majority
 from ..picture import draw_timeline
 from ..planning.plan import Plan
+from ..planning.steps import StepKind
 from ..store import Store
 
 
@@ -23,7 +24,7 @@ from ..store import Store
 class StepRecord:
     step: int
     device: int
-    kind: str
+    kind: StepKind  # its label in the run log
     model: str | None
     start: float
     end: float
@@ -70,7 +71,7 @@ def write_report(report: RunReport, plan: Plan, run_dir: Path, pictures: bool = 
     """Write a run's log, results and timeline pictures into its folder."""
     with open(run_dir / "run_log.jsonl", "w") as f:
         for r in report.steps:
-            f.write(json.dumps(asdict(r)) + "\n")
+            f.write(json.dumps({**asdict(r), "kind": r.kind.label}) + "\n")
     with open(run_dir / "results.jsonl", "w") as f:
         for q in report.results:
             f.write(json.dumps(asdict(q)) + "\n")
@@ -80,7 +81,7 @@ def write_report(report: RunReport, plan: Plan, run_dir: Path, pictures: bool = 
     idx = {n: i for i, n in enumerate(names)}
     dev = np.array([r.device for r in report.steps])
     mod = np.array([idx[r.model] if r.model else -1 for r in report.steps])
-    kinds = [r.kind for r in report.steps]
+    kinds = [r.kind.label for r in report.steps]
     draw_timeline(run_dir / "timeline_measured.png", names, dev, mod, kinds, np.array([r.start for r in report.steps]),
                   np.array([r.end for r in report.steps]), f"{plan.strategy}: measured {report.makespan:,.1f} s")
     draw_timeline(run_dir / "timeline_predicted.png", names, dev, mod, kinds,

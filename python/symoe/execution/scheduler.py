@@ -29,7 +29,7 @@ from ..generation import Clock, Engine, EngineError, Generation, ModelSettings, 
 from ..generation.batch import generate_once
 from ..method.datasets import Question
 from ..method.requests import Requests
-from ..planning.plan import ROLES, STEP_KINDS, Plan, StepKind
+from ..planning.plan import Plan, Role, StepKind
 from ..progress import progress_bar
 from ..store import Store
 from .aggregation import Aggregations
@@ -118,7 +118,7 @@ class Scheduler:
             self.bar(None)
         # As the plan's prediction: results exist once the last run ends; unloads after it delay none.
         self.finish = self.clock.now() - self.t0
-        self.makespan = max((r.end for r in self.records if r.kind == "run"), default=0.0)
+        self.makespan = max((r.end for r in self.records if r.kind == StepKind.RUN), default=0.0)
         if self.failure is not None:
             raise self.failure
 
@@ -153,7 +153,7 @@ class Scheduler:
 
     def _what(self, s: int) -> str:
         a = self.a
-        kind = STEP_KINDS[a["kind"][s]]
+        kind = StepKind(a["kind"][s]).label
         model = self.names[a["model"][s]] if a["model"][s] >= 0 else ""
         d, tp = int(a["device"][s]), int(a["tp"][s])
         where = f"device {d}" if tp <= 1 else f"devices {d}-{d + tp - 1} (tp {tp})"
@@ -183,15 +183,15 @@ class Scheduler:
         """After a fault: kill the model's host and, where the step needs it resident, reload it.
         True if that completes the step (an unload, or a wake: a reloaded model is awake)."""
         a = self.a
-        kind, d, m = STEP_KINDS[a["kind"][s]], int(a["device"][s]), int(a["model"][s])
+        kind, d, m = StepKind(a["kind"][s]), int(a["device"][s]), int(a["model"][s])
         if m < 0:
             return False
         name, eng = self.names[m], self.engines[d]
         eng.kill(name)
-        if kind in ("run", "park", "wake"):
+        if kind in (StepKind.RUN, StepKind.PARK, StepKind.WAKE):
             what = f"{self._what(s)}, reload after: {str(err).splitlines()[0]}"
             eng.load(self._settings(s, name), what, self._deadline(s, self.plan.config.model(name).load_s), keep_spare=False)
-        if kind in ("unload", "wake"):
+        if kind in (StepKind.UNLOAD, StepKind.WAKE):
             self.done[s].set()
             return True
         return False
@@ -206,28 +206,28 @@ class Scheduler:
 
     def _step(self, s: int) -> None:
         a, eng = self.a, self.engines[int(self.a["device"][s])]
-        kind, d = STEP_KINDS[a["kind"][s]], int(a["device"][s])
+        kind, d = StepKind(a["kind"][s]), int(a["device"][s])
         model = self.names[a["model"][s]] if a["model"][s] >= 0 else None
-        if kind in ("load", "unload", "park", "wake") and (d, int(a["model"][s])) not in self.needed:
+        if kind.is_io and (d, int(a["model"][s])) not in self.needed:
             return
         what = self._what(s)
         t = self.plan.timeline
         rec = StepRecord(s, d, kind, model, 0.0, 0.0, float(t.start[s]) if t else 0.0, float(t.end[s]) if t else 0.0)
         start = self.clock.now()
-        if kind == "load":
+        if kind == StepKind.LOAD:
             assert model is not None
             later = np.any((a["device"][s + 1:] == d) & (a["kind"][s + 1:] == StepKind.LOAD))
             rec.info = eng.load(self._settings(s, model), what, self._deadline(s), keep_spare=bool(later))
-        elif kind == "unload":
+        elif kind == StepKind.UNLOAD:
             assert model is not None
             eng.unload(model, what, self._deadline(s))
-        elif kind == "park":
+        elif kind == StepKind.PARK:
             assert model is not None
             eng.park(model, what, self._deadline(s))
-        elif kind == "wake":
+        elif kind == StepKind.WAKE:
             assert model is not None
             eng.wake(model, what, self._deadline(s))
-        elif kind == "pause":
+        elif kind == StepKind.PAUSE:
             self.abort.wait(self.clock.real(float(a["seconds"][s])))
         else:
             assert model is not None
@@ -235,7 +235,7 @@ class Scheduler:
         rec.start, rec.end = start - self.t0, self.clock.now() - self.t0
         with self.lock:
             self.records.append(rec)
-        self.store.log_event(self.run_id, s, d, kind, model, rec.start, rec.end, (rec.predicted_start, rec.predicted_end),
+        self.store.log_event(self.run_id, s, d, kind.label, model, rec.start, rec.end, (rec.predicted_start, rec.predicted_end),
                              rec.items, rec.tokens, rec.info)
 
     def aggregate_request(self, q: int, expert_texts: Sequence[str]) -> Request:
@@ -245,8 +245,8 @@ class Scheduler:
     def _run(self, s: int, model: str, eng: Engine, what: str, rec: StepRecord) -> None:
         a = self.a
         items = a["items"][a["item_begin"][s]:a["item_end"][s]]
-        role = ROLES[a["role"][s]]
-        if role == "expert":
+        role = Role(a["role"][s])
+        if role == Role.EXPERT:
             reqs = [self.expert_requests[int(i)] for i in items]
         else:
             reqs = self.agg.requests([int(q) for q in items])
@@ -254,7 +254,7 @@ class Scheduler:
         todo = [r for r in reqs if r.key not in have]
         self._reused([r for r in reqs if r.key in have])
         rec.items = len(reqs)
-        rec.info = {"role": role, "generated": 0}
+        rec.info = {"role": role.label, "generated": 0}
         if todo:
             info = generate_once(eng, model, todo, self.store, self.run_id, self._stored, self._reused, what,
                                  self._deadline(s), self.clock, self.abort)

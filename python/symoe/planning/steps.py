@@ -22,6 +22,11 @@ class StepKind(IntEnum):
         """The step's name as plan JSON and run logs write it."""
         return self.name.lower()
 
+    @property
+    def is_io(self) -> bool:
+        """Loads, unloads, parks and wakes: the steps of a device's I/O lane."""
+        return self in (StepKind.LOAD, StepKind.UNLOAD, StepKind.PARK, StepKind.WAKE)
+
 
 class Role(IntEnum):
     """Whose work a run step does (the values of ``cpp/plan.hpp``'s ``Role``)."""
