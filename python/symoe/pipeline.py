@@ -26,8 +26,11 @@ from .evaluation.from_store import (
     write_jsonl,
 )
 from .execution import RunOptions, RunReport, run_plan
+from .execution.prediction import Comparison, RunPrediction, compare, predict_run
 from .generation import Clock, Engine, ModelSettings, Sampling
+from .method.baselines import fixed_assignment
 from .method.datasets import Question
+from .method.embedding_speed import observe, uncached
 from .method.keywords import annotate
 from .method.matching import Embedder, match_keywords
 from .method.requests import Requests
@@ -80,6 +83,7 @@ class RunResult:
     matched: dict[str, list[str]]
     stage_seconds: dict[str, float]
     aggregations_skipped: int = 0
+    prediction: Comparison | None = None  # predicted beside measured, per stage and step kind (as in summary.json)
 
 
 def check_pool(profiles: Profiles, cfg: Config, task: Task) -> None:
@@ -162,6 +166,16 @@ def _then(first: RunReport, second: RunReport, reused_again: int) -> RunReport:
                      finish=first.finish + second.finish)
 
 
+def forecast(questions: Sequence[Question], cfg: Config, profiles: Profiles, task: Task, store: Store, out_dir: str | Path,
+             sampling: Sampling, k: int, seed: int, rare_threshold: float, baseline: Baseline = "none") -> RunPrediction:
+    """The run predicted before it starts, stage by stage (:mod:`symoe.execution.prediction`)."""
+    return predict_run(questions, cfg, profiles, task.keyword_model, store, sampling, Path(out_dir).parent / "embeddings.npz",
+                       routed=baseline in ROUTED, assignment=None if baseline in ROUTED else
+                       fixed_assignment(profiles, [q.id for q in questions], k, seed, baseline),
+                       aggregator=None if baseline in NO_AGGREGATOR else task.aggregator, k=k, seed=seed,
+                       rare_threshold=rare_threshold, generates=baseline != "oracle")
+
+
 def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles, task: Task, store: Store,
                  out_dir: str | Path, sampling: Sampling, k: int = 3, seed: int = 0, rare_threshold: float | None = None,
                  baseline: Baseline = "none", similarity_floor: float | None = None,
@@ -182,6 +196,8 @@ def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles,
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SymoeError(f"output folder {out}: {e.strerror}") from e
+    t_run = time.perf_counter()
+    predicted = forecast(questions, cfg, profiles, task, store, out, sampling, k, seed, rare_threshold, baseline)
     times: dict[str, float] = {}
     ids = [q.id for q in questions]
     kws: dict[str, list[str]] = {}
@@ -193,23 +209,16 @@ def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles,
         kws = annotate(questions, cfg, task.keyword_model, store, out, sampling, progress=options.progress)
         times["keywords"] = time.perf_counter() - t
         t = time.perf_counter()
-        matched = match_keywords(kws, profiles.vocabulary, Embedder(out.parent / "embeddings.npz"), similarity_floor)
+        new = uncached(out.parent / "embeddings.npz", [*profiles.vocabulary, *(w for ws in kws.values() for w in ws)])
+        embedder = Embedder(out.parent / "embeddings.npz")
+        loaded = time.perf_counter() - t
+        matched = match_keywords(kws, profiles.vocabulary, embedder, similarity_floor)
         times["matching"] = time.perf_counter() - t
+        observe(new, times["matching"] - loaded, loaded)  # this machine's embedding speed, for the next forecast
         t = time.perf_counter()
         a = route(profiles, [matched[i] for i in ids], k=k, seed=seed, rare_threshold=rare_threshold, question_ids=ids)
     else:
-        acc = profiles.accuracy
-        ranked = sorted(profiles.models, key=lambda m: (-acc.get(m, 0.0), profiles.models.index(m)))
-        if baseline == "single-best":
-            experts = np.full((len(ids), 1), profiles.models.index(ranked[0]))
-        elif baseline == "self-moa":  # the best model sampled k times (arXiv 2502.00674), then aggregated
-            experts = np.full((len(ids), k), profiles.models.index(ranked[0]))
-        elif baseline == "top-k":
-            experts = np.tile([profiles.models.index(m) for m in ranked[:k]], (len(ids), 1))
-        else:  # random: uniform draws, same counter-based stream
-            flat = Profiles(profiles.models, ("-",), np.zeros((len(profiles.models), 1), dtype=np.int64))
-            experts = route(flat, [[] for _ in ids], k=k, seed=seed, rare_threshold=0).experts
-        a = Assignment(profiles.models, experts, tuple(ids), seed)
+        a = fixed_assignment(profiles, ids, k, seed, baseline)
     times["routing"] = time.perf_counter() - t
     a.save(out / "assignment.jsonl")
     t = time.perf_counter()
@@ -246,6 +255,9 @@ def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles,
     times["generation"] = times.get("generation", 0.0) + time.perf_counter() - t
     used = grade_from_store(p, questions, sampling, store, oracle=baseline == "oracle")
     write_jsonl(out / "results.jsonl", result_rows(questions, report.results, kws, matched, skipped))
+    times["other"] = time.perf_counter() - t_run - sum(times.values())  # forecast, grading, writing results
+    plans = [] if baseline == "oracle" else [p_experts, p] if skip_agreed and agg is not None else [p]
+    checked = compare(predicted, plans, times, report)
     summary = {"baseline": baseline, "preset": pre.name, "rare_threshold": rare_threshold, "skip_agreed": skip_agreed,
                "questions": len(questions),
                "accuracy": report.accuracy, "experts_used": sorted({e for r in report.results for e in r.experts}),
@@ -254,6 +266,6 @@ def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles,
                "loads": sum(1 for s in report.steps if s.kind == StepKind.LOAD), "makespan_s": report.makespan,
                "predicted_makespan_s": report.predicted_makespan, "wall_s": sum(times.values()),
                "stage_seconds": times, "generated": report.generated, "reused": report.reused,
-               "sampling": asdict(sampling)}
+               "sampling": asdict(sampling), "prediction": checked.to_dict()}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    return RunResult(report, p, a, kws, matched, times, sum(skipped))
+    return RunResult(report, p, a, kws, matched, times, sum(skipped), checked)

@@ -12,10 +12,12 @@ import numpy as np
 from ..config.pool import Config
 from ..config.presets import RARE_THRESHOLD
 from ..execution import RunReport
+from ..execution.prediction import comparison_rows, forecast_line
 from ..generation import Sampling
 from ..method.routing import Assignment
-from ..pipeline import BASELINES, NO_AGGREGATOR
+from ..pipeline import BASELINES, NO_AGGREGATOR, forecast
 from ..planning.plan import Plan
+from ..store import Store
 from .common import (
     config_opt,
     fail,
@@ -95,6 +97,9 @@ def run_cmd(questions_path: str | None, fmt: str | None, config_path: str, store
                           store=store_path, k=k, seed=seed, preset=preset, rare_threshold=rare_threshold,
                           similarity_floor=similarity_floor, sampling=Sampling.for_pool(cfg, max_tokens, seed),
                           options=run_options(retries, deadline_factor, deadline_margin))
+        with Store(moe.store_path) as st:  # the whole run predicted, before anything loads
+            click.echo(forecast_line(forecast(qs, moe.config, moe.profiles, moe.task, st, out_dir, moe.sampling, k, seed,
+                                              moe.rare_threshold, baseline)))  # type: ignore[arg-type]
         t0 = time.perf_counter()
         res = moe.run(qs, out_dir, baseline, skip_agreed, optimize_s)  # type: ignore[arg-type]
         wall = time.perf_counter() - t0
@@ -109,7 +114,9 @@ def run_cmd(questions_path: str | None, fmt: str | None, config_path: str, store
         print_run(res.report)
     if skip_agreed:
         click.echo(f"aggregations skipped (all {k} experts agreed): {res.aggregations_skipped} of {len(qs)} questions")
-    table([[k2, v] for k2, v in res.stage_seconds.items()] + [["total", wall]], ["stage", "seconds"])
+    if res.prediction is not None:
+        table(comparison_rows(res.prediction), ["stage", "forecast s", "predicted s", "measured s"])
+    click.echo(f"total {wall:,.1f} s (imports excluded)")
     click.echo(f"wrote {out_dir}/results.jsonl, summary.json, run/timeline_measured.png")
 
 

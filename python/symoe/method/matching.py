@@ -142,6 +142,11 @@ class MiniLM:
         return x
 
 
+def text_key(text: str) -> str:
+    """A text's key in the embeddings cache."""
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
 class Embedder:
     """Embeddings with an on-disk cache keyed by the text."""
 
@@ -157,7 +162,7 @@ class Embedder:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-norm embeddings of ``texts`` (cached by text hash, on disk where a cache path is given)."""
-        keys = [hashlib.sha1(t.encode()).hexdigest() for t in texts]
+        keys = [text_key(t) for t in texts]
         todo = sorted({(k, t) for k, t in zip(keys, texts) if k not in self.cache})
         if todo:
             vecs = self.model.encode([t for _, t in todo])
