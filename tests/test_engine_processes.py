@@ -140,16 +140,15 @@ class RecordingWorker:
 
 def test_each_device_gets_the_memory_share_of_its_own_memory(tmp_path):
     import dataclasses
-    from types import SimpleNamespace
 
     import symoe
     from symoe.config.pool import GB
-    from symoe.execution.run import local_engines
+    from symoe.execution.launch import plan_engines
 
     cfg = symoe.Config.bundled("paper16").with_devices(1, memory_gb=80)
     cfg = dataclasses.replace(cfg, devices=(cfg.devices[0], dataclasses.replace(cfg.devices[0], memory_bytes=40 * GB)))
     m = cfg.models[0]
-    engines = local_engines(SimpleNamespace(config=cfg), tmp_path)
+    engines = plan_engines(cfg, tmp_path)
     shares = []
     for eng in engines:
         w = RecordingWorker()

@@ -325,6 +325,7 @@ def test_api_key_never_reaches_the_run_directory(tmp_path, monkeypatch):
 def test_pipeline_stages_send_an_endpoint_model_to_its_server(tmp_path):
     # Keywords, profiling and aggregator selection go through generate_jobs: the endpoint model's
     # requests reach its server; nothing is loaded in-process for it.
+    from symoe.execution.launch import stage_engine
     from symoe.generation.batch import generate_jobs
     from symoe.method.requests import Requests
 
@@ -332,7 +333,7 @@ def test_pipeline_stages_send_an_endpoint_model_to_its_server(tmp_path):
         cfg = mixed_config(srv.url)
         reqs = [Requests(cfg, Sampling(max_tokens=10)).expert("m", q, 0) for q in questions(5)]
         with Store(tmp_path / "s.sqlite") as store:
-            got = generate_jobs(cfg, [("m", reqs)], store, tmp_path / "run", progress=False)
+            got = generate_jobs(cfg, [("m", reqs)], store, stage_engine(cfg, tmp_path / "run" / "logs"), progress=False)
     assert len(got) == 5 and len(srv.requests) == 5
     assert not list((tmp_path / "run").rglob("*worker*.log"))  # no in-process worker was started
 

@@ -20,9 +20,9 @@ import pytest
 import symoe
 from openai_fake_server import FakeOpenAI
 from symoe.evaluation.from_store import export_rows
+from symoe.execution.launch import stage_engine
 from symoe.generation import seed_for
 from symoe.generation.fake import FakeEngine, Fault, ScaledClock
-from symoe.generation.routed import stage_engine
 from symoe.method.datasets import bundled, load_questions
 from symoe.method.matching import Embedder
 from symoe.method.routing import Profiles

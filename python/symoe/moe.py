@@ -9,6 +9,7 @@ from .cluster.live import with_discovered_devices
 from .config.pool import Config
 from .config.presets import preset as get_preset
 from .execution import RunOptions
+from .execution.launch import stage_engine
 from .generation import Clock, Sampling
 from .method.datasets import Question, bundled
 from .method.keywords import annotate
@@ -64,8 +65,8 @@ class SymbolicMoE:
         provide(self.config, [self.task.keyword_model])
         check_models(self.config, [self.task.keyword_model])
         with Store(self.store_path) as store:
-            return annotate(questions, self.config, self.task.keyword_model, store, Path(run_dir), self.sampling,
-                            progress=self.options.progress)
+            return annotate(questions, self.config, self.task.keyword_model, store,
+                            stage_engine(self.config, Path(run_dir) / "logs"), self.sampling, progress=self.options.progress)
 
     def route(self, questions: Sequence[Question], keywords: Mapping[str, Sequence[str]] | None = None,
               embeddings: str | Path = "runs/embeddings.npz") -> Assignment:

@@ -26,6 +26,7 @@ from .evaluation.from_store import (
     write_jsonl,
 )
 from .execution import RunOptions, RunReport, run_plan
+from .execution.launch import stage_engine
 from .execution.prediction import Comparison, RunPrediction, compare, predict_run
 from .generation import Clock, Engine, ModelSettings, Sampling
 from .method.baselines import fixed_assignment
@@ -206,7 +207,8 @@ def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles,
     if baseline == "oracle":
         _check_stored_keywords(questions, cfg, task, store, sampling)
     if baseline in ROUTED:
-        kws = annotate(questions, cfg, task.keyword_model, store, out, sampling, progress=options.progress)
+        kws = annotate(questions, cfg, task.keyword_model, store, stage_engine(cfg, out / "logs"), sampling,
+                       progress=options.progress)
         times["keywords"] = time.perf_counter() - t
         t = time.perf_counter()
         new = uncached(out.parent / "embeddings.npz", [*profiles.vocabulary, *(w for ws in kws.values() for w in ws)])

@@ -12,7 +12,8 @@ import click
 
 from .. import _core
 from ..config.pool import Config
-from ..generation import Engine
+from ..execution.launch import Launch, stage_engine
+from ..generation.fake import ScaledClock
 from ..method.datasets import bundled
 from ..method.routing import Profiles
 from .common import config_opt, fail, store_opt
@@ -56,13 +57,8 @@ def serve_cmd(config_path: str, profiles_path: str | None, task_path: str | None
         cfg = Config.load(config_path)
         profiles = Profiles.from_json(profiles_path or bundled("tiny_profiles.json"))
         task = Task.from_json(task_path or bundled("tiny_task.json"))
-        engine: Engine
-        if fake_scale is not None:
-            from ..generation.fake import FakeEngine, ScaledClock
-            engine = FakeEngine(0, cfg, ScaledClock(fake_scale))
-        else:
-            from ..generation.routed import stage_engine
-            engine = stage_engine(cfg, Path(store_path).parent / "serve-logs")
+        engine = stage_engine(cfg, Path(store_path).parent / "serve-logs",
+                              Launch(fake=None if fake_scale is None else ScaledClock(fake_scale)))
         store = Store(store_path)
     except (ValueError, RuntimeError, OSError) as e:
         fail(e)

@@ -9,6 +9,7 @@ import click
 
 from ..config.pool import Config
 from ..errors import SymoeError
+from ..execution.launch import stage_engine
 from ..generation import Sampling
 from ..pipeline import Task
 from .common import (
@@ -52,7 +53,7 @@ def keywords_cmd(questions_path: str | None, fmt: str | None, config_path: str, 
         provide(cfg, [model])
         check_models(cfg, [model])
         with Store(store_path) as store:
-            kws = annotate(qs, cfg, model, store, Path(out_path).parent, Sampling(seed=seed))
+            kws = annotate(qs, cfg, model, store, stage_engine(cfg, Path(out_path).parent / "logs"), Sampling(seed=seed))
     except (ValueError, RuntimeError) as e:
         fail(e)
     Path(out_path).write_text(json.dumps(kws, indent=1))
@@ -93,7 +94,8 @@ def profile_cmd(questions_path: str | None, fmt: str | None, config_path: str, s
         provide(cfg, cfg.names)
         check_models(cfg, cfg.names)
         with Store(store_path) as store:
-            prof, records = profile_pool(qs, kws, cfg, store, Path(out_path).parent, Sampling.for_pool(cfg, max_tokens, seed))
+            prof, records = profile_pool(qs, kws, cfg, store, stage_engine(cfg, Path(out_path).parent / "logs"),
+                                         Sampling.for_pool(cfg, max_tokens, seed))
     except (ValueError, RuntimeError) as e:
         fail(e)
     prof.save(out_path)
@@ -134,7 +136,7 @@ def select_aggregator_cmd(questions_path: str | None, fmt: str | None, config_pa
         provide(cfg, cfg.names)
         check_models(cfg, cfg.names)
         with Store(store_path) as store:
-            best, scores = select_aggregator(qs, records, cfg, store, Path(out_path).parent,
+            best, scores = select_aggregator(qs, records, cfg, store, stage_engine(cfg, Path(out_path).parent / "logs"),
                                              Sampling.for_pool(cfg, max_tokens, seed))
     except (ValueError, RuntimeError) as e:
         fail(e)

@@ -259,9 +259,3 @@ class RayEngine(Engine):
             self.kill(m)
         self.dev.release()
 
-
-def ray_engines(cfg: Config, topology: Topology) -> list[Engine]:
-    """One engine per planning device of ``topology`` (the process must be connected to it)."""
-    if len(topology.devices) != len(cfg.devices):
-        raise EngineError(f"the plan has {len(cfg.devices)} devices, the cluster topology {len(topology.devices)}")
-    return [RayEngine.for_config(cfg, topology, d) for d in range(len(topology.devices))]

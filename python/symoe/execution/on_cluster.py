@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..cluster.live import connect, live_topology, lost_devices
-from ..cluster.ray_engine import ray_engines, tp_refused
+from ..cluster.ray_engine import tp_refused
 from ..config.topology import Topology
 from ..errors import SymoeError
 from ..generation import Sampling
+from .launch import Launch, plan_engines
 from .replan import run_replanning
 from .scheduler import RunOptions
 
@@ -49,5 +50,6 @@ def run_on_cluster(plan: Plan, questions: Sequence[Question], store: Store, run_
                          f"{len(topology.devices)} ({', '.join(d.label() for d in topology.devices)}); plan again")
     connect(topology.address)
     return run_replanning(plan, questions, store, run_dir, sampling or Sampling(), assignment, options or RunOptions(),
-                          engines_for=lambda p, devices: ray_engines(p.config, topology.subset(devices)),
+                          engines_for=lambda p, devices: plan_engines(p.config, Path(run_dir) / "logs",
+                                                                      Launch(topology=topology.subset(devices))),
                           lost_now=lambda: lost_devices(topology), run_id=run_id)

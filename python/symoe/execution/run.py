@@ -1,5 +1,5 @@
-"""Run a plan: the engines of its devices (local, served, remote; or a Ray cluster's, :mod:`.on_cluster`),
-then the run itself (:mod:`.on_engines`)."""
+"""Run a plan: on this machine's devices with the engines :mod:`.launch` picks, or on a Ray
+cluster's (:mod:`.on_cluster`); the run itself: :mod:`.on_engines`."""
 
 from __future__ import annotations
 
@@ -11,39 +11,16 @@ import numpy as np
 from ..cluster.ray_engine import tp_refused
 from ..errors import SymoeError
 from ..generation import Clock, Engine, Sampling
-from ..generation.endpoint import EndpointSettings
-from ..generation.local import LocalEngine
-from ..generation.remote import RemoteEngine
-from ..generation.served import ServedEngine
 from ..method.datasets import Question
 from ..planning.plan import Plan
 from ..store import Store
+from .launch import plan_engines
 from .on_cluster import run_on_config
 from .on_engines import check_plan_matches, run_on_engines
 from .report import RunReport
 from .scheduler import RunOptions
 
-__all__ = ["check_plan_matches", "local_engines", "run_plan"]
-
-
-def local_engines(plan: Plan, run_dir: Path) -> list[Engine]:
-    """One engine per device: in-process workers, with a vLLM server per ``serve = "vllm"`` model,
-    and a remote engine per endpoint model's virtual device."""
-    cfg, logs = plan.config, run_dir / "logs"
-    served = {m.name for m in cfg.models if m.serve == "vllm"}
-    out: list[Engine] = []
-    for d, dev in enumerate(cfg.devices):
-        if dev.endpoint is not None:
-            out.append(RemoteEngine(d, EndpointSettings.of(cfg.model(dev.endpoint))))
-        elif served:
-            out.append(ServedEngine.for_config(cfg, d, logs, served, LocalEngine.for_config(cfg, d, logs)))
-        else:
-            out.append(LocalEngine.for_config(cfg, d, logs))
-    for e in out:  # each sizes its models' memory share by its own device
-        e.memory_bytes = cfg.devices[e.device].memory_bytes
-        if isinstance(e, ServedEngine) and e.others is not None:
-            e.others.memory_bytes = e.memory_bytes
-    return out
+__all__ = ["check_plan_matches", "run_plan"]
 
 
 def run_plan(plan: Plan, questions: Sequence[Question], store: Store, run_dir: str | Path,
@@ -51,7 +28,7 @@ def run_plan(plan: Plan, questions: Sequence[Question], store: Store, run_dir: s
              options: RunOptions = RunOptions(), engines: Sequence[Engine] | None = None, clock: Clock | None = None,
              run_id: str | None = None) -> RunReport:
     """Execute every step of ``plan``; generations already in ``store`` are reused, not redone.
-    ``engines`` (one per device) default to local vLLM workers."""
+    ``engines`` (one per device) default to those :func:`.launch.plan_engines` picks."""
     check_plan_matches(plan, questions, assignment)
     dup = len({q.id for q in questions}) != len(questions)
     if dup:
@@ -67,5 +44,5 @@ def run_plan(plan: Plan, questions: Sequence[Question], store: Store, run_dir: s
             raise SymoeError(tp_refused(f"step {s0}", cfg.names[a["model"][s0]], range(d, d + tp)))
         return run_on_config(plan, questions, store, run_dir, sampling, assignment, options, run_id)
     if engines is None:
-        engines = local_engines(plan, run_dir)
+        engines = plan_engines(cfg, run_dir / "logs")
     return run_on_engines(plan, questions, store, run_dir, sampling, assignment, options, engines, clock, run_id)

@@ -7,13 +7,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..progress import progress_bar
 from ..records import Generation, Request
 from .engine import BatchInfo, Clock, Engine, EngineError, ModelSettings, OnDone
-from .routed import stage_engine
 
 if TYPE_CHECKING:
     from ..config.pool import Config
@@ -54,17 +52,21 @@ def generate_once(eng: Engine, model: str, todo: Sequence[Request], store: Store
     return total
 
 
-def generate_jobs(cfg: Config, jobs: Sequence[tuple[str, Sequence[Request]]], store: Store, run_dir: str | Path,
-                  progress: bool = True, label: str = "generations", engine: Engine | None = None) -> dict[str, Generation]:
-    """Every request of every (model, requests) job, from the store or generated; each generation
-    is committed the moment it finishes."""
+def generate_jobs(cfg: Config, jobs: Sequence[tuple[str, Sequence[Request]]], store: Store, engine: Engine,
+                  progress: bool = True, label: str = "generations") -> dict[str, Generation]:
+    """Every request of every (model, requests) job, from the store or generated on ``engine``
+    (one for every model of the pool; closed at the end); each generation is committed the moment
+    it finishes."""
     keys = [r.key for _, reqs in jobs for r in reqs]
     have = store.existing(keys)
     todo = [(m, [r for r in reqs if r.key not in have]) for m, reqs in jobs]
     todo = [(m, reqs) for m, reqs in todo if reqs]
-    settings = {m: ModelSettings.of(cfg, m) for m, _ in todo}  # bad paths fail before any engine starts
-    eng = engine or stage_engine(cfg, Path(run_dir) / "logs")  # endpoints and served models included
-    now = getattr(eng, "clock", Clock()).now
+    try:
+        settings = {m: ModelSettings.of(cfg, m) for m, _ in todo}  # bad paths fail before any model loads
+    except BaseException:
+        engine.close()
+        raise
+    now = getattr(engine, "clock", Clock()).now
     bar = progress_bar(progress, sum(len(r) for _, r in todo), label)
 
     def stored(g: Generation) -> None:
@@ -77,14 +79,14 @@ def generate_jobs(cfg: Config, jobs: Sequence[tuple[str, Sequence[Request]]], st
         for i, (model, reqs) in enumerate(todo):
             m = cfg.model(model)
             what = f"{label}: model {model}"
-            eng.load(settings[model], f"{what} (load)", now() + DEADLINE_FACTOR * m.load_s + DEADLINE_MARGIN_S,
-                     keep_spare=i + 1 < len(todo))
-            generate_once(eng, model, reqs, store, owner, stored, lambda rs: bar(len(rs)), f"{what} (generate)",
+            engine.load(settings[model], f"{what} (load)", now() + DEADLINE_FACTOR * m.load_s + DEADLINE_MARGIN_S,
+                        keep_spare=i + 1 < len(todo))
+            generate_once(engine, model, reqs, store, owner, stored, lambda rs: bar(len(rs)), f"{what} (generate)",
                           now() + DEADLINE_FACTOR * cfg.run_seconds(model, reqs[0].role, len(reqs)) + DEADLINE_MARGIN_S,
-                          getattr(eng, "clock", Clock()))
-            eng.unload(model, f"{what} (unload)", now() + DEADLINE_MARGIN_S)
+                          getattr(engine, "clock", Clock()))
+            engine.unload(model, f"{what} (unload)", now() + DEADLINE_MARGIN_S)
     finally:
-        eng.close()
+        engine.close()
         store.release(owner)
         bar(None)
     return store.generations(keys)

@@ -1,23 +1,14 @@
 """One engine over a mixed pool for the pipeline's stages (keywords, profiling, aggregator
-selection), which run every model through a single engine: endpoint models go to their own
-:class:`RemoteEngine`, ``serve = "vllm"`` models to a :class:`ServedEngine`, the rest to the
-in-process :class:`LocalEngine`."""
+selection) and ``symoe serve``, which run every model through a single engine: each call goes to
+its model's engine (which engine that is: ``symoe.execution.launch``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..records import Request
-from .endpoint import EndpointSettings
 from .engine import BatchInfo, Clock, Engine, ModelSettings, OnDone
-from .local import LocalEngine
-from .remote import RemoteEngine
-from .served import ServedEngine
-
-if TYPE_CHECKING:
-    from ..config.pool import Config
 
 
 class RoutedEngine(Engine):
@@ -68,15 +59,3 @@ class RoutedEngine(Engine):
         for e in [self.default, *self.by_model.values()]:
             e.close()
 
-
-def stage_engine(cfg: Config, log_dir: Path, device: int = 0) -> Engine:
-    """The engine stages use on ``device``: in-process for plain models, a server per
-    ``serve = "vllm"`` model, a remote engine per endpoint model."""
-    local: Engine = LocalEngine.for_config(cfg, device, log_dir)
-    served = {m.name for m in cfg.models if m.serve == "vllm"}
-    if served:
-        local = ServedEngine.for_config(cfg, device, log_dir, served, local)
-    clock = getattr(local, "clock", None)
-    remote: dict[str, Engine] = {m.name: RemoteEngine(device, EndpointSettings.of(m), clock)
-                                 for m in cfg.models if m.endpoint}
-    return RoutedEngine(local, remote) if remote else local

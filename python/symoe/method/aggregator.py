@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from ..config.pool import Config
-from ..generation import Sampling
+from ..generation import Engine, Sampling
 from ..generation.batch import generate_jobs
 from ..store import Store
 from .datasets import Question
@@ -39,7 +38,7 @@ def synthetic_items(questions: Sequence[Question], records: Sequence[Mapping[str
 
 
 def select_aggregator(questions: Sequence[Question], records: Sequence[Mapping[str, Any]], cfg: Config, store: Store,
-                      run_dir: str | Path, sampling: Sampling, candidates: Sequence[str] | None = None,
+                      engine: Engine, sampling: Sampling, candidates: Sequence[str] | None = None,
                       progress: bool = True) -> tuple[str, dict[str, float]]:
     """Score every pool model as aggregator on the synthetic benchmark; returns the best and all scores."""
     candidates = list(candidates or cfg.names)
@@ -48,7 +47,7 @@ def select_aggregator(questions: Sequence[Question], records: Sequence[Mapping[s
         raise ValueError("the validation split is empty: no synthetic aggregation benchmark")
     build = Requests(cfg, sampling)
     jobs = [(m, [build.aggregator_benchmark(m, q, resp) for q, resp in items]) for m in candidates]
-    gens = generate_jobs(cfg, jobs, store, run_dir, progress, "aggregator benchmark")
+    gens = generate_jobs(cfg, jobs, store, engine, progress, "aggregator benchmark")
     table = {}
     for m, reqs in jobs:
         ok = [is_correct(answer_of(gens[r.key].text, q), q.gold, q.kind) for (q, _), r in zip(items, reqs)]

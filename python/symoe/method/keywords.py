@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 
 from ..config.pool import Config
-from ..generation import Sampling
+from ..generation import Engine, Sampling
 from ..generation.batch import generate_jobs
 from ..store import Store
 from .datasets import Question
@@ -40,11 +39,11 @@ def filter_keywords(samples: Sequence[str]) -> list[str]:
     return list(seen)
 
 
-def annotate(questions: Sequence[Question], cfg: Config, model: str, store: Store, run_dir: str | Path,
+def annotate(questions: Sequence[Question], cfg: Config, model: str, store: Store, engine: Engine,
              sampling: Sampling = Sampling(), progress: bool = True) -> dict[str, list[str]]:
     """Keywords per question id (possibly empty), generated once and kept in the store; the
     samples' seeds derive from ``sampling.seed``."""
     build = Requests(cfg, sampling)
     reqs = {q.id: build.keywords(model, q) for q in questions}
-    gens = generate_jobs(cfg, [(model, [r for rs in reqs.values() for r in rs])], store, run_dir, progress, "keywords")
+    gens = generate_jobs(cfg, [(model, [r for rs in reqs.values() for r in rs])], store, engine, progress, "keywords")
     return {qid: filter_keywords([gens[r.key].text for r in rs]) for qid, rs in reqs.items()}

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.pool import Config
-from ..generation import Sampling
+from ..generation import Engine, Sampling
 from ..generation.batch import generate_jobs
 from ..store import Store
 from .datasets import Question
@@ -38,7 +38,7 @@ def build_profiles(records: Sequence[Mapping[str, Any]], keywords: Mapping[str, 
 
 
 def profile_pool(questions: Sequence[Question], keywords: Mapping[str, Sequence[str]], cfg: Config, store: Store,
-                 run_dir: str | Path, sampling: Sampling, models: Sequence[str] | None = None,
+                 engine: Engine, sampling: Sampling, models: Sequence[str] | None = None,
                  progress: bool = True) -> tuple[Profiles, list[dict[str, Any]]]:
     """Profiles and the graded profiling generations (kept: aggregator selection needs them)."""
     if not questions:
@@ -46,7 +46,7 @@ def profile_pool(questions: Sequence[Question], keywords: Mapping[str, Sequence[
     models = list(models or cfg.names)
     build = Requests(cfg, sampling)
     jobs = [(m, [build.expert(m, q, 0) for q in questions]) for m in models]
-    gens = generate_jobs(cfg, jobs, store, run_dir, progress, "profiling")
+    gens = generate_jobs(cfg, jobs, store, engine, progress, "profiling")
     records = []
     for m, reqs in jobs:
         for q, r in zip(questions, reqs):
