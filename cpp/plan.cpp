@@ -12,15 +12,56 @@ static std::string gb(double b) { return std::to_string(b / 1e9).substr(0, 6) + 
 
 double resident_bytes(const ModelCost& m) { return m.weight_bytes + m.extra_bytes; }
 
-double run_seconds(const ModelCost& m, Role role, int64_t n, int32_t tp, double tp_eff) {
+double decode_rate(const ModelCost& m, double b) {
+    if (m.curve_n == 0) return std::min(std::max(b, 1.0) * m.stream_tps, m.decode_tps);
+    if (b <= 1) return m.curve[0];
+    double lo = 1;
+    for (int i = 0; i + 1 < m.curve_n; ++i, lo *= 2)
+        if (b <= 2 * lo) return m.curve[i] + (b - lo) / lo * (m.curve[i + 1] - m.curve[i]);
+    return m.curve[m.curve_n - 1];
+}
+
+static double step_seconds(const ModelCost& m, double b) { return b <= 0 ? 0.0 : b / decode_rate(m, b); }
+
+// Decode seconds of b requests started together (b within max_seqs): they drain by length.
+static double drain(const ModelCost& m, Role role, double b) {
+    int r = int(role), K = m.q_n[r];
+    if (K == 0) {
+        const Tokens& t = m.tokens;
+        return (role == Role::Expert ? t.expert_output : t.aggregate_output) * step_seconds(m, b);
+    }
+    double s = 0, prev = 0;
+    for (int j = 0; j < K; ++j) {
+        double q = m.quantiles[r][j];
+        s += (q - prev) * step_seconds(m, b * double(K - j) / double(K));
+        prev = q;
+    }
+    return s;
+}
+
+static double decode_seconds(const ModelCost& m, Role role, int64_t n) {
+    double cap = m.max_seqs > 0 ? m.max_seqs : double(n);
+    if (double(n) <= cap) return drain(m, role, double(n));
+    return double(n) / cap * drain(m, role, cap);  // a queue keeps max_seqs in flight
+}
+
+double run_work(const ModelCost& m, Role role, int64_t n) {
     if (n <= 0) return 0.0;
     const Tokens& t = m.tokens;
     double pin = role == Role::Expert ? t.expert_prompt : t.aggregate_prompt;
+    if (m.drain()) return double(n) * pin / m.prefill_tps + decode_seconds(m, role, n);
     double out = role == Role::Expert ? t.expert_output : t.aggregate_output;
-    // Batched generation is throughput-bound, but no batch beats one sequence decoded alone.
-    double work = double(n) * (pin / m.prefill_tps + out / m.decode_tps);
+    return double(n) * (pin / m.prefill_tps + out / m.decode_tps);
+}
+
+double run_seconds(const ModelCost& m, Role role, int64_t n, int32_t tp, double tp_eff) {
+    if (n <= 0) return 0.0;
+    const Tokens& t = m.tokens;
+    double out = role == Role::Expert ? t.expert_output : t.aggregate_output;
     double speed = 1.0 + double(tp - 1) * tp_eff;
-    return m.overhead_s + std::max(work, out / m.stream_tps) / speed;
+    if (m.drain()) return m.overhead_s + run_work(m, role, n) / speed;
+    // Batched generation is throughput-bound, but no batch beats one sequence decoded alone.
+    return m.overhead_s + std::max(run_work(m, role, n), out / m.stream_tps) / speed;
 }
 
 void check_model(const ModelCost& x, const std::string& who) {
@@ -32,6 +73,26 @@ void check_model(const ModelCost& x, const std::string& who) {
     const Tokens& t = x.tokens;
     for (double v : {t.expert_prompt, t.expert_output, t.aggregate_prompt, t.aggregate_output})
         SYMOE_CHECK(std::isfinite(v) && v >= 0, who + ": token counts must be finite and >= 0, got " + num(v));
+    SYMOE_CHECK(std::isfinite(x.max_seqs) && x.max_seqs >= 0, who + ": max_seqs must be finite and >= 0, got " + num(x.max_seqs));
+    SYMOE_CHECK(x.curve_n >= 0 && x.curve_n <= kCurvePoints, who + ": decode curve has " + num(x.curve_n) + " points");
+    for (int i = 0; i < x.curve_n; ++i) {
+        double v = x.curve[i], prev = i ? x.curve[i - 1] : v;
+        SYMOE_CHECK(std::isfinite(v) && v > 0, who + ": decode curve rates must be positive and finite, got " + num(v));
+        // Twice the sequences never decode slower, nor more than twice as fast: a run never gets shorter
+        // with more requests, nor two runs shorter than one of both (the lower bound needs both).
+        SYMOE_CHECK(v >= prev && v <= 2 * prev, who + ": decode curve point " + num(i) + " (" + num(v) +
+                                                    " tokens/s) must lie in [previous, 2 x previous] = [" + num(prev) +
+                                                    ", " + num(2 * prev) + "]");
+    }
+    for (int r = 0; r < 2; ++r) {
+        SYMOE_CHECK(x.q_n[r] >= 0 && x.q_n[r] <= kQuantiles, who + ": " + num(x.q_n[r]) + " length quantiles");
+        for (int j = 0; j < x.q_n[r]; ++j) {
+            double v = x.quantiles[r][j];
+            SYMOE_CHECK(std::isfinite(v) && v >= 0 && (j == 0 || v >= x.quantiles[r][j - 1]),
+                        who + ": output length quantiles must be finite, >= 0 and ascending, got " + num(v) +
+                            " at " + num(j));
+        }
+    }
 }
 
 void check_inputs(const Workload& w, const Costs& c) {

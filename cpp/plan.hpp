@@ -1,5 +1,6 @@
 // The plan: per device, an ordered list of steps, plus the inputs it is judged against.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -32,6 +33,9 @@ struct Tokens {
     double aggregate_prompt = 2200, aggregate_output = 600;
 };
 
+constexpr int kCurvePoints = 8;  // decode rates at 1, 2, 4, ..., 128 sequences in flight
+constexpr int kQuantiles = 16;   // output lengths per role, each an equal share of the requests
+
 // Per model cost-model figures (seconds, bytes, tokens per second, tokens per request).
 struct ModelCost {
     double weight_bytes = 0, extra_bytes = 0;  // resident size = weight + extra (KV, activations)
@@ -42,6 +46,13 @@ struct ModelCost {
     double prefill_tps = 1, decode_tps = 1;  // aggregate throughput at saturation
     double stream_tps = 1;                   // one sequence alone: floor on a batch's time
     Tokens tokens;  // this model's own prompt and output lengths (reasoning models write far more)
+    // The measured form (config/pool_file.py): with a curve or quantiles a run is timed by the drain.
+    int curve_n = 0;                                // valid entries of curve (0: rate from stream/decode_tps)
+    std::array<double, kCurvePoints> curve{};       // aggregate decode tokens/s at 2^i sequences in flight
+    double max_seqs = 0;                            // sequences in flight at most (0: no limit)
+    std::array<int, 2> q_n{};                       // valid quantiles by role (0: the mean output length)
+    std::array<std::array<double, kQuantiles>, 2> quantiles{};  // by role: ascending output lengths
+    bool drain() const { return curve_n > 0 || q_n[0] > 0 || q_n[1] > 0; }
 };
 
 struct Device {
@@ -66,7 +77,18 @@ double resident_bytes(const ModelCost& m);
 // Memory comparisons tolerate rounding of sizes given in GB.
 inline bool fits(double bytes, double capacity) { return bytes <= capacity * (1 + 1e-12); }
 // Predicted seconds of one run of n requests of the model's role at tp-way tensor parallelism.
+// Scalar form: overhead + max(n * (prompt / prefill + output / decode), output / stream) / speed.
+// Drain form (drain()): overhead + (n * prompt / prefill + decode(n)) / speed, where the n requests
+// start together and finish by length: decode(n) = sum_j (q_j - q_{j-1}) * step(n * (K - j) / K),
+// step(b) = b / rate(b); above max_seqs requests queue and decode(n) = n / max_seqs * decode(max_seqs).
+// O(K) per call. With rate nondecreasing and rate(b) / b nonincreasing (check_model) run time is
+// nondecreasing and subadditive in n, which the lower bound relies on.
 double run_seconds(const ModelCost& m, Role role, int64_t n, int32_t tp, double tp_eff);
+// The work of n requests however they are split into runs (no overhead, no one-sequence floor): a run
+// of b <= n of them takes at least overhead + b / n * run_work(n) at tp 1 (the lower bound's share).
+double run_work(const ModelCost& m, Role role, int64_t n);
+// Aggregate decode tokens/s with b sequences in flight (interpolated linearly in b between 2^i points).
+double decode_rate(const ModelCost& m, double b);
 
 // Most devices x models pairs (the planner, validator and simulator keep tables of them).
 constexpr int64_t kMaxDeviceModels = int64_t(1) << 24;

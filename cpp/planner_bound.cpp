@@ -36,13 +36,8 @@ double lower_bound(const Workload& w, const Costs& c) {
     }
     auto single = [&](int64_t m, Role r, int64_t n) { return run_seconds(c.models[m], r, n, 1, 0); };
     auto fastest = [&](int64_t m, Role r, int64_t n) { return run_seconds(c.models[m], r, n, Dn, eff); };
-    auto work = [&](int64_t m, Role r, int64_t n) {  // n items' seconds of generation, without overhead and floor
-        const ModelCost& mc = c.models[m];
-        const Tokens& t = mc.tokens;
-        double per = r == Role::Expert ? t.expert_prompt / mc.prefill_tps + t.expert_output / mc.decode_tps
-                                       : t.aggregate_prompt / mc.prefill_tps + t.aggregate_output / mc.decode_tps;
-        return double(n) * per;
-    };
+    // n items' seconds of generation, without overhead and floor, however they are split into runs
+    auto work = [&](int64_t m, Role r, int64_t n) { return run_work(c.models[m], r, n); };
     const double inf = std::numeric_limits<double>::infinity();
     double area = 0, area_agg_experts = 0, loads = 0, min_load = inf, min_run = inf, min_agg = inf, per_model = 0;
     for (int64_t m = 0; m < M; ++m) {

@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -29,6 +30,34 @@ static const char* kCostColumns[] = {"weight_bytes", "extra_bytes", "load_s",   
                                      "expert_prompt_tokens", "expert_output_tokens", "aggregate_prompt_tokens",
                                      "aggregate_output_tokens"};
 constexpr int kNumFigures = 10, kNumCost = 14;  // COST_COLUMNS; with TOKEN_COLUMNS
+// Optionally then DRAIN_COLUMNS, the measured form (plan.hpp): max_seqs (NaN or 0: no limit), the
+// decode curve's kCurvePoints rates and kQuantiles output lengths per role, each list NaN-padded at its end.
+constexpr int kNumDrain = 1 + kCurvePoints + 2 * kQuantiles, kNumAll = kNumCost + kNumDrain;
+
+static std::vector<std::string> drain_columns() {
+    std::vector<std::string> v{"max_seqs"};
+    for (int i = 0; i < kCurvePoints; ++i) v.push_back("decode_curve_" + std::to_string(i));
+    for (const char* r : {"expert", "aggregate"})
+        for (int i = 0; i < kQuantiles; ++i) v.push_back(std::string(r) + "_output_q_" + std::to_string(i));
+    return v;
+}
+
+// The leading non-NaN entries of r[0, n) (a value after a NaN is refused: the lists are NaN-padded).
+template <size_t N>
+static int leading(const double* r, int n, std::array<double, N>& out, const std::string& what) {
+    int k = 0;
+    while (k < n && !std::isnan(r[k])) out[k] = r[k], ++k;
+    for (int j = k; j < n; ++j)
+        if (!std::isnan(r[j])) throw std::invalid_argument(what + ": a value after NaN padding at entry " + num(j));
+    return k;
+}
+
+static void drain_figures(ModelCost& x, const double* r) {
+    x.max_seqs = std::isnan(r[0]) ? 0.0 : r[0];
+    x.curve_n = leading(r + 1, kCurvePoints, x.curve, "decode curve");
+    for (int role = 0; role < 2; ++role)
+        x.q_n[role] = leading(r + 1 + kCurvePoints + role * kQuantiles, kQuantiles, x.quantiles[role], "length quantiles");
+}
 
 // One row of the cost matrix; NaN token columns take `fallback`'s figures.
 static ModelCost model_cost(const double* r, int columns, const Tokens& fallback) {
@@ -41,6 +70,7 @@ static ModelCost model_cost(const double* r, int columns, const Tokens& fallback
                          &fallback.aggregate_output};
     for (int j = 0; j < kNumCost; ++j)
         *f[j] = j < columns && !(j >= kNumFigures && std::isnan(r[j])) ? r[j] : j >= kNumFigures ? *g[j - kNumFigures] : 0.0;
+    if (columns == kNumAll) drain_figures(x, r + kNumCost);
     return x;
 }
 
@@ -62,9 +92,11 @@ static Inputs make_inputs(py::handle experts, py::handle aggregator, py::handle 
     auto tokens = to_array<double>(tokens_, "tokens");
     if (in.experts.ndim() != 2)
         throw std::invalid_argument("experts must be a 2-D (questions x k) array, got shape " + dims(in.experts));
-    if (model_costs.ndim() != 2 || (model_costs.shape(1) != kNumCost && model_costs.shape(1) != kNumFigures))
-        throw std::invalid_argument("model_costs must be M x " + num(kNumFigures) + " (COST_COLUMNS) or M x " +
-                                    num(kNumCost) + " (COST_COLUMNS + TOKEN_COLUMNS), got shape " + dims(model_costs));
+    if (model_costs.ndim() != 2 || (model_costs.shape(1) != kNumCost && model_costs.shape(1) != kNumFigures &&
+                                    model_costs.shape(1) != kNumAll))
+        throw std::invalid_argument("model_costs must be M x " + num(kNumFigures) + " (COST_COLUMNS), M x " +
+                                    num(kNumCost) + " (COST_COLUMNS + TOKEN_COLUMNS) or M x " + num(kNumAll) +
+                                    " (... + DRAIN_COLUMNS), got shape " + dims(model_costs));
     if (device_memory.ndim() != 1 || device_overlap.ndim() != 1 || device_host.ndim() != 1 ||
         device_overlap.shape(0) != device_memory.shape(0) || device_host.shape(0) != device_memory.shape(0))
         throw std::invalid_argument("device_memory, device_overlap and device_host must be 1-D of equal length, got "
@@ -211,9 +243,9 @@ static py::dict simulate_py(py::object plan, INPUT_ARGS) {
 static double run_seconds_py(py::object model_cost_, py::object role_, py::object n_, py::object tp_,
                              py::object tp_efficiency_) {
     auto row = to_array<double>(model_cost_, "model_cost");
-    if (row.ndim() != 1 || row.shape(0) != kNumCost)
-        throw std::invalid_argument("model_cost must hold the " + num(kNumCost) +
-                                    " COST_COLUMNS + TOKEN_COLUMNS, got shape " + dims(row));
+    if (row.ndim() != 1 || (row.shape(0) != kNumCost && row.shape(0) != kNumAll))
+        throw std::invalid_argument("model_cost must hold the " + num(kNumCost) + " COST_COLUMNS + TOKEN_COLUMNS or the " +
+                                    num(kNumAll) + " with DRAIN_COLUMNS, got shape " + dims(row));
     int64_t role = to_int<int64_t>(role_, "role"), n = to_int<int64_t>(n_, "n");
     int32_t tp = to_int<int32_t>(tp_, "tp");
     double eff = to_real(tp_efficiency_, "tp_efficiency");
@@ -223,7 +255,7 @@ static double run_seconds_py(py::object model_cost_, py::object role_, py::objec
     if (tp < 1) throw std::invalid_argument("tp must be >= 1, got " + num(tp));
     if (!(std::isfinite(eff) && eff >= 0 && eff <= 1))
         throw std::invalid_argument("tp_efficiency must be in [0, 1], got " + num(eff));
-    ModelCost m = model_cost(row.data(), kNumCost, Tokens{NAN, NAN, NAN, NAN});
+    ModelCost m = model_cost(row.data(), int(row.shape(0)), Tokens{NAN, NAN, NAN, NAN});
     check_model(m, "model_cost");
     double t = run_seconds(m, Role(role), n, tp, eff);
     if (!std::isfinite(t))  // finite figures can still overflow: a huge n over a tiny throughput
@@ -237,9 +269,10 @@ void register_planning(py::module_& m) {
     m.def("run_seconds", &run_seconds_py, py::arg("model_cost"), py::arg("role"), py::arg("n"), py::arg("tp") = 1,
           py::arg("tp_efficiency") = 0.0,
           "Predicted seconds of one run of n requests (the planner's and simulator's formula); model_cost is one "
-          "row of COST_COLUMNS + TOKEN_COLUMNS (tokens given).");
+          "row of COST_COLUMNS + TOKEN_COLUMNS (tokens given), optionally + DRAIN_COLUMNS (the measured form).");
     m.def("simulate", &simulate_py, py::arg("plan"), INPUT_PYARGS,
           "Checks every invariant of the plan (ValueError naming the first violation), then simulates it.");
     m.attr("COST_COLUMNS") = py::cast(std::vector<std::string>(kCostColumns, kCostColumns + kNumFigures));
     m.attr("TOKEN_COLUMNS") = py::cast(std::vector<std::string>(kCostColumns + kNumFigures, kCostColumns + kNumCost));
+    m.attr("DRAIN_COLUMNS") = py::cast(drain_columns());
 }

@@ -47,6 +47,7 @@ class Timeline(TypedDict):
 
 COST_COLUMNS: list[str]  # model figures
 TOKEN_COLUMNS: list[str]  # optional per-model tokens per request after them (NaN: the tokens argument's)
+DRAIN_COLUMNS: list[str]  # optional after those: max_seqs, decode curve, output-length quantiles by role (NaN-padded)
 MAX_K: int  # 65536: most experts per question; questions x k is capped at 2**32 slots
 
 def route(
@@ -68,7 +69,7 @@ def uniform(seed: int, question: int, stream: int, slot: int) -> float: ...  # u
 def make_plan(
     experts: npt.ArrayLike,  # int64, N x k model ids
     aggregator: npt.ArrayLike | None,  # int64, N model ids, -1 none
-    model_costs: npt.ArrayLike,  # float64, M x len(COST_COLUMNS) or M x len(COST_COLUMNS + TOKEN_COLUMNS)
+    model_costs: npt.ArrayLike,  # float64, M x len(COST_COLUMNS), len(COST_COLUMNS + TOKEN_COLUMNS) or with DRAIN_COLUMNS
     device_memory: npt.ArrayLike,  # float64, D
     device_overlap: npt.ArrayLike,  # bool, D
     device_host: npt.ArrayLike,  # float64, D
@@ -96,7 +97,7 @@ def lower_bound(
 # parks and pauses delay no result), finish (the last step's end), loads, bytes_loaded.
 # Predicted seconds of one run of n requests: overhead + max(n * work per request, one stream) / tp speed-up.
 def run_seconds(
-    model_cost: npt.ArrayLike,  # float64, len(COST_COLUMNS + TOKEN_COLUMNS)
+    model_cost: npt.ArrayLike,  # float64, len(COST_COLUMNS + TOKEN_COLUMNS), optionally + DRAIN_COLUMNS
     role: int,  # 0 expert, 1 aggregate
     n: int,
     tp: int = 1,

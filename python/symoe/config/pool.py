@@ -19,7 +19,9 @@ from .. import _core
 from ..errors import SymoeError
 from .cluster_table import ClusterTable
 from .pool_file import (
+    CURVE_POINTS,
     GB,
+    QUANTILES,
     CostDefaults,
     EngineSettings,
     ModelEntry,
@@ -91,12 +93,50 @@ class Config:
         aggregate = role in ("aggregate", "aggregator-benchmark")
         return _core.run_seconds(self._cost_row(self.index(name)), int(aggregate), n, tp, float(self.tp_efficiency))
 
+    def load_seconds(self, name: str) -> float:
+        """Predicted seconds of a cold load of model ``name`` (start + weights / bandwidth + init)."""
+        return float(self.model(name).load_s)
+
     def _cost_row(self, i: int) -> np.ndarray:
-        """Model i's row of the core's cost matrix (COST_COLUMNS, then its tokens per request)."""
+        """Model i's row of the core's cost matrix (COST_COLUMNS, its tokens per request, then the
+        measured form's DRAIN_COLUMNS, NaN-padded)."""
         m = self.models[i]
         t = asdict(self.model_tokens(m.name))
+        nan = float("nan")
+
+        def padded(v: tuple[float, ...] | None, n: int) -> list[float]:
+            return [float(x) for x in v or ()] + [nan] * (n - len(v or ()))
+
+        drain = [nan if m.max_seqs is None else float(m.max_seqs), *padded(m.decode_curve, CURVE_POINTS),
+                 *padded(m.expert_output_quantiles, QUANTILES), *padded(m.aggregate_output_quantiles, QUANTILES)]
         return np.array([float(getattr(m, c)) for c in _core.COST_COLUMNS] +
-                        [float(t[c.removesuffix("_tokens")]) for c in _core.TOKEN_COLUMNS], dtype=np.float64)
+                        [float(t[c.removesuffix("_tokens")]) for c in _core.TOKEN_COLUMNS] + drain, dtype=np.float64)
+
+    @property
+    def linear_costs(self) -> bool:
+        """Whether every model's run time is the scalar formula (linear in n above its floor: what
+        the plan polish's CP-SAT model can express)."""
+        return all(m.decode_curve is None and m.expert_output_quantiles is None and m.aggregate_output_quantiles is None
+                   for m in self.models)
+
+    def with_max_tokens(self, expert: int, aggregate: int | None = None) -> Config:
+        """The pool as a run with these new-token caps sees it: every output length (quantiles and
+        means) capped, as seeded sampling makes the first ``cap`` tokens of a longer answer the same."""
+        agg = expert if aggregate is None else aggregate
+
+        def cap(v: tuple[float, ...] | None, c: int) -> tuple[float, ...] | None:
+            return None if v is None else tuple(min(x, float(c)) for x in v)
+
+        models = []
+        for m in self.models:
+            t = self.model_tokens(m.name)
+            models.append(replace(m, expert_output_tokens=min(t.expert_output, float(expert)),
+                                  aggregate_output_tokens=min(t.aggregate_output, float(agg)),
+                                  expert_output_quantiles=cap(m.expert_output_quantiles, expert),
+                                  aggregate_output_quantiles=cap(m.aggregate_output_quantiles, agg)))
+        tokens = replace(self.tokens, expert_output=min(self.tokens.expert_output, float(expert)),
+                         aggregate_output=min(self.tokens.aggregate_output, float(agg)))
+        return replace(self, models=tuple(models), tokens=tokens)
 
     def with_devices(self, count: int | None = None, memory_gb: float | None = None,
                      overlap_load: bool | None = None, host_memory_gb: float | None = None) -> Config:
@@ -164,7 +204,7 @@ class Config:
     def core_args(self) -> dict[str, Any]:
         """The plain numbers the C++ planner and simulator receive."""
         t = self.tokens
-        cols = len(_core.COST_COLUMNS) + len(_core.TOKEN_COLUMNS)
+        cols = len(_core.COST_COLUMNS) + len(_core.TOKEN_COLUMNS) + len(_core.DRAIN_COLUMNS)
         costs = np.array([self._cost_row(i) for i in range(len(self.models))], dtype=np.float64)
         return dict(
             model_costs=costs.reshape(-1, cols),
@@ -218,7 +258,7 @@ def _resolve(d: CostDefaults, m: ModelEntry, i: int, base: Path | None, source: 
         path = str((base / path).resolve())
     return ModelSpec(
         name=m.name, path=path, weight_bytes=wb, extra_bytes=extra,
-        load_s=m.load_s if m.load_s is not None else g.init_s + wb / (g.load_bandwidth_gbps * GB),
+        load_s=m.load_s if m.load_s is not None else g.start_s + wb / (g.load_bandwidth_gbps * GB) + g.init_s,
         unload_s=g.unload_s,
         park_s=m.park_s if m.park_s is not None else wb / h2d if g.sleep else -1.0,
         wake_s=m.wake_s if m.wake_s is not None else wb / h2d if g.sleep else 0.0,
@@ -227,12 +267,20 @@ def _resolve(d: CostDefaults, m: ModelEntry, i: int, base: Path | None, source: 
         expert_prompt_tokens=m.expert_prompt_tokens, expert_output_tokens=m.expert_output_tokens,
         aggregate_prompt_tokens=m.aggregate_prompt_tokens, aggregate_output_tokens=m.aggregate_output_tokens,
         endpoint=m.endpoint, served_name=m.served_name, api_key_env=m.api_key_env, max_concurrency=m.max_concurrency,
-        serve=m.serve)
+        serve=m.serve, decode_curve=None if g.decode_curve is None else tuple(g.decode_curve), max_seqs=g.max_seqs,
+        expert_output_quantiles=_tuple(m.expert_output_quantiles),
+        aggregate_output_quantiles=_tuple(m.aggregate_output_quantiles))
+
+
+def _tuple(v: list[float] | None) -> tuple[float, ...] | None:
+    return None if v is None else tuple(v)
 
 
 def to_toml(cfg: Config) -> str:
     """``cfg`` as a pool file with every figure explicit (calibration writes it back)."""
     def val(v: Any) -> str:
+        if isinstance(v, (tuple, list)):
+            return "[" + ", ".join(val(x) for x in v) + "]"
         return "true" if v is True else "false" if v is False else repr(v) if isinstance(v, (int, float)) \
             else json.dumps(str(v))
 

@@ -24,7 +24,9 @@ class ModelSpec:
     ``stream_tps`` for one sequence alone. ``max_tokens``, ``max_model_len`` and
     ``trust_remote_code`` are engine settings (None: the run's and ``[engine]``'s). The
     ``*_tokens`` figures are this model's expected tokens per request by role (reasoning models
-    write far more than others; None: the config's ``[tokens]``).
+    write far more than others; None: the config's ``[tokens]``). The measured form (see
+    :mod:`.pool_file`): ``decode_curve`` (tokens/s at 1, 2, 4, ... sequences in flight),
+    ``max_seqs`` and the ``*_output_quantiles``; with any of them a run is timed by its drain.
     """
 
     name: str
@@ -52,6 +54,10 @@ class ModelSpec:
     api_key_env: str | None = None  # the variable's NAME; the key itself is read at run time only
     max_concurrency: PositiveInt = 8
     serve: Literal["vllm"] | None = None
+    decode_curve: tuple[Rate, ...] | None = None
+    max_seqs: PositiveInt | None = None
+    expert_output_quantiles: tuple[NonNeg, ...] | None = None
+    aggregate_output_quantiles: tuple[NonNeg, ...] | None = None
 
     @property
     def resident_bytes(self) -> float:

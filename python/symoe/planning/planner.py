@@ -69,7 +69,8 @@ def plan(
     p = Plan(strategy, config, experts, agg, arrays, question_ids=assignment.question_ids)
     p.timeline = simulate(p)
     p.lower_bound = _core.lower_bound(**args)
-    if strategy == "symoe" and optimize_s != 0 and not endpoint_plan.endpoint_models(config):
+    # The polish's CP-SAT model is linear in a run's requests: a measured (drain) cost model keeps the heuristic plan.
+    if strategy == "symoe" and optimize_s != 0 and not endpoint_plan.endpoint_models(config) and config.linear_costs:
         budget = auto_budget(p) if optimize_s is None else optimize_s
         if budget > 0:
             p = polish(p, budget, replicate=replicate).plan
