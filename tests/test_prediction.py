@@ -132,6 +132,16 @@ def test_embedding_speed_is_measured_and_kept_per_machine(tmp_path, cache):
         embedding_speed.load_speed()
 
 
+def test_only_a_real_embedders_counters_are_observed(cache):
+    class Counted:
+        encoded, encode_s = 20, 2.0
+
+    assert embedding_speed.observe_embedder(None, 0.3) is None  # a test double: nothing recorded
+    assert not embedding_speed.speed_path().exists()
+    got = embedding_speed.observe_embedder(Counted(), 0.3)
+    assert got is not None and got.seconds_per_text == pytest.approx(0.1) and got.load_s == pytest.approx(0.3)
+
+
 def test_uncached_counts_what_the_embeddings_file_lacks(tmp_path):
     path = tmp_path / "emb.npz"
     assert embedding_speed.uncached(path, ["law", "law", "physics"]) == 2

@@ -31,7 +31,7 @@ from .execution.prediction import Comparison, RunPrediction, compare, predict_ru
 from .generation import Clock, Engine, ModelSettings, Sampling
 from .method.baselines import fixed_assignment
 from .method.datasets import Question
-from .method.embedding_speed import observe, uncached
+from .method.embedding_speed import observe_embedder
 from .method.keywords import annotate
 from .method.matching import Embedder, match_keywords
 from .method.requests import Requests
@@ -211,12 +211,11 @@ def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles,
                        progress=options.progress)
         times["keywords"] = time.perf_counter() - t
         t = time.perf_counter()
-        new = uncached(out.parent / "embeddings.npz", [*profiles.vocabulary, *(w for ws in kws.values() for w in ws)])
         embedder = Embedder(out.parent / "embeddings.npz")
         loaded = time.perf_counter() - t
         matched = match_keywords(kws, profiles.vocabulary, embedder, similarity_floor)
         times["matching"] = time.perf_counter() - t
-        observe(new, times["matching"] - loaded, loaded)  # this machine's embedding speed, for the next forecast
+        observe_embedder(embedder, loaded)  # this machine's embedding speed, for the next forecast
         t = time.perf_counter()
         a = route(profiles, [matched[i] for i in ids], k=k, seed=seed, rare_threshold=rare_threshold, question_ids=ids)
     else:

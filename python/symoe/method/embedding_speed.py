@@ -82,6 +82,13 @@ def observe(texts: int, encode_s: float, load_s: float, root: Path | None = None
     return replace(new, source=str(path))
 
 
+def observe_embedder(embedder: object, load_s: float, root: Path | None = None) -> EmbeddingSpeed | None:
+    """Fold what an :class:`~symoe.method.matching.Embedder` encoded (its ``encoded`` texts in
+    ``encode_s`` seconds) into the stored figure; anything without those counters (a test double)
+    records nothing."""
+    return observe(int(getattr(embedder, "encoded", 0)), float(getattr(embedder, "encode_s", 0.0)), load_s, root)
+
+
 def measure(texts: Sequence[str], root: Path | None = None) -> EmbeddingSpeed | None:
     """Time loading all-MiniLM-L6-v2 and embedding ``texts`` (e.g. a profile vocabulary), and keep it."""
     t = time.perf_counter()

@@ -15,6 +15,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -156,6 +157,7 @@ class Embedder:
         self.model = MiniLM(embedder_folder())
         self.cache_path = Path(cache) if cache else None
         self.cache: dict[str, np.ndarray] = {}
+        self.encoded, self.encode_s = 0, 0.0  # texts this embedder encoded, and the seconds it took (machine figure)
         if self.cache_path and self.cache_path.exists():
             with np.load(self.cache_path) as z:
                 self.cache = {k: z[k] for k in z.files}
@@ -165,7 +167,9 @@ class Embedder:
         keys = [text_key(t) for t in texts]
         todo = sorted({(k, t) for k, t in zip(keys, texts) if k not in self.cache})
         if todo:
+            t0 = time.perf_counter()
             vecs = self.model.encode([t for _, t in todo])
+            self.encoded, self.encode_s = self.encoded + len(todo), self.encode_s + time.perf_counter() - t0
             self.cache.update({k: v for (k, _), v in zip(todo, vecs)})
             if self.cache_path:
                 self.cache_path.parent.mkdir(parents=True, exist_ok=True)
