@@ -44,3 +44,9 @@ class BenchmarkData:
 def bench_data() -> BenchmarkData:
     """The one way tests reach the benchmark data."""
     return BenchmarkData()
+
+
+@pytest.fixture(autouse=True)
+def _machine_profiles(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Machine profiles (config/profile.py) in a fresh folder per test: never the user's cache."""
+    monkeypatch.setenv("SYMOE_PROFILES", str(tmp_path_factory.mktemp("profiles")))

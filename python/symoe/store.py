@@ -130,6 +130,17 @@ class Store:
                                     "GROUP BY model, role").fetchall()
         return {(m, r): (int(n), float(pin), float(out)) for m, r, n, pin, out in rows}
 
+    def output_lengths(self) -> dict[tuple[str, str], dict[int, list[int]]]:
+        """Per (model, role): every stored output length, by the max_tokens it was generated with."""
+        with self._lock:
+            rows = self._db.execute("SELECT model, role, params, tokens FROM generations "
+                                    "WHERE tokens IS NOT NULL AND tokens >= 0").fetchall()
+        out: dict[tuple[str, str], dict[int, list[int]]] = {}
+        for model, role, params, tokens in rows:
+            cap = int(json.loads(params).get("max_tokens", 0))
+            out.setdefault((model, role), {}).setdefault(cap, []).append(int(tokens))
+        return out
+
     def count(self, role: str | None = None) -> int:
         """Stored generations (of ``role`` if given)."""
         with self._lock:

@@ -9,6 +9,7 @@ from types import FrameType
 import click
 
 from ..errors import EXTRAS, MissingExtra
+from .calibrate import calibrate_cmd
 from .plans import demo_cmd, plan_cmd, route_cmd
 from .results import export_cmd, regrade_cmd, report_cmd
 from .run import run_cmd, run_plan_cmd
@@ -26,7 +27,7 @@ def main() -> None:
 
 
 for _cmd in (route_cmd, plan_cmd, demo_cmd, models_grp, run_plan_cmd, keywords_cmd, profile_cmd,
-             select_aggregator_cmd, run_cmd, export_cmd, regrade_cmd, report_cmd, bench_grp, serve_cmd):
+             select_aggregator_cmd, run_cmd, export_cmd, regrade_cmd, report_cmd, bench_grp, serve_cmd, calibrate_cmd):
     main.add_command(_cmd)
 
 

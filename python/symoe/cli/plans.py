@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 import numpy as np
 
+from ..config import profile
 from ..config.pool import Config
 from ..config.presets import RARE_THRESHOLD
 from ..errors import SymoeError
@@ -86,7 +87,8 @@ def plan_cmd(assignment_path: str, config_path: str, devices: int | None, memory
              questions_path: str | None, fmt: str | None, optimize_s: float | None) -> None:
     """Plan an assignment on a pool and devices; print predicted timing."""
     try:
-        cfg = Config.load(config_path).with_devices(devices, memory_gb)
+        cfg, note = profile.apply(Config.load(config_path).with_devices(devices, memory_gb))  # this machine's figures
+        click.echo(note)
         a = Assignment.load(assignment_path)
         hashes: tuple[str, ...] = ()
         if questions_path:

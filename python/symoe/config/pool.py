@@ -128,12 +128,12 @@ class Config:
             return None if v is None else tuple(min(x, float(c)) for x in v)
 
         models = []
-        for m in self.models:
-            t = self.model_tokens(m.name)
-            models.append(replace(m, expert_output_tokens=min(t.expert_output, float(expert)),
-                                  aggregate_output_tokens=min(t.aggregate_output, float(agg)),
-                                  expert_output_quantiles=cap(m.expert_output_quantiles, expert),
-                                  aggregate_output_quantiles=cap(m.aggregate_output_quantiles, agg)))
+        for m in self.models:  # a model's own max_tokens replaces the run's (method/requests.py)
+            t, e, a = self.model_tokens(m.name), m.max_tokens or expert, m.max_tokens or agg
+            models.append(replace(m, expert_output_tokens=min(t.expert_output, float(e)),
+                                  aggregate_output_tokens=min(t.aggregate_output, float(a)),
+                                  expert_output_quantiles=cap(m.expert_output_quantiles, e),
+                                  aggregate_output_quantiles=cap(m.aggregate_output_quantiles, a)))
         tokens = replace(self.tokens, expert_output=min(self.tokens.expert_output, float(expert)),
                          aggregate_output=min(self.tokens.aggregate_output, float(agg)))
         return replace(self, models=tuple(models), tokens=tokens)

@@ -1,12 +1,15 @@
-"""Cost-model figures from a measured run, written back into the pool config for the next plan."""
+"""Cost-model figures from a measured run: written back into the pool config for the next plan
+(``run-plan --calibrate``), and added to this machine's profile after every run (:func:`observe`)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..config import profile
 from ..config.pool import Config
 from ..planning.steps import StepKind
 from .report import RunReport, StepRecord
@@ -66,3 +69,26 @@ def calibrate(cfg: Config, report: RunReport, store: Store | None = None) -> Con
             tokens = replace(tokens, **{f"{role}_prompt": sum(r.prompt_tokens for r in rs) / n,
                                         f"{role}_output": sum(r.tokens for r in rs) / n})
     return replace(cfg, models=tuple(models), tokens=tokens)
+
+
+def observe(cfg: Config, report: RunReport, store: Store | None = None) -> Path:
+    """Add what a finished run observed to this machine's profile (:mod:`symoe.config.profile`), so
+    the next prediction uses it: per model its loads, its runs (requests, prompt and output tokens,
+    seconds) and the output lengths by role and cap of every generation in ``store`` (the store's
+    lists replace the profile's, so rerunning adds nothing twice). Returns the profile's path."""
+    p = profile.load(cfg.engine.platform)
+    lengths = store.output_lengths() if store is not None else {}
+    for m in cfg.models:
+        if m.endpoint is not None:
+            continue
+        steps = [r for r in report.steps if r.model == m.name]
+        mine = {role: by_cap for (name, role), by_cap in lengths.items() if name == m.name and role in profile.ROLES}
+        if not steps and not mine:
+            continue
+        mp = p.models.setdefault(profile.model_key(m), profile.ModelProfile())
+        mp.loads = (mp.loads + [r.end - r.start for r in steps if r.kind == StepKind.LOAD])[-profile.MAX_RUNS:]
+        mp.runs = (mp.runs + [(int(r.info["generated"]), r.prompt_tokens, r.tokens, r.end - r.start) for r in steps
+                              if r.kind == StepKind.RUN and r.info.get("generated")])[-profile.MAX_RUNS:]
+        for role, by_cap in mine.items():
+            mp.run_lengths[role] = {str(cap): ls[-profile.MAX_LENGTHS:] for cap, ls in by_cap.items()}
+    return profile.save(p)

@@ -93,7 +93,8 @@ class VllmEngine:
                 prompt = tok.apply_chat_template(r["messages"], tokenize=False, add_generation_prompt=True)
             else:
                 prompt = r["prompt"]
-            sp = SamplingParams(temperature=float(r["temperature"]), max_tokens=int(r["max_tokens"]), seed=int(r["seed"]))
+            sp = SamplingParams(temperature=float(r["temperature"]), max_tokens=int(r["max_tokens"]), seed=int(r["seed"]),
+                                ignore_eos=bool(r.get("ignore_eos", False)))  # calibration: a fixed number of tokens
             self.engine.add_request(str(r["id"]), prompt, sp)
         first = None
         while self.engine.has_unfinished_requests():

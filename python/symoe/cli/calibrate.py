@@ -1,0 +1,81 @@
+"""``symoe calibrate``: measure this machine's cost figures for a pool's models into the machine
+profile (``--show`` prints it)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from ..config import profile
+from ..config.pool import Config
+from ..method.datasets import bundled, load_questions
+from ..progress import progress_bar
+from .common import config_opt, fail, table
+
+
+def _show(cfg: Config) -> None:
+    p = profile.load(cfg.engine.platform)
+    path = profile.profile_path(p.key)
+    click.echo(f"machine profile {path}" + ("" if path.exists() else " (not written yet: run `symoe calibrate`)"))
+    click.echo(json.dumps(p.machine))
+    rows = []
+    for key, mp in sorted(p.models.items()):
+        lens = {r: len([x for ls in mp.lengths.get(r, {}).values() for x in ls]) for r in profile.ROLES}
+        curve = " ".join(f"{x:.0f}" for x in mp.decode_curve or ())
+        rows.append([key, mp.load_s, mp.start_s, mp.read_gbps, mp.init_s, mp.prefill_tps, curve,
+                     f"{lens['expert']} / {lens['aggregate']}"])
+    if rows:
+        table(rows, ["model", "load s", "start s", "read GB/s", "init s", "prefill tok/s", "decode tok/s at 1, 2, 4, ...",
+                     "lengths (expert / aggregate)"])
+    _, note = profile.apply(cfg, profile=p)
+    click.echo(note)
+
+
+@click.command("calibrate")
+@config_opt
+@click.option("--show", is_flag=True, help="Print the machine profile and what it gives the pool; measure nothing.")
+@click.option("--questions", "n_questions", type=click.IntRange(min=1), default=6, show_default=True,
+              help="Validation questions whose answers give each model's output lengths.")
+@click.option("--model", "only", multiple=True, help="Measure only this model (repeatable; default: all local ones).")
+@click.option("--log-dir", default="runs/calibrate", show_default=True, help="Engine worker logs.")
+def calibrate_cmd(config_path: str, show: bool, n_questions: int, only: tuple[str, ...], log_dir: str) -> None:
+    """Measure this machine's cost figures (load phases, decode tokens/s at 1-16 sequences in
+    flight, output lengths on validation questions) for the pool's models with the real engine,
+    into the machine profile that `symoe run`, `symoe plan` and the API then use."""
+    try:
+        cfg = Config.load(config_path)
+        if show:
+            _show(cfg)
+            return
+        from ..execution.measure import measure_model  # vLLM's engine: only when measuring
+
+        names = list(only) or [m.name for m in cfg.models if m.endpoint is None and m.serve is None]
+        for n in names:
+            cfg.model(n)
+        qs = load_questions("mmlu_pro", split="validation", limit=n_questions)
+        task = json.loads(bundled("tiny_task.json").read_text())
+        p = profile.load(cfg.engine.platform)
+        bar = progress_bar(True, len(names), "calibrate")
+        t_all = time.perf_counter()
+        for name in names:
+            t0 = time.perf_counter()
+            lines: list[str] = []
+            mp = measure_model(cfg, name, qs, name == task.get("aggregator"), Path(log_dir), lines.append)
+            key = profile.model_key(cfg.model(name))
+            old = p.models.get(key)
+            if old is not None:  # lengths accumulate; the rest is this measurement's
+                for role, by_cap in old.lengths.items():
+                    for cap, ls in by_cap.items():
+                        profile.add_lengths(mp, role, int(cap), ls)
+            p.models[key] = mp
+            path = profile.save(p)
+            bar(1)
+            click.echo(f"{name}: {time.perf_counter() - t0:.0f} s; " + "; ".join(lines))
+        bar(None)
+        click.echo(f"wrote {path} ({time.perf_counter() - t_all:.0f} s)")
+        click.echo(profile.apply(cfg, profile=p)[1])
+    except (ValueError, RuntimeError) as e:
+        fail(e)

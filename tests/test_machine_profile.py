@@ -1,0 +1,134 @@
+"""The machine profile (issue 21 item 2): measured figures applied to a pool, runs adding their
+observations, `symoe calibrate --show`, and the measurement helpers (no engine: the real
+measurement is `symoe calibrate`, run by hand)."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+
+import pytest
+from click.testing import CliRunner
+
+from symoe.cli import main
+from symoe.config import profile
+from symoe.config.pool import GB, Config
+from symoe.execution.calibration import observe
+from symoe.execution.measure import curve_point, load_phases
+from symoe.execution.report import RunReport, StepRecord
+from symoe.generation.engine import BatchInfo
+from symoe.planning.steps import StepKind
+from symoe.records import Generation
+from symoe.store import Store
+
+POOL = """
+[engine]
+platform = "cpu"
+max_tokens = 256
+[devices]
+memory_gb = 8.0
+[defaults]
+load_bandwidth_gbps = 0.5
+init_s = 4.0
+[[model]]
+name = "small"
+weight_gb = 1.0
+[[model]]
+name = "other"
+weight_gb = 2.0
+"""
+
+
+def pool(tmp_path) -> Config:
+    (tmp_path / "pool.toml").write_text(POOL)
+    return Config.from_toml(tmp_path / "pool.toml")
+
+
+def measured(cfg: Config) -> profile.Profile:
+    p = profile.load(cfg.engine.platform)
+    mp = profile.ModelProfile(start_s=3.0, read_gbps=0.25, init_s=1.0, load_s=9.0, prefill_tps=500.0,
+                              decode_curve=[10.0, 25.0, 30.0, 20.0])  # noisy: faster than 2x, then slower
+    profile.add_lengths(mp, "expert", 256, list(range(10, 250, 10)))
+    p.models[profile.model_key(cfg.model("small"))] = mp
+    return p
+
+
+def test_profile_figures_replace_the_configs(tmp_path):
+    cfg = pool(tmp_path)
+    p = measured(cfg)
+    profile.save(p)
+    got, note = profile.apply(cfg)  # read back from $SYMOE_PROFILES
+    small = got.model("small")
+    assert got.load_seconds("small") == pytest.approx(3.0 + 1.0 * GB / 0.25e9 + 1.0)
+    assert small.decode_curve == (10.0, 20.0, 30.0, 30.0)  # made valid: at most doubling, never slower
+    assert small.prefill_tps == 500.0
+    assert small.expert_output_quantiles is not None and len(small.expert_output_quantiles) == 16
+    other = got.model("other")  # not in the profile: the config's figures (lengths capped at the run's 256)
+    assert (other.load_s, other.decode_curve, other.expert_output_tokens) == (cfg.model("other").load_s, None, 256)
+    assert "small (load, prefill_tps, decode_curve, lengths)" in note and "other: all" in note
+    # A run at 48 new tokens caps the lengths observed at 256 (seeded: the first 48 tokens are the same).
+    capped, _ = profile.apply(cfg, max_tokens=48, profile=p)
+    assert max(capped.model("small").expert_output_quantiles or ()) == 48
+    assert capped.run_seconds("small", "expert", 8) < got.run_seconds("small", "expert", 8)
+
+
+def test_lengths_for_a_higher_cap_fall_back_to_all():
+    mp = profile.ModelProfile()
+    profile.add_lengths(mp, "expert", 48, [48, 20, 48])
+    assert profile.lengths_for(mp, "expert", 256) == [48, 20, 48]  # the best there is
+    profile.add_lengths(mp, "expert", 512, [300, 100])
+    assert profile.lengths_for(mp, "expert", 256) == [256, 100]    # only those generated with a cap >= 256
+
+
+def test_no_profile_says_so(tmp_path):
+    got, note = profile.apply(pool(tmp_path))
+    assert "all from the config" in note and got.load_seconds("small") == pytest.approx(4.0 + 2.0)
+
+
+def test_runs_add_observations_once(tmp_path):
+    cfg = pool(tmp_path)
+    steps = [StepRecord(0, 0, StepKind.LOAD, "small", 0.0, 7.5, 0.0, 6.0),
+             StepRecord(1, 0, StepKind.RUN, "small", 7.5, 20.0, 6.0, 15.0, 4, 400, 1200,
+                        {"generated": 4, "role": "expert"})]
+    report = RunReport("r", steps, [], 20.0, 15.0, 4, 0)
+    with Store(tmp_path / "store.sqlite") as st:
+        for i, n in enumerate((50, 100, 120, 130)):
+            st.put(Generation(f"k{i}", "small", f"q{i}", "expert", 0, json.dumps({"max_tokens": 256}), "x", 300, n,
+                              "stop"))
+        path = observe(cfg, report, st)
+        observe(cfg, report, st)
+    mp = profile.Profile.model_validate_json(path.read_text()).models[profile.model_key(cfg.model("small"))]
+    assert mp.run_lengths == {"expert": {"256": [50, 100, 120, 130]}}  # the store's, not added twice
+    assert mp.loads == [7.5, 7.5] and mp.runs[0] == (4, 1200, 400, 12.5)
+    got, note = profile.apply(cfg)
+    assert got.load_seconds("small") == 7.5 and got.model("small").expert_output_quantiles == (50, 100, 120, 130)
+
+
+def test_calibrate_show(tmp_path):
+    cfg = pool(tmp_path)
+    profile.save(measured(cfg))
+    r = CliRunner().invoke(main, ["calibrate", "--config", str(tmp_path / "pool.toml"), "--show"])
+    assert r.exit_code == 0, r.output
+    assert "machine profile" in r.output and "small@" in r.output and "10 25 30 20" in r.output
+    assert "cost figures from the machine profile" in r.output
+
+
+def test_load_phases_from_vllm_log(tmp_path):
+    log = tmp_path / "w.log"
+    log.write_text("INFO [default_loader.py:291] Loading weights took 1.84 seconds\n"
+                   "INFO [core.py:98] init engine (profile, create kv cache, warmup model) took 6.20 seconds\n")
+    assert load_phases(log) == (1.84, 6.2)
+    log.write_text("nothing timed\n")
+    assert load_phases(log) is None
+
+
+def test_curve_point():
+    # 4 sequences x 24 tokens: the first token after 0.5 s (prefill of 400 prompt tokens), 23 more steps in 2.3 s
+    rate, prefill = curve_point(4, BatchInfo(2.8, 96, 400, 4, 0.5), 24)
+    assert rate == pytest.approx(4 * 23 / 2.3) and prefill == pytest.approx(800.0)
+
+
+def test_pool_toml_keeps_profile_figures(tmp_path):
+    got, _ = profile.apply(pool(tmp_path), profile=measured(pool(tmp_path)))
+    again = Config.from_dict(tomllib.loads(got.to_toml()))
+    assert again.run_seconds("small", "expert", 5) == pytest.approx(got.run_seconds("small", "expert", 5))
