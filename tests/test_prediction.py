@@ -82,12 +82,15 @@ def test_summary_keeps_every_stage_and_step_kind_predicted_beside_measured(tmp_p
     for g in STEP_GROUPS:
         assert pred["step_kinds"][g]["predicted_s"] == pytest.approx(groups[g], rel=1e-12)
     assert groups["load"] > 0 and groups["expert run"] > 0 and groups["aggregate run"] > 0
-    # Keywords: 6 questions x 5 samples the store lacked, on the keyword model (load, run, unload).
-    m = cfg.model(TASK.keyword_model)
+    # Keywords: 6 questions x 5 samples the store lacked, on the keyword model (load, run, unload),
+    # their lengths capped at the samples' new-token cap.
+    m = TASK.keyword_model
     n = 6 * SAMPLING.keyword_samples
     assert pred["keyword_requests"] == n
+    run_s = cfg.with_max_tokens(SAMPLING.keyword_max_tokens).run_seconds(m, "keywords", n)
+    assert run_s < cfg.run_seconds(m, "keywords", n)  # 48 new tokens, not an expert's answer
     assert pred["stages"]["keywords"]["predicted_s"] == pytest.approx(
-        m.load_s + cfg.run_seconds(TASK.keyword_model, "keywords", n) + m.unload_s, rel=1e-12)
+        cfg.load_seconds(m) + run_s + cfg.model(m).unload_s, rel=1e-12)
     # Matching: the embedder's load and every text at this machine's figure (none measured here yet).
     speed = embedding_speed.load_speed()
     assert speed.texts == 0 and pred["embedding"]["seconds_per_text"] == speed.seconds_per_text
@@ -122,7 +125,7 @@ def test_embedding_speed_is_measured_and_kept_per_machine(tmp_path, cache):
     assert embedding_speed.observe(3, 1.0, 0.5) is None  # too few texts to mean anything
     first = embedding_speed.observe(10, 2.0, 0.6)
     assert first is not None and first.seconds_per_text == pytest.approx(0.2) and first.texts == 10
-    assert embedding_speed.speed_path().parent == cache / "machine"
+    assert embedding_speed.speed_path().parent == cache / "profiles"
     again = embedding_speed.observe(30, 3.0, 0.4)
     assert again is not None and again.seconds_per_text == pytest.approx(5.0 / 40) and again.load_s == pytest.approx(0.5)
     got = embedding_speed.load_speed()

@@ -1,8 +1,9 @@
 """The whole run predicted, stage by stage, before it starts; and beside what was measured.
 
 keywords: the keyword model's load, a run of the samples the store lacks (the cost model's
-``Config.run_seconds``) and its unload; matching: the embedder's load and the texts its cache
-lacks at this machine's measured seconds per text (:mod:`symoe.method.embedding_speed`);
+``Config.run_seconds``, lengths capped at the samples' new-token cap) and its unload; matching:
+the embedder's load and the texts its cache lacks at this machine's measured seconds per text
+(:mod:`symoe.method.embedding_speed`);
 routing and planning: negligible, predicted 0 and measured; generation: the simulated plan
 (aggregation included), until its last step ends. Before routing the plan is not known: the
 forecast plans a *prior* routing (every question asking for the whole profile vocabulary, so
@@ -104,12 +105,13 @@ def measured_step_groups(steps: Sequence[StepRecord]) -> dict[str, float]:
     return out
 
 
-def keyword_seconds(cfg: Config, model: str, n: int) -> float:
-    """The keyword stage's generation of ``n`` samples: load, one run, unload (nothing if none)."""
+def keyword_seconds(cfg: Config, model: str, n: int, max_tokens: int) -> float:
+    """The keyword stage's generation of ``n`` samples of at most ``max_tokens`` new tokens: load,
+    one run, unload (nothing if none)."""
     if n <= 0:
         return 0.0
-    m = cfg.model(model)
-    return float(m.load_s) + cfg.run_seconds(model, "keywords", n) + float(m.unload_s)
+    return cfg.load_seconds(model) + cfg.with_max_tokens(max_tokens).run_seconds(model, "keywords", n) + \
+        float(cfg.model(model).unload_s)
 
 
 def prior_assignment(profiles: Profiles, n: int, k: int, seed: int, rare_threshold: float) -> Assignment:
@@ -134,7 +136,7 @@ def predict_run(questions: Sequence[Question], cfg: Config, profiles: Profiles, 
         reqs = [r for q in questions for r in Requests(cfg, sampling).keywords(keyword_model, q)]
         have = store.existing([r.key for r in reqs])
         missing = len(reqs) - len(have)
-        stages["keywords"] = keyword_seconds(cfg, keyword_model, missing)
+        stages["keywords"] = keyword_seconds(cfg, keyword_model, missing, sampling.keyword_max_tokens)
         texts = float(uncached(embeddings, profiles.vocabulary))
         if missing:
             texts += KEYWORDS_PER_QUESTION * len(questions)  # not generated yet: an estimate, all new

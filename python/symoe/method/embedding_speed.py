@@ -1,7 +1,7 @@
 """This machine's keyword-embedding speed, the cost of the matching stage: the embedder's load
 time and seconds per text on the threads NumPy uses. Measured, never assumed: every run's matching
 stage adds what it observed (:func:`observe`), :func:`measure` times the embedder on given texts,
-and the figures live in the cache beside the other machine figures (``machine/``), keyed by host,
+and the figures live in the cache beside the other machine figures (``profiles/``), keyed by host,
 processor and thread count. Before any measurement a prediction uses :data:`UNMEASURED` and says so."""
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def threads() -> int:
 def speed_path(root: Path | None = None) -> Path:
     """This machine's figure file: one per host, processor and thread count."""
     key = "-".join(x or "unknown" for x in (platform.node(), platform.machine())) + f"-{threads()}t"
-    return (root or cache_dir()) / "machine" / f"embedding-{key}.json"
+    return (root or cache_dir()) / "profiles" / f"embedding-{key}.json"
 
 
 def load_speed(root: Path | None = None) -> EmbeddingSpeed:
