@@ -10,7 +10,15 @@ import pytest
 import symoe.pipeline
 from symoe.config.pool import Config
 from symoe.execution import RunOptions
-from symoe.execution.prediction import STAGES, STEP_GROUPS, plan_seconds, plan_step_groups, step_group
+from symoe.execution.prediction import (
+    STAGES,
+    STEP_GROUPS,
+    comparison_rows,
+    forecast_line,
+    plan_seconds,
+    plan_step_groups,
+    step_group,
+)
 from symoe.generation import Sampling
 from symoe.generation.fake import FakeEngine, ScaledClock
 from symoe.method import embedding_speed
@@ -156,3 +164,15 @@ def test_step_groups():
     assert [step_group(k, r) for k, r in (("load", None), ("run", "expert"), ("run", "aggregate"), ("park", None),
                                           ("wake", None), ("unload", None), ("pause", None))] == \
         ["load", "expert run", "aggregate run", "park/wake/unload", "park/wake/unload", "park/wake/unload", "pause"]
+
+
+def test_forecast_line_and_comparison_rows(tmp_path, monkeypatch, cache):
+    routed_without_models(monkeypatch)
+    res, pred = run(tmp_path)
+    c = res.prediction
+    line = forecast_line(c.forecast)
+    assert line.startswith(f"predicted {c.forecast.total / 60:.1f} min: keywords ") and "(prior routing)" in line
+    rows = {r[0].strip(): r[1:] for r in comparison_rows(c)}
+    assert rows["generation"][1] == pred["stages"]["generation"]["predicted_s"]
+    assert rows["whole run"] == [pred["whole_run"][x] for x in ("forecast_s", "predicted_s", "measured_s")]
+    assert {"load", "expert run", "aggregate run", "makespan"} <= set(rows)
