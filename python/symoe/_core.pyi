@@ -95,7 +95,8 @@ def lower_bound(
 # device + tp) and needs its model resident on exactly that group), then predicts its timeline.
 # Returns start, end (per step), busy (per device), makespan (the last run's end: trailing unloads,
 # parks and pauses delay no result), finish (the last step's end), loads, bytes_loaded.
-# Predicted seconds of one run of n requests: overhead + max(n * work per request, one stream) / tp speed-up.
+# Predicted seconds of one run of n requests: overhead + max(n * work per request, one stream) / tp speed-up;
+# with DRAIN_COLUMNS given (a decode curve or length quantiles): overhead + (prefill + the batch's drain) / speed-up.
 def run_seconds(
     model_cost: npt.ArrayLike,  # float64, len(COST_COLUMNS + TOKEN_COLUMNS), optionally + DRAIN_COLUMNS
     role: int,  # 0 expert, 1 aggregate
