@@ -148,6 +148,7 @@ def test_pool_file_measured_form():
     want48 = reference([20, 38, 70, 120], [10, 20, 30, 40, 48, 48, 48, 48], 6, 300.0, a.prefill_tps, a.overhead_s)
     assert capped.run_seconds("a", "expert", 6) == pytest.approx(want48)
     assert capped.model_tokens("b").expert_output == 48
+    assert cfg.run_seconds("a", "keywords", 6, max_tokens=48) == pytest.approx(want48)  # one run's own cap
     again = Config.from_dict(tomllib.loads(cfg.to_toml()))
     assert again.run_seconds("a", "aggregate", 5) == pytest.approx(cfg.run_seconds("a", "aggregate", 5))
 

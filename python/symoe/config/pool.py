@@ -24,16 +24,14 @@ from .pool_file import (
     QUANTILES,
     CostDefaults,
     EngineSettings,
-    ModelEntry,
     PoolFile,
     ReferenceTable,
     Tokens,
     bundled_config_path,
-    cache_dir,
-    check_serving,
     explain,
     read_toml,
 )
+from .resolve import resolve_model
 from .spec import Device, ModelSpec
 from .topology import planning_devices
 
@@ -87,11 +85,12 @@ class Config:
             (m.expert_prompt_tokens, m.expert_output_tokens, m.aggregate_prompt_tokens, m.aggregate_output_tokens),
             (t.expert_prompt, t.expert_output, t.aggregate_prompt, t.aggregate_output))))
 
-    def run_seconds(self, name: str, role: str, n: int, tp: int = 1) -> float:
+    def run_seconds(self, name: str, role: str, n: int, tp: int = 1, max_tokens: int | None = None) -> float:
         """Predicted seconds of one run of ``n`` requests of ``role`` by model ``name`` (the core's
-        formula: throughput bound, never faster than one sequence decoded alone)."""
+        formula, see :mod:`.pool_file`), every output length capped at ``max_tokens`` when given."""
         aggregate = role in ("aggregate", "aggregator-benchmark")
-        return _core.run_seconds(self._cost_row(self.index(name)), int(aggregate), n, tp, float(self.tp_efficiency))
+        cfg = self if max_tokens is None else self.with_max_tokens(max_tokens)
+        return _core.run_seconds(cfg._cost_row(self.index(name)), int(aggregate), n, tp, float(self.tp_efficiency))
 
     def load_seconds(self, name: str) -> float:
         """Predicted seconds of a cold load of model ``name`` (start + weights / bandwidth + init)."""
@@ -188,7 +187,7 @@ class Config:
             raise SymoeError(explain(e, data, source)) from None
         dv = f.devices
         devices = tuple(Device(dv.memory_gb * GB, dv.overlap_load, dv.host_memory_gb * GB) for _ in range(dv.count))
-        models = tuple(_resolve(f.defaults, m, i, base, source) for i, m in enumerate(f.model))
+        models = tuple(resolve_model(f.defaults, m, i, base, source) for i, m in enumerate(f.model))
         if f.cluster is not None:  # listed nodes: their devices (discovered ones: when a run asks the cluster)
             devices = planning_devices(f.cluster, f.engine.platform, dv.memory_gb, dv.overlap_load, source) or devices
         try:
@@ -229,51 +228,6 @@ class Config:
                    Tokens(**d["tokens"]), d["tp_efficiency"], d["pause_s"],
                    engine=EngineSettings.model_validate(d.get("engine", {})),
                    cluster=ClusterTable.model_validate(d["cluster"]) if d.get("cluster") else None)
-
-
-def _resolve(d: CostDefaults, m: ModelEntry, i: int, base: Path | None, source: str) -> ModelSpec:
-    """A model's figures: its own, else ``[defaults]``', else derived (load time from size and bandwidth)."""
-    g = CostDefaults(**{**d.model_dump(), **m.model_dump(include=set(CostDefaults.model_fields) & m.model_fields_set)})
-    where = f"{source} [[model]] #{i + 1} ({m.name})"
-    check_serving(m, where)
-    if m.weight_bytes is not None:
-        wb = m.weight_bytes
-    elif m.endpoint is not None:  # remote: nothing held locally, nothing to load
-        wb, m = 0.0, m.model_copy(update={"load_s": m.load_s or 0.0, "extra_bytes": m.extra_bytes or 0.0,
-                                          "park_s": -1.0})  # never parked: it holds nothing here
-        g = g.model_copy(update={"unload_s": 0.0 if "unload_s" not in m.model_fields_set else g.unload_s})
-    elif m.weight_gb is not None:
-        wb = m.weight_gb * GB
-    elif m.params_b is not None:
-        wb = m.params_b * 1e9 * g.dtype_bytes
-    else:
-        raise SymoeError(f"{where}: give weight_bytes, weight_gb or params_b (or an endpoint)")
-    extra = m.extra_bytes if m.extra_bytes is not None else \
-        g.extra_gb * GB if g.extra_gb is not None else wb * g.extra_fraction
-    h2d = g.h2d_bandwidth_gbps * GB
-    path = m.path
-    if path and "{cache}" in path:
-        path = path.replace("{cache}", str(cache_dir()))
-    if path and base is not None and not Path(path).is_absolute() and (base / path).exists():
-        path = str((base / path).resolve())
-    return ModelSpec(
-        name=m.name, path=path, weight_bytes=wb, extra_bytes=extra,
-        load_s=m.load_s if m.load_s is not None else g.start_s + wb / (g.load_bandwidth_gbps * GB) + g.init_s,
-        unload_s=g.unload_s,
-        park_s=m.park_s if m.park_s is not None else wb / h2d if g.sleep else -1.0,
-        wake_s=m.wake_s if m.wake_s is not None else wb / h2d if g.sleep else 0.0,
-        overhead_s=g.overhead_s, prefill_tps=g.prefill_tps, decode_tps=g.decode_tps, stream_tps=g.stream_tps,
-        chat=m.chat, max_tokens=m.max_tokens, max_model_len=m.max_model_len, trust_remote_code=m.trust_remote_code,
-        expert_prompt_tokens=m.expert_prompt_tokens, expert_output_tokens=m.expert_output_tokens,
-        aggregate_prompt_tokens=m.aggregate_prompt_tokens, aggregate_output_tokens=m.aggregate_output_tokens,
-        endpoint=m.endpoint, served_name=m.served_name, api_key_env=m.api_key_env, max_concurrency=m.max_concurrency,
-        serve=m.serve, decode_curve=None if g.decode_curve is None else tuple(g.decode_curve), max_seqs=g.max_seqs,
-        expert_output_quantiles=_tuple(m.expert_output_quantiles),
-        aggregate_output_quantiles=_tuple(m.aggregate_output_quantiles))
-
-
-def _tuple(v: list[float] | None) -> tuple[float, ...] | None:
-    return None if v is None else tuple(v)
 
 
 def to_toml(cfg: Config) -> str:
