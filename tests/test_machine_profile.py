@@ -14,7 +14,7 @@ from symoe.cli import main
 from symoe.config import profile
 from symoe.config.pool import GB, Config
 from symoe.execution.calibration import observe
-from symoe.execution.measure import curve_point, load_phases
+from symoe.execution.measure import curve_point, kv_tokens, load_phases
 from symoe.execution.report import RunReport, StepRecord
 from symoe.generation.engine import BatchInfo
 from symoe.planning.steps import StepKind
@@ -47,7 +47,7 @@ def pool(tmp_path) -> Config:
 def measured(cfg: Config) -> profile.Profile:
     p = profile.load(cfg.engine.platform)
     mp = profile.ModelProfile(start_s=3.0, read_gbps=0.25, init_s=1.0, load_s=9.0, prefill_tps=500.0,
-                              decode_curve=[10.0, 25.0, 30.0, 20.0])  # noisy: faster than 2x, then slower
+                              decode_curve=[10.0, 25.0, 30.0, 20.0], kv_tokens=6000)  # noisy: faster than 2x, then slower
     profile.add_lengths(mp, "expert", 256, list(range(10, 250, 10)))
     p.models[profile.model_key(cfg.model("small"))] = mp
     return p
@@ -62,10 +62,11 @@ def test_profile_figures_replace_the_configs(tmp_path):
     assert got.load_seconds("small") == pytest.approx(3.0 + 1.0 * GB / 0.25e9 + 1.0)
     assert small.decode_curve == (10.0, 20.0, 30.0, 30.0)  # made valid: at most doubling, never slower
     assert small.prefill_tps == 500.0
+    assert small.max_seqs == 6000 // (300 + 256)  # the KV cache holds that many expert requests at the run's cap
     assert small.expert_output_quantiles is not None and len(small.expert_output_quantiles) == 16
     other = got.model("other")  # not in the profile: the config's figures (lengths capped at the run's 256)
     assert (other.load_s, other.decode_curve, other.expert_output_tokens) == (cfg.model("other").load_s, None, 256)
-    assert "small (load, prefill_tps, decode_curve, lengths)" in note and "other: all" in note
+    assert "small (load, prefill_tps, decode_curve, max_seqs, lengths)" in note and "other: all" in note
     # A run at 48 new tokens caps the lengths observed at 256 (seeded: the first 48 tokens are the same).
     capped, _ = profile.apply(cfg, max_tokens=48, profile=p)
     assert max(capped.model("small").expert_output_quantiles or ()) == 48
@@ -117,7 +118,9 @@ def test_load_phases_from_vllm_log(tmp_path):
     log = tmp_path / "w.log"
     log.write_text("INFO [default_loader.py:291] Loading weights took 1.84 seconds\n"
                    "INFO [core.py:98] init engine (profile, create kv cache, warmup model) took 6.20 seconds\n")
-    assert load_phases(log) == (1.84, 6.2)
+    assert load_phases(log) == (1.84, 6.2) and kv_tokens(log) is None
+    log.write_text("INFO [kv_cache_utils.py:2327] CPU KV cache size: 23,296 tokens, Maximum concurrency ...\n")
+    assert kv_tokens(log) == 23296
     log.write_text("nothing timed\n")
     assert load_phases(log) is None
 

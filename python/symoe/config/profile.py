@@ -44,6 +44,7 @@ class ModelProfile(BaseModel):
     load_s: float | None = None       # the whole load as measured (start + read + init)
     prefill_tps: float | None = None
     decode_curve: list[float] | None = None  # tokens/s at 1, 2, 4, ... sequences in flight
+    kv_tokens: int | None = None      # the KV cache's size: sequences in flight <= kv_tokens / (prompt + cap)
     # Output lengths by role, then by the max_tokens they were generated with ("256": [...]):
     # calibration's own, and the store's after each run (replaced, so a rerun adds nothing twice).
     lengths: dict[str, dict[str, list[int]]] = Field(default_factory=dict)
@@ -173,8 +174,9 @@ def clean_curve(rates: list[float]) -> tuple[float, ...]:
     return tuple(out)
 
 
-def apply_model(m: ModelSpec, mp: ModelProfile, cap: int | None) -> tuple[ModelSpec, list[str]]:
-    """``m`` with the profile's figures; the names of those it took."""
+def apply_model(m: ModelSpec, mp: ModelProfile, cap: int | None, prompt: float = 0.0) -> tuple[ModelSpec, list[str]]:
+    """``m`` with the profile's figures (``prompt``: its expert prompt tokens, for what its KV cache
+    holds); the names of those it took."""
     upd: dict[str, object] = {}
     if mp.start_s is not None and mp.read_gbps and mp.init_s is not None:
         upd["load_s"] = mp.start_s + m.weight_bytes / (mp.read_gbps * GB) + mp.init_s
@@ -186,6 +188,8 @@ def apply_model(m: ModelSpec, mp: ModelProfile, cap: int | None) -> tuple[ModelS
         upd["prefill_tps"] = mp.prefill_tps
     if mp.decode_curve:
         upd["decode_curve"] = clean_curve(mp.decode_curve)
+    if mp.kv_tokens and cap:
+        upd["max_seqs"] = max(1, int(mp.kv_tokens // (prompt + (m.max_tokens or cap))))
     for role in ROLES:
         ls = lengths_for(mp, role, m.max_tokens or cap)
         if ls:
@@ -210,7 +214,7 @@ def apply(cfg: Config, max_tokens: int | None = None, aggregate_max_tokens: int 
         mp = p.models.get(model_key(m)) if m.endpoint is None else None
         names: list[str] = []
         if mp is not None:
-            m, names = apply_model(m, mp, cap)
+            m, names = apply_model(m, mp, cap, cfg.model_tokens(m.name).expert_prompt)
         models.append(m)
         (took if names else kept).append(f"{m.name} ({', '.join(names)})" if names else m.name)
     out = replace(cfg, models=tuple(models))

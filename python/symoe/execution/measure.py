@@ -27,6 +27,7 @@ PROMPT = ({"role": "user", "content": "Write a short story about a lighthouse ke
 # vLLM's INFO lines that time the load's phases (weights read; KV cache, profiling and warm-up)
 _WEIGHTS = re.compile(r"Loading weights took ([0-9.]+) ?s")
 _INIT = re.compile(r"init engine \(.*?\) took ([0-9.]+) ?s")
+_KV = re.compile(r"KV cache size: ([0-9,]+) tokens")
 
 Progress = Callable[[str], None]
 
@@ -55,6 +56,15 @@ def load_phases(log: Path) -> tuple[float, float] | None:
     return (float(w[-1]), float(i[-1])) if w and i else None
 
 
+def kv_tokens(log: Path) -> int | None:
+    """Tokens the engine's KV cache holds, from the worker's log."""
+    try:
+        found = _KV.findall(log.read_text(errors="replace"))
+    except OSError:
+        return None
+    return int(found[-1].replace(",", "")) if found else None
+
+
 def curve_point(b: int, info: BatchInfo, tokens: int) -> tuple[float, float | None]:
     """(decode tokens/s with b in flight, prefill tokens/s) of one fixed-length batch: the first token
     ends the prefill, every later step decodes all b."""
@@ -79,7 +89,7 @@ def measure_model(cfg: Config, name: str, questions: Sequence[Question], aggrega
         t0 = time.perf_counter()
         eng.load(settings, f"calibrate load {name}", NO_DEADLINE, keep_spare=False)
         mp.load_s = time.perf_counter() - t0
-        phases = load_phases(log)
+        phases, mp.kv_tokens = load_phases(log), kv_tokens(log)
         if phases and phases[0] > 0:
             mp.read_gbps = m.weight_bytes / phases[0] / 1e9
             mp.init_s = phases[1]
@@ -98,8 +108,10 @@ def measure_model(cfg: Config, name: str, questions: Sequence[Question], aggrega
         sampling = Sampling.for_pool(cfg)
         build = Requests(cfg, sampling)
         got: list[Generation] = []
-        eng.generate(name, [build.expert(name, q, 0) for q in questions], got.append, f"calibrate {name} answers",
-                     NO_DEADLINE)
+        info = eng.generate(name, [build.expert(name, q, 0) for q in questions], got.append, f"calibrate {name} answers",
+                            NO_DEADLINE)
+        if info.first_token_s:  # real prompts' prefill (the curve's short prompt mostly times the step overhead)
+            mp.prefill_tps = info.prompt_tokens / info.first_token_s
         add_lengths(mp, "expert", m.max_tokens or sampling.max_tokens, [g.tokens for g in got])
         say(f"expert lengths {sorted(g.tokens for g in got)}")
         if aggregate:
