@@ -210,8 +210,8 @@ def test_a_tensor_parallel_plan_is_refused_before_the_cluster_is_touched(monkeyp
     agg = "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"
     a = symoe.Assignment((agg,), np.zeros((4, 1), dtype=np.int64), tuple(f"q{i}" for i in range(4)))
     p = symoe.plan(a, paper.with_devices(2), aggregator=agg, strategy="reference")
-    runs = p.arrays["kind"] == StepKind.RUN
-    assert (p.arrays["tp"][runs] == 2).all()
+    runs = p.arrays.kind == StepKind.RUN
+    assert (p.arrays.tp[runs] == 2).all()
 
     def touched(*args, **kwargs):
         raise AssertionError("the cluster was touched")

@@ -101,7 +101,7 @@ def test_valid_calls_succeed():
     r = _core.route(**ROUTE_ARGS)
     assert r["experts"].shape == (4, 3)
     p = PLANS[0]
-    assert _core.simulate({"devices": len(p.config.devices), **p.arrays}, **plan_args(p))["makespan"] > 0
+    assert _core.simulate({"devices": len(p.config.devices), **p.arrays.as_dict()}, **plan_args(p))["makespan"] > 0
     assert 0 <= _core.uniform(1, 2, 0, 3) < 1
 
 
@@ -188,7 +188,7 @@ def test_planning_inputs_fuzz(which, fn, names, data):
         if n in args:
             args[n] = hostile(data.draw, args[n]) if args[n] is not None else data.draw(st.one_of(scalars, plain_arrays))
     if fn == "simulate":
-        r = call(_core.simulate, {"devices": len(p.config.devices), **p.arrays}, **args)
+        r = call(_core.simulate, {"devices": len(p.config.devices), **p.arrays.as_dict()}, **args)
     else:
         r = call(getattr(_core, fn), **args)
     if fn == "make_plan" and r is not None:  # whatever the planner makes must simulate
@@ -199,7 +199,7 @@ def test_planning_inputs_fuzz(which, fn, names, data):
 @given(which=st.integers(0, len(PLANS) - 1), field=st.sampled_from(PLAN_FIELDS), data=st.data())
 def test_simulate_mutated_plans_fuzz(which, field, data):
     p = PLANS[which]
-    plan = {"devices": len(p.config.devices), **{k: v.copy() for k, v in p.arrays.items()}}
+    plan = {"devices": len(p.config.devices), **{k: v.copy() for k, v in p.arrays.as_dict().items()}}
     how = data.draw(st.sampled_from(["one", "one", "one", "hostile", "drop"]))
     if how == "drop":
         del plan[field]
@@ -225,8 +225,8 @@ def test_every_single_field_change_of_a_plan(which):
     D = len(p.config.devices)
     for field in ("kind", "role", "device", "model", "tp", "item_begin", "item_end"):
         for s in range(p.n_steps):
-            for v in (-1, 0, D, D + 1, len(p.arrays["items"]) + 1, 2**31 - 1):
-                arrays = {k: a.astype(np.int64) if a.dtype.kind != "f" else a for k, a in p.arrays.items()}
+            for v in (-1, 0, D, D + 1, len(p.arrays.items) + 1, 2**31 - 1):
+                arrays = {k: a.astype(np.int64) if a.dtype.kind != "f" else a for k, a in p.arrays.as_dict().items()}
                 arrays[field][s] = v
                 call(_core.simulate, {"devices": D, **arrays}, **plan_args(p))
 

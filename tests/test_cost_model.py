@@ -163,7 +163,7 @@ def test_long_reasoning_experts_are_replicated():
     loads = {}
     for label, c in (("long", cfg), ("equal", equal)):
         p = symoe.plan(a, c, optimize_s=0)
-        loads[label] = int(np.sum((p.arrays["kind"] == 0) & (p.arrays["model"] == r1)))
+        loads[label] = int(np.sum((p.arrays.kind == 0) & (p.arrays.model == r1)))
         assert p.gap < 0.05
     assert loads["long"] >= 2 and loads["equal"] == 1
 

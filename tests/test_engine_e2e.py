@@ -211,8 +211,8 @@ def test_two_devices_with_cross_device_aggregation(bench_data, smol_config, tmp_
     qs = load_questions(bench_data / "MMLU_Pro_test.json", limit=4)
     a = symoe.Assignment(cfg.names, np.array([[0, 1]] * 4), tuple(q.id for q in qs))
     p = symoe.plan(a, cfg, aggregator="smol-a")
-    runs = p.arrays["kind"] == symoe.planning.plan.StepKind.RUN
-    assert set(p.arrays["device"][runs & (p.arrays["role"] == symoe.planning.plan.Role.EXPERT)]) == {0, 1}
+    runs = p.arrays.kind == symoe.planning.plan.StepKind.RUN
+    assert set(p.arrays.device[runs & (p.arrays.role == symoe.planning.plan.Role.EXPERT)]) == {0, 1}
     with Store(tmp_path / "s.sqlite") as store:
         r = run_plan(p, qs, store, tmp_path / "run", Sampling(max_tokens=32, aggregate_max_tokens=32), options=QUIET)
         assert store.count("expert") == 8 and store.count("aggregate") == 4
@@ -293,7 +293,7 @@ def test_overlapped_load_runs_beside_generation(bench_data, smol_config, tmp_pat
     qs = load_questions(bench_data / "MMLU_Pro_test.json", limit=6)
     a = symoe.Assignment(cfg.names, np.array([[0, 1]] * 6), tuple(q.id for q in qs))
     p = symoe.plan(a, cfg)
-    kinds = [symoe.planning.plan.STEP_KINDS[k] for k in p.arrays["kind"]]
+    kinds = [symoe.planning.plan.STEP_KINDS[k] for k in p.arrays.kind]
     assert kinds[:3] == ["load", "load", "run"]  # the plan prefetches the second model
     with Store(tmp_path / "s.sqlite") as store:
         r = run_plan(p, qs, store, tmp_path / "run", Sampling(max_tokens=48), options=QUIET)

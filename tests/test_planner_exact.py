@@ -34,7 +34,7 @@ import pytest
 import symoe
 from symoe import Config, Device, ModelSpec, Tokens, _core
 from symoe.config.pool import GB
-from symoe.planning.steps import ARRAY_DTYPES
+from symoe.planning.steps import PlanArrays
 
 LOAD, RUN, UNLOAD, PARK, WAKE, PAUSE = range(6)
 EXPERT, AGG = 0, 1
@@ -423,7 +423,7 @@ def check_memory_timeline(p: symoe.Plan) -> None:
     for d in range(len(cfg.devices)):
         dev_iv, host_iv, open_at = [], [], {}
         for s in range(p.n_steps):
-            d0, tp, m, kind = int(a["device"][s]), int(a["tp"][s]), int(a["model"][s]), int(a["kind"][s])
+            d0, tp, m, kind = int(a.device[s]), int(a.tp[s]), int(a.model[s]), int(a.kind[s])
             if not d0 <= d < d0 + tp or kind in (RUN, PAUSE):
                 continue
             mc = cfg.models[m]
@@ -497,11 +497,11 @@ def without_trailing_unloads(p: symoe.Plan) -> float:
     a, t = p.arrays, p.timeline
     last_work = {}
     for s in range(p.n_steps):
-        if a["kind"][s] in (LOAD, WAKE, RUN, PAUSE):
-            for e in range(a["device"][s], a["device"][s] + a["tp"][s]):
+        if a.kind[s] in (LOAD, WAKE, RUN, PAUSE):
+            for e in range(a.device[s], a.device[s] + a.tp[s]):
                 last_work[e] = s
     return max(t.end[s] for s in range(p.n_steps)
-               if a["kind"][s] not in (UNLOAD, PARK) or s < last_work.get(int(a["device"][s]), -1))
+               if a.kind[s] not in (UNLOAD, PARK) or s < last_work.get(int(a.device[s]), -1))
 
 
 def quality_instance(seed: int) -> Instance:
@@ -641,8 +641,7 @@ def test_random_tensor_parallel_plans():
         except ValueError:
             continue
         accepted += 1
-        typed = {k: v.astype(ARRAY_DTYPES[k]) for k, v in arrays.items()}
-        p = symoe.Plan("hand", inst.cfg, inst.experts, inst.agg, typed)
+        p = symoe.Plan("hand", inst.cfg, inst.experts, inst.agg, PlanArrays.of(arrays))
         p.timeline = symoe.simulate(p)
         p.validate()
         check_memory_timeline(p)
@@ -735,11 +734,11 @@ def test_hole3_tensor_parallel_reference():
     cfg = Config(cfg.models, cfg.with_devices(4).devices, cfg.tokens, cfg.tp_efficiency, 0.0)
     inst = Instance(cfg, [[0, 0, 0]])
     p = inst.plan("reference")
-    assert set(p.arrays["tp"].tolist()) == {4}
+    assert set(p.arrays.tp.tolist()) == {4}
     old = cfg.models[0].load_s + inst.dur(0, EXPERT, 1)
     assert old == pytest.approx(41.03)
     assert p.makespan == pytest.approx(38.03, abs=0.01)
-    assert _core.simulate({"devices": 4, **p.arrays}, **inst.args())["finish"] == pytest.approx(40.03, abs=0.01)
+    assert _core.simulate({"devices": 4, **p.arrays.as_dict()}, **inst.args())["finish"] == pytest.approx(40.03, abs=0.01)
     assert p.lower_bound <= p.makespan < old
 
 
@@ -790,7 +789,7 @@ def test_mixed_tensor_parallel_plan_keeps_list_order_on_every_device():
     inst = Instance(cfg, [[1]], [0])
     r = _core.simulate(arrays, **inst.args())
     assert r["start"][3] >= r["end"][2]  # X loads after Y is unloaded
-    p = symoe.Plan("hand", cfg, inst.experts, inst.agg, {k: v for k, v in arrays.items() if k != "devices"})
+    p = symoe.Plan("hand", cfg, inst.experts, inst.agg, PlanArrays.of(arrays))
     p.timeline = symoe.simulate(p)
     check_memory_timeline(p)
     # The same plan listed the other way round (X first) is rejected: Y would not fit beside X.
@@ -843,14 +842,14 @@ def test_unequal_devices(memory, strategy):
     check_memory_timeline(p)
     assert p.makespan >= p.lower_bound
     a = p.arrays
-    for s in np.flatnonzero(a["model"] == 0):  # the big model only where its shards fit
-        assert all(memory[e] * a["tp"][s] >= 32 for e in range(a["device"][s], a["device"][s] + a["tp"][s]))
+    for s in np.flatnonzero(a.model == 0):  # the big model only where its shards fit
+        assert all(memory[e] * a.tp[s] >= 32 for e in range(a.device[s], a.device[s] + a.tp[s]))
     if strategy == "naive":  # the small model still uses every device
-        assert set(a["device"][a["model"] == 1].tolist()) == set(range(len(memory)))
+        assert set(a.device[a.model == 1].tolist()) == set(range(len(memory)))
     if strategy == "reference":  # the widest group of devices that holds each model's shards
         tp_big = {(80.0, 10.0): 1, (10.0, 80.0): 1, (10.0, 80.0, 80.0): 2, (80.0, 10.0, 80.0): 1}[memory]
-        assert set(a["tp"][a["model"] == 0].tolist()) == {tp_big}
-        assert set(a["tp"][a["model"] == 1].tolist()) == {len(memory)}
+        assert set(a.tp[a.model == 0].tolist()) == {tp_big}
+        assert set(a.tp[a.model == 1].tolist()) == {len(memory)}
 
 
 def test_bound_counts_only_devices_a_model_can_use():
@@ -897,7 +896,7 @@ def test_placement_cases_reach_the_optimum(case):
     p = inst.plan("symoe")
     opt, _ = optimum(inst, math.inf)
     assert without_trailing_unloads(p) == pytest.approx(opt, rel=1e-9)
-    loads = p.arrays["model"][p.arrays["kind"] == LOAD].tolist()
+    loads = p.arrays.model[p.arrays.kind == LOAD].tolist()
     assert sorted(loads) == sorted(set(loads))  # every model loaded once
 
 
@@ -911,7 +910,7 @@ def test_aggregation_while_its_model_is_resident():
     p = inst.plan("symoe")
     opt, _ = optimum(inst, math.inf)
     assert p.makespan == pytest.approx(opt, rel=1e-9)
-    loads = p.arrays["model"][p.arrays["kind"] == LOAD].tolist()
+    loads = p.arrays.model[p.arrays.kind == LOAD].tolist()
     assert sorted(loads) == [0, 1]
 
 
@@ -924,7 +923,7 @@ def test_last_expert_job_fits_beside_the_aggregator():
     p = inst.plan("symoe")
     opt, _ = optimum(inst, math.inf)
     assert p.makespan == pytest.approx(opt, rel=1e-9)
-    runs = p.arrays["model"][p.arrays["kind"] == RUN].tolist()
+    runs = p.arrays.model[p.arrays.kind == RUN].tolist()
     assert runs == [0, 1, 2]
 
 

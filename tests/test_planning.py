@@ -33,16 +33,16 @@ def check_plan_invariants(p: symoe.Plan):
     expert_end = np.zeros(N)
     agg_start = np.full(N, np.inf)
     for s in range(p.n_steps):
-        kind = STEP_KINDS[a["kind"][s]]
+        kind = STEP_KINDS[a.kind[s]]
         if kind != "run":
             continue
-        items = a["items"][a["item_begin"][s]:a["item_end"][s]]
-        if a["role"][s] == 0:
-            assert (p.experts.ravel()[items] == a["model"][s]).all()
+        items = a.items[a.item_begin[s]:a.item_end[s]]
+        if a.role[s] == 0:
+            assert (p.experts.ravel()[items] == a.model[s]).all()
             np.add.at(ran, items, 1)
             np.maximum.at(expert_end, items // k, t.end[s])
         else:
-            assert (p.aggregator[items] == a["model"][s]).all()
+            assert (p.aggregator[items] == a.model[s]).all()
             np.add.at(aggregated, items, 1)
             np.minimum.at(agg_start, items, t.start[s])
     assert (ran == 1).all(), "every (question, slot) runs exactly once"
@@ -55,10 +55,10 @@ def check_plan_invariants(p: symoe.Plan):
     # (a tensor-parallel step: 1/tp of it on each device it spans).
     for d in range(len(cfg.devices)):
         intervals, open_at = [], {}
-        for s in np.flatnonzero((a["device"] <= d) & (d < a["device"] + a["tp"])):
-            kind, m = STEP_KINDS[a["kind"][s]], int(a["model"][s])
+        for s in np.flatnonzero((a.device <= d) & (d < a.device + a.tp)):
+            kind, m = STEP_KINDS[a.kind[s]], int(a.model[s])
             if kind in ("load", "wake"):
-                open_at[m] = t.start[s], cfg.models[m].resident_bytes / a["tp"][s]
+                open_at[m] = t.start[s], cfg.models[m].resident_bytes / a.tp[s]
             elif kind in ("unload", "park"):
                 b, size = open_at.pop(m)
                 intervals.append((b, t.end[s], size))
@@ -91,8 +91,8 @@ def test_property_plans_are_valid(w, strategy):
     p.validate()
     check_plan_invariants(p)
     q = symoe.Plan.from_json_text(p.to_json())
-    for name in p.arrays:
-        assert np.array_equal(p.arrays[name], q.arrays[name])
+    for name in p.arrays.as_dict():
+        assert np.array_equal(p.arrays.as_dict()[name], q.arrays.as_dict()[name])
     assert q.makespan == p.makespan and q.lower_bound == p.lower_bound
     if strategy == "symoe" and w["devices"] == 1:
         ref = symoe.plan(a, cfg, aggregator=agg, strategy="reference")
@@ -109,7 +109,7 @@ def test_one_device_without_coresidency_loads_each_model_once(sizes, N, seed):
     agg = cfg.names[int(rng.integers(len(sizes)))]
     p = symoe.plan(a, cfg, aggregator=agg)
     used = set(a.experts.ravel().tolist()) | {cfg.index(agg)}
-    loads = p.arrays["model"][p.arrays["kind"] == STEP_KINDS.index("load")]
+    loads = p.arrays.model[p.arrays.kind == STEP_KINDS.index("load")]
     assert sorted(loads.tolist()) == sorted(used)
     check_plan_invariants(p)
 
@@ -119,7 +119,7 @@ def test_coresidency_prefetch_overlaps_loads_with_generation():
     a = assignment(cfg.names, np.array([[0, 1, 2]] * 200))
     p = symoe.plan(a, cfg)
     t = p.timeline
-    kinds = [STEP_KINDS[x] for x in p.arrays["kind"]]
+    kinds = [STEP_KINDS[x] for x in p.arrays.kind]
     loads = [s for s, k in enumerate(kinds) if k == "load"]
     runs = [s for s, k in enumerate(kinds) if k == "run"]
     # Some load runs while an earlier run generates.
@@ -133,7 +133,7 @@ def test_replication_balances_a_dominant_expert():
     experts = np.zeros((2000, 3), dtype=np.int64)
     experts[:50, 2] = 1
     p = symoe.plan(assignment(cfg.names, experts), cfg)
-    loads0 = np.sum((p.arrays["kind"] == 0) & (p.arrays["model"] == 0))
+    loads0 = np.sum((p.arrays.kind == 0) & (p.arrays.model == 0))
     assert loads0 >= 3  # the heavy expert is replicated
     assert p.gap < 0.05
     single = symoe.plan(assignment(cfg.names, experts), cfg, replicate=False)
@@ -144,9 +144,9 @@ def test_aggregator_that_is_also_an_expert_loads_once():
     cfg = make_config([5, 5, 5], memory=12)  # one model at a time
     a = assignment(cfg.names, np.array([[0, 1, 2], [2, 2, 1]] * 30))
     p = symoe.plan(a, cfg, aggregator="m2")
-    assert np.sum((p.arrays["kind"] == 0) & (p.arrays["model"] == 2)) == 1
+    assert np.sum((p.arrays.kind == 0) & (p.arrays.model == 2)) == 1
     ref = symoe.plan(a, cfg, aggregator="m2", strategy="reference")
-    assert np.sum((ref.arrays["kind"] == 0) & (ref.arrays["model"] == 2)) == 2  # the authors reload it
+    assert np.sum((ref.arrays.kind == 0) & (ref.arrays.model == 2)) == 2  # the authors reload it
 
 
 def test_reference_schedule_shape():
@@ -167,10 +167,10 @@ def test_naive_with_sleep_mode_parks_and_wakes():
     cfg = make_config([5, 6], host=100, sleep=True)
     a = assignment(cfg.names, np.array([[0, 1, 0]] * 5))
     p = symoe.plan(a, cfg, strategy="naive")
-    kinds = [STEP_KINDS[x] for x in p.arrays["kind"]]
+    kinds = [STEP_KINDS[x] for x in p.arrays.kind]
     assert kinds.count("load") == 2 and kinds.count("wake") == 13 and kinds.count("park") == 15
     cold = symoe.plan(a, cfg.with_sleep(False), strategy="naive")
-    assert [STEP_KINDS[x] for x in cold.arrays["kind"]].count("load") == 15
+    assert [STEP_KINDS[x] for x in cold.arrays.kind].count("load") == 15
     assert p.makespan < cold.makespan
     # What-if on the same plan: the simulator under other cost figures.
     slower = symoe.simulate(p, cfg.with_sleep(True, h2d_bandwidth_gbps=1.0))
@@ -229,16 +229,15 @@ def test_validate_catches_tampered_plans():
     p = symoe.plan(a, cfg, aggregator="m0")
     p.validate()
     def copy(plan):
-        return symoe.Plan(plan.strategy, plan.config, plan.experts, plan.aggregator,
-                          {k: v.copy() for k, v in plan.arrays.items()})
+        return symoe.Plan(plan.strategy, plan.config, plan.experts, plan.aggregator, plan.arrays.copy())
 
     bad = copy(p)
-    bad.arrays["items"][0] = bad.arrays["items"][1]  # one slot twice, another never
+    bad.arrays.items[0] = bad.arrays.items[1]  # one slot twice, another never
     with pytest.raises(ValueError, match=r"runs [02] times, expected once|wrong model"):
         bad.validate()
     bad = copy(p)
-    first_unload = int(np.flatnonzero(bad.arrays["kind"] == 2)[0])
-    bad.arrays["kind"][first_unload] = 5  # drop an unload: the next load exceeds memory
+    first_unload = int(np.flatnonzero(bad.arrays.kind == 2)[0])
+    bad.arrays.kind[first_unload] = 5  # drop an unload: the next load exceeds memory
     with pytest.raises(ValueError, match="memory exceeded|loaded while already"):
         bad.validate()
 
@@ -295,14 +294,14 @@ def test_simulate_keeps_converted_arrays_alive(convert):
     cfg = make_config([5, 6], devices=2)
     p = symoe.plan(assignment(cfg.names, np.array([[0, 1], [1, 1], [0, 0]] * 100)), cfg, aggregator="m1")
     args = core_plan_args(p)
-    want = symoe.planning.plan._core.simulate({"devices": 2, **p.arrays}, **args)
-    plan = {"devices": 2, **{k: convert(v) for k, v in p.arrays.items()}}
+    want = symoe.planning.plan._core.simulate({"devices": 2, **p.arrays.as_dict()}, **args)
+    plan = {"devices": 2, **{k: convert(v) for k, v in p.arrays.as_dict().items()}}
     got = symoe.planning.plan._core.simulate(plan, **{**args, "aggregator": convert(p.aggregator), "experts": convert(p.experts)})
     assert np.array_equal(got["end"], want["end"]) and got["makespan"] == want["makespan"]
     bad = p.aggregator.astype(np.int32)
     bad[3] = 7
     with pytest.raises(ValueError, match=r"aggregator id 7 \(question 3\) outside \[-1, 2\)"):
-        symoe.planning.plan._core.simulate({"devices": 2, **p.arrays}, **{**args, "aggregator": bad.tolist()})
+        symoe.planning.plan._core.simulate({"devices": 2, **p.arrays.as_dict()}, **{**args, "aggregator": bad.tolist()})
 
 
 def _reference_plan():
@@ -339,8 +338,8 @@ _PAUSE = 3  # the reference plan's first pause step (tp = 2 over both devices)
 ])
 def test_every_plan_field_is_range_checked(field, step, value, match):
     p = _reference_plan()
-    assert p.arrays["kind"][_PAUSE] == STEP_KINDS.index("pause") and p.arrays["tp"][_PAUSE] == 2
-    arrays = {k: v.copy() for k, v in p.arrays.items()}
+    assert p.arrays.kind[_PAUSE] == STEP_KINDS.index("pause") and p.arrays.tp[_PAUSE] == 2
+    arrays = {k: v.copy() for k, v in p.arrays.as_dict().items()}
     if arrays[field].dtype.kind == "i" and not np.can_cast(np.min_scalar_type(value), arrays[field].dtype):
         arrays[field] = arrays[field].astype(np.int64)  # the binding takes any integer dtype
     arrays[field][step] = value
@@ -353,11 +352,11 @@ def test_malformed_plan_dicts():
     args = core_plan_args(p)
     sim = symoe.planning.plan._core.simulate
     for plan, match in [
-        ({"devices": 2**40, **p.arrays}, r"plan devices must be an integer in .*got 1099511627776"),
-        ({"devices": 3, **p.arrays}, r"plan has 3 devices, the cost model 2"),
-        ({"devices": 2, **{**p.arrays, "tp": p.arrays["tp"][:-1]}}, r"1-D of one length: kind has shape \(15,\), tp \(14,\)"),
-        ({"devices": 2, **{**p.arrays, "seconds": p.arrays["seconds"].astype(str)}}, "plan seconds must be an array of real"),
-        ({"devices": 2, **{**p.arrays, "items": p.arrays["items"] + 0.5}}, "plan items must be an array of integers"),
+        ({"devices": 2**40, **p.arrays.as_dict()}, r"plan devices must be an integer in .*got 1099511627776"),
+        ({"devices": 3, **p.arrays.as_dict()}, r"plan has 3 devices, the cost model 2"),
+        ({"devices": 2, **p.arrays.as_dict(), "tp": p.arrays.tp[:-1]}, r"1-D of one length: kind has shape \(15,\), tp \(14,\)"),
+        ({"devices": 2, **p.arrays.as_dict(), "seconds": p.arrays.seconds.astype(str)}, "plan seconds must be an array of real"),
+        ({"devices": 2, **p.arrays.as_dict(), "items": p.arrays.items + 0.5}, "plan items must be an array of integers"),
         ({"devices": 2}, "plan has no 'kind'"),
         ([1, 2], r"plan must be a dict of step arrays, got \[1, 2\]"),
     ]:
@@ -384,5 +383,6 @@ def test_local_search_balances_whole_models_over_devices():
     p = symoe.plan(a, cfg, aggregator=agg, optimize_s=0)
     assert p.makespan < 256.0
     q = symoe.plan(a, cfg, aggregator=agg, optimize_s=0)
-    assert all(np.array_equal(p.arrays[k], q.arrays[k]) for k in p.arrays)
+    pa, qa = p.arrays.as_dict(), q.arrays.as_dict()
+    assert all(np.array_equal(pa[k], qa[k]) for k in pa)
     check_plan_invariants(p)

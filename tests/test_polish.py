@@ -76,7 +76,7 @@ def test_polished_plans_are_valid_and_within_memory(suite):
         q = r.plan
         q.validate()  # the core's validator and simulator, then aggregation after its experts
         check_memory_timeline(q)
-        again = _core.simulate({"devices": inst.D, **q.arrays}, **inst.args())
+        again = _core.simulate({"devices": inst.D, **q.arrays.as_dict()}, **inst.args())
         assert again["makespan"] == pytest.approx(q.makespan, rel=1e-12)
         improved += r.improved
     assert improved >= 5  # the solver's plans do replace heuristic ones
@@ -189,8 +189,8 @@ def plan_digest(p: symoe.Plan) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    for name in sorted(p.arrays):
-        h.update(name.encode() + p.arrays[name].tobytes())
+    for name in sorted(p.arrays.as_dict()):
+        h.update(name.encode() + p.arrays.as_dict()[name].tobytes())
     h.update(repr((p.makespan, p.lower_bound)).encode())
     return h.hexdigest()
 

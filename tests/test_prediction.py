@@ -26,7 +26,7 @@ from symoe.method.datasets import Question
 from symoe.method.matching import text_key
 from symoe.method.routing import Profiles
 from symoe.pipeline import Task, run_pipeline
-from symoe.planning.plan import Plan, simulate
+from symoe.planning.plan import Plan, StepKind, simulate
 from symoe.planning.planner import plan
 from symoe.store import Store
 
@@ -161,8 +161,9 @@ def test_uncached_counts_what_the_embeddings_file_lacks(tmp_path):
 
 
 def test_step_groups():
-    assert [step_group(k, r) for k, r in (("load", None), ("run", "expert"), ("run", "aggregate"), ("park", None),
-                                          ("wake", None), ("unload", None), ("pause", None))] == \
+    K = StepKind
+    assert [step_group(k, r) for k, r in ((K.LOAD, None), (K.RUN, "expert"), (K.RUN, "aggregate"), (K.PARK, None),
+                                          (K.WAKE, None), (K.UNLOAD, None), (K.PAUSE, None))] == \
         ["load", "expert run", "aggregate run", "park/wake/unload", "park/wake/unload", "park/wake/unload", "pause"]
 
 

@@ -256,8 +256,8 @@ def test_plan_puts_the_endpoint_on_its_own_device():
         p.validate()
         assert [d.endpoint for d in p.config.devices] == [None, "m"]
         a = p.arrays
-        names = np.array(p.config.names)[a["model"]]
-        assert set(names[a["device"] == 0]) == {"L"} and set(names[a["device"] == 1]) == {"m"}
+        names = np.array(p.config.names)[a.model]
+        assert set(names[a.device == 0]) == {"L"} and set(names[a.device == 1]) == {"m"}
         assert p.lower_bound <= p.makespan + 1e-9
         p2 = symoe.Plan.from_json_text(p.to_json())  # the plan file keeps the virtual device
         assert [d.endpoint for d in p2.config.devices] == [None, "m"] and p2.makespan == pytest.approx(p.makespan)

@@ -101,7 +101,7 @@ def test_node_lost_without_retries_is_reported_and_a_rerun_redoes_only_the_rest(
         rp = replan(p, qs, s, requests, lost=[2])
     assert rp.devices == [0, 1] and len(rp.plan.config.devices) == 2
     assert rp.question_index == todo and [q.id for q in rp.questions] == list(rp.plan.question_ids)
-    assert {int(d) for d in rp.plan.arrays["device"]} <= {0, 1}
+    assert {int(d) for d in rp.plan.arrays.device} <= {0, 1}
     # The rerun, told that device 2 is gone, generates exactly what the store lacks.
     clock = ScaledClock(3.0 / p.makespan)
     engines: list[FakeEngine] = []
@@ -129,7 +129,7 @@ def test_lost_before_the_run_without_retries_names_the_node(tmp_path):
                        lost_now=lambda: {1: "node b is not alive"})
     # It names what was planned on the lost device (the models whose work is now without a place).
     a = p.arrays
-    planned = sorted({p.config.names[m] for m in a["model"][a["device"] == 1] if m >= 0})
+    planned = sorted({p.config.names[m] for m in a.model[a.device == 1] if m >= 0})
     assert planned and e.value.model == ", ".join(planned) and e.value.device == 1
     assert f"planned there: {', '.join(planned)}" in str(e.value)
     with Store(tmp_path / "store.sqlite") as s, pytest.raises(ValueError, match="every device"):

@@ -67,7 +67,7 @@ def check_exactly_once_and_ordered(p, qs, engines, tmp_path):
 def test_large_plans_run_as_predicted(devices, tmp_path):
     qs, a = workload(10_000)
     p = symoe.plan(a, PAPER.with_devices(devices), aggregator=AGG)
-    aggregating = {int(d) for d in p.arrays["device"][(p.arrays["kind"] == StepKind.RUN) & (p.arrays["role"] == Role.AGGREGATE)]}
+    aggregating = {int(d) for d in p.arrays.device[(p.arrays.kind == StepKind.RUN) & (p.arrays.role == Role.AGGREGATE)]}
     raised = []
     old = threading.excepthook
     threading.excepthook = lambda args: raised.append(args)
@@ -82,7 +82,7 @@ def test_large_plans_run_as_predicted(devices, tmp_path):
     # be off by far more than the 10% a busy machine's thread wake-ups can add over 25 real seconds.
     assert abs(report.makespan / p.makespan - 1) < 0.10, (report.makespan, p.makespan)
     if devices > 1:  # cross-device aggregation: experts of one question on several devices
-        assert len({int(d) for d in p.arrays["device"][p.arrays["kind"] == StepKind.RUN]}) == devices
+        assert len({int(d) for d in p.arrays.device[p.arrays.kind == StepKind.RUN]}) == devices
         assert aggregating
 
 
@@ -96,9 +96,9 @@ def test_coresidency_prefetch_and_evictions(case, tmp_path):
         qs, a = workload(60)
         cfg = PAPER.with_devices(2, memory_gb=30, host_memory_gb=400).with_sleep(True)
         p = symoe.plan(a, cfg, aggregator=AGG, strategy="naive")
-    kinds = Counter(STEP_KINDS[k] for k in p.arrays["kind"])
+    kinds = Counter(STEP_KINDS[k] for k in p.arrays.kind)
     if case == "prefetch":
-        assert [STEP_KINDS[k] for k in p.arrays["kind"][p.arrays["device"] == 0]][:3] == ["load", "load", "run"]
+        assert [STEP_KINDS[k] for k in p.arrays.kind[p.arrays.device == 0]][:3] == ["load", "load", "run"]
     else:
         assert kinds["park"] > 10 and kinds["wake"] > 10
     report, engines = fake_run(p, qs, tmp_path, real_seconds=10.0)
@@ -210,8 +210,8 @@ def test_answers_stored_meanwhile_by_another_run_release_aggregation(tmp_path):
     qs, p = small(tmp_path, n=60)
     build = Requests(p.config, Sampling())
     a = p.arrays
-    dev1 = [int(i) for s in np.flatnonzero((a["kind"] == StepKind.RUN) & (a["role"] == Role.EXPERT) & (a["device"] == 1))
-            for i in a["items"][a["item_begin"][s]:a["item_end"][s]]]
+    dev1 = [int(i) for s in np.flatnonzero((a.kind == StepKind.RUN) & (a.role == Role.EXPERT) & (a.device == 1))
+            for i in a.items[a.item_begin[s]:a.item_end[s]]]
     assert dev1
     other = [build.expert(p.config.names[p.experts[i // p.k, i % p.k]], qs[i // p.k], i % p.k) for i in dev1]
     clock = ScaledClock(3.0 / p.makespan)

@@ -25,7 +25,7 @@ from symoe.generation.worker import VllmEngine
 from symoe.method.datasets import Question
 from symoe.method.routing import Assignment
 from symoe.method.workloads import category_keywords, skewed_profiles
-from symoe.planning.plan import Plan, Role, StepKind, simulate
+from symoe.planning.plan import Plan, PlanArrays, Role, StepKind, simulate
 from symoe.store import Store
 
 PAPER = symoe.Config.bundled("paper16")
@@ -92,8 +92,8 @@ def tp_plan(case):
 @pytest.mark.parametrize("case", ["reference-2", "reference-4", "planner-tp-4"])
 def test_tp_plans_run_as_predicted(case, tmp_path):
     qs, p = tp_plan(case)
-    runs = p.arrays["kind"] == StepKind.RUN
-    assert (p.arrays["tp"][runs] == len(p.config.devices)).all()  # every run spans every device
+    runs = p.arrays.kind == StepKind.RUN
+    assert (p.arrays.tp[runs] == len(p.config.devices)).all()  # every run spans every device
     report, engines = run_on_fakes(p, qs, tmp_path, real_seconds=6.0)
     check_timeline(p, report)
     assert report.generated == len(qs) * (p.k + 1)
@@ -118,10 +118,10 @@ def mixed_plan():
         begin.append(len(items))
         items += its
         end.append(len(items))
-    arrays = dict(kind=np.array([s[0] for s in steps], np.int8), role=np.full(len(steps), Role.EXPERT, np.int8),
+    arrays = PlanArrays.of(dict(kind=np.array([s[0] for s in steps], np.int8), role=np.full(len(steps), Role.EXPERT, np.int8),
                   device=np.array([s[1] for s in steps], np.int32), model=np.array([s[2] for s in steps], np.int32),
                   tp=np.array([s[3] for s in steps], np.int32), item_begin=np.array(begin, np.int64),
-                  item_end=np.array(end, np.int64), seconds=np.zeros(len(steps)), items=np.array(items, np.int64))
+                  item_end=np.array(end, np.int64), seconds=np.zeros(len(steps)), items=np.array(items, np.int64)))
     qs = questions(n)
     cfg = dataclasses.replace(PAPER.with_devices(3), tp_efficiency=0.75)
     p = Plan("hand", cfg, experts, None, arrays, question_ids=tuple(q.id for q in qs),

@@ -159,7 +159,7 @@ def run_plan_cmd(questions_path: str | None, fmt: str | None, limit: int | None,
         rows = [asg.names(i) for i in range(len(asg))] if asg else None
         # Everything that can refuse the run, before an engine starts.
         check_plan_matches(p, qs, rows)
-        check_models(p.config, [p.config.names[m] for m in np.unique(p.arrays["model"]) if m >= 0])
+        check_models(p.config, [p.config.names[m] for m in np.unique(p.arrays.model) if m >= 0])
         sampling = Sampling(temperature, max_tokens, aggregate_max_tokens or max_tokens, seed)
         with Store(store_path) as store:
             report = run_plan(p, qs, store, run_dir, sampling, rows, run_options(retries, deadline_factor,

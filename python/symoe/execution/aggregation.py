@@ -10,12 +10,10 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-
 from ..generation import Generation, Request
 from ..method.datasets import Question
 from ..method.requests import Requests
-from ..planning.plan import Plan, Role, StepKind
+from ..planning.plan import Plan, Role
 from ..store import Store
 
 PREPARE_AHEAD = 16384  # aggregation requests built ahead of their step, at most
@@ -37,8 +35,8 @@ class Aggregations:
         self.steps_of: dict[int, list[int]] = {}  # question -> aggregation steps waiting for it
         self.wait: dict[int, int] = {}             # aggregation step -> questions it still waits for
         self.ready: dict[int, threading.Event] = {}
-        for st in np.flatnonzero((a["kind"] == StepKind.RUN) & (a["role"] == Role.AGGREGATE)):
-            waiting = [int(q) for q in a["items"][a["item_begin"][st]:a["item_end"][st]] if self.missing[q] > 0]
+        for st in a.runs(Role.AGGREGATE):
+            waiting = [int(q) for q in a.items_of(st) if self.missing[q] > 0]
             self.wait[int(st)] = len(waiting)
             self.ready[int(st)] = ev = threading.Event()
             if not waiting:
@@ -53,9 +51,9 @@ class Aggregations:
         stored (a resumed run, or the aggregation phase of --skip-agreed) is neither loaded nor
         unloaded there."""
         a, out = self.plan.arrays, set()
-        for st in np.flatnonzero(a["kind"] == StepKind.RUN):
-            items = [int(i) for i in a["items"][a["item_begin"][st]:a["item_end"][st]]]
-            if a["role"][st] == Role.EXPERT:
+        for st in a.runs():
+            items = [int(i) for i in a.items_of(st)]
+            if a.role_of(st) == Role.EXPERT:
                 need = any(self.expert_requests[i].key in self.pending for i in items)
             elif any(self.missing[q] for q in items):
                 need = True
@@ -64,7 +62,7 @@ class Aggregations:
                 self.prepared.update(zip(items, reqs))
                 need = len(self.store.existing([r.key for r in reqs])) < len(reqs)
             if need:
-                out.add((int(a["device"][st]), int(a["model"][st])))
+                out.add((int(a.device[st]), int(a.model[st])))
         return out
 
     def request(self, q: int, expert_texts: Sequence[str]) -> Request:

@@ -41,10 +41,11 @@ def run_on_cluster(plan: Plan, questions: Sequence[Question], store: Store, run_
     """Run ``plan`` with one Ray engine per device of ``topology`` (this process connected to
     the cluster); a device lost before or during the run is reported, and with
     ``options.retries`` the missing work is replanned over the surviving devices."""
-    if (plan.arrays["tp"] > 1).any():  # refused before the cluster is touched, not at the step's load
-        s = int(plan.arrays["tp"].argmax())
-        group = range(int(plan.arrays["device"][s]), int(plan.arrays["device"][s]) + int(plan.arrays["tp"][s]))
-        raise SymoeError(tp_refused(f"step {s}", plan.config.names[int(plan.arrays["model"][s])], list(group)))
+    a = plan.arrays
+    if (a.tp > 1).any():  # refused before the cluster is touched, not at the step's load
+        s = int(a.tp.argmax())
+        group = range(int(a.device[s]), int(a.device[s]) + int(a.tp[s]))
+        raise SymoeError(tp_refused(f"step {s}", plan.config.names[int(a.model[s])], list(group)))
     if len(topology.devices) != len(plan.config.devices):
         raise SymoeError(f"the plan is for {len(plan.config.devices)} devices, the cluster has "
                          f"{len(topology.devices)} ({', '.join(d.label() for d in topology.devices)}); plan again")

@@ -50,7 +50,7 @@ def run_on_engines(plan: Plan, questions: Sequence[Question], store: Store, run_
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = plan.config
-    settings = {cfg.names[m]: ModelSettings.of(cfg, cfg.names[m]) for m in np.unique(plan.arrays["model"]) if m >= 0}
+    settings = {cfg.names[m]: ModelSettings.of(cfg, cfg.names[m]) for m in np.unique(plan.arrays.model) if m >= 0}
     if len(engines) != len(cfg.devices):
         raise ValueError(f"{len(engines)} engines for a plan on {len(cfg.devices)} devices")
     s = Scheduler(plan, questions, store, Requests(cfg, sampling), settings, list(engines), options,

@@ -28,7 +28,7 @@ from ..method.requests import Requests
 from ..method.routing import Assignment, Profiles, route
 from ..planning.plan import Plan
 from ..planning.planner import plan
-from ..planning.steps import ROLES, STEP_KINDS
+from ..planning.steps import StepKind
 from ..store import Store
 from .report import RunReport, StepRecord
 
@@ -63,13 +63,12 @@ class RunPrediction:
                        step_groups=plan_step_groups(plans), makespan=_makespan(plans), generation_basis="plan")
 
 
-def step_group(kind: object, role: str | None = None) -> str:
+def step_group(kind: StepKind, role: str | None = None) -> str:
     """The group a step counts in: load, expert run, aggregate run, park/wake/unload, pause
-    (``kind``: its label or its ``StepKind``)."""
-    label = str(getattr(kind, "label", kind))
-    if label == "run":
+    (``role``: a run's role label, as the run log writes it)."""
+    if kind == StepKind.RUN:
         return f"{role or 'expert'} run"
-    return "park/wake/unload" if label in ("park", "wake", "unload") else label
+    return "park/wake/unload" if kind in (StepKind.PARK, StepKind.WAKE, StepKind.UNLOAD) else kind.label
 
 
 def plan_seconds(p: Plan) -> float:
@@ -93,7 +92,7 @@ def plan_step_groups(plans: Sequence[Plan]) -> dict[str, float]:
             continue
         a, t = p.arrays, p.timeline
         for s in range(p.n_steps):
-            out[step_group(STEP_KINDS[a["kind"][s]], ROLES[a["role"][s]])] += float(t.end[s] - t.start[s])
+            out[step_group(a.kind_of(s), a.role_of(s).label)] += float(t.end[s] - t.start[s])
     return out
 
 

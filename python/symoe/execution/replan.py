@@ -116,7 +116,7 @@ def run_replanning(plan: Plan, questions: Sequence[Question], store: Store, run_
     lost = sorted(gone)
     if lost and not options.retries:
         a, names = plan.arrays, plan.config.names
-        planned = {d: sorted({names[m] for m in a["model"][a["device"] == d] if m >= 0}) for d in lost}
+        planned = {d: sorted({names[m] for m in a.model[a.device == d] if m >= 0}) for d in lost}
         where = "; ".join(f"device {d}: {gone[d]} (planned there: {', '.join(planned[d]) or 'nothing'})" for d in lost)
         raise DeviceLost(f"lost before the run ({where}); rerun with --retries to replan the missing work over "
                          f"the other devices", ", ".join(planned[lost[0]]), lost[0], gone[lost[0]], True)

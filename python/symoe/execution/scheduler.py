@@ -79,8 +79,8 @@ class Scheduler:
         self.stopped = False
         self.done = [threading.Event() for _ in range(plan.n_steps)]
         self.deps, self.lanes = step_graph(self.plan)
-        runs = a["kind"] == StepKind.RUN
-        total = int(np.sum(a["item_end"][runs] - a["item_begin"][runs]))
+        runs = a.runs()
+        total = int(np.sum(a.item_end[runs] - a.item_begin[runs]))
         self.bar = progress_bar(options.progress, total)
 
     # --- running -------------------------------------------------------------------------------
@@ -91,7 +91,7 @@ class Scheduler:
         # Endpoints first: one that does not answer fails the run before any local model loads.
         devs = self.plan.config.devices
         for d, e in sorted(enumerate(self.engines), key=lambda de: devs[de[0]].endpoint is None):
-            if np.any((self.a["device"] == d) & (self.a["kind"] == StepKind.LOAD)):
+            if np.any((self.a.device == d) & (self.a.kind == StepKind.LOAD)):
                 try:
                     e.prepare()
                 except EngineError as err:
@@ -153,9 +153,9 @@ class Scheduler:
 
     def _what(self, s: int) -> str:
         a = self.a
-        kind = StepKind(a["kind"][s]).label
-        model = self.names[a["model"][s]] if a["model"][s] >= 0 else ""
-        d, tp = int(a["device"][s]), int(a["tp"][s])
+        kind = a.kind_of(s).label
+        model = self.names[a.model[s]] if a.model[s] >= 0 else ""
+        d, tp = int(a.device[s]), int(a.tp[s])
         where = f"device {d}" if tp <= 1 else f"devices {d}-{d + tp - 1} (tp {tp})"
         return f"step {s} ({kind} {model} on {where})".replace("  ", " ")
 
@@ -183,7 +183,7 @@ class Scheduler:
         """After a fault: kill the model's host and, where the step needs it resident, reload it.
         True if that completes the step (an unload, or a wake: a reloaded model is awake)."""
         a = self.a
-        kind, d, m = StepKind(a["kind"][s]), int(a["device"][s]), int(a["model"][s])
+        kind, d, m = a.kind_of(s), int(a.device[s]), int(a.model[s])
         if m < 0:
             return False
         name, eng = self.names[m], self.engines[d]
@@ -201,14 +201,14 @@ class Scheduler:
         over devices [device, device + tp), its every step names that group) tells the engine of its
         first device the group, which that engine then hosts the model on. The dependencies keep
         every device of the group from other generations meanwhile."""
-        tp, d = int(self.a["tp"][s]), int(self.a["device"][s])
+        tp, d = int(self.a.tp[s]), int(self.a.device[s])
         return self.settings[model] if tp <= 1 else self.settings[model].on_devices(range(d, d + tp))
 
     def _step(self, s: int) -> None:
-        a, eng = self.a, self.engines[int(self.a["device"][s])]
-        kind, d = StepKind(a["kind"][s]), int(a["device"][s])
-        model = self.names[a["model"][s]] if a["model"][s] >= 0 else None
-        if kind.is_io and (d, int(a["model"][s])) not in self.needed:
+        a, eng = self.a, self.engines[int(self.a.device[s])]
+        kind, d = a.kind_of(s), int(a.device[s])
+        model = self.names[a.model[s]] if a.model[s] >= 0 else None
+        if kind.is_io and (d, int(a.model[s])) not in self.needed:
             return
         what = self._what(s)
         t = self.plan.timeline
@@ -216,7 +216,7 @@ class Scheduler:
         start = self.clock.now()
         if kind == StepKind.LOAD:
             assert model is not None
-            later = np.any((a["device"][s + 1:] == d) & (a["kind"][s + 1:] == StepKind.LOAD))
+            later = np.any((a.device[s + 1:] == d) & (a.kind[s + 1:] == StepKind.LOAD))
             rec.info = eng.load(self._settings(s, model), what, self._deadline(s), keep_spare=bool(later))
         elif kind == StepKind.UNLOAD:
             assert model is not None
@@ -228,7 +228,7 @@ class Scheduler:
             assert model is not None
             eng.wake(model, what, self._deadline(s))
         elif kind == StepKind.PAUSE:
-            self.abort.wait(self.clock.real(float(a["seconds"][s])))
+            self.abort.wait(self.clock.real(float(a.seconds[s])))
         else:
             assert model is not None
             self._run(s, model, eng, what, rec)
@@ -244,8 +244,8 @@ class Scheduler:
 
     def _run(self, s: int, model: str, eng: Engine, what: str, rec: StepRecord) -> None:
         a = self.a
-        items = a["items"][a["item_begin"][s]:a["item_end"][s]]
-        role = Role(a["role"][s])
+        items = a.items_of(s)
+        role = a.role_of(s)
         if role == Role.EXPERT:
             reqs = [self.expert_requests[int(i)] for i in items]
         else:

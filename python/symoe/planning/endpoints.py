@@ -28,15 +28,13 @@ import numpy as np
 
 from .. import _core
 from ..config.pool import Config, Device, ModelSpec
-from .steps import ARRAY_DTYPES
+from .steps import PlanArrays, Role, StepKind, StepRow
 
 UNLIMITED_BYTES = 1e18   # a virtual device's memory: nothing an endpoint holds counts
 AGGREGATION_RUNS = (1, 2, 4, 8)  # an endpoint's aggregations in this many runs: the fastest simulated
 _PLACEHOLDER = ModelSpec("symoe-endpoint-placeholder", 0.0, prefill_tps=1e15, decode_tps=1e15, stream_tps=1e15)
-_DTYPES = {k: t for k, t in ARRAY_DTYPES.items() if k != "items"}  # the step columns (items apart)
-LOAD, RUN, UNLOAD = 0, 1, 2   # cpp/plan.hpp StepKind
-EXPERT, AGGREGATE = 0, 1      # cpp/plan.hpp Role
-Step = tuple[int, int, int, int, int, float, list[int]]  # kind, role, device, model, tp, seconds, items
+LOAD, RUN, UNLOAD = StepKind.LOAD, StepKind.RUN, StepKind.UNLOAD
+EXPERT, AGGREGATE = Role.EXPERT, Role.AGGREGATE
 
 
 def endpoint_models(cfg: Config) -> list[int]:
@@ -54,7 +52,7 @@ def with_endpoint_devices(cfg: Config) -> Config:
 
 
 def plan_arrays(experts: np.ndarray, aggregator: np.ndarray | None, config: Config, strategy: str,
-                replicate: bool) -> tuple[Config, dict[str, np.ndarray]]:
+                replicate: bool) -> tuple[Config, PlanArrays]:
     """The merged plan's config (local then virtual devices) and step arrays (see the module doc)."""
     cfg = with_endpoint_devices(config)
     remote = endpoint_models(cfg)
@@ -67,16 +65,16 @@ def plan_arrays(experts: np.ndarray, aggregator: np.ndarray | None, config: Conf
     sub = replace(cfg, models=tuple(cfg.models[i] for i in local) + (_PLACEHOLDER,), devices=cfg.devices[:D])
     sub_experts = np.ascontiguousarray(to_sub[experts])
     sub_agg = None if aggregator is None else np.where(aggregator >= 0, to_sub[np.maximum(aggregator, 0)], -1)
-    a = _core.make_plan(experts=sub_experts, aggregator=sub_agg, **sub.core_args(), strategy=strategy,
-                        pause_s=float(cfg.pause_s), replicate=bool(replicate))
+    a = PlanArrays.of(_core.make_plan(experts=sub_experts, aggregator=sub_agg, **sub.core_args(), strategy=strategy,
+                                      pause_s=float(cfg.pause_s), replicate=bool(replicate)))
     from_sub = np.array(local + [-1], dtype=np.int64)
-    steps: list[Step] = []
-    for s in range(len(a["kind"])):
-        m = int(a["model"][s])
+    steps: list[StepRow] = []
+    for s in range(a.n_steps):
+        m = int(a.model[s])
         if m == P:
             continue
-        steps.append((int(a["kind"][s]), int(a["role"][s]), int(a["device"][s]), int(from_sub[m]) if m >= 0 else -1,
-                      int(a["tp"][s]), float(a["seconds"][s]), a["items"][a["item_begin"][s]:a["item_end"][s]].tolist()))
+        steps.append(StepRow(a.kind_of(s), a.role_of(s), int(a.device[s]), int(from_sub[m]) if m >= 0 else -1,
+                             int(a.tp[s]), float(a.seconds[s]), a.items_of(s).tolist()))
     # 2. Endpoint steps, each model on its own virtual device; aggregations ordered by their
     # experts' predicted finish (local plan plus endpoint expert runs, aggregations left out).
     flat = experts.reshape(-1)
@@ -87,24 +85,24 @@ def plan_arrays(experts: np.ndarray, aggregator: np.ndarray | None, config: Conf
     expert_steps = list(steps)
     for r, (dev, items, _) in runs.items():
         if items:
-            expert_steps += [(LOAD, EXPERT, dev, r, 1, 0.0, []), (RUN, EXPERT, dev, r, 1, 0.0, items)]
+            expert_steps += [StepRow(LOAD, EXPERT, dev, r), StepRow(RUN, EXPERT, dev, r, items=items)]
     finish = _expert_finish(expert_steps, experts, aggregator, remote, cfg)
-    best: tuple[float, dict[str, np.ndarray]] | None = None
+    best: tuple[float, PlanArrays] | None = None
     for chunks in AGGREGATION_RUNS:
         merged = list(steps)
         for r, (dev, items, aggs) in runs.items():
             if not items and not aggs:
                 continue
-            merged.append((LOAD, EXPERT, dev, r, 1, 0.0, []))
+            merged.append(StepRow(LOAD, EXPERT, dev, r))
             if items:
-                merged.append((RUN, EXPERT, dev, r, 1, 0.0, items))
+                merged.append(StepRow(RUN, EXPERT, dev, r, items=items))
             if aggs:
                 order = sorted(aggs, key=lambda q: (finish[q], q))
                 size = math.ceil(len(order) / min(chunks, len(order)))
-                merged += [(RUN, AGGREGATE, dev, r, 1, 0.0, order[i:i + size]) for i in range(0, len(order), size)]
-            merged.append((UNLOAD, EXPERT, dev, r, 1, 0.0, []))
-        arrays = _arrays(merged)
-        t = _core.simulate({"devices": len(cfg.devices), **arrays}, experts=experts, aggregator=aggregator,
+                merged += [StepRow(RUN, AGGREGATE, dev, r, items=order[i:i + size]) for i in range(0, len(order), size)]
+            merged.append(StepRow(UNLOAD, EXPERT, dev, r))
+        arrays = PlanArrays.from_rows(merged)
+        t = _core.simulate({"devices": len(cfg.devices), **arrays.as_dict()}, experts=experts, aggregator=aggregator,
                            **cfg.core_args())
         if best is None or float(t["makespan"]) < best[0] - 1e-9:
             best = (float(t["makespan"]), arrays)
@@ -114,33 +112,17 @@ def plan_arrays(experts: np.ndarray, aggregator: np.ndarray | None, config: Conf
     return cfg, best[1]
 
 
-def _arrays(steps: Sequence[Step]) -> dict[str, np.ndarray]:
-    out: dict[str, list[float]] = {k: [] for k in _DTYPES}
-    items: list[int] = []
-    for kind, role, dev, model, tp, seconds, its in steps:
-        for k, v in (("kind", kind), ("role", role), ("device", dev), ("model", model), ("tp", tp),
-                     ("seconds", seconds), ("item_begin", len(items))):
-            out[k].append(v)
-        items.extend(int(i) for i in its)
-        out["item_end"].append(len(items))
-    arrays = {k: np.asarray(v, dtype=t) for k, (t, v) in ((k, (_DTYPES[k], out[k])) for k in _DTYPES)}
-    arrays["items"] = np.asarray(items, dtype=np.int64)
-    return arrays
-
-
-def _expert_finish(steps: Sequence[Step], experts: np.ndarray,
+def _expert_finish(steps: Sequence[StepRow], experts: np.ndarray,
                    aggregator: np.ndarray | None, remote: list[int], cfg: Config) -> np.ndarray:
     """Per question, when its last expert answer is predicted to finish, under a plan of ``steps``
     (every endpoint aggregation left out; endpoint models loaded but never unloaded)."""
     n, k = experts.shape
     if aggregator is not None:
         aggregator = np.where(np.isin(aggregator, remote), -1, aggregator)
-    arrays = _arrays(steps)
-    r = _core.simulate({"devices": len(cfg.devices), **arrays}, experts=experts, aggregator=aggregator,
+    arrays = PlanArrays.from_rows(steps)
+    r = _core.simulate({"devices": len(cfg.devices), **arrays.as_dict()}, experts=experts, aggregator=aggregator,
                        **cfg.core_args())
     done = np.zeros(n)
-    runs = np.flatnonzero((arrays["kind"] == RUN) & (arrays["role"] == EXPERT))
-    for s in runs:
-        q = arrays["items"][arrays["item_begin"][s]:arrays["item_end"][s]] // k
-        np.maximum.at(done, q, r["end"][s])
+    for s in arrays.runs(EXPERT):
+        np.maximum.at(done, arrays.items_of(s) // k, r["end"][s])
     return done

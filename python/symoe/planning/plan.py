@@ -18,9 +18,9 @@ from ..config.pool import Config
 from ..errors import SymoeError
 from . import checks as plan_checks
 from . import endpoints as endpoint_plan
-from .steps import ARRAY_DTYPES, ROLES, STEP_KINDS, Role, StepKind
+from .steps import ARRAY_DTYPES, ROLES, STEP_KINDS, PlanArrays, Role, StepKind
 
-__all__ = ["Role", "StepKind", "Plan", "Timeline", "simulate", "save_picture", "STEP_KINDS", "ROLES"]
+__all__ = ["Role", "StepKind", "Plan", "PlanArrays", "Timeline", "simulate", "save_picture", "STEP_KINDS", "ROLES"]
 
 
 @dataclass
@@ -41,8 +41,6 @@ class Timeline:
         return self.busy / self.makespan if self.makespan > 0 else np.zeros_like(self.busy)
 
 
-_ARRAYS = ("kind", "role", "device", "model", "tp", "item_begin", "item_end", "seconds", "items")
-
 
 @dataclass
 class Plan:
@@ -55,7 +53,7 @@ class Plan:
     config: Config
     experts: np.ndarray             # N x k model ids (the assignment)
     aggregator: np.ndarray | None   # N model ids, -1 none
-    arrays: dict[str, np.ndarray]
+    arrays: PlanArrays
     timeline: Timeline | None = None
     lower_bound: float = float("nan")
     question_ids: tuple[str, ...] = ()
@@ -64,7 +62,7 @@ class Plan:
     @property
     def n_steps(self) -> int:
         """Number of steps."""
-        return int(len(self.arrays["kind"]))
+        return self.arrays.n_steps
 
     @property
     def k(self) -> int:
@@ -89,13 +87,11 @@ class Plan:
         it simulates), then check the simulated timing: aggregation after its experts."""
         t = simulate(self)
         a = self.arrays
-        runs = np.flatnonzero(a["kind"] == StepKind.RUN)
         done = np.zeros(len(self.experts))
-        for s in runs[a["role"][runs] == Role.EXPERT]:
-            q = a["items"][a["item_begin"][s]:a["item_end"][s]] // self.k
-            np.maximum.at(done, q, t.end[s])
-        for s in runs[a["role"][runs] == Role.AGGREGATE]:
-            q = a["items"][a["item_begin"][s]:a["item_end"][s]]
+        for s in a.runs(Role.EXPERT):
+            np.maximum.at(done, a.items_of(s) // self.k, t.end[s])
+        for s in a.runs(Role.AGGREGATE):
+            q = a.items_of(s)
             if (done[q] > t.start[s] + 1e-9).any():
                 raise ValueError(f"step {s}: aggregation starts before its questions' experts finish")
 
@@ -114,18 +110,19 @@ class Plan:
         a, names = self.arrays, self.config.names
         out = []
         for s in range(self.n_steps):
-            kind = STEP_KINDS[a["kind"][s]]
-            st: dict[str, Any] = {"kind": kind, "device": int(a["device"][s])}
-            if a["model"][s] >= 0:
-                st["model"] = names[a["model"][s]]
-            if a["tp"][s] != 1:
-                st["tp"] = int(a["tp"][s])
-            if kind == "pause":
-                st["seconds"] = float(a["seconds"][s])
-            if kind == "run":
-                st["role"] = ROLES[a["role"][s]]
-                it = a["items"][a["item_begin"][s]:a["item_end"][s]]
-                if st["role"] == "expert":
+            kind = a.kind_of(s)
+            st: dict[str, Any] = {"kind": kind.label, "device": int(a.device[s])}
+            if a.model[s] >= 0:
+                st["model"] = names[a.model[s]]
+            if a.tp[s] != 1:
+                st["tp"] = int(a.tp[s])
+            if kind == StepKind.PAUSE:
+                st["seconds"] = float(a.seconds[s])
+            if kind == StepKind.RUN:
+                role = a.role_of(s)
+                st["role"] = role.label
+                it = a.items_of(s)
+                if role == Role.EXPERT:
                     st["questions"] = (it // self.k).tolist()
                     st["slots"] = (it % self.k).tolist()
                 else:
@@ -160,7 +157,7 @@ class Plan:
             "config": self.config.to_dict(), "k": self.k, "question_ids": list(self.question_ids),
             "question_hashes": list(self.question_hashes), "experts": self.experts.tolist(),
             "aggregator": None if self.aggregator is None else self.aggregator.tolist(),
-            "arrays": {k: self.arrays[k].tolist() for k in _ARRAYS},
+            "arrays": {k: v.tolist() for k, v in self.arrays.as_dict().items()},
             "metrics": self.metrics(),
             "steps": self.steps(),
         }
@@ -190,7 +187,7 @@ class Plan:
         for key in ("strategy", "config", "k", "experts", "aggregator", "arrays"):
             if key not in doc:
                 raise SymoeError(f"plan {source}: missing key {key!r}")
-        missing = [n for n in _ARRAYS if not isinstance(doc["arrays"], dict) or n not in doc["arrays"]]
+        missing = [n for n in ARRAY_DTYPES if not isinstance(doc["arrays"], dict) or n not in doc["arrays"]]
         if missing:
             raise SymoeError(f"plan {source}: arrays: missing key {missing[0]!r}")
         ids, hashes = tuple(doc.get("question_ids", ())), tuple(doc.get("question_hashes", ()))
@@ -200,7 +197,7 @@ class Plan:
             plan_checks.check_plan_shape(source, k, doc["experts"], hashes)  # before a reshape can fail on it
             experts = np.asarray(doc["experts"], dtype=np.int64).reshape(-1, k)
             agg = None if doc["aggregator"] is None else np.asarray(doc["aggregator"], dtype=np.int64)
-            arrays = {name: np.asarray(doc["arrays"][name], dtype=ARRAY_DTYPES[name]) for name in _ARRAYS}
+            arrays = PlanArrays.of(doc["arrays"])
         except KeyError as e:  # only the config's keys are left unchecked
             raise SymoeError(f"plan {source}: config: missing key {e.args[0]!r}") from e
         except (TypeError, ValueError, OverflowError) as e:  # wrong shapes or types in a hand-edited plan
@@ -222,7 +219,7 @@ def simulate(p: Plan, config: Config | None = None) -> Timeline:
     """Predict the plan's timeline, optionally under another config (what-if: sleep mode,
     bandwidth, throughput). The device count must match the plan's."""
     cfg = config or p.config
-    r = _core.simulate({"devices": len(cfg.devices), **p.arrays}, experts=p.experts, aggregator=p.aggregator,
+    r = _core.simulate({"devices": len(cfg.devices), **p.arrays.as_dict()}, experts=p.experts, aggregator=p.aggregator,
                        **cfg.core_args())
     return Timeline(r["start"], r["end"], float(r["makespan"]), r["busy"], int(r["loads"]), float(r["bytes_loaded"]),
                     float(r["finish"]))
@@ -234,6 +231,6 @@ def save_picture(p: Plan, path: str | Path, title: str | None = None) -> None:
 
     if p.timeline is None:
         p.timeline = simulate(p)
-    kinds = [STEP_KINDS[k] for k in p.arrays["kind"]]
-    draw_timeline(path, p.config.names, p.arrays["device"], p.arrays["model"], kinds, p.timeline.start,
+    kinds = [STEP_KINDS[k] for k in p.arrays.kind]  # the picture's vocabulary: labels
+    draw_timeline(path, p.config.names, p.arrays.device, p.arrays.model, kinds, p.timeline.start,
                   p.timeline.end, title or f"{p.strategy} plan: predicted makespan {p.makespan:,.0f} s (cost model)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal, cast
+from typing import Literal
 
 import numpy as np
 
@@ -14,7 +14,7 @@ from ..config.pool import Config
 from ..method.routing import Assignment
 from . import checks as plan_checks
 from . import endpoints as endpoint_plan
-from .plan import Plan, simulate
+from .plan import Plan, PlanArrays, simulate
 from .polish import auto_budget, polish
 
 __all__ = ["plan"]
@@ -65,7 +65,7 @@ def plan(
     else:
         args = dict(experts=experts, aggregator=agg, **config.core_args())
         made = _core.make_plan(**args, strategy=strategy, pause_s=float(config.pause_s), replicate=bool(replicate))
-        arrays = cast(dict[str, np.ndarray], {k: v for k, v in made.items() if k != "devices"})
+        arrays = PlanArrays.of(made)
     p = Plan(strategy, config, experts, agg, arrays, question_ids=assignment.question_ids)
     p.timeline = simulate(p)
     p.lower_bound = _core.lower_bound(**args)

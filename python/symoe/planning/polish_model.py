@@ -13,7 +13,7 @@ import numpy as np
 from ..config.pool import Config
 from ..errors import SymoeError
 from .plan import Plan, StepKind, simulate
-from .steps import ARRAY_DTYPES
+from .steps import PlanArrays, Role, StepRow
 
 _KB = 1e6  # memory in the model: megabytes (CP-SAT works on integers; kilobytes crashed its LNS presolve)
 UNITS = 100_000  # the heuristic makespan in time units: resolution 1e-5 of it (finer: CP-SAT may raise
@@ -205,13 +205,13 @@ class Instance:
         counts: dict[tuple[int, int, int], int] = {}
         first: dict[tuple[int, int, str], float] = {}
         for s in range(p.n_steps):
-            kind, m, d = int(a["kind"][s]), int(a["model"][s]), int(a["device"][s])
+            kind, m, d = a.kind_of(s), int(a.model[s]), int(a.device[s])
             if m < 0:
                 continue
             if kind == StepKind.RUN:
-                role = int(a["role"][s])
+                role = int(a.role_of(s))
                 key = (m, d, role)
-                counts[key] = counts.get(key, 0) + int(a["item_end"][s] - a["item_begin"][s])
+                counts[key] = counts.get(key, 0) + len(a.items_of(s))
                 first.setdefault((m, d, f"run{role}"), float(t.start[s]))
             elif kind == StepKind.LOAD:
                 first.setdefault((m, d, "load"), float(t.start[s]))
@@ -242,7 +242,7 @@ class Instance:
     def _decode(self, solver: Any, V: dict[tuple[int, int, int], dict[Any, Any]]) -> Plan:
         """The solution as plan steps: on each device, unloads, loads and runs in order of their
         start times (the order of the solver's lanes); items split in question order."""
-        events: list[list[tuple[int, int, int, int, int, np.ndarray | None]]] = [[] for _ in range(self.D)]
+        events: list[list[tuple[int, int, StepKind, int, int, np.ndarray | None]]] = [[] for _ in range(self.D)]
         taken = {(m, r): 0 for m in self.used for r in (0, 1)}
         for (m, d, _), v in sorted(V.items()):
             if not solver.boolean_value(v["use"]):
@@ -256,25 +256,9 @@ class Instance:
                     taken[(m, r)] += n
                     events[d].append((solver.value(v[r][2]), 2, StepKind.RUN, m, r, items))
             events[d].append((solver.value(v["us"]), 0, StepKind.UNLOAD, m, 0, None))
-        cols: dict[str, list[Any]] = {k: [] for k in ("kind", "role", "device", "model", "tp", "item_begin", "item_end",
-                                                 "seconds")}
-        chunks: list[np.ndarray] = []
-        n_items = 0
-        for d in range(self.D):
-            for _, _, kind, m, r, its in sorted(events[d], key=lambda e: (e[0], e[1], e[3], e[4])):
-                cols["kind"].append(int(kind))
-                cols["role"].append(r)
-                cols["device"].append(d)
-                cols["model"].append(m)
-                cols["tp"].append(1)
-                cols["seconds"].append(0.0)
-                cols["item_begin"].append(n_items)
-                if its is not None:
-                    chunks.append(its)
-                    n_items += len(its)
-                cols["item_end"].append(n_items)
-        arrays = {k: np.asarray(v, dtype=ARRAY_DTYPES[k]) for k, v in cols.items()}
-        arrays["items"] = np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, dtype=np.int64)
+        arrays = PlanArrays.from_rows(
+            StepRow(kind, Role(r), d, m, items=() if its is None else its)
+            for d in range(self.D) for _, _, kind, m, r, its in sorted(events[d], key=lambda e: (e[0], e[1], e[3], e[4])))
         q = replace(self.p, arrays=arrays, timeline=None)
         q.timeline = simulate(q)  # validates every invariant first (ValueError on a broken plan)
         return q
