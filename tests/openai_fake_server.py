@@ -97,6 +97,10 @@ class FakeOpenAI:
                     return
                 with owner.lock:
                     owner.served += 1
+                if body.get("stream"):  # the same answer as server-sent events, a word a chunk
+                    self.close_connection = True
+                    self._send(200, stream(body), {"Content-Type": "text/event-stream"})
+                    return
                 self._send(200, json.dumps(completion(body)).encode())
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -128,3 +132,22 @@ def completion(body: dict[str, Any]) -> dict[str, Any]:
     choice = {"index": 0, "text": text, "finish_reason": "length", "logprobs": None}
     return {"id": "c", "object": "text_completion", "created": 0, "model": body["model"], "choices": [choice],
             "usage": usage}
+
+
+def stream(body: dict[str, Any]) -> bytes:
+    """:func:`completion` streamed: a chunk per word, the finish chunk, usage when asked, ``[DONE]``."""
+    full, chat = completion(body), "messages" in body
+    c = full["choices"][0]
+    words = (c["message"]["content"] if chat else c["text"]).split(" ")
+    base = {"id": "c", "object": "chat.completion.chunk" if chat else "text_completion", "created": 0,
+            "model": body["model"]}
+
+    def choice(text: str, finish: str | None) -> dict[str, Any]:
+        return ({"index": 0, "delta": {"content": text} if text else {}, "finish_reason": finish} if chat
+                else {"index": 0, "text": text, "finish_reason": finish, "logprobs": None})
+
+    events = [{**base, "choices": [choice(w + " " * (i + 1 < len(words)), None)]} for i, w in enumerate(words)]
+    events.append({**base, "choices": [choice("", c["finish_reason"])]})
+    if (body.get("stream_options") or {}).get("include_usage"):
+        events.append({**base, "choices": [], "usage": full["usage"]})
+    return b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"

@@ -14,7 +14,7 @@ import json
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -154,6 +154,7 @@ class BatchInfo:
 
 
 OnDone = Callable[[Generation], None]
+OnText = Callable[[str, str], None]  # (request key, its text so far): a generation still running
 
 
 class Engine(ABC):
@@ -177,6 +178,13 @@ class Engine(ABC):
     @abstractmethod
     def generate(self, model: str, requests: Sequence[Request], on_done: OnDone, what: str, deadline: float) -> BatchInfo:
         """Generate ``requests`` on a resident model, calling ``on_done`` once per finished one."""
+
+    def generate_streaming(self, model: str, requests: Sequence[Request], on_done: OnDone, on_text: OnText,
+                           streamed: Collection[str], what: str, deadline: float) -> BatchInfo:
+        """:meth:`generate`, also calling ``on_text`` with the text so far of each request whose key
+        is in ``streamed`` while it grows (possibly from another thread; a retried request starts
+        again from ""). Engines that cannot stream keep this one: the text comes whole, with ``on_done``."""
+        return self.generate(model, requests, on_done, what, deadline)
 
     def park(self, model: str, what: str, deadline: float) -> None:
         """Offload a resident model's weights to host memory (sleep mode)."""

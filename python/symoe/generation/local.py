@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ from .engine import (
     EngineError,
     ModelSettings,
     OnDone,
+    OnText,
     generation_from_event,
     without_keys,
 )
@@ -113,11 +114,22 @@ class LocalEngine(Engine):
         return w
 
     def generate(self, model: str, requests: Sequence[Request], on_done: OnDone, what: str, deadline: float) -> BatchInfo:
+        return self.generate_streaming(model, requests, on_done, lambda key, text: None, (), what, deadline)
+
+    def generate_streaming(self, model: str, requests: Sequence[Request], on_done: OnDone, on_text: OnText,
+                           streamed: Collection[str], what: str, deadline: float) -> BatchInfo:
         pending = {r.key: r for r in requests}
         stats = [0, 0, 0]
         t0 = time.perf_counter()
+        texts: dict[str, str] = {}
 
         def done(ev: dict[str, Any]) -> None:
+            if ev.get("event") == "text":  # the worker sends what was added; on_text gets it all
+                key = str(ev.get("id"))
+                if key in pending and isinstance(ev.get("delta"), str):
+                    texts[key] = texts.get(key, "") + ev["delta"]
+                    on_text(key, texts[key])
+                return
             g = generation_from_event(ev, pending, what, time.perf_counter() - t0)
             del pending[g.key]
             stats[0] += g.tokens
@@ -127,7 +139,10 @@ class LocalEngine(Engine):
 
         w = self._worker(model, what)
         try:
-            reply = w.request({"op": "generate", "requests": [r.wire() for r in requests]}, what, deadline, done)
+            msg: dict[str, Any] = {"op": "generate", "requests": [r.wire() for r in requests]}
+            if streamed:
+                msg["stream"] = sorted(set(streamed) & pending.keys())
+            reply = w.request(msg, what, deadline, done)
         except EngineError:
             self.kill(model)
             raise

@@ -12,7 +12,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,7 +20,7 @@ import openai
 
 from ..records import Generation, Request
 from .endpoint import EndpointSettings
-from .engine import BatchInfo, Clock, EngineError, EngineTimeout, OnDone, generation_from_event
+from .engine import BatchInfo, Clock, EngineError, EngineTimeout, OnDone, OnText, generation_from_event
 
 log = logging.getLogger("symoe.remote")
 
@@ -69,11 +69,14 @@ class RemoteClient:
             raise EngineError(f"{self.s.where}: the server does not serve {self.s.model_id!r} (it lists "
                               f"{', '.join(map(repr, ids[:10])) or 'nothing'})")
 
-    def _once(self, r: Request, timeout: float) -> dict[str, Any]:
-        """One attempt; the finished-generation event the engines share."""
+    def _once(self, r: Request, timeout: float, on_text: OnText | None = None) -> dict[str, Any]:
+        """One attempt; the finished-generation event the engines share. With ``on_text``, streamed
+        (``stream: true`` with usage in the last chunk), ``on_text`` called as the text grows."""
         p = r.params
         common: dict[str, Any] = dict(model=self.s.model_id, temperature=p.temperature, max_tokens=p.max_tokens,
                                       seed=p.seed, timeout=timeout)
+        if on_text is not None:
+            common.update(stream=True, stream_options={"include_usage": True})
         try:
             if self.s.chat:
                 if r.messages is None:
@@ -83,6 +86,8 @@ class RemoteClient:
                 if r.prompt is None:
                     raise Fatal(f"request {r.key[:12]} has no prompt for a completion endpoint")
                 resp = self.client.completions.create(prompt=r.prompt, **common)
+            if on_text is not None:
+                return self._streamed(r, resp, on_text)
         except openai.APIStatusError as e:
             msg = str(e.message)[:300]
             msg = msg if msg.startswith("Error code") else f"HTTP {e.status_code}: {msg}"
@@ -105,9 +110,28 @@ class RemoteClient:
             raise Malformed(f"response without text, token usage or finish reason: {str(resp)[:200]}")
         return ev
 
-    def request(self, r: Request, deadline: float, clock: Clock, stop: threading.Event) -> dict[str, Any]:
+    def _streamed(self, r: Request, chunks: Any, on_text: OnText) -> dict[str, Any]:
+        """A streamed answer read chunk by chunk (inside :meth:`_once`'s error handling)."""
+        text, finish, usage = "", None, None
+        for c in chunks:
+            usage = getattr(c, "usage", None) or usage
+            if c.choices:
+                ch = c.choices[0]
+                piece = (ch.delta.content if self.s.chat else ch.text) or ""
+                finish = ch.finish_reason or finish
+                if piece:
+                    text += piece
+                    on_text(r.key, text)
+        if usage is None or not isinstance(finish, str):  # e.g. a server that ignores stream_options
+            raise Malformed("streamed response without token usage or finish reason")
+        return {"id": r.key, "text": text, "tokens": usage.completion_tokens, "prompt_tokens": usage.prompt_tokens,
+                "finish": finish}
+
+    def request(self, r: Request, deadline: float, clock: Clock, stop: threading.Event,
+                on_text: OnText | None = None) -> dict[str, Any]:
         """``r`` with retries: bounded by ``max_attempts`` and by ``deadline``; ``stop`` (or a
-        closed engine) ends the waiting between attempts."""
+        closed engine) ends the waiting between attempts. ``on_text``: streamed (a malformed
+        streamed answer is tried again unstreamed)."""
         attempt, wait = 0, self.s.backoff_s
         while True:
             attempt += 1
@@ -115,10 +139,11 @@ class RemoteClient:
             if left <= 0:
                 raise EngineTimeout(f"{self.s.where}: request {r.key[:12]} missed its deadline")
             try:
-                return self._once(r, min(self.s.request_timeout_s, left))
+                return self._once(r, min(self.s.request_timeout_s, left), on_text)
             except Fatal as e:
                 raise EngineError(self.scrub(f"{self.s.where}: request {r.key[:12]} failed: {e}")) from None
             except (_Retry, Malformed) as e:
+                on_text = None if isinstance(e, Malformed) else on_text
                 after = e.after if isinstance(e, _Retry) else None
                 pause = min(self.s.backoff_max_s, after if after is not None else wait * (0.5 + random.random()))
                 if attempt >= self.s.max_attempts or clock.now() + pause >= deadline:
@@ -157,10 +182,12 @@ def _retry_after(e: openai.APIStatusError) -> float | None:
 
 
 def generate_concurrently(client: RemoteClient, requests: Sequence[Request], on_done: OnDone, what: str,
-                          deadline: float, clock: Clock) -> BatchInfo:
+                          deadline: float, clock: Clock, on_text: OnText | None = None,
+                          streamed: Collection[str] = ()) -> BatchInfo:
     """Every request through ``client``, ``max_concurrency`` at a time; ``on_done`` on this thread
-    as each arrives. On the first failure no new request starts, those in flight are still
-    awaited and handed over (nothing that arrived is lost), then the failure is raised."""
+    as each arrives (``on_text`` on the request's own thread, for those in ``streamed``). On the
+    first failure no new request starts, those in flight are still awaited and handed over
+    (nothing that arrived is lost), then the failure is raised."""
     pending = {r.key: r for r in requests}
     n = len(requests)
     if n == 0:
@@ -174,7 +201,7 @@ def generate_concurrently(client: RemoteClient, requests: Sequence[Request], on_
             out.put((r, None, None))
             return
         try:
-            out.put((r, client.request(r, deadline, clock, stop), None))
+            out.put((r, client.request(r, deadline, clock, stop, on_text if r.key in streamed else None), None))
         except BaseException as e:  # handed to the caller's thread; no new request starts
             stop.set()
             out.put((r, None, e))
@@ -217,5 +244,5 @@ def generate_concurrently(client: RemoteClient, requests: Sequence[Request], on_
         if isinstance(failure, EngineError):
             raise type(failure)(f"{what}: {failure}") from None
         raise EngineError(client.scrub(f"{what}: {client.s.where}: {type(failure).__name__}: {failure}")) from failure
-    # No first-token time: answers come whole (no streaming).
+    # No first-token time: answers come whole (streamed ones only to their on_text).
     return BatchInfo(time.perf_counter() - t0, stats[0], stats[1], stats[2])

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from ..errors import SymoeError
 from ..records import Request
 from .endpoint import EndpointSettings, public_url
-from .engine import BatchInfo, Clock, Engine, EngineError, ModelSettings, OnDone
+from .engine import BatchInfo, Clock, Engine, EngineError, ModelSettings, OnDone, OnText
 from .openai_client import RemoteClient, generate_concurrently
 
 
@@ -66,10 +66,14 @@ class RemoteEngine(Engine):
         return {"load_s": time.perf_counter() - t0, "endpoint": public_url(self.settings.url)}
 
     def generate(self, model: str, requests: Sequence[Request], on_done: OnDone, what: str, deadline: float) -> BatchInfo:
+        return self.generate_streaming(model, requests, on_done, lambda key, text: None, (), what, deadline)
+
+    def generate_streaming(self, model: str, requests: Sequence[Request], on_done: OnDone, on_text: OnText,
+                           streamed: Collection[str], what: str, deadline: float) -> BatchInfo:
         self._own(model, what)
         if not self.alive(model):
             raise EngineError(f"{what}: {self.settings.where} was not checked (loaded) on device {self.device}")
-        return generate_concurrently(self.client, requests, on_done, what, deadline, self.clock)
+        return generate_concurrently(self.client, requests, on_done, what, deadline, self.clock, on_text, streamed)
 
     def unload(self, model: str, what: str, deadline: float) -> None:
         self._own(model, what)

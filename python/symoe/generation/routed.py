@@ -4,11 +4,11 @@ its model's engine (which engine that is: ``symoe.execution.launch``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from ..records import Request
-from .engine import BatchInfo, Clock, Engine, ModelSettings, OnDone
+from .engine import BatchInfo, Clock, Engine, ModelSettings, OnDone, OnText
 
 
 class RoutedEngine(Engine):
@@ -33,6 +33,11 @@ class RoutedEngine(Engine):
     def generate(self, model: str, requests: Sequence[Request], on_done: OnDone, what: str, deadline: float) -> BatchInfo:
         """Generate on the model's engine."""
         return self._for(model).generate(model, requests, on_done, what, deadline)
+
+    def generate_streaming(self, model: str, requests: Sequence[Request], on_done: OnDone, on_text: OnText,
+                           streamed: Collection[str], what: str, deadline: float) -> BatchInfo:
+        """Generate, streaming where it can, on the model's engine."""
+        return self._for(model).generate_streaming(model, requests, on_done, on_text, streamed, what, deadline)
 
     def park(self, model: str, what: str, deadline: float) -> None:
         """Park on the model's engine."""

@@ -19,7 +19,7 @@ import itertools
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import httpx
 from ..records import Request
 from .device_group import group_env
 from .endpoint import EndpointSettings
-from .engine import BatchInfo, Clock, Engine, EngineError, EngineTimeout, ModelSettings, OnDone, without_keys
+from .engine import BatchInfo, Clock, Engine, EngineError, EngineTimeout, ModelSettings, OnDone, OnText, without_keys
 from .openai_client import RemoteClient, generate_concurrently
 from .process import engine_env
 from .vllm_server import STOP_GRACE_S, Server, free_port
@@ -140,12 +140,17 @@ class ServedEngine(Engine):
                 time.sleep(HEALTH_POLL_S)
 
     def generate(self, model: str, requests: Sequence[Request], on_done: OnDone, what: str, deadline: float) -> BatchInfo:
+        return self.generate_streaming(model, requests, on_done, lambda key, text: None, (), what, deadline)
+
+    def generate_streaming(self, model: str, requests: Sequence[Request], on_done: OnDone, on_text: OnText,
+                           streamed: Collection[str], what: str, deadline: float) -> BatchInfo:
         if model not in self.served:
-            return self._other(model, what).generate(model, requests, on_done, what, deadline)
+            return self._other(model, what).generate_streaming(model, requests, on_done, on_text, streamed, what,
+                                                               deadline)
         srv = self._server(model, what)
         assert srv.client is not None
         try:
-            return generate_concurrently(srv.client, requests, on_done, what, deadline, self.clock)
+            return generate_concurrently(srv.client, requests, on_done, what, deadline, self.clock, on_text, streamed)
         except EngineError as e:
             dead = srv.proc.poll() is not None
             self.kill(model)

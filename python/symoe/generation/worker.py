@@ -14,7 +14,8 @@ lets the parent store it at once.
 Requests: ``{"op": "load", "model": {...}}``, ``{"op": "generate", "requests": [...]}``,
 ``{"op": "park"}``, ``{"op": "wake"}``. Replies: one ``{"ok": true, ...}`` or
 ``{"ok": false, "error": ...}`` per request; ``generate`` first streams one
-``{"event": "done", ...}`` line per finished request.
+``{"event": "done", ...}`` line per finished request, and, for the ids its ``"stream"`` list
+names, ``{"event": "text", "id", "delta"}`` lines as their text grows (serving's streamed answers).
 """
 
 import ctypes
@@ -83,7 +84,8 @@ class VllmEngine:
         self.chat = bool(spec.get("chat", True))
         return {"import_s": t1 - t0, "load_s": time.perf_counter() - t1}
 
-    def generate(self, requests: list[dict[str, Any]], emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    def generate(self, requests: list[dict[str, Any]], emit: Callable[[dict[str, Any]], None],
+                 stream: frozenset[str] = frozenset()) -> dict[str, Any]:
         from vllm import SamplingParams
 
         tok = self.engine.get_tokenizer()
@@ -97,10 +99,16 @@ class VllmEngine:
                                 ignore_eos=bool(r.get("ignore_eos", False)))  # calibration: a fixed number of tokens
             self.engine.add_request(str(r["id"]), prompt, sp)
         first = None
+        sent: dict[str, int] = {}  # streamed ids: characters of their text sent so far
         while self.engine.has_unfinished_requests():
             for o in self.engine.step():
                 if first is None and o.outputs and o.outputs[0].token_ids:
                     first = time.perf_counter() - t0
+                if o.request_id in stream and o.outputs and not o.finished:  # the text so far (cumulative)
+                    n = sent.get(o.request_id, 0)
+                    if len(o.outputs[0].text) > n:
+                        emit({"event": "text", "id": o.request_id, "delta": o.outputs[0].text[n:]})
+                        sent[o.request_id] = len(o.outputs[0].text)
                 if o.finished:
                     c = o.outputs[0]
                     emit({"event": "done", "id": o.request_id, "text": c.text, "tokens": len(c.token_ids),
@@ -141,7 +149,7 @@ def main() -> None:
             if op == "load":
                 info = engine.load(req["model"])
             elif op == "generate":
-                info = engine.generate(req["requests"], emit)
+                info = engine.generate(req["requests"], emit, frozenset(req.get("stream", ())))
             elif op in ("park", "wake"):
                 info = getattr(engine, op)()
             else:
