@@ -47,13 +47,14 @@ def pool(tmp_path) -> Config:
 def measured(cfg: Config) -> profile.Profile:
     p = profile.load(cfg.engine.platform)
     mp = profile.ModelProfile(start_s=3.0, read_gbps=0.25, init_s=1.0, load_s=9.0, prefill_tps=500.0,
-                              decode_curve=[10.0, 25.0, 30.0, 20.0], kv_tokens=6000)  # noisy: faster than 2x, then slower
+                              curves={"2": [10.0, 25.0, 30.0, 20.0]}, kv_tokens=6000)  # noisy: faster than 2x, then slower
     profile.add_lengths(mp, "expert", 256, list(range(10, 250, 10)))
     p.models[profile.model_key(cfg.model("small"))] = mp
     return p
 
 
-def test_profile_figures_replace_the_configs(tmp_path):
+def test_profile_figures_replace_the_configs(tmp_path, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)  # one device: both cores
     cfg = pool(tmp_path)
     p = measured(cfg)
     profile.save(p)
@@ -71,6 +72,10 @@ def test_profile_figures_replace_the_configs(tmp_path):
     capped, _ = profile.apply(cfg, max_tokens=48, profile=p)
     assert max(capped.model("small").expert_output_quantiles or ()) == 48
     assert capped.run_seconds("small", "expert", 8) < got.run_seconds("small", "expert", 8)
+    # Two CPU devices on this host: each engine has one core; no curve measured there: the 2-core one scaled.
+    two, note = profile.apply(cfg.with_devices(2), profile=p)
+    assert two.model("small").decode_curve == (5.0, 10.0, 15.0, 15.0)
+    assert "decode_curve scaled from 2 to 1 cores" in note
 
 
 def test_lengths_for_a_higher_cap_fall_back_to_all():

@@ -24,7 +24,7 @@ def _show(cfg: Config) -> None:
     rows = []
     for key, mp in sorted(p.models.items()):
         lens = {r: len([x for ls in mp.lengths.get(r, {}).values() for x in ls]) for r in profile.ROLES}
-        curve = " ".join(f"{x:.0f}" for x in mp.decode_curve or ())
+        curve = "; ".join(f"{k} cores: " * k.isdigit() + " ".join(f"{x:.0f}" for x in c) for k, c in mp.curves.items())
         rows.append([key, mp.load_s, mp.start_s, mp.read_gbps, mp.init_s, mp.prefill_tps, curve,
                      f"{lens['expert']} / {lens['aggregate']}"])
     if rows:
@@ -37,16 +37,19 @@ def _show(cfg: Config) -> None:
 @click.command("calibrate")
 @config_opt
 @click.option("--show", is_flag=True, help="Print the machine profile and what it gives the pool; measure nothing.")
-@click.option("--questions", "n_questions", type=click.IntRange(min=1), default=6, show_default=True,
+@click.option("--questions", "n_questions", type=click.IntRange(min=1), default=4, show_default=True,
               help="Validation questions whose answers give each model's output lengths.")
 @click.option("--model", "only", multiple=True, help="Measure only this model (repeatable; default: all local ones).")
+@click.option("--devices", type=click.IntRange(min=1), default=None, help="Measure one engine as a pool of this many "
+              "devices runs it (CPU: its share of the cores; curves are kept per share). Default: the pool's.")
 @click.option("--log-dir", default="runs/calibrate", show_default=True, help="Engine worker logs.")
-def calibrate_cmd(config_path: str, show: bool, n_questions: int, only: tuple[str, ...], log_dir: str) -> None:
+def calibrate_cmd(config_path: str, show: bool, n_questions: int, only: tuple[str, ...], devices: int | None,
+                  log_dir: str) -> None:
     """Measure this machine's cost figures (load phases, decode tokens/s at 1-16 sequences in
     flight, output lengths on validation questions) for the pool's models with the real engine,
     into the machine profile that `symoe run`, `symoe plan` and the API then use."""
     try:
-        cfg = Config.load(config_path)
+        cfg = Config.load(config_path).with_devices(devices)
         if show:
             _show(cfg)
             return
@@ -66,7 +69,8 @@ def calibrate_cmd(config_path: str, show: bool, n_questions: int, only: tuple[st
             mp = measure_model(cfg, name, qs, name == task.get("aggregator"), Path(log_dir), lines.append)
             key = profile.model_key(cfg.model(name))
             old = p.models.get(key)
-            if old is not None:  # lengths accumulate; the rest is this measurement's
+            if old is not None:  # lengths and other shares' curves accumulate; the rest is this measurement's
+                mp.curves = {**old.curves, **mp.curves}
                 for role, by_cap in old.lengths.items():
                     for cap, ls in by_cap.items():
                         profile.add_lengths(mp, role, int(cap), ls)

@@ -43,7 +43,9 @@ class ModelProfile(BaseModel):
     init_s: float | None = None       # the rest of the engine load (KV cache, warm-up)
     load_s: float | None = None       # the whole load as measured (start + read + init)
     prefill_tps: float | None = None
-    decode_curve: list[float] | None = None  # tokens/s at 1, 2, 4, ... sequences in flight
+    # Decode tokens/s at 1, 2, 4, ... sequences in flight, by the engine's share of the machine
+    # (:func:`engine_share`: its CPU cores, "gpu"): two CPU devices on one host give each half the cores.
+    curves: dict[str, list[float]] = Field(default_factory=dict)
     kv_tokens: int | None = None      # the KV cache's size: sequences in flight <= kv_tokens / (prompt + cap)
     # Output lengths by role, then by the max_tokens they were generated with ("256": [...]):
     # calibration's own, and the store's after each run (replaced, so a rerun adds nothing twice).
@@ -142,6 +144,28 @@ def save(p: Profile) -> Path:
     return path
 
 
+def engine_share(cfg: Config) -> str:
+    """The curve key of one engine of ``cfg``: its CPU cores (``[engine] threads``, else an equal
+    share of this machine's cores among the pool's local devices, as the engines bind them), or "gpu"."""
+    if cfg.engine.platform != "cpu":
+        return "gpu"
+    local = max(1, sum(d.endpoint is None for d in cfg.devices))
+    return str(cfg.engine.threads or max(1, (os.cpu_count() or 1) // local))
+
+
+def curve_for(mp: ModelProfile, share: str) -> tuple[tuple[float, ...], str] | None:
+    """The curve measured at ``share``, else the nearest CPU share's scaled by the core ratio (an
+    estimate, said so in the returned note), else None."""
+    if share in mp.curves:
+        return clean_curve(mp.curves[share]), "decode_curve"
+    cpu = [k for k in mp.curves if k.isdigit()]
+    if not share.isdigit() or not cpu:
+        return None
+    near = min(cpu, key=lambda k: abs(int(k) - int(share)))
+    scale = int(share) / int(near)
+    return clean_curve([r * scale for r in mp.curves[near]]), f"decode_curve scaled from {near} to {share} cores"
+
+
 def add_lengths(mp: ModelProfile, role: str, cap: int, lengths: list[int]) -> None:
     """Keep observed output lengths of ``role`` generated with at most ``cap`` new tokens."""
     kept = mp.lengths.setdefault(role, {}).setdefault(str(cap), [])
@@ -174,10 +198,12 @@ def clean_curve(rates: list[float]) -> tuple[float, ...]:
     return tuple(out)
 
 
-def apply_model(m: ModelSpec, mp: ModelProfile, cap: int | None, prompt: float = 0.0) -> tuple[ModelSpec, list[str]]:
+def apply_model(m: ModelSpec, mp: ModelProfile, cap: int | None, prompt: float = 0.0,
+                share: str = "gpu") -> tuple[ModelSpec, list[str]]:
     """``m`` with the profile's figures (``prompt``: its expert prompt tokens, for what its KV cache
-    holds); the names of those it took."""
+    holds; ``share``: the engine's, :func:`engine_share`); the names of those it took."""
     upd: dict[str, object] = {}
+    curve_note = "decode_curve"
     if mp.start_s is not None and mp.read_gbps and mp.init_s is not None:
         upd["load_s"] = mp.start_s + m.weight_bytes / (mp.read_gbps * GB) + mp.init_s
     elif mp.load_s is not None:
@@ -186,8 +212,9 @@ def apply_model(m: ModelSpec, mp: ModelProfile, cap: int | None, prompt: float =
         upd["load_s"] = float(np.median(mp.loads))
     if mp.prefill_tps:
         upd["prefill_tps"] = mp.prefill_tps
-    if mp.decode_curve:
-        upd["decode_curve"] = clean_curve(mp.decode_curve)
+    curve = curve_for(mp, share)
+    if curve is not None:
+        upd["decode_curve"], curve_note = curve
     if mp.kv_tokens and cap:
         upd["max_seqs"] = max(1, int(mp.kv_tokens // (prompt + (m.max_tokens or cap))))
     for role in ROLES:
@@ -195,8 +222,8 @@ def apply_model(m: ModelSpec, mp: ModelProfile, cap: int | None, prompt: float =
         if ls:
             upd[f"{role}_output_quantiles"] = quantiles(ls)
             upd[f"{role}_output_tokens"] = float(np.mean(ls))
-    names = ["load" if k == "load_s" else "lengths" if k.endswith("quantiles") else k for k in upd
-             if not k.endswith("_tokens")]
+    names = ["load" if k == "load_s" else "lengths" if k.endswith("quantiles") else curve_note if k == "decode_curve"
+             else k for k in upd if not k.endswith("_tokens")]
     return replace(m, **upd), list(dict.fromkeys(names))  # type: ignore[arg-type]
 
 
@@ -214,7 +241,7 @@ def apply(cfg: Config, max_tokens: int | None = None, aggregate_max_tokens: int 
         mp = p.models.get(model_key(m)) if m.endpoint is None else None
         names: list[str] = []
         if mp is not None:
-            m, names = apply_model(m, mp, cap, cfg.model_tokens(m.name).expert_prompt)
+            m, names = apply_model(m, mp, cap, cfg.model_tokens(m.name).expert_prompt, engine_share(cfg))
         models.append(m)
         (took if names else kept).append(f"{m.name} ({', '.join(names)})" if names else m.name)
     out = replace(cfg, models=tuple(models))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.pool import Config
-from ..config.profile import ModelProfile, add_lengths
+from ..config.profile import ModelProfile, add_lengths, engine_share
 from ..generation.engine import BatchInfo, ModelSettings
 from ..generation.local import LocalEngine
 from ..method.datasets import Question
@@ -104,7 +104,7 @@ def measure_model(cfg: Config, name: str, questions: Sequence[Question], aggrega
             curve.append(rate)
             prefill = pre or prefill
             say(f"{b} in flight: {rate:.0f} tokens/s")
-        mp.decode_curve, mp.prefill_tps = curve, prefill
+        mp.curves[engine_share(cfg)], mp.prefill_tps = curve, prefill
         sampling = Sampling.for_pool(cfg)
         build = Requests(cfg, sampling)
         got: list[Generation] = []
