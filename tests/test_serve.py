@@ -3,7 +3,6 @@
 tiny real CPU pool. Keyword matching uses the real NumPy all-MiniLM embedder."""
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -74,8 +73,23 @@ def prompts(n):
     return [q.text for q in qs[:n]]
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory, embedder, profiles):
+    """One server for the tests that need no engine or window of their own (fake engine, instant;
+    body limit 4 KiB, max_tokens 64): started once for the module, not once per test."""
+    tmp = tmp_path_factory.mktemp("shared")
+    cfg = symoe.Config.from_toml(pool_toml(tmp))
+    with Store(tmp / "s.sqlite") as store, serving(cfg, FakeEngine(0, cfg, ScaledClock(0.0)), store, embedder, profiles,
+                                                  limits=Limits(max_body_bytes=4096, max_tokens=64)) as (srv, _):
+        yield srv
+
+
 @contextmanager
-def serving(cfg, engine, store, embedder, profiles, window_s=0.05, api_key=None, limits=Limits(), **kw):
+def serving(cfg, engine, store, embedder, profiles, window_s=0.05, api_key=None, limits=Limits(), together=None, **kw):
+    """A server on a free port. ``together``: a window that closes the moment that many requests are in
+    (max_batch; its 30 s length is only a guard), so a test waits for no window to run out."""
+    if together:
+        window_s, kw["max_batch"] = 30.0, together
     mix = Mixture(cfg, profiles, KW, AGG, engine, store, window_s=window_s, embedder=embedder, **kw)
     mix.start()
     srv = MixtureServer(mix, MODEL, "127.0.0.1", 0, limits, api_key)
@@ -105,6 +119,7 @@ def ask_all(url, texts, seeds=None, key="none", details=True):
         t.start()
     for t in threads:
         t.join(180)
+    assert all(o is not None for o in out), "a request got no answer"
     return out
 
 
@@ -113,7 +128,7 @@ def test_16_concurrent_requests_fake_engine_one_window_batched_by_expert(tmp_pat
     eng = FakeEngine(0, cfg, ScaledClock(0.0))
     texts = prompts(16)
     with Store(tmp_path / "s.sqlite") as store:
-        with serving(cfg, eng, store, embedder, profiles, window_s=3.0) as (srv, mix):
+        with serving(cfg, eng, store, embedder, profiles, together=16) as (srv, mix):
             out = ask_all(srv.url, texts)
             rows = list(export_rows(store, []))
         final = {(r["question"]): r["text"] for r in rows if r["role"] == "aggregate"}
@@ -148,7 +163,7 @@ def test_pool_of_endpoints_16_concurrent_requests(tmp_path, embedder, profiles):
         cfg = symoe.Config.from_toml(pool_toml(tmp_path, endpoint=fake.url))
         eng = stage_engine(cfg, tmp_path / "logs")
         texts, seeds = prompts(16), list(range(100, 116))
-        with Store(tmp_path / "s.sqlite") as store, serving(cfg, eng, store, embedder, profiles, window_s=1.0) as (srv, _):
+        with Store(tmp_path / "s.sqlite") as store, serving(cfg, eng, store, embedder, profiles, together=16) as (srv, _):
             out = ask_all(srv.url, texts, seeds)
     for text, seed, r in zip(texts, seeds, out):
         # The fake endpoint echoes the sampling seed, which only this request's aggregation has.
@@ -157,46 +172,40 @@ def test_pool_of_endpoints_16_concurrent_requests(tmp_path, embedder, profiles):
     assert len(fake.requests) == 16 * (5 + 3 + 1)
 
 
-def test_bad_input_is_a_4xx_and_the_server_keeps_serving(tmp_path, embedder, profiles):
-    cfg = symoe.Config.from_toml(pool_toml(tmp_path))
-    limits = Limits(max_body_bytes=4096, max_tokens=64)
-    with Store(tmp_path / "s.sqlite") as store, \
-            serving(cfg, FakeEngine(0, cfg, ScaledClock(0.0)), store, embedder, profiles, limits=limits) as (srv, _):
-        base = srv.url
-        ok = {"model": MODEL, "messages": [{"role": "user", "content": "What is 2+2?"}]}
-        cases = [
-            (b"{not json", 400, None), (json.dumps([1, 2]).encode(), 400, None),
-            (json.dumps({**ok, "model": "gpt-4"}).encode(), 404, "model"),
-            (json.dumps({"model": MODEL}).encode(), 400, "messages"),
-            (json.dumps({"model": MODEL, "messages": [{"role": "system", "content": "x"}]}).encode(), 400, "messages"),
-            (json.dumps({**ok, "max_tokens": 65}).encode(), 400, "max_tokens"),
-            (json.dumps({**ok, "max_tokens": "many"}).encode(), 400, "max_tokens"),
-            (json.dumps({**ok, "stream": "yes"}).encode(), 400, "stream"),
-            (json.dumps({**ok, "pad": "x" * 5000}).encode(), 413, None),
-        ]
-        with httpx.Client(timeout=30) as c:
-            for body, status, param in cases:
-                r = c.post(base + "/chat/completions", content=body, headers={"Content-Type": "application/json"})
-                assert r.status_code == status, (body[:60], r.text)
-                err = r.json()["error"]
-                assert set(err) == {"message", "type", "param", "code"} and err["message"] and err["param"] == param
-            assert c.post(base + "/completions", json={"model": MODEL}).status_code == 400
-            assert c.post(base + "/nowhere", json=ok).status_code == 404
-            assert c.get(base + "/models").json()["data"][0]["id"] == MODEL
-            # still serving, both endpoints
-            assert c.post(base + "/chat/completions", json=ok).json()["choices"][0]["message"]["content"]
-            r = c.post(base + "/completions", json={"model": MODEL, "prompt": "What is 3+4?", "max_tokens": 8})
-            assert r.status_code == 200 and r.json()["object"] == "text_completion" and r.json()["choices"][0]["text"]
+def test_bad_input_is_a_4xx_and_the_server_keeps_serving(shared):
+    base = shared.url
+    ok = {"model": MODEL, "messages": [{"role": "user", "content": "What is 2+2?"}]}
+    cases = [
+        (b"{not json", 400, None), (json.dumps([1, 2]).encode(), 400, None),
+        (json.dumps({**ok, "model": "gpt-4"}).encode(), 404, "model"),
+        (json.dumps({"model": MODEL}).encode(), 400, "messages"),
+        (json.dumps({"model": MODEL, "messages": [{"role": "system", "content": "x"}]}).encode(), 400, "messages"),
+        (json.dumps({**ok, "max_tokens": 65}).encode(), 400, "max_tokens"),
+        (json.dumps({**ok, "max_tokens": "many"}).encode(), 400, "max_tokens"),
+        (json.dumps({**ok, "stream": "yes"}).encode(), 400, "stream"),
+        (json.dumps({**ok, "pad": "x" * 5000}).encode(), 413, None),
+    ]
+    with httpx.Client(timeout=30) as c:
+        for body, status, param in cases:
+            r = c.post(base + "/chat/completions", content=body, headers={"Content-Type": "application/json"})
+            assert r.status_code == status, (body[:60], r.text)
+            err = r.json()["error"]
+            assert set(err) == {"message", "type", "param", "code"} and err["message"] and err["param"] == param
+        assert c.post(base + "/completions", json={"model": MODEL}).status_code == 400
+        assert c.post(base + "/nowhere", json=ok).status_code == 404
+        assert c.get(base + "/models").json()["data"][0]["id"] == MODEL
+        # still serving, both endpoints
+        assert c.post(base + "/chat/completions", json=ok).json()["choices"][0]["message"]["content"]
+        r = c.post(base + "/completions", json={"model": MODEL, "prompt": "What is 3+4?", "max_tokens": 8})
+        assert r.status_code == 200 and r.json()["object"] == "text_completion" and r.json()["choices"][0]["text"]
 
 
-def test_client_key(tmp_path, embedder, profiles):
-    cfg = symoe.Config.from_toml(pool_toml(tmp_path))
-    with Store(tmp_path / "s.sqlite") as store, \
-            serving(cfg, FakeEngine(0, cfg, ScaledClock(0.0)), store, embedder, profiles, api_key="sk-serve") as (srv, _):
-        with pytest.raises(openai.AuthenticationError):
-            openai.OpenAI(base_url=srv.url, api_key="wrong", max_retries=0).models.list()
-        assert httpx.get(srv.url + "/models").status_code == 401
-        assert ask_all(srv.url, ["What is 1+1?"], key="sk-serve")[0].choices[0].message.content
+def test_client_key(shared, monkeypatch):
+    monkeypatch.setattr(shared, "api_key", "sk-serve")  # the shared server, with a key for this test only
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=shared.url, api_key="wrong", max_retries=0).models.list()
+    assert httpx.get(shared.url + "/models").status_code == 401
+    assert ask_all(shared.url, ["What is 1+1?"], key="sk-serve")[0].choices[0].message.content
 
 
 def test_engine_fault_fails_only_its_requests_and_the_expert_is_reloaded(tmp_path, embedder, profiles):
@@ -204,7 +213,7 @@ def test_engine_fault_fails_only_its_requests_and_the_expert_is_reloaded(tmp_pat
     victim = "SmolLM2-135M-Instruct"
     eng = FakeEngine(0, cfg, ScaledClock(0.0), [Fault("die", "generate", victim)])
     texts = prompts(12)
-    with Store(tmp_path / "s.sqlite") as store, serving(cfg, eng, store, embedder, profiles, window_s=2.0) as (srv, _):
+    with Store(tmp_path / "s.sqlite") as store, serving(cfg, eng, store, embedder, profiles, together=12) as (srv, _):
         first = ask_all_raw(srv.url, texts)
         again = ask_all_raw(srv.url, texts)
     failed = [i for i, (code, _) in enumerate(first) if code != 200]
@@ -230,7 +239,8 @@ def ask_all_raw(url, texts, timeout=60, **extra):
     for t in ts:
         t.start()
     for t in ts:
-        t.join(120)
+        t.join(timeout + 60)
+    assert all(o is not None for o in out), "a request got no answer"
     return out
 
 
@@ -275,17 +285,26 @@ def test_tiny_real_cpu_pool(tmp_path, embedder):
     cfg = symoe.Config.from_toml(fetch_tiny([smol]))
     prof = Profiles.from_dict({smol: Profiles.from_json(bundled("tiny_profiles.json")).to_dict()[smol]})
     eng = stage_engine(cfg, tmp_path / "logs")
-    mix = Mixture(cfg, prof, smol, smol, eng, Store(tmp_path / "s.sqlite"), window_s=2.0, embedder=embedder)
+    # One server start for every check; the 16 requests close their window together (max_batch).
+    mix = Mixture(cfg, prof, smol, smol, eng, Store(tmp_path / "s.sqlite"), window_s=30.0, max_batch=16,
+                  embedder=embedder)
     mix.start()
-    srv = MixtureServer(mix, MODEL, "127.0.0.1", 0, Limits(max_tokens=32))
+    srv = MixtureServer(mix, MODEL, "127.0.0.1", 0, Limits(max_tokens=16))
     srv.serve_in_thread()
     try:
+        assert srv.server_address[0] == "127.0.0.1"
         texts = prompts(16)
-        out = ask_all_raw(srv.url, texts, timeout=1200, max_tokens=32)
+        out = ask_all_raw(srv.url, texts, timeout=1200, max_tokens=16)
         assert all(code == 200 and body["choices"][0]["message"]["content"] for code, body in out)
         assert [b["symoe"]["question"] for _, b in out] == [question_of(t).id for t in texts]
         assert httpx.post(srv.url + "/chat/completions", content=b"{").status_code == 400
-        assert ask_all_raw(srv.url, ["What is 2+2?"], timeout=600, max_tokens=32)[0][0] == 200
+        # Still serving: streamed from the worker as vLLM writes it, and the same text unstreamed (same seed).
+        c = openai.OpenAI(base_url=srv.url, api_key="none", max_retries=0, timeout=600)
+        msgs = [{"role": "user", "content": "What is 2+2?"}]
+        chunks = list(c.chat.completions.create(model=MODEL, messages=msgs, seed=1, max_tokens=16, stream=True))
+        whole = c.chat.completions.create(model=MODEL, messages=msgs, seed=1, max_tokens=16)
+        pieces = [ch.choices[0].delta.content for ch in chunks if ch.choices and ch.choices[0].delta.content]
+        assert len(pieces) > 1 and "".join(pieces) == whole.choices[0].message.content
     finally:
         srv.close(30)
         eng.close()
@@ -301,7 +320,7 @@ def test_residency_keeps_what_fits_and_swaps_the_least_recently_used(tmp_path, e
     cfg = symoe.Config.from_toml(pool_toml(tmp_path, memory=two))
     eng = FakeEngine(0, cfg, ScaledClock(0.0))
     with Store(tmp_path / "s.sqlite") as store:
-        mix = Mixture(cfg, profiles, KW, NAMES[2], eng, store, window_s=0.5, embedder=embedder)
+        mix = Mixture(cfg, profiles, KW, NAMES[2], eng, store, window_s=30.0, max_batch=12, embedder=embedder)
         loaded = mix.start()
         srv = MixtureServer(mix, MODEL, "127.0.0.1", 0)
         srv.serve_in_thread()
@@ -324,7 +343,7 @@ def test_skip_agreed_answers_without_the_aggregator(tmp_path, embedder, profiles
         cfg = symoe.Config.from_toml(pool_toml(tmp_path, endpoint=fake.url))
         eng = stage_engine(cfg, tmp_path / "logs")
         with Store(tmp_path / "s.sqlite") as store, \
-                serving(cfg, eng, store, embedder, profiles, window_s=0.5, skip_agreed=True) as (srv, _):
+                serving(cfg, eng, store, embedder, profiles, together=4, skip_agreed=True) as (srv, _):
             out = ask_all_raw(srv.url, prompts(4))
     assert len(fake.requests) == 4 * (5 + 3)
     for _, body in out:
@@ -333,60 +352,122 @@ def test_skip_agreed_answers_without_the_aggregator(tmp_path, embedder, profiles
         assert body["usage"]["prompt_tokens"] == 8 * 11 and body["usage"]["completion_tokens"] == 8 * 7
 
 
-def test_stream_gives_the_same_answer_as_server_sent_events(tmp_path, embedder, profiles):
-    cfg = symoe.Config.from_toml(pool_toml(tmp_path))
-    with Store(tmp_path / "s.sqlite") as store, \
-            serving(cfg, FakeEngine(0, cfg, ScaledClock(0.0)), store, embedder, profiles) as (srv, _):
-        c = openai.OpenAI(base_url=srv.url, api_key="none", max_retries=0)
-        msgs = [{"role": "user", "content": prompts(1)[0]}]
-        whole = c.chat.completions.create(model=MODEL, messages=msgs, seed=5)
-        chunks = list(c.chat.completions.create(model=MODEL, messages=msgs, seed=5, stream=True,
-                                                stream_options={"include_usage": True}))
-        text = c.completions.create(model=MODEL, prompt=prompts(1)[0], seed=5, stream=True)
-        streamed_text = "".join(ch.choices[0].text for ch in text if ch.choices)
+def test_stream_gives_the_same_answer_as_server_sent_events(shared):
+    c = openai.OpenAI(base_url=shared.url, api_key="none", max_retries=0)
+    msgs = [{"role": "user", "content": prompts(1)[0]}]
+    whole = c.chat.completions.create(model=MODEL, messages=msgs, seed=5)
+    chunks = list(c.chat.completions.create(model=MODEL, messages=msgs, seed=5, stream=True,
+                                            stream_options={"include_usage": True}))
+    text = c.completions.create(model=MODEL, prompt=prompts(1)[0], seed=5, stream=True)
+    streamed_text = "".join(ch.choices[0].text for ch in text if ch.choices)
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == whole.choices[0].message.content
     assert chunks[-1].usage.total_tokens == whole.usage.total_tokens
     assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == whole.choices[0].finish_reason
     assert streamed_text == whole.choices[0].message.content  # the same question and seed: the stored answer
 
 
-def test_a_client_that_stops_sending_is_dropped_and_others_are_served(tmp_path, embedder, profiles, monkeypatch):
+class StreamingFake(FakeEngine):
+    """A test double of a streaming engine over the fake: a streamed request's text grows word by
+    word before it is done; after its first word the generation waits for ``hold`` (set by the test)."""
+
+    def __init__(self, *a, hold=None, **kw):
+        super().__init__(*a, **kw)
+        self.hold, self.streamed_keys = hold, []
+
+    def generate_streaming(self, model, requests, on_done, on_text, streamed, what, deadline):
+        def done(g):
+            if g.key in streamed:
+                self.streamed_keys.append(g.key)
+                words = g.text.split(" ")
+                for n in range(1, len(words)):
+                    on_text(g.key, " ".join(words[:n]) + " ")
+                    if n == 1 and self.hold is not None:
+                        assert self.hold.wait(30), "the client never saw the first words"
+            on_done(g)
+
+        return self.generate(model, requests, done, what, deadline)
+
+
+def test_stream_sends_the_aggregators_text_as_it_is_written(tmp_path, embedder, profiles):
+    cfg = symoe.Config.from_toml(pool_toml(tmp_path))
+    hold = threading.Event()
+    eng = StreamingFake(0, cfg, ScaledClock(0.0), hold=hold)
+    q = prompts(2)
+    with Store(tmp_path / "s.sqlite") as store, serving(cfg, eng, store, embedder, profiles) as (srv, _):
+        c = openai.OpenAI(base_url=srv.url, api_key="none", max_retries=0, timeout=60)
+        msgs = [{"role": "user", "content": q[0]}]
+        stream = iter(c.chat.completions.create(model=MODEL, messages=msgs, seed=7, stream=True,
+                                                stream_options={"include_usage": True}))
+        first = next(stream)
+        # The first words are here while the aggregator is still held mid-answer: streamed, not sent at the end.
+        assert first.choices[0].delta.content and first.choices[0].delta.role == "assistant" and not hold.is_set()
+        hold.set()
+        chunks = [first, *stream]
+        whole = c.chat.completions.create(model=MODEL, messages=msgs, seed=7)  # the same seed: the stored answer
+        text = "".join(ch.choices[0].text for ch in c.completions.create(model=MODEL, prompt=q[1], seed=3, stream=True)
+                       if ch.choices)
+        plain = c.completions.create(model=MODEL, prompt=q[1], seed=3)
+    pieces = [ch.choices[0].delta.content for ch in chunks if ch.choices and ch.choices[0].delta.content]
+    assert len(pieces) > 3 and "".join(pieces) == whole.choices[0].message.content
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "stop"
+    assert chunks[-1].usage.total_tokens == whole.usage.total_tokens and not chunks[-1].choices
+    assert text == plain.choices[0].text and len(eng.streamed_keys) == 2  # one aggregation streamed per request
+
+
+def test_stream_through_a_pool_of_endpoints(tmp_path, embedder, profiles):
+    # The aggregator's endpoint is asked with stream=true, and its words come through as they arrive.
+    with FakeOpenAI(models=NAMES) as fake:
+        cfg = symoe.Config.from_toml(pool_toml(tmp_path, endpoint=fake.url))
+        eng = stage_engine(cfg, tmp_path / "logs")
+        with Store(tmp_path / "s.sqlite") as store, serving(cfg, eng, store, embedder, profiles) as (srv, _):
+            c = openai.OpenAI(base_url=srv.url, api_key="none", max_retries=0, timeout=60)
+            msgs = [{"role": "user", "content": prompts(1)[0]}]
+            chunks = list(c.chat.completions.create(model=MODEL, messages=msgs, seed=9, stream=True))
+            whole = c.chat.completions.create(model=MODEL, messages=msgs, seed=9)
+    pieces = [ch.choices[0].delta.content for ch in chunks if ch.choices and ch.choices[0].delta.content]
+    assert len(pieces) > 3 and "".join(pieces) == whole.choices[0].message.content
+    assert [r.get("stream", False) for r in fake.requests] == [False] * (5 + 3) + [True]
+
+
+def test_a_client_that_stops_sending_is_dropped_and_others_are_served(shared, monkeypatch):
     import socket
 
     from symoe.serve import http as serve_http
-    monkeypatch.setattr(serve_http.Handler, "timeout", 1.0)
-    cfg = symoe.Config.from_toml(pool_toml(tmp_path))
-    with Store(tmp_path / "s.sqlite") as store, \
-            serving(cfg, FakeEngine(0, cfg, ScaledClock(0.0)), store, embedder, profiles) as (srv, _):
-        port = srv.server_address[1]
-        s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"model\"")
-        assert ask_all_raw(srv.url, ["What is 5+5?"])[0][0] == 200  # served meanwhile
-        s.settimeout(30)
-        assert s.recv(4096) == b""  # closed by the server after its socket timeout, no answer
-        s.close()
-        big = socket.create_connection(("127.0.0.1", port))  # a body far over the limit: 413, then closed
-        big.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n")
-        big.settimeout(30)
-        assert big.recv(4096).startswith(b"HTTP/1.1 413")
-        big.close()
+    monkeypatch.setattr(serve_http.Handler, "timeout", 1.0)  # read by each new connection
+    srv = shared
+    port = srv.server_address[1]
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"model\"")
+    assert ask_all_raw(srv.url, ["What is 5+5?"])[0][0] == 200  # served meanwhile
+    s.settimeout(30)
+    assert s.recv(4096) == b""  # closed by the server after its socket timeout, no answer
+    s.close()
+    big = socket.create_connection(("127.0.0.1", port))  # a body far over the limit: 413, then closed
+    big.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n")
+    big.settimeout(30)
+    assert big.recv(4096).startswith(b"HTTP/1.1 413")
+    big.close()
 
 
-def test_cli_refuses_a_port_in_use_and_an_unset_key_variable(tmp_path):
+def test_cli_refuses_a_port_in_use_and_an_unset_key_variable(tmp_path, monkeypatch):
+    # In-process (click's runner): the refusals come before any model, embedder or signal handler.
     import socket
+
+    from click.testing import CliRunner
+
+    from symoe.cli import main
 
     pool = pool_toml(tmp_path)
     held = socket.socket()
     held.bind(("127.0.0.1", 0))
     held.listen()
-    base = [sys.executable, "-m", "symoe.cli", "serve", "--config", str(pool), "--fake", "0",
-            "--store", str(tmp_path / "s.sqlite")]
+    base = ["serve", "--config", str(pool), "--fake", "0", "--store", str(tmp_path / "s.sqlite")]
     try:
-        out = subprocess.run(base + ["--port", str(held.getsockname()[1])], capture_output=True, text=True, timeout=300)
+        out = CliRunner().invoke(main, base + ["--port", str(held.getsockname()[1])])
     finally:
         held.close()
-    assert out.returncode != 0 and "in use" in out.stderr and "Traceback" not in out.stderr
-    env = {k: v for k, v in os.environ.items() if k != "SYMOE_TEST_UNSET_KEY"}
-    out = subprocess.run(base + ["--api-key-env", "SYMOE_TEST_UNSET_KEY"], capture_output=True, text=True, timeout=300,
-                         env=env)
-    assert out.returncode == 2 and "SYMOE_TEST_UNSET_KEY" in out.stderr
+    # A one-line error, no traceback: click exited (SystemExit), no exception escaped it.
+    assert isinstance(out.exception, SystemExit) and out.exit_code == 1 and "in use" in out.output, out.output
+    monkeypatch.delenv("SYMOE_TEST_UNSET_KEY", raising=False)
+    out = CliRunner().invoke(main, base + ["--api-key-env", "SYMOE_TEST_UNSET_KEY"])
+    assert out.exit_code == 2 and "SYMOE_TEST_UNSET_KEY" in out.output

@@ -7,13 +7,26 @@ from __future__ import annotations
 
 import hmac
 import json
+import queue
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from .mixture import Mixture
-from .protocol import ApiError, Endpoint, Limits, parse, response, stream_events
+from .protocol import (
+    ApiError,
+    Endpoint,
+    Limits,
+    ServeRequest,
+    parse,
+    response,
+    sse,
+    stream_base,
+    stream_chunk,
+    stream_events,
+    stream_tail,
+)
 
 SOCKET_TIMEOUT_S = 30.0  # a client that sends nothing for this long is dropped
 PATHS: dict[str, Endpoint] = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
@@ -139,15 +152,55 @@ class Handler(BaseHTTPRequestHandler):
             if endpoint is None:
                 raise ApiError(404, f"no such path: POST {self.path}", code="not_found")
             req = parse(endpoint, body, self.server.model_id, self.server.limits)
+            if req.stream:
+                return self._stream(req)
             answer = self.server.mixture.answer(req, self.server.request_timeout_s)
-            mid = self.server.model_id
-            self._send(200, stream_events(req, answer, mid) if req.stream else response(req, answer, mid))
+            self._send(200, response(req, answer, self.server.model_id))
         except ApiError as e:
             self._error(e)
         except (TimeoutError, ConnectionError):
             self.close_connection = True
         except Exception as e:  # noqa: BLE001  (a bug answers 500 with a body, never a dropped connection)
             self._error(ApiError(500, f"internal error: {type(e).__name__}: {e}", "server_error"))
+
+    def _stream(self, req: ServeRequest) -> None:
+        """``stream: true``: the aggregator's text as it is written, as server-sent events in a
+        chunked body. Until the first piece, a failure is an error answer like any other; after
+        it, an ``{"error": ...}`` event ends the stream."""
+        mixture, mid = self.server.mixture, self.server.model_id
+        job = mixture.submit(req)
+        end = time.monotonic() + self.server.request_timeout_s
+
+        def piece() -> str | None:  # the next piece of text; None: the job is done
+            assert job.pieces is not None
+            try:
+                return job.pieces.get(timeout=max(0.0, end - time.monotonic()))
+            except queue.Empty:
+                raise ApiError(503, f"no answer within {self.server.request_timeout_s:g} s", "server_error",
+                               code="timeout") from None
+
+        first = piece()
+        if first is None:  # done before any text: an error, or an empty answer
+            return self._send(200, stream_events(req, mixture.result(job, 0), mid))
+        self.send_response(200)
+        for k, v in (("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache"), ("Transfer-Encoding", "chunked")):
+            self.send_header(k, v)
+        self.end_headers()
+        base = stream_base(req, mid)
+        self._chunk(sse(stream_chunk(req, base, first, first=True)))
+        tail: list[dict[str, Any] | str]
+        try:
+            while (text := piece()) is not None:
+                self._chunk(sse(stream_chunk(req, base, text)))
+            tail = stream_tail(req, base, mixture.result(job, 0))
+        except ApiError as e:
+            tail = [e.body(), "[DONE]"]
+        self._chunk(sse(*tail))
+        self._chunk(b"")  # the last chunk of the body
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
 
     def _no_method(self) -> None:
         """405: only GET and POST are served."""

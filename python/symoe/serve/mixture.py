@@ -6,6 +6,7 @@ with a 503."""
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections import deque
@@ -35,13 +36,12 @@ class Mixture:
                 raise ValueError(f"task: {what} {m!r} is not in the pool ({', '.join(cfg.names)})")
         if window_s < 0 or max_batch < 1:
             raise ValueError(f"window must be >= 0 s and max_batch >= 1, got {window_s}, {max_batch}")
-        emb = embedder or Embedder()
-        emb.embed(list(profiles.vocabulary))  # once, before the first request waits on it
-        self.setup = Setup(cfg, profiles, keyword_model, aggregator, Residency(cfg, engine), store, emb, k,
+        # The embedder loads in start(): the CLI binds its address first, so a port in use is refused at once.
+        self.setup = Setup(cfg, profiles, keyword_model, aggregator, Residency(cfg, engine), store, embedder, k,
                            skip_agreed)
         self.window_s, self.max_batch = window_s, max_batch
         self.windows = 0
-        self._queue: deque[tuple[Job, threading.Event]] = deque()
+        self._queue: deque[Job] = deque()
         self._cv = threading.Condition()
         self._stopping = False
         self._busy = False
@@ -51,6 +51,8 @@ class Mixture:
         """Load the models chosen to stay resident (see :mod:`.residency`), then take requests;
         returns the models loaded."""
         s = self.setup
+        s.embedder = s.embedder or Embedder()
+        s.embedder.embed(list(s.profiles.vocabulary))  # once, before the first request waits on it
         loaded: list[str] = []
         if preload:
             freq = expected_frequency(s.profiles, s.k)
@@ -61,29 +63,38 @@ class Mixture:
         self._thread.start()
         return loaded
 
-    def answer(self, req: ServeRequest, timeout_s: float) -> Answer:
-        """Queue ``req`` and wait for its answer; an :class:`ApiError` when it fails or times out."""
-        job, done = Job(req), threading.Event()
+    def submit(self, req: ServeRequest) -> Job:
+        """Queue ``req``; a streamed one (``req.stream``) gets its text in ``Job.pieces`` as it is written."""
+        job = Job(req, pieces=queue.SimpleQueue() if req.stream else None)
         with self._cv:
             if self._stopping:
                 raise ApiError(503, "the server is shutting down", "server_error", code="shutting_down")
-            self._queue.append((job, done))
+            self._queue.append(job)
             self._cv.notify_all()
-        if not done.wait(timeout_s):
+        return job
+
+    @staticmethod
+    def result(job: Job, timeout_s: float) -> Answer:
+        """Wait for ``job``'s answer; an :class:`ApiError` when it fails or times out."""
+        if not job.done.wait(timeout_s):
             raise ApiError(503, f"no answer within {timeout_s:g} s", "server_error", code="timeout")
         if job.error is not None:
             raise job.error
         assert job.answer is not None
         return job.answer
 
-    def _take(self) -> list[tuple[Job, threading.Event]] | None:
+    def answer(self, req: ServeRequest, timeout_s: float) -> Answer:
+        """Queue ``req`` and wait for its answer; an :class:`ApiError` when it fails or times out."""
+        return self.result(self.submit(req), timeout_s)
+
+    def _take(self) -> list[Job] | None:
         with self._cv:
             while not self._queue:
                 if self._stopping:
                     return None
                 self._cv.wait()
             if self.window_s > 0:
-                until = self._queue[0][0].arrived + self.window_s
+                until = self._queue[0].arrived + self.window_s
                 while not self._stopping and len(self._queue) < self.max_batch:
                     left = until - time.perf_counter()
                     if left <= 0:
@@ -95,10 +106,9 @@ class Mixture:
 
     def _loop(self) -> None:
         while True:
-            batch = self._take()
-            if batch is None:
+            jobs = self._take()
+            if jobs is None:
                 return
-            jobs = [j for j, _ in batch]
             try:
                 run_window(self.setup, self.windows, jobs)
             except Exception as e:  # noqa: BLE001  (a bug must fail its requests, never hang them)
@@ -107,10 +117,8 @@ class Mixture:
                         j.error = ApiError(500, f"internal error: {type(e).__name__}: {e}", "server_error")
             finally:
                 self.windows += 1
-                for j, done in batch:
-                    if j.answer is None and j.error is None:
-                        j.error = ApiError(503, "the request was not answered", "server_error")
-                    done.set()
+                for j in jobs:
+                    j.finish()
                 with self._cv:
                     self._busy = False
                     self._cv.notify_all()
@@ -126,10 +134,10 @@ class Mixture:
                 self._cv.wait(max(0.0, end - time.perf_counter()))
             left = list(self._queue)
             self._queue.clear()
-        for j, done in left:
+        for j in left:
             j.error = ApiError(503, "the server shut down before this request ran", "server_error",
                                code="shutting_down")
-            done.set()
+            j.finish()
         return len(left)
 
     @property

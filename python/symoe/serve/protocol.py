@@ -162,24 +162,47 @@ def response(req: ServeRequest, a: Answer, model_id: str) -> dict[str, Any]:
     return out
 
 
-def stream_events(req: ServeRequest, a: Answer, model_id: str) -> bytes:
-    """``stream: true``: the answer as server-sent events (one content chunk, since engines hand
-    symoe whole generations, then the finish chunk, usage when asked, and ``[DONE]``)."""
-    full = response(req, a, model_id)
-    base = {k: full[k] for k in ("id", "created", "model")}
+def sse(*events: dict[str, Any] | str) -> bytes:
+    """Server-sent events: each a JSON object, or a string as it is (``[DONE]``)."""
+    return b"".join(b"data: " + (e if isinstance(e, str) else json.dumps(e)).encode() + b"\n\n" for e in events)
+
+
+def stream_base(req: ServeRequest, model_id: str) -> dict[str, Any]:
+    """What every chunk of one streamed answer shares: id, object, created, model."""
     chat = req.endpoint == "chat"
-    obj = "chat.completion.chunk" if chat else "text_completion"
+    return {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex,
+            "object": "chat.completion.chunk" if chat else "text_completion", "created": int(req.created),
+            "model": model_id}
 
-    def choice(text: str | None, finish: str | None) -> dict[str, Any]:
-        if chat:
-            delta: dict[str, Any] = {} if text is None else {"role": "assistant", "content": text}
-            return {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-        return {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
 
-    chunks: list[dict[str, Any]] = [{**base, "object": obj, "choices": [choice(a.text, None)]},
-                                    {**base, "object": obj, "choices": [choice(None, a.finish)]}]
+def stream_chunk(req: ServeRequest, base: dict[str, Any], text: str | None, finish: str | None = None,
+                 first: bool = False) -> dict[str, Any]:
+    """One chunk: a piece of the answer's text, or (``text`` None) the finish reason."""
+    if req.endpoint == "chat":
+        delta: dict[str, Any] = {} if text is None else {"content": text}
+        if first:
+            delta["role"] = "assistant"
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+    else:
+        choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+    return {**base, "choices": [choice]}
+
+
+def stream_tail(req: ServeRequest, base: dict[str, Any], a: Answer) -> list[dict[str, Any] | str]:
+    """The end of a streamed answer: the finish chunk (with the ``symoe`` details when asked),
+    usage with ``stream_options.include_usage``, and ``[DONE]``."""
+    end = stream_chunk(req, base, None, a.finish)
     if req.details:
-        chunks[-1]["symoe"] = a.details
+        end["symoe"] = a.details
+    out: list[dict[str, Any] | str] = [end]
     if req.usage_in_stream:
-        chunks.append({**base, "object": obj, "choices": [], "usage": full["usage"]})
-    return b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+        usage = response(req, a, "")["usage"]
+        out.append({**base, "choices": [], "usage": usage})
+    return [*out, "[DONE]"]
+
+
+def stream_events(req: ServeRequest, a: Answer, model_id: str) -> bytes:
+    """A whole streamed answer in one body (nothing came before it was done: an engine that
+    hands over whole generations, or an answer the store held)."""
+    base = stream_base(req, model_id)
+    return sse(stream_chunk(req, base, a.text, first=True), *stream_tail(req, base, a))

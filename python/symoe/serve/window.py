@@ -7,8 +7,10 @@ engine fault fails only the requests whose generations that call held (503)."""
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +18,7 @@ from ..config.pool import Config
 from ..evaluation.from_store import agreed_answer
 from ..generation import EngineError, Generation, Request, Sampling
 from ..generation.batch import DEADLINE_FACTOR, DEADLINE_MARGIN_S
-from ..generation.engine import Clock
+from ..generation.engine import Clock, OnText
 from ..method.grading import answer_of
 from ..method.keywords import filter_keywords
 from ..method.matching import Embedder, match_keywords
@@ -29,7 +31,8 @@ from .residency import Residency
 
 @dataclass
 class Job:
-    """A request waiting for its answer (``done`` is set once ``answer`` or ``error`` is)."""
+    """A request waiting for its answer (``done`` is set once ``answer`` or ``error`` is). A
+    streamed one also gets its answer's text in ``pieces`` as the aggregator writes it, then None."""
 
     req: ServeRequest
     arrived: float = field(default_factory=time.perf_counter)
@@ -37,6 +40,26 @@ class Job:
     error: ApiError | None = None
     gens: list[Generation] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    done: threading.Event = field(default_factory=threading.Event)
+    pieces: queue.SimpleQueue[str | None] | None = None
+    streamed: str = ""  # the text put in pieces so far
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def stream_to(self, text: str) -> None:
+        """Queue what ``text`` (the answer so far) adds to what is queued; a text that does not
+        extend it (a retried request starting over) adds nothing."""
+        with self.lock:
+            if self.pieces is not None and len(text) > len(self.streamed) and text.startswith(self.streamed):
+                self.pieces.put(text[len(self.streamed):])
+                self.streamed = text
+
+    def finish(self) -> None:
+        """Mark it done (failed with a 503 if it has neither answer nor error) and end its pieces."""
+        if self.answer is None and self.error is None:
+            self.error = ApiError(503, "the request was not answered", "server_error")
+        self.done.set()
+        if self.pieces is not None:
+            self.pieces.put(None)
 
 
 @dataclass(frozen=True)
@@ -60,7 +83,7 @@ class Setup:
     aggregator: str
     residency: Residency
     store: Store
-    embedder: Embedder
+    embedder: Embedder | None  # None until Mixture.start
     k: int = 3
     skip_agreed: bool = False
     calls: list[Call] = field(default_factory=list)
@@ -71,10 +94,10 @@ def _fail(job: Job, e: ApiError) -> None:
         job.error = e
 
 
-def _batch(s: Setup, window: int, model: str, items: Sequence[tuple[Job, Request]], keep: Sequence[str]
-           ) -> dict[str, Generation]:
+def _batch(s: Setup, window: int, model: str, items: Sequence[tuple[Job, Request]], keep: Sequence[str],
+           on_text: OnText | None = None, streamed: Collection[str] = ()) -> dict[str, Generation]:
     """Generate one model's requests of the window (stored ones are reused); a fault fails the
-    jobs whose requests did not finish."""
+    jobs whose requests did not finish. ``on_text``: the text so far of those in ``streamed``."""
     items = [(j, r) for j, r in items if j.error is None]
     if not items:
         return {}
@@ -91,7 +114,11 @@ def _batch(s: Setup, window: int, model: str, items: Sequence[tuple[Job, Request
             s.residency.ensure(model, keep)
             now = getattr(s.residency.engine, "clock", Clock()).now
             deadline = now() + DEADLINE_FACTOR * s.cfg.run_seconds(model, role, len(todo)) + DEADLINE_MARGIN_S
-            s.residency.engine.generate(model, todo, done, f"serve window {window}: {role} on {model}", deadline)
+            what = f"serve window {window}: {role} on {model}"
+            if on_text is not None and streamed:
+                s.residency.engine.generate_streaming(model, todo, done, on_text, streamed, what, deadline)
+            else:
+                s.residency.engine.generate(model, todo, done, what, deadline)
         except EngineError as e:
             s.residency.fault(model)  # the next window that needs it loads it again
             for j, r in items:
@@ -116,6 +143,7 @@ def run_window(s: Setup, window: int, jobs: Sequence[Job]) -> None:
     got = _batch(s, window, s.keyword_model, [(j, r) for j in jobs for r in kw_reqs[id(j)]], ())
     live = [j for j in jobs if j.error is None]
     kws = {str(id(j)): filter_keywords([got[r.key].text for r in kw_reqs[id(j)]]) for j in live}
+    assert s.embedder is not None, "Mixture.start loads the embedder"
     matched = match_keywords(kws, s.profiles.vocabulary, s.embedder)
     t1 = time.perf_counter()
     # 2. seeded routing per request, then one batch per recruited expert
@@ -144,7 +172,16 @@ def run_window(s: Setup, window: int, jobs: Sequence[Job]) -> None:
             final[id(j)] = got[experts[id(j)][0].key]
         else:
             agg_items.append((j, build[id(j)].aggregate(s.aggregator, j.req.question, texts)))
-    got_agg = _batch(s, window, s.aggregator, agg_items, ())
+    listeners: dict[str, list[Job]] = {}  # streamed requests by their aggregation's key
+    for j, r in agg_items:
+        if j.pieces is not None:
+            listeners.setdefault(r.key, []).append(j)
+
+    def on_text(key: str, text: str) -> None:
+        for j in listeners.get(key, ()):
+            j.stream_to(text)
+
+    got_agg = _batch(s, window, s.aggregator, agg_items, (), on_text, frozenset(listeners))
     for j, r in agg_items:
         if r.key in got_agg:
             final[id(j)] = got_agg[r.key]
@@ -162,5 +199,6 @@ def run_window(s: Setup, window: int, jobs: Sequence[Job]) -> None:
             "aggregator": None if g.role == "expert" else s.aggregator, "aggregation_skipped": g.role == "expert",
             "answer": answer_of(g.text, j.req.question), "window": {"id": window, "requests": len(jobs)},
             "model_calls": len(j.gens), "timings": dict(j.timings)}
+        j.stream_to(g.text)  # the rest, or all of it (an engine that does not stream, a stored or skipped aggregation)
         j.answer = Answer(g.text, g.finish if g.finish in ("stop", "length") else "stop",
                           sum(x.prompt_tokens for x in j.gens), sum(x.tokens for x in j.gens), len(j.gens), details)
