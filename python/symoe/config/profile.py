@@ -37,7 +37,7 @@ ROLES = ("expert", "aggregate")
 class ModelProfile(BaseModel):
     """One model's measured figures on this machine (None: not measured)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")  # a cache file another version wrote: what this one knows
     start_s: float | None = None      # worker start and engine construction before the weights are read
     read_gbps: float | None = None    # weight files read from disk
     init_s: float | None = None       # the rest of the engine load (KV cache, warm-up)
