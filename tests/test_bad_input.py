@@ -16,7 +16,7 @@ from symoe.execution.run import check_plan_matches
 from symoe.generation import Sampling
 from symoe.method.datasets import Question, load_questions
 from symoe.models.fetch import check_model_folder
-from symoe.pipeline import Task, check_run
+from symoe.pipeline import RunSettings, Task, check_run
 from symoe.store import Store
 
 
@@ -93,7 +93,7 @@ def test_duplicate_question_ids_are_refused(pool):
     same = [Question("q", "t1", "A", "letter"), Question("q", "t2", "A", "letter")]
     with pytest.raises(SymoeError, match="duplicate question id 'q'"):
         check_run(same, Config.from_toml(pool / "pool.toml"), Profiles.from_json(pool / "profiles.json"),
-                  Task.from_json(pool / "task.json"), Sampling(), 3, 0, "none")
+                  Task.from_json(pool / "task.json"), RunSettings())
 
 
 @pytest.mark.parametrize("limit", ["0", "-1"])
@@ -113,7 +113,7 @@ def test_max_tokens_below_one_is_refused_not_replaced(pool, tokens):
     with pytest.raises(SymoeError, match=f"max_tokens must be >= 1, got {tokens}"):
         check_run(load_questions(pool / "qs.jsonl"), Config.from_toml(pool / "pool.toml"),
                   Profiles.from_json(pool / "profiles.json"), Task.from_json(pool / "task.json"),
-                  Sampling(max_tokens=int(tokens)), 3, 0, "none")
+                  RunSettings(Sampling(max_tokens=int(tokens))))
 
 
 def test_run_plan_refuses_other_question_texts_under_the_same_ids(pool):
@@ -212,8 +212,7 @@ def test_k_out_of_range(pool, k):
                                       str(pool / "qs.jsonl"), "--out", str(pool / "a.jsonl"), "-k", k]), "'-k'", k)
     with pytest.raises(SymoeError, match=f"k must be an integer in \\[1, 65536\\], got {k}"):
         check_run(load_questions(pool / "qs.jsonl"), Config.from_toml(pool / "pool.toml"),
-                  Profiles.from_json(pool / "profiles.json"), Task.from_json(pool / "task.json"), Sampling(), int(k),
-                  0, "none")
+                  Profiles.from_json(pool / "profiles.json"), Task.from_json(pool / "task.json"), RunSettings(k=int(k)))
 
 
 def test_huge_profile_score_is_a_message(pool):

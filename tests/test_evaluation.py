@@ -19,7 +19,7 @@ from symoe.generation.fake import FakeEngine, ScaledClock
 from symoe.method.datasets import Question
 from symoe.method.requests import Requests
 from symoe.method.routing import Profiles
-from symoe.pipeline import Task, run_pipeline
+from symoe.pipeline import RunSettings, Task, run_pipeline
 from symoe.planning.plan import Plan, StepKind
 from symoe.store import Store
 
@@ -69,8 +69,8 @@ def fake(log):
 def pipeline(tmp_path, store, qs, out, **kw):
     log = []
     engines, clock = fake(log)
-    res = run_pipeline(qs, pool(), PROFILES, TASK, store, tmp_path / out, SAMPLING, options=QUIET,
-                       engines=engines, clock=clock, **kw)
+    res = run_pipeline(qs, pool(), PROFILES, TASK, store, tmp_path / out,
+                       RunSettings.of(pool(), sampling=SAMPLING, options=QUIET, **kw), engines=engines, clock=clock)
     calls = [x for e in log for x in e.log]
     loads = [s for s in res.report.steps if s.kind == StepKind.LOAD]
     return res, calls, loads, json.loads((tmp_path / out / "summary.json").read_text())

@@ -191,3 +191,35 @@ def test_numpy_embedder_matches_sentence_transformers():
     got = match_keywords({w: [w] for w in ref["matches"]}, vocab, e)
     assert len(got) == 774 and {w: m[0] for w, m in got.items()} == ref["matches"]
     assert ref["min_margin"] > 1e-3  # far above the vectors' difference: the matches are not a coin toss
+
+
+def test_one_settings_object_flows_from_the_cli_to_the_pipeline(monkeypatch, tmp_path):
+    # symoe run's options become one RunSettings (the preset resolved there, once) that SymbolicMoE
+    # hands to run_pipeline whole, with run()'s baseline, skip_agreed and optimize_s in it.
+    from click.testing import CliRunner
+
+    import symoe.cli.run
+    import symoe.moe
+    from symoe.cli import main
+    from symoe.pipeline import RunSettings
+
+    seen = []
+
+    def pipeline(questions, cfg, profiles, task, store, out_dir, settings, engines=None, clock=None):
+        seen.append(settings)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(symoe.moe, "run_pipeline", pipeline)
+    monkeypatch.setattr(symoe.moe, "provide", lambda *a: None)  # nothing fetched
+    monkeypatch.setattr(symoe.cli.run, "forecast", lambda *a: None)
+    monkeypatch.setattr(symoe.cli.run, "forecast_line", lambda p: "forecast")
+    r = CliRunner().invoke(main, ["run", "--limit", "2", "--preset", "reference", "-k", "2", "--baseline", "top-k",
+                                  "--optimize", "0", "--max-tokens", "7", "--retries", "1",
+                                  "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "out")])
+    assert "stop here" in r.output, r.output
+    [s] = seen
+    assert isinstance(s, RunSettings) and s.preset.name == "reference" and s.rare_threshold == 0.0
+    assert (s.k, s.baseline, s.skip_agreed, s.optimize_s, s.sampling.max_tokens, s.options.retries) == \
+        (2, "top-k", False, 0.0, 7, 1)
+    with pytest.raises(ValueError, match="rare_threshold must be finite and at most 1, got nan"):
+        RunSettings(rare_threshold=float("nan"))  # refused when made, before any stage or forecast

@@ -25,7 +25,7 @@ from symoe.method import embedding_speed
 from symoe.method.datasets import Question
 from symoe.method.matching import text_key
 from symoe.method.routing import Profiles
-from symoe.pipeline import Task, run_pipeline
+from symoe.pipeline import RunSettings, Task, run_pipeline
 from symoe.planning.plan import Plan, StepKind, simulate
 from symoe.planning.planner import plan
 from symoe.store import Store
@@ -69,8 +69,8 @@ def routed_without_models(monkeypatch):
 
 def run(tmp_path, **kw):
     with Store(tmp_path / "s.sqlite") as store:
-        res = run_pipeline(questions(), pool(), PROFILES, TASK, store, tmp_path / "out", SAMPLING, options=QUIET,
-                           engines=engines, clock=ScaledClock(0), **kw)
+        res = run_pipeline(questions(), pool(), PROFILES, TASK, store, tmp_path / "out",
+                           RunSettings.of(pool(), sampling=SAMPLING, options=QUIET, **kw), engines=engines, clock=ScaledClock(0))
     return res, json.loads((tmp_path / "out" / "summary.json").read_text())["prediction"]
 
 

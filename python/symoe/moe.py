@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from .cluster.live import with_discovered_devices
 from .config.pool import Config
-from .config.presets import preset as get_preset
+from .config.presets import Preset
 from .execution import RunOptions
 from .execution.launch import stage_engine
 from .generation import Clock, Sampling
@@ -16,7 +17,7 @@ from .method.keywords import annotate
 from .method.matching import Embedder, match_keywords
 from .method.routing import Assignment, Profiles, route
 from .models.fetch import check_models, provide
-from .pipeline import Baseline, EngineFactory, RunResult, Task, run_pipeline
+from .pipeline import Baseline, EngineFactory, RunResult, RunSettings, Task, run_pipeline
 from .planning.plan import Plan
 from .planning.planner import plan
 from .store import Store
@@ -33,25 +34,66 @@ class SymbolicMoE:
 
     ``k`` experts per question, routed with ``seed``; ``preset`` "symoe" or "reference" (the
     authors' code's choices); ``sampling`` defaults to the paper's (T=0.7) with the config's
-    ``[engine] max_tokens``. ``engines``/``clock`` replace the local vLLM engines (tests, what-ifs).
+    ``[engine] max_tokens``; ``settings``: all of these at once (:class:`RunSettings`, as ``symoe
+    run`` makes them), instead of the separate arguments. ``engines``/``clock`` replace the engines
+    :mod:`symoe.execution.launch` picks (tests, what-ifs).
     """
 
     def __init__(self, pool: Config | str | Path, profiles: Profiles | str | Path, task: Task | str | Path, *,
                  store: str | Path = "runs/store.sqlite", k: int = 3, seed: int = 0, preset: str = "symoe",
                  rare_threshold: float | None = None, similarity_floor: float | None = None,
                  sampling: Sampling | None = None, options: RunOptions = RunOptions(),
-                 engines: EngineFactory | None = None, clock: Clock | None = None):
+                 settings: RunSettings | None = None, engines: EngineFactory | None = None, clock: Clock | None = None):
         self.config = pool if isinstance(pool, Config) else Config.load(pool)
         if self.config.cluster is not None and self.config.cluster.discover and engines is None:
             self.config = with_discovered_devices(self.config)  # plans over the running cluster's devices
         self.profiles = profiles if isinstance(profiles, Profiles) else Profiles.from_json(profiles)
         self.task = task if isinstance(task, Task) else Task.from_json(task)
         self.store_path = Path(store)
-        self.k, self.seed, self.preset = k, seed, get_preset(preset)
-        self.rare_threshold = self.preset.rare_threshold if rare_threshold is None else rare_threshold
-        self.similarity_floor = similarity_floor
-        self.sampling = sampling or Sampling.for_pool(self.config, seed=seed)
-        self.options, self.engines, self.clock = options, engines, clock
+        if settings is None:
+            settings = RunSettings.of(self.config, k=k, seed=seed, preset=preset, rare_threshold=rare_threshold,
+                                      similarity_floor=similarity_floor, sampling=sampling, options=options)
+        elif (k, seed, preset, rare_threshold, similarity_floor, sampling, options) != (3, 0, "symoe", None, None, None,
+                                                                                        RunOptions()):
+            raise TypeError("SymbolicMoE: give settings or k, seed, preset, rare_threshold, similarity_floor, sampling "
+                            "and options, not both")
+        self.settings = settings
+        self.engines, self.clock = engines, clock
+
+    @property
+    def k(self) -> int:
+        """Experts per question."""
+        return self.settings.k
+
+    @property
+    def seed(self) -> int:
+        """The routing seed."""
+        return self.settings.seed
+
+    @property
+    def preset(self) -> Preset:
+        """The resolved preset."""
+        return self.settings.preset
+
+    @property
+    def rare_threshold(self) -> float:
+        """The rare-expert filter share (the preset's unless given)."""
+        return self.settings.rare_threshold
+
+    @property
+    def similarity_floor(self) -> float | None:
+        """Test keywords matched below this are dropped."""
+        return self.settings.similarity_floor
+
+    @property
+    def sampling(self) -> Sampling:
+        """The sampling of every generation."""
+        return self.settings.sampling
+
+    @property
+    def options(self) -> RunOptions:
+        """Time and fault options of the runs."""
+        return self.settings.options
 
     @classmethod
     def from_bundled(cls, name: str = "tiny", **kwargs: object) -> SymbolicMoE:
@@ -86,9 +128,10 @@ class SymbolicMoE:
     def run(self, questions: Sequence[Question], out_dir: str | Path = "runs/default", baseline: Baseline = "none",
             skip_agreed: bool = False, optimize_s: float | None = None) -> RunResult:
         """The whole method (or a ``baseline``) on ``questions``; results, plan and logs in ``out_dir``.
-        ``optimize_s``: the plan's polish budget (``plan()``'s; 0: the heuristic plan alone)."""
+        ``optimize_s``: the plan's polish budget (``plan()``'s; 0: the heuristic plan alone). These
+        three replace the settings' own."""
+        settings = replace(self.settings, baseline=baseline, skip_agreed=skip_agreed, optimize_s=optimize_s)
         provide(self.config, self.config.names)
         with Store(self.store_path) as store:
-            return run_pipeline(questions, self.config, self.profiles, self.task, store, out_dir, self.sampling,
-                                self.k, self.seed, self.rare_threshold, baseline, self.similarity_floor,
-                                self.options, skip_agreed, self.engines, self.clock, self.preset.name, optimize_s)
+            return run_pipeline(questions, self.config, self.profiles, self.task, store, out_dir, settings,
+                                self.engines, self.clock)

@@ -4,19 +4,12 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
-import numpy as np
-
-from . import _core
 from .config.pool import Config
-from .config.presets import RARE_THRESHOLD
-from .config.presets import preset as get_preset
 from .errors import SymoeError, require
 from .evaluation.from_store import (
     agreed_answer,
@@ -25,9 +18,10 @@ from .evaluation.from_store import (
     result_rows,
     write_jsonl,
 )
-from .execution import RunOptions, RunReport, run_plan
+from .execution import RunReport, run_plan
 from .execution.launch import stage_engine
 from .execution.prediction import Comparison, RunPrediction, compare, predict_run
+from .execution.settings import BASELINES, NO_AGGREGATOR, ROUTED, Baseline, RunSettings
 from .generation import Clock, Engine, ModelSettings, Sampling
 from .method.baselines import fixed_assignment
 from .method.datasets import Question
@@ -42,10 +36,8 @@ from .planning.planner import plan
 from .planning.steps import StepKind
 from .store import Store
 
-Baseline = Literal["none", "single-best", "top-k", "random", "majority", "self-moa", "oracle"]
-BASELINES: tuple[str, ...] = Baseline.__args__  # type: ignore[attr-defined]
-NO_AGGREGATOR = ("single-best", "majority", "oracle")  # baselines whose final answer is not aggregated
-ROUTED = ("none", "majority", "oracle")                 # baselines that route by keywords as Symbolic-MoE does
+__all__ = ["BASELINES", "NO_AGGREGATOR", "ROUTED", "Baseline", "EngineFactory", "RunResult", "RunSettings", "Task",
+           "check_pool", "check_run", "forecast", "run_pipeline"]
 EngineFactory = Callable[[Config], Sequence[Engine]]    # one engine per device, fresh for each run of a plan
 
 
@@ -97,29 +89,13 @@ def check_pool(profiles: Profiles, cfg: Config, task: Task) -> None:
             raise ValueError(f"task {task.name}: {what} {m!r} is not in the pool")
 
 
-def check_run(questions: Sequence[Question], cfg: Config, profiles: Profiles, task: Task, sampling: Sampling,
-              k: int, seed: int, baseline: Baseline, rare_threshold: float = RARE_THRESHOLD,
-              similarity_floor: float | None = None, skip_agreed: bool = False) -> None:
-    """Everything a run can be refused for, checked before the keyword stage loads its model
-    (routing would find a bad k or seed only after keywords and matching)."""
+def check_run(questions: Sequence[Question], cfg: Config, profiles: Profiles, task: Task, settings: RunSettings) -> None:
+    """Everything a run can be refused for beyond its settings (checked when they were made),
+    checked before the keyword stage loads its model."""
     check_pool(profiles, cfg, task)
-    if baseline not in BASELINES:
-        raise SymoeError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
-    if skip_agreed and baseline in NO_AGGREGATOR:
-        raise SymoeError(f"skip_agreed: the {baseline} baseline runs no aggregator, so there is nothing to skip")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= _core.MAX_K:
-        raise SymoeError(f"k must be an integer in [1, {_core.MAX_K}], got {k!r}")
-    if baseline == "top-k" and k > len(profiles.models):
-        raise SymoeError(f"k={k} for the top-k baseline, but only {len(profiles.models)} models are profiled")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
-        raise SymoeError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    if not (math.isfinite(rare_threshold) and rare_threshold <= 1):
-        raise SymoeError(f"rare_threshold must be finite and at most 1, got {rare_threshold!r}")
-    if similarity_floor is not None and not math.isfinite(similarity_floor):
-        raise SymoeError(f"similarity_floor must be finite, got {similarity_floor!r}")
-    for what, v in (("max_tokens", sampling.max_tokens), ("aggregate_max_tokens", sampling.aggregate_max_tokens)):
-        if v < 1:
-            raise SymoeError(f"{what} must be >= 1, got {v}")
+    baseline = settings.baseline
+    if baseline == "top-k" and settings.k > len(profiles.models):
+        raise SymoeError(f"k={settings.k} for the top-k baseline, but only {len(profiles.models)} models are profiled")
     seen: set[str] = set()
     for q in questions:
         if q.id in seen:
@@ -148,9 +124,9 @@ def _check_stored_keywords(questions: Sequence[Question], cfg: Config, task: Tas
                          f"Symbolic-MoE (no --baseline) on the same questions, store, seed and k first")
 
 
-def _run(p: Plan, questions: Sequence[Question], store: Store, run_dir: Path, sampling: Sampling,
-         options: RunOptions, engines: EngineFactory | None, clock: Clock | None) -> RunReport:
-    return run_plan(p, questions, store, run_dir, sampling, options=options,
+def _run(p: Plan, questions: Sequence[Question], store: Store, run_dir: Path, settings: RunSettings,
+         engines: EngineFactory | None, clock: Clock | None) -> RunReport:
+    return run_plan(p, questions, store, run_dir, settings.sampling, options=settings.options,
                     engines=engines(p.config) if engines else None, clock=clock)
 
 
@@ -168,37 +144,33 @@ def _then(first: RunReport, second: RunReport, reused_again: int) -> RunReport:
 
 
 def forecast(questions: Sequence[Question], cfg: Config, profiles: Profiles, task: Task, store: Store, out_dir: str | Path,
-             sampling: Sampling, k: int, seed: int, rare_threshold: float, baseline: Baseline = "none") -> RunPrediction:
+             settings: RunSettings) -> RunPrediction:
     """The run predicted before it starts, stage by stage (:mod:`symoe.execution.prediction`)."""
+    sampling, k, seed, baseline = settings.sampling, settings.k, settings.seed, settings.baseline
     return predict_run(questions, cfg, profiles, task.keyword_model, store, sampling, Path(out_dir).parent / "embeddings.npz",
                        routed=baseline in ROUTED, assignment=None if baseline in ROUTED else
                        fixed_assignment(profiles, [q.id for q in questions], k, seed, baseline),
                        aggregator=None if baseline in NO_AGGREGATOR else task.aggregator, k=k, seed=seed,
-                       rare_threshold=rare_threshold, generates=baseline != "oracle")
+                       rare_threshold=settings.rare_threshold, generates=baseline != "oracle")
 
 
 def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles, task: Task, store: Store,
-                 out_dir: str | Path, sampling: Sampling, k: int = 3, seed: int = 0, rare_threshold: float | None = None,
-                 baseline: Baseline = "none", similarity_floor: float | None = None,
-                 options: RunOptions = RunOptions(), skip_agreed: bool = False,
-                 engines: EngineFactory | None = None, clock: Clock | None = None, preset: str = "symoe",
-                 optimize_s: float | None = None) -> RunResult:
-    """``skip_agreed``: the experts run first; where all k extracted answers are equal that answer
-    is final, and aggregation is planned only for the other questions (their aggregator is -1 in
-    the saved plan). ``engines``/``clock``: for tests and what-if runs (default: local vLLM).
-    ``preset``: "symoe" or "reference" (the authors' code, see :mod:`symoe.config.presets`); an explicit
-    ``rare_threshold`` overrides the preset's. ``optimize_s``: the plans' polish budget (``plan()``'s)."""
-    pre = get_preset(preset)
-    rare_threshold = pre.rare_threshold if rare_threshold is None else rare_threshold
-    check_run(questions, cfg, profiles, task, sampling, k, seed, baseline, rare_threshold, similarity_floor,
-              skip_agreed)
+                 out_dir: str | Path, settings: RunSettings, engines: EngineFactory | None = None,
+                 clock: Clock | None = None) -> RunResult:
+    """The run ``settings`` ask for on ``questions``; results, plans and logs in ``out_dir``. With
+    ``skip_agreed``, where all k extracted answers are equal that answer is final (the question's
+    aggregator is -1 in the saved plan). ``engines``/``clock``: for tests and what-if runs
+    (default: the engines :mod:`symoe.execution.launch` picks)."""
+    check_run(questions, cfg, profiles, task, settings)
+    sampling, k, seed = settings.sampling, settings.k, settings.seed
+    baseline, skip_agreed = settings.baseline, settings.skip_agreed
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SymoeError(f"output folder {out}: {e.strerror}") from e
     t_run = time.perf_counter()
-    predicted = forecast(questions, cfg, profiles, task, store, out, sampling, k, seed, rare_threshold, baseline)
+    predicted = forecast(questions, cfg, profiles, task, store, out, settings)
     times: dict[str, float] = {}
     ids = [q.id for q in questions]
     kws: dict[str, list[str]] = {}
@@ -208,16 +180,17 @@ def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles,
         _check_stored_keywords(questions, cfg, task, store, sampling)
     if baseline in ROUTED:
         kws = annotate(questions, cfg, task.keyword_model, store, stage_engine(cfg, out / "logs"), sampling,
-                       progress=options.progress)
+                       progress=settings.options.progress)
         times["keywords"] = time.perf_counter() - t
         t = time.perf_counter()
         embedder = Embedder(out.parent / "embeddings.npz")
         loaded = time.perf_counter() - t
-        matched = match_keywords(kws, profiles.vocabulary, embedder, similarity_floor)
+        matched = match_keywords(kws, profiles.vocabulary, embedder, settings.similarity_floor)
         times["matching"] = time.perf_counter() - t
         observe_embedder(embedder, loaded)  # this machine's embedding speed, for the next forecast
         t = time.perf_counter()
-        a = route(profiles, [matched[i] for i in ids], k=k, seed=seed, rare_threshold=rare_threshold, question_ids=ids)
+        a = route(profiles, [matched[i] for i in ids], k=k, seed=seed, rare_threshold=settings.rare_threshold,
+                  question_ids=ids)
     else:
         a = fixed_assignment(profiles, ids, k, seed, baseline)
     times["routing"] = time.perf_counter() - t
@@ -227,17 +200,17 @@ def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles,
     hashes = tuple(q.text_hash for q in questions)
     skipped = [False] * len(questions)
     if skip_agreed and agg is not None:  # experts first; aggregation planned only where they disagree
-        p_experts = plan(a, cfg, optimize_s=optimize_s)
+        p_experts = plan(a, cfg, optimize_s=settings.optimize_s)
         p_experts.question_hashes = hashes
         times["planning"] = time.perf_counter() - t
         t = time.perf_counter()
-        first = _run(p_experts, questions, store, out / "run-experts", sampling, options, engines, clock)
+        first = _run(p_experts, questions, store, out / "run-experts", settings, engines, clock)
         times["generation"] = time.perf_counter() - t
         t = time.perf_counter()
         skipped = [agreed_answer(r.expert_answers) is not None for r in first.results]
-        p = plan(a, cfg, aggregator=[None if s else agg for s in skipped], optimize_s=optimize_s)
+        p = plan(a, cfg, aggregator=[None if s else agg for s in skipped], optimize_s=settings.optimize_s)
     else:
-        p = plan(a, cfg, aggregator=agg, optimize_s=optimize_s)
+        p = plan(a, cfg, aggregator=agg, optimize_s=settings.optimize_s)
     p.question_hashes = hashes
     p.to_json(out / "plan.json")
     times["planning"] = times.get("planning", 0.0) + time.perf_counter() - t
@@ -250,7 +223,7 @@ def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles,
         report = RunReport("oracle", [], grade_from_store(p, questions, sampling, store, oracle=True).results,
                            0.0, 0.0, 0, len(questions) * p.k)
     else:
-        report = _run(p, questions, store, out / "run", sampling, options, engines, clock)
+        report = _run(p, questions, store, out / "run", settings, engines, clock)
         if skip_agreed and agg is not None:
             report = _then(first, report, len(questions) * p.k)
     times["generation"] = times.get("generation", 0.0) + time.perf_counter() - t
@@ -259,7 +232,8 @@ def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles,
     times["other"] = time.perf_counter() - t_run - sum(times.values())  # forecast, grading, writing results
     plans = [] if baseline == "oracle" else [p_experts, p] if skip_agreed and agg is not None else [p]
     checked = compare(predicted, plans, times, report)
-    summary = {"baseline": baseline, "preset": pre.name, "rare_threshold": rare_threshold, "skip_agreed": skip_agreed,
+    summary = {"baseline": baseline, "preset": settings.preset.name, "rare_threshold": settings.rare_threshold,
+               "skip_agreed": skip_agreed,
                "questions": len(questions),
                "accuracy": report.accuracy, "experts_used": sorted({e for r in report.results for e in r.experts}),
                "aggregations": sum(r.aggregator is not None for r in report.results),

@@ -6,7 +6,7 @@ import functools
 import shutil
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 from rich import box
@@ -14,10 +14,16 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import _core
+from ..config.presets import PRESETS, RARE_THRESHOLD
 from ..execution import RunOptions
+from ..execution.settings import BASELINES, RunSettings
 from ..method.datasets import DATASETS, SPLITS, Format, Question, bundled, dataset_path, load_questions, select
 
+if TYPE_CHECKING:
+    from ..config.pool import Config
+
 F = TypeVar("F", bound=Callable[..., Any])
+SettingsFor = Callable[["Config"], RunSettings]  # a run's settings once its pool is loaded (max_tokens' default)
 FORMATS = Format.__args__  # type: ignore[attr-defined]
 
 # Checked by click before a command starts (a usage error, exit code 2).
@@ -97,6 +103,45 @@ def faults_opts(f: F) -> F:
 def run_options(retries: int, deadline_factor: float, deadline_margin: float) -> RunOptions:
     """RunOptions from the fault options."""
     return RunOptions(deadline_factor=deadline_factor, deadline_margin_s=deadline_margin, retries=retries)
+
+
+def settings_opts(f: F) -> F:
+    """The options of a run's settings (-k, --seed, --preset, --rare-threshold, --similarity-floor,
+    --baseline, --skip-agreed, --max-tokens, --optimize and the fault options), folded into the
+    command's ``settings``: a :data:`SettingsFor`, called once the pool is loaded; it makes and
+    checks the :class:`RunSettings`, the preset resolved there."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, k: int, seed: int, preset: str, rare_threshold: float | None, similarity_floor: float | None,
+                baseline: str, skip_agreed: bool, max_tokens: int | None, optimize_s: float | None, retries: int,
+                deadline_factor: float, deadline_margin: float, **kw: Any) -> Any:
+        kw["settings"] = lambda cfg: RunSettings.of(
+            cfg, k=k, seed=seed, preset=preset, rare_threshold=rare_threshold, similarity_floor=similarity_floor,
+            baseline=baseline, skip_agreed=skip_agreed, max_tokens=max_tokens, optimize_s=optimize_s,
+            options=run_options(retries, deadline_factor, deadline_margin))
+        return f(*args, **kw)
+
+    opts = [k_opt, seed_opt,
+            click.option("--preset", type=click.Choice(list(PRESETS)), default="symoe", show_default=True,
+                         help="reference: the authors' code's choices (rare-expert filter off); see README."),
+            click.option("--rare-threshold", type=float, default=None, help="Rare-expert filter share, 0 disables it "
+                         f"(default: the preset's; symoe {RARE_THRESHOLD}, reference 0)."),
+            click.option("--similarity-floor", type=float, default=None,
+                         help="Drop test keywords whose best match is below this."),
+            click.option("--baseline", type=click.Choice(BASELINES), default="none", show_default=True,
+                         help="Run an ablation instead of Symbolic-MoE (reuses the store). self-moa: the best profiled "
+                              "model sampled k times, then the aggregator; oracle: right if any recruited expert is right "
+                              "(from the store's expert answers of a finished Symbolic-MoE run, nothing generated)."),
+            click.option("--skip-agreed", is_flag=True, help="Experts first; where all k answers agree that answer is "
+                         "final and no aggregation is planned for the question."),
+            tokens_opt,
+            click.option("--optimize", "optimize_s", type=click.FloatRange(min=0), default=None,
+                         help="The plan polish's budget in deterministic seconds (reproducible); 0: the heuristic plan "
+                              "alone. Default: as symoe plan."),
+            faults_opts]
+    for opt in reversed(opts):
+        wrapper = opt(wrapper)
+    return wrapper  # type: ignore[return-value]
 
 
 def questions(path: str | None, fmt: str | None, limit: int | None = None,

@@ -10,28 +10,27 @@ import click
 import numpy as np
 
 from ..config.pool import Config
-from ..config.presets import RARE_THRESHOLD
 from ..execution import RunReport
 from ..execution.prediction import comparison_rows, forecast_line
 from ..generation import Sampling
 from ..method.routing import Assignment
-from ..pipeline import BASELINES, NO_AGGREGATOR, forecast
+from ..pipeline import NO_AGGREGATOR, forecast
 from ..planning.plan import Plan
 from ..store import Store
 from .common import (
+    SettingsFor,
     config_opt,
     fail,
     faults_opts,
     format_opt,
-    k_opt,
     limit_opt,
     questions,
     questions_opt,
     run_options,
     seed_opt,
+    settings_opts,
     store_opt,
     table,
-    tokens_opt,
 )
 from .plans import print_counts
 
@@ -61,50 +60,29 @@ def print_run(report: RunReport) -> None:
 @click.option("--profiles", "profiles_path", default=None, help="Profiles JSON (default: the bundled tiny-pool profiles).")
 @click.option("--task", "task_path", default=None, help="Task config JSON (default: the bundled one).")
 @limit_opt
-@k_opt
-@seed_opt
-@click.option("--preset", type=click.Choice(["symoe", "reference"]), default="symoe", show_default=True,
-              help="reference: the authors' code's choices (rare-expert filter off); see README.")
-@click.option("--rare-threshold", type=float, default=None,
-              help=f"Rare-expert filter share, 0 disables it (default: the preset's; symoe {RARE_THRESHOLD}, reference 0).")
-@click.option("--similarity-floor", type=float, default=None, help="Drop test keywords whose best match is below this.")
-@click.option("--baseline", type=click.Choice(BASELINES), default="none", show_default=True,
-              help="Run an ablation instead of Symbolic-MoE (reuses the store). self-moa: the best profiled model "
-                   "sampled k times, then the aggregator; oracle: right if any recruited expert is right (from the "
-                   "store's expert answers of a finished Symbolic-MoE run, nothing generated).")
-@click.option("--skip-agreed", is_flag=True, help="Experts first; where all k answers agree that answer is final "
-              "and no aggregation is planned for the question.")
 @click.option("--devices", type=int, default=None)
-@tokens_opt
 @click.option("--out", "out_dir", default="runs/default", show_default=True)
-@click.option("--optimize", "optimize_s", type=click.FloatRange(min=0), default=None,
-              help="The plan polish's budget in deterministic seconds (reproducible); 0: the heuristic plan alone. "
-              "Default: as symoe plan.")
-@faults_opts
-def run_cmd(questions_path: str | None, fmt: str | None, config_path: str, store_path: str,
-            profiles_path: str | None, task_path: str | None, limit: int | None, k: int, seed: int, preset: str,
-            rare_threshold: float | None, similarity_floor: float | None, baseline: str, skip_agreed: bool,
-            devices: int | None, max_tokens: int | None, out_dir: str, optimize_s: float | None, retries: int,
-            deadline_factor: float, deadline_margin: float) -> None:
+@settings_opts
+def run_cmd(questions_path: str | None, fmt: str | None, config_path: str, store_path: str, profiles_path: str | None,
+            task_path: str | None, limit: int | None, devices: int | None, out_dir: str, settings: SettingsFor) -> None:
     """The whole Symbolic-MoE pipeline on real models (default: bundled MMLU-Pro sample, tiny pool)."""
     from ..method.datasets import bundled
     from ..moe import SymbolicMoE
 
     try:
         cfg = Config.load(config_path).with_devices(devices)
+        s = settings(cfg)  # every option checked before anything loads or is predicted
         qs = questions(questions_path, fmt, limit)
         moe = SymbolicMoE(cfg, profiles_path or bundled("tiny_profiles.json"), task_path or bundled("tiny_task.json"),
-                          store=store_path, k=k, seed=seed, preset=preset, rare_threshold=rare_threshold,
-                          similarity_floor=similarity_floor, sampling=Sampling.for_pool(cfg, max_tokens, seed),
-                          options=run_options(retries, deadline_factor, deadline_margin))
+                          store=store_path, settings=s)
         with Store(moe.store_path) as st:  # the whole run predicted, before anything loads
-            click.echo(forecast_line(forecast(qs, moe.config, moe.profiles, moe.task, st, out_dir, moe.sampling, k, seed,
-                                              moe.rare_threshold, baseline)))  # type: ignore[arg-type]
+            click.echo(forecast_line(forecast(qs, moe.config, moe.profiles, moe.task, st, out_dir, s)))
         t0 = time.perf_counter()
-        res = moe.run(qs, out_dir, baseline, skip_agreed, optimize_s)  # type: ignore[arg-type]
+        res = moe.run(qs, out_dir, s.baseline, s.skip_agreed, s.optimize_s)
         wall = time.perf_counter() - t0
     except (ValueError, RuntimeError) as e:
         fail(e)
+    baseline = s.baseline
     click.echo(f"\n{len(qs)} questions, baseline={baseline}, aggregator="
                f"{moe.task.aggregator if baseline not in NO_AGGREGATOR else '(none)'}")
     print_counts(res.assignment)
@@ -112,8 +90,8 @@ def run_cmd(questions_path: str | None, fmt: str | None, config_path: str, store
         click.echo(f"oracle accuracy (any recruited expert right): {100 * res.report.accuracy:.1f}%")
     else:
         print_run(res.report)
-    if skip_agreed:
-        click.echo(f"aggregations skipped (all {k} experts agreed): {res.aggregations_skipped} of {len(qs)} questions")
+    if s.skip_agreed:
+        click.echo(f"aggregations skipped (all {s.k} experts agreed): {res.aggregations_skipped} of {len(qs)} questions")
     if res.prediction is not None:
         table(comparison_rows(res.prediction), ["stage", "forecast s", "predicted s", "measured s"])
     click.echo(f"total {wall:,.1f} s (imports excluded)")
