@@ -1,6 +1,6 @@
 """The paper's GPQA timing table against the cost model, with every figure's source (issue 21 item 4).
 
-    .venv/bin/python bench/paper_table.py [--grid]
+    .venv/bin/python bench/paper_table.py [--grid] [--toml]
 
 The paper (Symbolic-MoE, arXiv 2503.05641) times GPQA (198 questions, k = 3, one GPU): 196.92 s per
 question naive (each question loads its 3 experts and the aggregator and generates) and 25.76 s
@@ -9,13 +9,16 @@ both procedures with the cost model's drain form (cpp/plan.cpp: a run of n reque
 together decodes for sum_j (q_j - q_{j-1}) * step(n (K - j) / K), step(b) = b / rate(b); one request
 alone decodes mean(q) / rate(1)) and published figures, so a reader can see which figures matter and
 whether one set reproduces both numbers. Pure Python, well under a second; ``--grid`` searches the
-figures that have no published value for GPQA (output lengths) over stated ranges (a few seconds).
+figures without a published value (GPQA output lengths, engine init) over stated ranges per GPU
+class (about three minutes on two busy cores); ``--toml`` prints the chosen set as
+configs/paper16_gpqa.toml's [[model]] figures.
 
 What the authors' code does (dinobby/Symbolic-MoE, commit d6c2e0d, vLLM 0.7.1): a fresh ``LLM(...)``
 per expert in the same process (download_dir on a network SSD, ``/nas-ssd2``), ``generate`` over all
 its prompts (max_tokens 32768 for R1 models, 4096 for the others, temperature 0.7), engine torn
 down, ``time.sleep(10)``; then the aggregator the same way without the sleep. The naive schedule's
-code is not published: it is taken to be the same loader called per question.
+code is not published: it is taken to be the same loader called per question, reading a model's
+weights from the host page cache after its first load (the few models used fit in host memory).
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ class Load:
     start_s: float = 3.0  # LLM(...) up to the first weight read (config, tokenizer, NCCL group)
     bandwidth_gbps: float = 0.55  # cold: 12.66 GiB of safetensors read in 24.84 s (vllm-project/vllm#38820)
     warm_gbps: float = 7.0  # from the host page cache: Llama-70B-FP8 (70 GB) in ~10 s (vllm-project/vllm#19824)
-    init_s: float = 20.0  # memory profiling, KV-cache allocation, 35 CUDA-graph sizes (V0 engine)
+    init_s: float = 10.0  # profiling, KV-cache allocation, 35 CUDA-graph sizes (V0 engine): fitted within 10-30 s
     teardown_s: float = 3.0  # destroy_model_parallel, gc, empty_cache (reference code)
     pause_s: float = 10.0  # time.sleep(10) after each expert (reference code)
 
@@ -127,6 +130,8 @@ _Z = tuple(statistics.NormalDist().inv_cdf((j + 0.5) / QUANTILES) for j in range
 
 @dataclass(frozen=True)
 class Figures:
+    """One set of figures for the whole pool (lengths by kind of answer, curves by model)."""
+
     gpu: Gpu
     load: Load
     expert: Lengths  # instruct models' answers
@@ -241,7 +246,7 @@ def batched(f: Figures, rows: list[list[int]]) -> Time:
 # the R1 aggregator 2000; in each, the longest sixteenth runs to the cap (4096, or 32768 for R1:
 # DeepSeek-R1 reports with a 32768-token limit, deepseek-ai/DeepSeek-R1#71 sees endless
 # repetition in ~20% of distill outputs past 8k tokens).
-CHOSEN = Figures(GPUS["A100"], Load(init_s=10.0), Lengths(300, top_at_cap=True), Lengths(6000, cap=32768, top_at_cap=True),
+CHOSEN = Figures(GPUS["A100"], Load(), Lengths(300, top_at_cap=True), Lengths(6000, cap=32768, top_at_cap=True),
                  Lengths(2000, cap=32768, top_at_cap=True))
 
 
@@ -302,7 +307,7 @@ def main() -> None:
     report(CHOSEN, filtered, "the same, with the rare filter")
     for g in ("A6000", "H100"):
         report(replace(CHOSEN, gpu=GPUS[g]), rows, f"the same figures on {g}")
-    report(replace(CHOSEN, load=Load(init_s=10.0, bandwidth_gbps=2.0)), rows, "the same, cold weights at 2 GB/s (NVMe)")
+    report(replace(CHOSEN, load=Load(bandwidth_gbps=2.0)), rows, "the same, cold weights at 2 GB/s (NVMe)")
     report(replace(CHOSEN, kv_limit=False), rows, "the same, KV cache never full (256 in flight)")
     for name, t in (("naive", naive(CHOSEN, rows)), ("batched", batched(CHOSEN, rows))):
         print(f"   {name:>7} by kind, s/q: loads {t.load / QUESTIONS:6.2f}, teardown + pauses {t.idle / QUESTIONS:5.2f}, "
