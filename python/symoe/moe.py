@@ -7,9 +7,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from .cluster.live import with_discovered_devices
+from .config import profile as machine_profile
 from .config.pool import Config
 from .config.presets import Preset
 from .execution import RunOptions
+from .execution.calibration import observe
 from .execution.launch import stage_engine
 from .generation import Clock, Sampling
 from .method.datasets import Question, bundled
@@ -59,6 +61,10 @@ class SymbolicMoE:
                             "and options, not both")
         self.settings = settings
         self.engines, self.clock = engines, clock
+        self.cost_note = "cost figures: the config's (engines given)"
+        if engines is None:  # this machine's engines: its measured figures, output lengths capped at the run's
+            sp = settings.sampling
+            self.config, self.cost_note = machine_profile.apply(self.config, sp.max_tokens, sp.aggregate_max_tokens)
 
     @property
     def k(self) -> int:
@@ -133,5 +139,8 @@ class SymbolicMoE:
         settings = replace(self.settings, baseline=baseline, skip_agreed=skip_agreed, optimize_s=optimize_s)
         provide(self.config, self.config.names)
         with Store(self.store_path) as store:
-            return run_pipeline(questions, self.config, self.profiles, self.task, store, out_dir, settings,
-                                self.engines, self.clock)
+            res = run_pipeline(questions, self.config, self.profiles, self.task, store, out_dir, settings, self.engines,
+                               self.clock)
+            if self.engines is None:  # what this run observed improves the next prediction
+                observe(self.config, res.report, store)
+        return res

@@ -75,6 +75,7 @@ def run_cmd(questions_path: str | None, fmt: str | None, config_path: str, store
         qs = questions(questions_path, fmt, limit)
         moe = SymbolicMoE(cfg, profiles_path or bundled("tiny_profiles.json"), task_path or bundled("tiny_task.json"),
                           store=store_path, settings=s)
+        click.echo(moe.cost_note)  # which figures came from this machine's profile, which from the config
         with Store(moe.store_path) as st:  # the whole run predicted, before anything loads
             click.echo(forecast_line(forecast(qs, moe.config, moe.profiles, moe.task, st, out_dir, s)))
         t0 = time.perf_counter()
@@ -122,6 +123,7 @@ def run_plan_cmd(questions_path: str | None, fmt: str | None, limit: int | None,
                  calibrate_path: str | None, retries: int, deadline_factor: float, deadline_margin: float) -> None:
     """Execute a plan on real engines; generations go to a durable store (resumable)."""
     from ..execution import calibrate, run_plan
+    from ..execution.calibration import observe
     from ..execution.run import check_plan_matches
     from ..models.fetch import check_models
     from ..store import Store
@@ -142,6 +144,7 @@ def run_plan_cmd(questions_path: str | None, fmt: str | None, limit: int | None,
         with Store(store_path) as store:
             report = run_plan(p, qs, store, run_dir, sampling, rows, run_options(retries, deadline_factor,
                                                                                  deadline_margin))
+            observe(p.config, report, store)  # the next prediction on this machine uses what it saw
     except (ValueError, RuntimeError) as e:
         fail(e)
     print_run(report)

@@ -1,0 +1,37 @@
+"""The machine profile reaches a run: SymbolicMoE (the API, and `symoe run` through it) applies it
+to the pool when it drives this machine's engines, and says where each figure came from."""
+
+from __future__ import annotations
+
+import pytest
+
+from symoe.config import profile
+from symoe.config.pool import Config
+from symoe.generation.fake import ScaledClock, fake_engines
+from symoe.method.datasets import bundled
+from symoe.moe import SymbolicMoE
+
+POOL = """
+[engine]
+platform = "cpu"
+max_tokens = 256
+[devices]
+memory_gb = 8.0
+""" + "".join(f'[[model]]\nname = "{n}"\nweight_gb = 1.0\n' for n in
+              ("SmolLM2-135M-Instruct", "Qwen2.5-Coder-0.5B-Instruct", "gemma-3-270m"))
+
+
+def test_symbolic_moe_uses_the_profile(tmp_path):
+    (tmp_path / "pool.toml").write_text(POOL)
+    cfg = Config.from_toml(tmp_path / "pool.toml")
+    p = profile.load("cpu")
+    p.models[profile.model_key(cfg.model("gemma-3-270m"))] = profile.ModelProfile(load_s=42.0)
+    profile.save(p)
+    moe = SymbolicMoE(cfg, bundled("tiny_profiles.json"), bundled("tiny_task.json"), store=tmp_path / "s.sqlite")
+    assert moe.config.load_seconds("gemma-3-270m") == 42.0
+    assert moe.config.load_seconds("SmolLM2-135M-Instruct") == pytest.approx(cfg.load_seconds("SmolLM2-135M-Instruct"))
+    assert "gemma-3-270m (load)" in moe.cost_note and "SmolLM2-135M-Instruct" in moe.cost_note
+    clock = ScaledClock(0)  # engines given (a simulation): the config's figures, untouched
+    fake = SymbolicMoE(cfg, bundled("tiny_profiles.json"), bundled("tiny_task.json"), store=tmp_path / "s.sqlite",
+                       engines=lambda c: fake_engines(c, clock), clock=clock)
+    assert fake.config.load_seconds("gemma-3-270m") == cfg.load_seconds("gemma-3-270m")
