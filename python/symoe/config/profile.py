@@ -38,7 +38,8 @@ class ModelProfile(BaseModel):
     """One model's measured figures on this machine (None: not measured)."""
 
     model_config = ConfigDict(extra="ignore")  # a cache file another version wrote: what this one knows
-    start_s: float | None = None      # worker start and engine construction before the weights are read
+    worker_start_s: float | None = None  # a fresh worker process importing vllm (a device's first load waits for it)
+    start_s: float | None = None      # engine construction (vLLM's engine modules, config) before the weights are read
     read_gbps: float | None = None    # weight files read from disk
     init_s: float | None = None       # the rest of the engine load (KV cache, warm-up)
     load_s: float | None = None       # the whole load as measured (start + read + init)

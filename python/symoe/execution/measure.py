@@ -82,10 +82,12 @@ def measure_model(cfg: Config, name: str, questions: Sequence[Question], aggrega
     eng.env = {**eng.env, "VLLM_LOGGING_LEVEL": "INFO"}  # the load's phases are logged at INFO
     mp = ModelProfile()
     try:
+        t0 = time.perf_counter()
         eng.prepare()
         assert eng.spare is not None
         log = eng.spare.log_path
         eng.spare.wait_ready(f"calibrate {name}: worker start", NO_DEADLINE)  # a run's spare has imported vllm
+        mp.worker_start_s = time.perf_counter() - t0  # paid by a device's first load only (later: a warm spare)
         t0 = time.perf_counter()
         eng.load(settings, f"calibrate load {name}", NO_DEADLINE, keep_spare=False)
         mp.load_s = time.perf_counter() - t0
