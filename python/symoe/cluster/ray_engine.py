@@ -30,6 +30,7 @@ from ..generation.engine import (
     EngineTimeout,
     ModelSettings,
     OnDone,
+    Tally,
     generation_from_event,
     key_names,
 )
@@ -160,7 +161,7 @@ class RayEngine(Engine):
 
         h = self._hosted(model, what)
         pending = {r.key: r for r in requests}
-        tokens = prompt_tokens = n = 0
+        tally = Tally()
         first: float | None = None
         t0 = time.perf_counter()
         stream = h.actor.generate.options(num_returns="streaming").remote([r.wire() for r in requests])
@@ -186,14 +187,14 @@ class RayEngine(Engine):
                     continue
                 g = generation_from_event(ev, pending, what, time.perf_counter() - t0)
                 del pending[g.key]
-                tokens, prompt_tokens, n = tokens + g.tokens, prompt_tokens + g.prompt_tokens, n + 1
+                tally.add(g)
                 on_done(g)
         except EngineError:
             self.kill(model)
             raise
         if pending:
             raise EngineError(f"{what}: {self.dev.where(model)} finished without {len(pending)} of the requests")
-        return BatchInfo(time.perf_counter() - t0, tokens, prompt_tokens, n, first)
+        return tally.info(time.perf_counter() - t0, first)
 
     def _sleep_op(self, op: str, model: str, what: str, deadline: float) -> None:
         h = self._hosted(model, what)

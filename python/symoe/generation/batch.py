@@ -37,9 +37,7 @@ def generate_once(eng: Engine, model: str, todo: Sequence[Request], store: Store
             on_reused([r for r in waiting if r.key in stored])
         mine = [r for r in waiting if r.key not in others and r.key not in stored]
         if mine:
-            b = eng.generate(model, mine, on_done, what, deadline)
-            total = BatchInfo(total.seconds + b.seconds, total.tokens + b.tokens, total.prompt_tokens + b.prompt_tokens,
-                              total.generated + b.generated, total.first_token_s if total.generated else b.first_token_s)
+            total = total.then(eng.generate(model, mine, on_done, what, deadline))
         waiting = [r for r in waiting if r.key in others and r.key not in stored]
         if waiting and not mine:
             if clock.now() > deadline:

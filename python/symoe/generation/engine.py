@@ -146,11 +146,37 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class BatchInfo:
+    """What one generate call did: its seconds, the tokens written and read, the generations made."""
+
     seconds: float
     tokens: int
     prompt_tokens: int
     generated: int
     first_token_s: float | None = None
+
+    def then(self, later: BatchInfo) -> BatchInfo:
+        """This call and a later one together (the first token is the first call's that made one)."""
+        return BatchInfo(self.seconds + later.seconds, self.tokens + later.tokens, self.prompt_tokens + later.prompt_tokens,
+                         self.generated + later.generated, self.first_token_s if self.generated else later.first_token_s)
+
+
+@dataclass
+class Tally:
+    """A batch's generations so far, as every engine counts them while they arrive."""
+
+    tokens: int = 0
+    prompt_tokens: int = 0
+    generated: int = 0
+
+    def add(self, g: Generation) -> None:
+        """Count one finished generation."""
+        self.tokens += g.tokens
+        self.prompt_tokens += g.prompt_tokens
+        self.generated += 1
+
+    def info(self, seconds: float, first_token_s: float | None = None) -> BatchInfo:
+        """The batch's record once it is done."""
+        return BatchInfo(seconds, self.tokens, self.prompt_tokens, self.generated, first_token_s)
 
 
 OnDone = Callable[[Generation], None]

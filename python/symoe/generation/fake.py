@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..records import Request
-from .engine import BatchInfo, Clock, Engine, EngineError, EngineTimeout, ModelSettings, OnDone, generation_from_event
+from .engine import BatchInfo, Clock, Engine, EngineError, EngineTimeout, ModelSettings, OnDone, Tally, generation_from_event
 
 if TYPE_CHECKING:
     from ..config.pool import Config
@@ -220,7 +220,7 @@ class FakeEngine(Engine):
             seconds *= f.factor
         start = self.clock.now()
         pending = {r.key: r for r in requests}
-        stats = [0, 0, 0]
+        tally = Tally()
         for i, r in enumerate(requests):
             if f is not None and f.kind in ("die", "hang", "garbage") and i == f.after:
                 if f.kind == "hang":
@@ -237,11 +237,9 @@ class FakeEngine(Engine):
             with self._lock:
                 self.log.append((r.key, r.role, r.question, start, self.clock.now()))
             del pending[r.key]
-            stats[0] += g.tokens
-            stats[1] += g.prompt_tokens
-            stats[2] += 1
+            tally.add(g)
             on_done(g)
-        return BatchInfo(self.clock.now() - start, stats[0], stats[1], stats[2])
+        return tally.info(self.clock.now() - start)
 
     def park(self, model: str, what: str, deadline: float) -> None:
         self._need(model, what)

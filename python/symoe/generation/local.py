@@ -25,6 +25,7 @@ from .engine import (
     ModelSettings,
     OnDone,
     OnText,
+    Tally,
     generation_from_event,
     without_keys,
 )
@@ -119,7 +120,7 @@ class LocalEngine(Engine):
     def generate_streaming(self, model: str, requests: Sequence[Request], on_done: OnDone, on_text: OnText,
                            streamed: Collection[str], what: str, deadline: float) -> BatchInfo:
         pending = {r.key: r for r in requests}
-        stats = [0, 0, 0]
+        tally = Tally()
         t0 = time.perf_counter()
         texts: dict[str, str] = {}
 
@@ -132,9 +133,7 @@ class LocalEngine(Engine):
                 return
             g = generation_from_event(ev, pending, what, time.perf_counter() - t0)
             del pending[g.key]
-            stats[0] += g.tokens
-            stats[1] += g.prompt_tokens
-            stats[2] += 1
+            tally.add(g)
             on_done(g)
 
         w = self._worker(model, what)
@@ -148,7 +147,7 @@ class LocalEngine(Engine):
             raise
         if pending:
             raise EngineError(f"{what}: the worker finished without {len(pending)} of the requests")
-        return BatchInfo(time.perf_counter() - t0, stats[0], stats[1], stats[2], reply.get("first_token_s"))
+        return tally.info(time.perf_counter() - t0, reply.get("first_token_s"))
 
     def park(self, model: str, what: str, deadline: float) -> None:
         self._worker(model, what).request({"op": "park"}, what, deadline)

@@ -20,7 +20,7 @@ import openai
 
 from ..records import Generation, Request
 from .endpoint import EndpointSettings
-from .engine import BatchInfo, Clock, EngineError, EngineTimeout, OnDone, OnText, generation_from_event
+from .engine import BatchInfo, Clock, EngineError, EngineTimeout, OnDone, OnText, Tally, generation_from_event
 
 log = logging.getLogger("symoe.remote")
 
@@ -207,7 +207,7 @@ def generate_concurrently(client: RemoteClient, requests: Sequence[Request], on_
             out.put((r, None, e))
 
     pool = ThreadPoolExecutor(min(client.s.max_concurrency, n), thread_name_prefix=f"symoe-remote-{client.s.name}")
-    stats = [0, 0, 0]
+    tally = Tally()
     failure: BaseException | None = None
     try:
         for r in requests:
@@ -231,9 +231,7 @@ def generate_concurrently(client: RemoteClient, requests: Sequence[Request], on_
                 continue
             g: Generation = generation_from_event(ev, pending, what, time.perf_counter() - t0)
             del pending[g.key]
-            stats[0] += g.tokens
-            stats[1] += g.prompt_tokens
-            stats[2] += 1
+            tally.add(g)
             on_done(g)
     except BaseException:
         stop.set()
@@ -245,4 +243,4 @@ def generate_concurrently(client: RemoteClient, requests: Sequence[Request], on_
             raise type(failure)(f"{what}: {failure}") from None
         raise EngineError(client.scrub(f"{what}: {client.s.where}: {type(failure).__name__}: {failure}")) from failure
     # No first-token time: answers come whole (streamed ones only to their on_text).
-    return BatchInfo(time.perf_counter() - t0, stats[0], stats[1], stats[2])
+    return tally.info(time.perf_counter() - t0)
