@@ -105,7 +105,9 @@ def test_runs_add_observations_once(tmp_path):
         observe(cfg, report, st)
     mp = profile.Profile.model_validate_json(path.read_text()).models[profile.model_key(cfg.model("small"))]
     assert mp.run_lengths == {"expert": {"256": [50, 100, 120, 130]}}  # the store's, not added twice
-    assert mp.loads == [7.5, 7.5] and mp.runs[0] == (4, 1200, 400, 12.5)
+    assert mp.loads == [7.5, 7.5]
+    assert (mp.runs[0].n, mp.runs[0].prompt_tokens, mp.runs[0].tokens, mp.runs[0].seconds, mp.runs[0].role) == \
+        (4, 1200, 400, 12.5, "expert")
     got, note = profile.apply(cfg)
     assert got.load_seconds("small") == 7.5 and got.model("small").expert_output_quantiles == (50, 100, 120, 130)
 
@@ -140,3 +142,24 @@ def test_pool_toml_keeps_profile_figures(tmp_path):
     got, _ = profile.apply(pool(tmp_path), profile=measured(pool(tmp_path)))
     again = Config.from_dict(tomllib.loads(got.to_toml()))
     assert again.run_seconds("small", "expert", 5) == pytest.approx(got.run_seconds("small", "expert", 5))
+
+
+def test_runs_seen_rescale_the_curve(tmp_path):
+    """Runs that took twice what the measured curve predicts halve its rates (from 3 runs on)."""
+    cfg = pool(tmp_path)
+    p = measured(cfg)
+    mp = p.models[profile.model_key(cfg.model("small"))]
+    base, _ = profile.apply(cfg, profile=p)
+    share = profile.engine_share(cfg)
+    for n in (2, 4, 8):
+        want = base.run_seconds("small", "expert", n)  # lengths as profiled: the same mean
+        mean = sum(base.model("small").expert_output_quantiles or ()) / 16
+        overhead = base.model("small").overhead_s
+        mp.runs.append(profile.RunSeen(n=n, prompt_tokens=300 * n, tokens=round(mean * n),
+                                       seconds=overhead + 2 * (want - overhead), role="expert", share=share))
+        got, note = profile.apply(cfg, profile=p)
+        if len(mp.runs) < 3:
+            assert got.model("small").decode_curve == base.model("small").decode_curve
+    assert got.model("small").decode_curve == pytest.approx(tuple(x / 2 for x in base.model("small").decode_curve or ()),
+                                                            rel=0.02)
+    assert "rates x0.50 from 3 runs seen" in note

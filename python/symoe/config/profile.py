@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import SymoeError
 from .pool_file import CURVE_POINTS, GB, QUANTILES, cache_dir
+from .profile_fit import rate_factor, scaled
 from .spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -32,6 +33,19 @@ if TYPE_CHECKING:
 MAX_LENGTHS = 2000  # observed lengths kept per model, role and cap (the newest)
 MAX_RUNS = 500      # observed runs and loads kept per model
 ROLES = ("expert", "aggregate")
+
+
+class RunSeen(BaseModel):
+    """One generate step of a finished run: its requests, their prompt and output tokens in all,
+    its seconds, the role and the engine share (:func:`engine_share`) it ran on."""
+
+    model_config = ConfigDict(extra="ignore")
+    n: int
+    prompt_tokens: int
+    tokens: int
+    seconds: float
+    role: str
+    share: str
 
 
 class ModelProfile(BaseModel):
@@ -52,8 +66,8 @@ class ModelProfile(BaseModel):
     # calibration's own, and the store's after each run (replaced, so a rerun adds nothing twice).
     lengths: dict[str, dict[str, list[int]]] = Field(default_factory=dict)
     run_lengths: dict[str, dict[str, list[int]]] = Field(default_factory=dict)
-    # Runs observed: [requests in flight at the start, prompt tokens, output tokens, seconds], and loads' seconds.
-    runs: list[tuple[int, int, int, float]] = Field(default_factory=list)
+    # Runs observed (:class:`RunSeen`), and loads' seconds.
+    runs: list[RunSeen] = Field(default_factory=list)
     loads: list[float] = Field(default_factory=list)
 
 
@@ -238,11 +252,16 @@ def apply(cfg: Config, max_tokens: int | None = None, aggregate_max_tokens: int 
     models: list[ModelSpec] = []
     took: list[str] = []
     kept: list[str] = []
+    share = engine_share(cfg)
     for m in cfg.models:
         mp = p.models.get(model_key(m)) if m.endpoint is None else None
         names: list[str] = []
         if mp is not None:
-            m, names = apply_model(m, mp, cap, cfg.model_tokens(m.name).expert_prompt, engine_share(cfg))
+            m, names = apply_model(m, mp, cap, cfg.model_tokens(m.name).expert_prompt, share)
+            f = rate_factor(replace(cfg, models=(m,)), m, mp.runs, share)  # runs seen correct the curve's level
+            if f is not None:
+                m = scaled(m, f)
+                names.append(f"rates x{1 / f:.2f} from {len(mp.runs)} runs seen")
         models.append(m)
         (took if names else kept).append(f"{m.name} ({', '.join(names)})" if names else m.name)
     out = replace(cfg, models=tuple(models))

@@ -87,8 +87,10 @@ def observe(cfg: Config, report: RunReport, store: Store | None = None) -> Path:
             continue
         mp = p.models.setdefault(profile.model_key(m), profile.ModelProfile())
         mp.loads = (mp.loads + [r.end - r.start for r in steps if r.kind == StepKind.LOAD])[-profile.MAX_RUNS:]
-        mp.runs = (mp.runs + [(int(r.info["generated"]), r.prompt_tokens, r.tokens, r.end - r.start) for r in steps
-                              if r.kind == StepKind.RUN and r.info.get("generated")])[-profile.MAX_RUNS:]
+        share = profile.engine_share(cfg)
+        mp.runs = (mp.runs + [profile.RunSeen(n=int(r.info["generated"]), prompt_tokens=r.prompt_tokens, tokens=r.tokens,
+                                              seconds=r.end - r.start, role=str(r.info.get("role", "expert")), share=share)
+                              for r in steps if r.kind == StepKind.RUN and r.info.get("generated")])[-profile.MAX_RUNS:]
         for role, by_cap in mine.items():
             mp.run_lengths[role] = {str(cap): ls[-profile.MAX_LENGTHS:] for cap, ls in by_cap.items()}
     return profile.save(p)

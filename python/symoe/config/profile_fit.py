@@ -1,0 +1,58 @@
+"""Runs seen correct a measured curve: the median ratio of their measured to predicted seconds (each
+predicted from the model's figures with its lengths scaled to that run's mean) rescales the model's
+rates, so a calibration on a quiet machine and runs under load (or the reverse) meet in the middle of
+what runs actually take."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from .spec import ModelSpec
+
+if TYPE_CHECKING:
+    from .pool import Config
+
+MIN_RUNS = 3            # fewer runs seen: the calibration's figures alone
+FACTOR_RANGE = (0.25, 4.0)  # a ratio beyond this says the figures are for other conditions, not slower rates
+
+
+class Seen(Protocol):
+    """What :func:`rate_factor` reads of a run seen (``profile.RunSeen``)."""
+
+    n: int
+    prompt_tokens: int
+    tokens: int
+    seconds: float
+    role: str
+    share: str
+
+
+def rate_factor(cfg: Config, m: ModelSpec, runs: Sequence[Seen], share: str) -> float | None:
+    """Measured / predicted generation seconds of ``m``'s runs seen on ``share`` (median), or None
+    with fewer than :data:`MIN_RUNS` or no measured curve."""
+    seen = [r for r in runs if r.share == share and r.n > 0 and r.tokens > 0 and r.role in ("expert", "aggregate")]
+    if len(seen) < MIN_RUNS or m.decode_curve is None:
+        return None
+    ratios = []
+    for r in seen:
+        q = getattr(m, f"{r.role}_output_quantiles") or (r.tokens / r.n,)
+        mean = float(np.mean(q)) or 1.0
+        upd: dict[str, Any] = {f"{r.role}_prompt_tokens": r.prompt_tokens / r.n, f"{r.role}_output_tokens": r.tokens / r.n,
+                               f"{r.role}_output_quantiles": tuple(x * r.tokens / r.n / mean for x in q)}
+        one = replace(m, **upd)
+        work = replace(cfg, models=(one,)).run_seconds(m.name, r.role, r.n) - m.overhead_s
+        if work > 0:
+            ratios.append(max(r.seconds - m.overhead_s, 1e-3) / work)
+    if len(ratios) < MIN_RUNS:
+        return None
+    return float(np.clip(np.median(ratios), *FACTOR_RANGE))
+
+
+def scaled(m: ModelSpec, factor: float) -> ModelSpec:
+    """``m`` with its prefill and decode rates divided by ``factor`` (its runs ``factor`` times longer)."""
+    curve = None if m.decode_curve is None else tuple(x / factor for x in m.decode_curve)
+    return replace(m, decode_curve=curve, prefill_tps=m.prefill_tps / factor)
