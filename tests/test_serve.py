@@ -230,9 +230,8 @@ def ask_all_raw(url, texts, timeout=60, **extra):
     out = [None] * len(texts)
 
     def one(i):
-        r = httpx.post(url + "/chat/completions", timeout=timeout,
-                       json={"model": MODEL, "messages": [{"role": "user", "content": texts[i]}], "symoe": {"details": True},
-                             **extra})
+        body = {"model": MODEL, "messages": [{"role": "user", "content": texts[i]}], "symoe": {"details": True}, **extra}
+        r = httpx.post(url + "/chat/completions", timeout=timeout, json=body)
         out[i] = (r.status_code, r.json())
 
     ts = [threading.Thread(target=one, args=(i,)) for i in range(len(texts))]
@@ -247,7 +246,7 @@ def ask_all_raw(url, texts, timeout=60, **extra):
 def test_cli_listens_on_loopback_only_and_drains_on_sigterm(tmp_path):
     pool = pool_toml(tmp_path)
     cmd = [sys.executable, "-m", "symoe.cli", "serve", "--config", str(pool), "--port", "0", "--fake", "0.02",
-           "--window-ms", "50", "--store", str(tmp_path / "s.sqlite")]
+           "--window-ms", "50", "--store", str(tmp_path / "s.sqlite"), "--run-dir", str(tmp_path / "run")]
     p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     try:
         line = p.stderr.readline()
@@ -257,7 +256,8 @@ def test_cli_listens_on_loopback_only_and_drains_on_sigterm(tmp_path):
         listening = [c for c in psutil.Process(p.pid).net_connections("inet") if c.status == psutil.CONN_LISTEN]
         assert [c.laddr.port for c in listening] == [port] and all(c.laddr.ip == "127.0.0.1" for c in listening)
         got = []
-        t = threading.Thread(target=lambda: got.extend(ask_all_raw(url, prompts(3))))
+        gold = {"details": True, "gold": "A", "category": "test"}
+        t = threading.Thread(target=lambda: got.extend(ask_all_raw(url, prompts(3), symoe=gold)))
         t.start()
         time.sleep(0.3)  # in flight (the fake engine's times at 0.02 real s per second take seconds)
         p.send_signal(signal.SIGTERM)
@@ -269,13 +269,22 @@ def test_cli_listens_on_loopback_only_and_drains_on_sigterm(tmp_path):
     assert [code for code, _ in got] == [200, 200, 200]
     with Store(tmp_path / "s.sqlite") as store:
         assert store.count("aggregate") == 3
-    # Served answers are in the store as batch runs leave them: `symoe export` lists them.
-    out = subprocess.run([sys.executable, "-m", "symoe.cli", "export", "--store", str(tmp_path / "s.sqlite"),
-                          "--out", str(tmp_path / "x.jsonl")], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
+    # Served answers are in the store as batch runs leave them: `symoe export` lists them, and
+    # --run-dir left a run directory `symoe report` reads (the requests gave gold answers).
+    from click.testing import CliRunner
+
+    from symoe.cli import main
+    out = CliRunner().invoke(main, ["export", "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "x.jsonl")])
+    assert out.exit_code == 0, out.output
     rows = [json.loads(ln) for ln in (tmp_path / "x.jsonl").read_text().splitlines()]
     assert sorted(r["question"] for r in rows if r["role"] == "aggregate") == sorted(
         question_of(t).id for t in prompts(3))
+    out = CliRunner().invoke(main, ["report", str(tmp_path / "run"), "--json"])
+    assert out.exit_code == 0, out.output
+    (rep,) = json.loads(out.output)
+    right = [b["symoe"]["correct"] for _, b in got]
+    assert rep["questions"] == 3 and rep["accuracy"] == sum(right) / 3 and rep["by_category"] == {"test": sum(right) / 3}
+    assert rep["calls_per_question"] == 5 + 3 + 1
 
 
 def test_tiny_real_cpu_pool(tmp_path, embedder):
@@ -364,6 +373,35 @@ def test_stream_gives_the_same_answer_as_server_sent_events(shared):
     assert chunks[-1].usage.total_tokens == whole.usage.total_tokens
     assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == whole.choices[0].finish_reason
     assert streamed_text == whole.choices[0].message.content  # the same question and seed: the stored answer
+
+
+def test_served_answers_are_graded_from_the_store(shared, tmp_path):
+    # The request's gold answer (extension field) is kept with its prompt in the store: `symoe export`
+    # grades served answers with no questions file, and the response says whether it was right.
+    from click.testing import CliRunner
+
+    from symoe.cli import main
+    from symoe.method.grading import answer_of, is_correct
+
+    qs = load_questions(bundled("mmlu_pro_sample.json"))[20:23]
+    bodies = [ask_all_raw(shared.url, [q.text], symoe={"details": True, "gold": q.gold, "category": q.category})[0][1]
+              for q in qs]
+    plain = ask_all_raw(shared.url, ["What is 6*7?"])[0][1]  # no gold: answered, not graded
+    out = CliRunner().invoke(main, ["export", "--store", str(shared.mixture.setup.store.path), "--out",
+                                    str(tmp_path / "x.jsonl")])
+    assert out.exit_code == 0, out.output
+    rows = {r["question"]: r for r in map(json.loads, (tmp_path / "x.jsonl").read_text().splitlines())
+            if r["role"] == "aggregate"}
+    for q, body in zip(qs, bodies):
+        sq = question_of(q.text)
+        row, d = rows[sq.id], body["symoe"]
+        want = is_correct(answer_of(body["choices"][0]["message"]["content"], sq), q.gold, sq.kind)
+        assert row["answer"] == d["answer"] and row["correct"] is want and d["correct"] is want
+    row = rows[plain["symoe"]["question"]]
+    assert row["answer"] == plain["symoe"]["answer"] and row["correct"] is None and plain["symoe"]["correct"] is None
+    kept = {q.id: q for q in shared.mixture.setup.store.questions()}
+    assert all((kept[question_of(q.text).id].gold, kept[question_of(q.text).id].category) == (q.gold, q.category)
+               for q in qs)
 
 
 class StreamingFake(FakeEngine):

@@ -103,6 +103,18 @@ class Generation:
                    seconds)
 
 
+@dataclass(frozen=True)
+class StoredQuestion:
+    """A question kept in the store beside its generations, for those no dataset file holds (a
+    served request's prompt): its text, answer kind, and gold answer and category ("" if unknown)."""
+
+    id: str
+    text: str
+    kind: str
+    gold: str = ""
+    category: str = ""
+
+
 def generation_key(model: str, prompt: Any, params: dict[str, Any], role: str, slot: int) -> str:
     """The store key of a generation: a hash of model, prompt, sampling, role and slot."""
     blob = json.dumps([model, prompt, params, role, slot], sort_keys=True, ensure_ascii=False)

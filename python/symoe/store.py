@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SymoeError
-from .records import Generation, generation_key
+from .records import Generation, StoredQuestion, generation_key
 
 __all__ = ["Generation", "Store", "generation_key"]
 
@@ -31,6 +31,9 @@ CREATE TABLE IF NOT EXISTS generations (
 );
 CREATE TABLE IF NOT EXISTS claims (
     key TEXT PRIMARY KEY, owner TEXT NOT NULL, pid INTEGER NOT NULL, created REAL, started REAL
+);
+CREATE TABLE IF NOT EXISTS questions (
+    id TEXT PRIMARY KEY, text TEXT NOT NULL, kind TEXT NOT NULL, gold TEXT NOT NULL, category TEXT NOT NULL, created REAL
 );
 CREATE TABLE IF NOT EXISTS events (
     run TEXT NOT NULL, step INTEGER NOT NULL, device INTEGER, kind TEXT, model TEXT, start REAL, end REAL,
@@ -152,6 +155,21 @@ class Store:
         """Every stored key, sorted."""
         with self._lock:
             return [r[0] for r in self._db.execute("SELECT key FROM generations ORDER BY key")]
+
+    def put_question(self, q: StoredQuestion) -> None:
+        """Keep a question's text (once per id); a gold answer or category given later fills one not known."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO questions VALUES (?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
+                "gold = CASE WHEN gold = '' THEN excluded.gold ELSE gold END, "
+                "category = CASE WHEN category = '' THEN excluded.category ELSE category END",
+                (q.id, q.text, q.kind, q.gold, q.category, time.time()))
+
+    def questions(self) -> list[StoredQuestion]:
+        """Every question kept with :meth:`put_question`, by id."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, text, kind, gold, category FROM questions ORDER BY id").fetchall()
+        return [StoredQuestion(*r) for r in rows]
 
     def log_event(self, run: str, step: int, device: int, kind: str, model: str | None, start: float, end: float,
                   predicted: tuple[float, float] | None, items: int = 0, tokens: int = 0,

@@ -38,11 +38,15 @@ from .common import config_opt, fail, store_opt
               help="Most requests in one window.")
 @click.option("--drain-s", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="On SIGTERM: time to finish requests in flight.")
+@click.option("--run-dir", default=None, type=click.Path(file_okay=False),
+              help="On stopping, write results.jsonl and summary.json here (requests that gave a gold answer), "
+                   "for `symoe report`.")
 @click.option("--fake", "fake_scale", type=click.FloatRange(min=0), default=None,
               help="Fake engine (tests, load tests): the cost model's times scaled by this (0: instant).")
 def serve_cmd(config_path: str, profiles_path: str | None, task_path: str | None, host: str, port: int,
               window_ms: float, k: int, skip_agreed: bool, api_key_env: str | None, store_path: str,
-              max_tokens: int | None, max_body_kb: int, max_batch: int, drain_s: float, fake_scale: float | None) -> None:
+              max_tokens: int | None, max_body_kb: int, max_batch: int, drain_s: float, run_dir: str | None,
+              fake_scale: float | None) -> None:
     """Serve the mixture as one OpenAI-compatible model, symoe-<task name>."""
     from ..pipeline import Task
     from ..serve import Limits, Mixture, MixtureServer
@@ -89,5 +93,7 @@ def serve_cmd(config_path: str, profiles_path: str | None, task_path: str | None
     failed = server.close(drain_s)
     engine.close()
     store.close()
+    if run_dir is not None:
+        click.echo(f"{mixture.results.write(run_dir)} graded answers written to {run_dir}", err=True)
     click.echo(f"stopped after {mixture.windows} windows ({len(mixture.calls)} engine batches); "
                f"{failed} queued requests failed for lack of time", err=True)

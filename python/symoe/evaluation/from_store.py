@@ -174,20 +174,29 @@ def regrade(run_dir: str | Path, questions: Sequence[Question], store: Store) ->
 
 # --- export -------------------------------------------------------------------------------------
 
+def stored_questions(store: Store) -> list[Question]:
+    """The questions the store keeps itself (``symoe serve``'s prompts, with the gold answers the
+    requests gave)."""
+    return [Question(q.id, q.text, q.gold, "letter" if q.kind == "letter" else "number", q.category)
+            for q in store.questions()]
+
+
 def export_rows(store: Store, questions: Sequence[Question]) -> Iterator[dict[str, Any]]:
-    """Every stored generation, graded where its question is among ``questions`` (keyword samples
-    carry no answer)."""
+    """Every stored generation with its extracted answer where its question is among ``questions``
+    or kept in the store, graded where that question has a gold answer (keyword samples carry no
+    answer)."""
     keys = store.all_keys()
     if not keys:
         raise SymoeError(f"store {store.path} holds no generations: nothing to export")
-    by_id = {q.id: q for q in questions}
+    by_id = {q.id: q for q in stored_questions(store)}
+    by_id.update({q.id: q for q in questions})
     for i in range(0, len(keys), 500):
         gens = store.generations(keys[i:i + 500])
         for key in keys[i:i + 500]:
             g = gens[key]
             qu = by_id.get(g.question)
             answer = answer_of(g.text, qu) if qu is not None and g.role != "keywords" else None
-            correct = is_correct(answer, qu.gold, qu.kind) if qu is not None and g.role != "keywords" else None
+            correct = is_correct(answer, qu.gold, qu.kind) if qu is not None and g.role != "keywords" and qu.gold else None
             yield {"question": g.question, "model": g.model, "role": g.role, "slot": g.slot, "text": g.text,
                    "answer": answer, "correct": correct, "tokens": g.tokens, "prompt_tokens": g.prompt_tokens,
                    "params": json.loads(g.params), "key": g.key}

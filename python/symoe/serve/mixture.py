@@ -19,6 +19,7 @@ from ..method.routing import Profiles
 from ..store import Store
 from .protocol import Answer, ApiError, ServeRequest
 from .residency import Residency, expected_frequency
+from .results import ServedResults
 from .window import Call, Job, Setup, run_window
 
 
@@ -41,6 +42,7 @@ class Mixture:
                            skip_agreed)
         self.window_s, self.max_batch = window_s, max_batch
         self.windows = 0
+        self.results = ServedResults(skip_agreed)  # for a run directory (`symoe serve --run-dir`)
         self._queue: deque[Job] = deque()
         self._cv = threading.Condition()
         self._stopping = False
@@ -111,6 +113,9 @@ class Mixture:
                 return
             try:
                 run_window(self.setup, self.windows, jobs)
+                for j in jobs:
+                    if j.answer is not None:
+                        self.results.add(j.req, j.answer)
             except Exception as e:  # noqa: BLE001  (a bug must fail its requests, never hang them)
                 for j in jobs:
                     if j.answer is None and j.error is None:

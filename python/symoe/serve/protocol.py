@@ -64,12 +64,12 @@ def _text(content: Any, where: str) -> str:
     raise ApiError(400, f"{where}: content must be a string or a list of text parts", param=where)
 
 
-def question_of(text: str) -> Question:
+def question_of(text: str, gold: str = "", category: str = "") -> Question:
     """The question a prompt asks: multiple choice (a letter answer) when it labels options
     "(A) ...", else a number; its id is a hash of the text."""
     kind: Literal["letter", "number"] = "letter" if _OPTION_MARK in text and option_count(text) >= 2 else "number"
     qid = "serve-" + hashlib.sha256(text.encode()).hexdigest()[:16]
-    return Question(qid, text, "", kind)
+    return Question(qid, text, gold, kind, category)
 
 
 def parse(endpoint: Endpoint, raw: bytes, model_id: str, limits: Limits) -> ServeRequest:
@@ -125,10 +125,13 @@ def parse(endpoint: Endpoint, raw: bytes, model_id: str, limits: Limits) -> Serv
     ext = body.get("symoe", {})
     if not isinstance(ext, dict):
         raise ApiError(400, "'symoe' must be an object, e.g. {\"details\": true}", param="symoe")
+    for f in ("gold", "category"):  # kept with the question in the store, so served answers can be graded
+        if not isinstance(ext.get(f, ""), str):
+            raise ApiError(400, f"'symoe.{f}' must be a string", param=f"symoe.{f}")
     if seed is None:  # a hash of the prompt: the same prompt is routed the same way
         seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
-    return ServeRequest(endpoint, question_of(text), int(seed), max_tokens, bool(ext.get("details", False)), stream,
-                        bool(opts.get("include_usage", False)))
+    return ServeRequest(endpoint, question_of(text, ext.get("gold", ""), ext.get("category", "")), int(seed), max_tokens,
+                        bool(ext.get("details", False)), stream, bool(opts.get("include_usage", False)))
 
 
 @dataclass

@@ -19,11 +19,12 @@ from ..evaluation.from_store import agreed_answer
 from ..generation import EngineError, Generation, Request, Sampling
 from ..generation.batch import DEADLINE_FACTOR, DEADLINE_MARGIN_S
 from ..generation.engine import Clock, OnText
-from ..method.grading import answer_of
+from ..method.grading import answer_of, is_correct
 from ..method.keywords import filter_keywords
 from ..method.matching import Embedder, match_keywords
 from ..method.requests import Requests
 from ..method.routing import Profiles, route
+from ..records import StoredQuestion
 from ..store import Store
 from .protocol import Answer, ApiError, ServeRequest
 from .residency import Residency
@@ -137,6 +138,8 @@ def run_window(s: Setup, window: int, jobs: Sequence[Job]) -> None:
     t0 = time.perf_counter()
     for j in jobs:
         j.timings["queued_s"] = t0 - j.arrived
+        q = j.req.question  # its text beside its generations: `symoe export` grades served answers from the store
+        s.store.put_question(StoredQuestion(q.id, q.text, q.kind, q.gold, q.category))
     build = {id(j): Requests(s.cfg, Sampling.for_pool(s.cfg, j.req.max_tokens, j.req.seed)) for j in jobs}
     # 1. keywords: one batch on the keyword model for the whole window
     kw_reqs = {id(j): build[id(j)].keywords(s.keyword_model, j.req.question) for j in jobs}
@@ -198,6 +201,8 @@ def run_window(s: Setup, window: int, jobs: Sequence[Job]) -> None:
                          "seconds": got[r.key].seconds} for r, a in zip(experts[id(j)], answers[id(j)])],
             "aggregator": None if g.role == "expert" else s.aggregator, "aggregation_skipped": g.role == "expert",
             "answer": answer_of(g.text, j.req.question), "window": {"id": window, "requests": len(jobs)},
+            "correct": is_correct(answer_of(g.text, j.req.question), j.req.question.gold, j.req.question.kind)
+            if j.req.question.gold else None,
             "model_calls": len(j.gens), "timings": dict(j.timings)}
         j.stream_to(g.text)  # the rest, or all of it (an engine that does not stream, a stored or skipped aggregation)
         j.answer = Answer(g.text, g.finish if g.finish in ("stop", "length") else "stop",
