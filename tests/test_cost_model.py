@@ -150,6 +150,7 @@ def test_long_reasoning_experts_are_replicated():
 
     import symoe
     from symoe import Config
+    from symoe.planning.steps import StepKind
 
     cfg = Config.bundled("paper16").with_devices(4)
     equal = replace(cfg, models=tuple(replace(m, expert_output_tokens=None, aggregate_output_tokens=None)
@@ -163,7 +164,7 @@ def test_long_reasoning_experts_are_replicated():
     loads = {}
     for label, c in (("long", cfg), ("equal", equal)):
         p = symoe.plan(a, c, optimize_s=0)
-        loads[label] = int(np.sum((p.arrays.kind == 0) & (p.arrays.model == r1)))
+        loads[label] = int(np.sum((p.arrays.kind == StepKind.LOAD) & (p.arrays.model == r1)))
         assert p.gap < 0.05
     assert loads["long"] >= 2 and loads["equal"] == 1
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 import symoe
 from symoe import Config, Device, ModelSpec, Tokens
 from symoe.config.pool import GB
-from symoe.planning.plan import STEP_KINDS, save_picture
+from symoe.planning.plan import StepKind, save_picture
 
 
 def make_config(sizes, devices=1, memory=80.0, overlap=True, host=0.0, sleep=False):
@@ -33,8 +33,7 @@ def check_plan_invariants(p: symoe.Plan):
     expert_end = np.zeros(N)
     agg_start = np.full(N, np.inf)
     for s in range(p.n_steps):
-        kind = STEP_KINDS[a.kind[s]]
-        if kind != "run":
+        if a.kind_of(s) != StepKind.RUN:
             continue
         items = a.items[a.item_begin[s]:a.item_end[s]]
         if a.role[s] == 0:
@@ -56,10 +55,10 @@ def check_plan_invariants(p: symoe.Plan):
     for d in range(len(cfg.devices)):
         intervals, open_at = [], {}
         for s in np.flatnonzero((a.device <= d) & (d < a.device + a.tp)):
-            kind, m = STEP_KINDS[a.kind[s]], int(a.model[s])
-            if kind in ("load", "wake"):
+            kind, m = a.kind_of(s), int(a.model[s])
+            if kind in (StepKind.LOAD, StepKind.WAKE):
                 open_at[m] = t.start[s], cfg.models[m].resident_bytes / a.tp[s]
-            elif kind in ("unload", "park"):
+            elif kind in (StepKind.UNLOAD, StepKind.PARK):
                 b, size = open_at.pop(m)
                 intervals.append((b, t.end[s], size))
         intervals += [(b, np.inf, size) for b, size in open_at.values()]
@@ -109,7 +108,7 @@ def test_one_device_without_coresidency_loads_each_model_once(sizes, N, seed):
     agg = cfg.names[int(rng.integers(len(sizes)))]
     p = symoe.plan(a, cfg, aggregator=agg)
     used = set(a.experts.ravel().tolist()) | {cfg.index(agg)}
-    loads = p.arrays.model[p.arrays.kind == STEP_KINDS.index("load")]
+    loads = p.arrays.model[p.arrays.kind == StepKind.LOAD]
     assert sorted(loads.tolist()) == sorted(used)
     check_plan_invariants(p)
 
@@ -119,9 +118,8 @@ def test_coresidency_prefetch_overlaps_loads_with_generation():
     a = assignment(cfg.names, np.array([[0, 1, 2]] * 200))
     p = symoe.plan(a, cfg)
     t = p.timeline
-    kinds = [STEP_KINDS[x] for x in p.arrays.kind]
-    loads = [s for s, k in enumerate(kinds) if k == "load"]
-    runs = [s for s, k in enumerate(kinds) if k == "run"]
+    loads = np.flatnonzero(p.arrays.kind == StepKind.LOAD).tolist()
+    runs = p.arrays.runs().tolist()
     # Some load runs while an earlier run generates.
     assert any(t.start[ld] < t.end[r] and t.end[ld] > t.start[r] for ld in loads for r in runs)
     serial = symoe.plan(a, cfg.with_devices(overlap_load=False))
@@ -133,7 +131,7 @@ def test_replication_balances_a_dominant_expert():
     experts = np.zeros((2000, 3), dtype=np.int64)
     experts[:50, 2] = 1
     p = symoe.plan(assignment(cfg.names, experts), cfg)
-    loads0 = np.sum((p.arrays.kind == 0) & (p.arrays.model == 0))
+    loads0 = np.sum((p.arrays.kind == StepKind.LOAD) & (p.arrays.model == 0))
     assert loads0 >= 3  # the heavy expert is replicated
     assert p.gap < 0.05
     single = symoe.plan(assignment(cfg.names, experts), cfg, replicate=False)
@@ -144,9 +142,9 @@ def test_aggregator_that_is_also_an_expert_loads_once():
     cfg = make_config([5, 5, 5], memory=12)  # one model at a time
     a = assignment(cfg.names, np.array([[0, 1, 2], [2, 2, 1]] * 30))
     p = symoe.plan(a, cfg, aggregator="m2")
-    assert np.sum((p.arrays.kind == 0) & (p.arrays.model == 2)) == 1
+    assert np.sum((p.arrays.kind == StepKind.LOAD) & (p.arrays.model == 2)) == 1
     ref = symoe.plan(a, cfg, aggregator="m2", strategy="reference")
-    assert np.sum((ref.arrays.kind == 0) & (ref.arrays.model == 2)) == 2  # the authors reload it
+    assert np.sum((ref.arrays.kind == StepKind.LOAD) & (ref.arrays.model == 2)) == 2  # the authors reload it
 
 
 def test_reference_schedule_shape():
@@ -167,10 +165,10 @@ def test_naive_with_sleep_mode_parks_and_wakes():
     cfg = make_config([5, 6], host=100, sleep=True)
     a = assignment(cfg.names, np.array([[0, 1, 0]] * 5))
     p = symoe.plan(a, cfg, strategy="naive")
-    kinds = [STEP_KINDS[x] for x in p.arrays.kind]
-    assert kinds.count("load") == 2 and kinds.count("wake") == 13 and kinds.count("park") == 15
+    kinds = [StepKind(x) for x in p.arrays.kind]
+    assert kinds.count(StepKind.LOAD) == 2 and kinds.count(StepKind.WAKE) == 13 and kinds.count(StepKind.PARK) == 15
     cold = symoe.plan(a, cfg.with_sleep(False), strategy="naive")
-    assert [STEP_KINDS[x] for x in cold.arrays.kind].count("load") == 15
+    assert np.sum(cold.arrays.kind == StepKind.LOAD) == 15
     assert p.makespan < cold.makespan
     # What-if on the same plan: the simulator under other cost figures.
     slower = symoe.simulate(p, cfg.with_sleep(True, h2d_bandwidth_gbps=1.0))
@@ -236,8 +234,8 @@ def test_validate_catches_tampered_plans():
     with pytest.raises(ValueError, match=r"runs [02] times, expected once|wrong model"):
         bad.validate()
     bad = copy(p)
-    first_unload = int(np.flatnonzero(bad.arrays.kind == 2)[0])
-    bad.arrays.kind[first_unload] = 5  # drop an unload: the next load exceeds memory
+    first_unload = int(np.flatnonzero(bad.arrays.kind == StepKind.UNLOAD)[0])
+    bad.arrays.kind[first_unload] = StepKind.PAUSE  # drop an unload: the next load exceeds memory
     with pytest.raises(ValueError, match="memory exceeded|loaded while already"):
         bad.validate()
 
@@ -338,7 +336,7 @@ _PAUSE = 3  # the reference plan's first pause step (tp = 2 over both devices)
 ])
 def test_every_plan_field_is_range_checked(field, step, value, match):
     p = _reference_plan()
-    assert p.arrays.kind[_PAUSE] == STEP_KINDS.index("pause") and p.arrays.tp[_PAUSE] == 2
+    assert p.arrays.kind[_PAUSE] == StepKind.PAUSE and p.arrays.tp[_PAUSE] == 2
     arrays = {k: v.copy() for k, v in p.arrays.as_dict().items()}
     if arrays[field].dtype.kind == "i" and not np.can_cast(np.min_scalar_type(value), arrays[field].dtype):
         arrays[field] = arrays[field].astype(np.int64)  # the binding takes any integer dtype

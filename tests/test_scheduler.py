@@ -16,7 +16,7 @@ from symoe.generation import EngineError, EngineTimeout, Sampling
 from symoe.generation.fake import FakeEngine, Fault, ScaledClock
 from symoe.method.datasets import Question
 from symoe.method.workloads import category_keywords, skewed_profiles
-from symoe.planning.plan import STEP_KINDS, Role, StepKind
+from symoe.planning.plan import Role, StepKind
 from symoe.store import Store
 
 PAPER = symoe.Config.bundled("paper16")
@@ -96,11 +96,11 @@ def test_coresidency_prefetch_and_evictions(case, tmp_path):
         qs, a = workload(60)
         cfg = PAPER.with_devices(2, memory_gb=30, host_memory_gb=400).with_sleep(True)
         p = symoe.plan(a, cfg, aggregator=AGG, strategy="naive")
-    kinds = Counter(STEP_KINDS[k] for k in p.arrays.kind)
+    kinds = Counter(StepKind(k) for k in p.arrays.kind)
     if case == "prefetch":
-        assert [STEP_KINDS[k] for k in p.arrays.kind[p.arrays.device == 0]][:3] == ["load", "load", "run"]
+        assert [StepKind(k) for k in p.arrays.kind[p.arrays.device == 0]][:3] == [StepKind.LOAD, StepKind.LOAD, StepKind.RUN]
     else:
-        assert kinds["park"] > 10 and kinds["wake"] > 10
+        assert kinds[StepKind.PARK] > 10 and kinds[StepKind.WAKE] > 10
     report, engines = fake_run(p, qs, tmp_path, real_seconds=10.0)
     check_exactly_once_and_ordered(p, qs, engines, tmp_path)
     # The run follows the plan's timeline: a scheduler that serialised devices or missed overlaps would
