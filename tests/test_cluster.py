@@ -202,7 +202,8 @@ def test_actors_and_placement_groups_that_do_not_go_are_reported(monkeypatch, ca
 def test_a_tensor_parallel_plan_is_refused_before_the_cluster_is_touched(monkeypatch, tmp_path):
     # The Ray engine hosts each model on one device: a TP step must not start the run (and load or
     # generate what comes before it) only to fail at its own load.
-    from symoe.execution import on_cluster
+    from symoe.execution import RunOptions, on_cluster
+    from symoe.generation import Sampling
     from symoe.planning.plan import StepKind
     from symoe.store import Store
 
@@ -217,6 +218,10 @@ def test_a_tensor_parallel_plan_is_refused_before_the_cluster_is_touched(monkeyp
         raise AssertionError("the cluster was touched")
 
     monkeypatch.setattr(on_cluster, "connect", touched)
+    monkeypatch.setattr(on_cluster, "live_topology", touched)
     topology = types.SimpleNamespace(devices=[object(), object()], address="auto")
-    with Store(tmp_path / "store.sqlite") as store, pytest.raises(SymoeError, match=r"tensor-parallel over devices \[0, 1\]"):
-        on_cluster.run_on_cluster(p, [], store, tmp_path / "run", topology)
+    with Store(tmp_path / "store.sqlite") as store:
+        with pytest.raises(SymoeError, match=r"tensor-parallel over devices \[0, 1\]"):
+            on_cluster.run_on_cluster(p, [], store, tmp_path / "run", topology)
+        with pytest.raises(SymoeError, match=r"tensor-parallel over devices \[0, 1\]"):  # a pool with [cluster]
+            on_cluster.run_on_config(p, [], store, tmp_path / "run", Sampling(), None, RunOptions())

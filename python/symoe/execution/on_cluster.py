@@ -23,10 +23,21 @@ if TYPE_CHECKING:
     from .report import RunReport
 
 
+def refuse_tensor_parallel(plan: Plan) -> None:
+    """A tensor-parallel step is refused before the cluster is touched, not at the step's load after
+    the steps before it ran (the Ray engine hosts each model on one device)."""
+    a = plan.arrays
+    if (a.tp > 1).any():
+        s = int(a.tp.argmax())
+        group = range(int(a.device[s]), int(a.device[s]) + int(a.tp[s]))
+        raise SymoeError(tp_refused(f"step {s}", plan.config.names[int(a.model[s])], list(group)))
+
+
 def run_on_config(plan: Plan, questions: Sequence[Question], store: Store, run_dir: str | Path,
                   sampling: Sampling, assignment: Sequence[Sequence[str]] | None, options: RunOptions,
                   run_id: str | None = None) -> RunReport:
     """``run_plan`` for a plan whose config has a ``[cluster]`` table: its devices on the cluster."""
+    refuse_tensor_parallel(plan)
     cfg = plan.config
     if any(d.endpoint is not None for d in cfg.devices):
         raise SymoeError("[cluster]: pools with endpoint models do not run on a Ray cluster yet; drop the endpoint "
@@ -41,11 +52,7 @@ def run_on_cluster(plan: Plan, questions: Sequence[Question], store: Store, run_
     """Run ``plan`` with one Ray engine per device of ``topology`` (this process connected to
     the cluster); a device lost before or during the run is reported, and with
     ``options.retries`` the missing work is replanned over the surviving devices."""
-    a = plan.arrays
-    if (a.tp > 1).any():  # refused before the cluster is touched, not at the step's load
-        s = int(a.tp.argmax())
-        group = range(int(a.device[s]), int(a.device[s]) + int(a.tp[s]))
-        raise SymoeError(tp_refused(f"step {s}", plan.config.names[int(a.model[s])], list(group)))
+    refuse_tensor_parallel(plan)
     if len(topology.devices) != len(plan.config.devices):
         raise SymoeError(f"the plan is for {len(plan.config.devices)} devices, the cluster has "
                          f"{len(topology.devices)} ({', '.join(d.label() for d in topology.devices)}); plan again")

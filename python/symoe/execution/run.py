@@ -6,10 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
-from ..cluster.ray_engine import tp_refused
-from ..errors import SymoeError
 from ..generation import Clock, Engine, Sampling
 from ..method.datasets import Question
 from ..planning.plan import Plan
@@ -37,12 +33,6 @@ def run_plan(plan: Plan, questions: Sequence[Question], store: Store, run_dir: s
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = plan.config
     if engines is None and cfg.cluster is not None:  # a Ray cluster's devices; a lost node's work replanned
-        a = plan.arrays
-        sharded = np.flatnonzero((a.tp > 1) & (a.model >= 0))
-        if len(sharded):  # refused before anything starts (the Ray engine also refuses such a load)
-            s0 = int(sharded[0])
-            d, tp = int(a.device[s0]), int(a.tp[s0])
-            raise SymoeError(tp_refused(f"step {s0}", cfg.names[a.model[s0]], range(d, d + tp)))
         return run_on_config(plan, questions, store, run_dir, sampling, assignment, options, run_id)
     if engines is None:
         engines = plan_engines(cfg, run_dir / "logs")
