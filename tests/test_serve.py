@@ -12,6 +12,7 @@ import time
 from contextlib import contextmanager
 
 import httpx
+import numpy as np
 import openai
 import psutil
 import pytest
@@ -243,8 +244,10 @@ def ask_all_raw(url, texts, timeout=60, **extra):
     return out
 
 
-def test_cli_listens_on_loopback_only_and_drains_on_sigterm(tmp_path):
+def test_cli_listens_on_loopback_only_and_drains_on_sigterm(tmp_path, embedder, profiles):
     pool = pool_toml(tmp_path)
+    embedder.embed(list(profiles.vocabulary))  # the server finds the vocabulary in its store folder's cache
+    np.savez(tmp_path / "embeddings.npz", **embedder.cache)
     cmd = [sys.executable, "-m", "symoe.cli", "serve", "--config", str(pool), "--port", "0", "--fake", "0.02",
            "--window-ms", "50", "--store", str(tmp_path / "s.sqlite"), "--run-dir", str(tmp_path / "run")]
     p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)

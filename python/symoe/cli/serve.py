@@ -68,7 +68,8 @@ def serve_cmd(config_path: str, profiles_path: str | None, task_path: str | None
         fail(e)
     try:
         mixture = Mixture(cfg, profiles, task.keyword_model, task.aggregator, engine, store, k=k,
-                          window_s=window_ms / 1000, skip_agreed=skip_agreed, max_batch=max_batch)
+                          window_s=window_ms / 1000, skip_agreed=skip_agreed, max_batch=max_batch,
+                          embeddings=Path(store_path).parent / "embeddings.npz")  # as symoe run keeps them
         limits = Limits(max_body_kb * 1024, max_tokens or cfg.engine.max_tokens or 4096)
         # The address first: a port in use is found before any model loads.
         server = MixtureServer(mixture, f"symoe-{task.name}", host, port, limits, key)

@@ -11,6 +11,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from pathlib import Path
 
 from ..config.pool import Config
 from ..generation import Engine
@@ -28,7 +29,7 @@ class Mixture:
 
     def __init__(self, cfg: Config, profiles: Profiles, keyword_model: str, aggregator: str, engine: Engine,
                  store: Store, k: int = 3, window_s: float = 0.1, skip_agreed: bool = False, max_batch: int = 256,
-                 embedder: Embedder | None = None):
+                 embedder: Embedder | None = None, embeddings: Path | None = None):
         for m in profiles.models:
             if m not in cfg.names:
                 raise ValueError(f"profiles name model {m!r}, which is not in the pool ({', '.join(cfg.names)})")
@@ -40,6 +41,7 @@ class Mixture:
         # The embedder loads in start(): the CLI binds its address first, so a port in use is refused at once.
         self.setup = Setup(cfg, profiles, keyword_model, aggregator, Residency(cfg, engine), store, embedder, k,
                            skip_agreed)
+        self.embeddings = embeddings  # the embedder's on-disk cache (the vocabulary is embedded once per cache)
         self.window_s, self.max_batch = window_s, max_batch
         self.windows = 0
         self.results = ServedResults(skip_agreed)  # for a run directory (`symoe serve --run-dir`)
@@ -53,8 +55,9 @@ class Mixture:
         """Load the models chosen to stay resident (see :mod:`.residency`), then take requests;
         returns the models loaded."""
         s = self.setup
-        s.embedder = s.embedder or Embedder()
+        s.embedder = s.embedder or Embedder(self.embeddings)
         s.embedder.embed(list(s.profiles.vocabulary))  # once, before the first request waits on it
+        s.embedder.cache_path = None  # requests' keywords stay in memory: a save per window rewrites the whole file
         loaded: list[str] = []
         if preload:
             freq = expected_frequency(s.profiles, s.k)
