@@ -1,7 +1,7 @@
 """``symoe serve``: the mixture as one OpenAI-compatible model. :mod:`.protocol` (wire format and
 errors), :mod:`.window` (one window of requests through the method, batched by model),
 :mod:`.mixture` (the queue and its worker), :mod:`.residency` (which models stay loaded),
-:mod:`.http` (the server)."""
+:mod:`.results` (a serve run as a run directory), :mod:`.http` (the server, streaming included)."""
 
 from .http import MixtureServer
 from .mixture import Mixture
