@@ -1,7 +1,8 @@
 """End to end on the CPU with the tiny pool, measured for real: the keyword stage and matching
 once, then the symoe plan vs the reference schedule vs the naive plan on the same routed questions,
-every stage and step kind predicted (the cost model and this machine's embedding figure, before it
-runs) beside what it measured, and the whole run; then calibration on each run and its cross
+every stage and step kind predicted (the cost model with this machine's profile where `symoe
+calibrate` wrote one, as `symoe run` plans, and its embedding figure; before it runs) beside what it
+measured, and the whole run; then calibration on each run and its cross
 predictions.
 
     python bench/e2e_cpu.py --limit 6 --devices 2 --max-tokens 48     # issue 21's acceptance runs
@@ -23,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import symoe
+from symoe.config import profile as machine_profile
 from symoe.execution import RunOptions, calibrate, run_plan
 from symoe.execution.prediction import (
     STEP_GROUPS,
@@ -47,10 +49,10 @@ def fresh(path: Path) -> Path:
     return path
 
 
-def capped(cfg: symoe.Config, max_tokens: int) -> symoe.Config:
-    """The pool as a run capped at ``max_tokens`` new tokens sees it, where the cost model knows caps."""
-    cap = getattr(cfg, "with_max_tokens", None)
-    return cfg if cap is None else cap(max_tokens)
+def costed(cfg: symoe.Config, max_tokens: int) -> tuple[symoe.Config, str]:
+    """The pool as `symoe run` plans it here: this machine's profile (`symoe calibrate`) where it
+    has a model, output lengths capped at the run's new tokens; and which figures came from where."""
+    return machine_profile.apply(cfg, max_tokens, max_tokens)
 
 
 def error(pred: float, meas: float) -> str:
@@ -92,8 +94,10 @@ def main() -> None:
     if not args.keep_keywords:
         fresh(out / "keywords.sqlite")
     emb = out / "embeddings.npz"
+    kw_cfg, note = costed(base, args.max_tokens)
+    print(note, flush=True)
     with Store(out / "keywords.sqlite") as st:  # keywords and matching predicted before they run
-        pre = predict_run(qs, base, profiles, task.keyword_model, st, sampling, emb, routed=True, assignment=None,
+        pre = predict_run(qs, kw_cfg, profiles, task.keyword_model, st, sampling, emb, routed=True, assignment=None,
                           aggregator=task.aggregator, k=moe.k, seed=args.seed, rare_threshold=moe.rare_threshold)
     print(f"{len(qs)} questions; forecast: keywords {pre.stages['keywords']:.1f} s ({pre.keyword_requests} samples), "
           f"matching {pre.stages['matching']:.1f} s ({pre.matching_texts:g} texts at {pre.embedding.seconds_per_text:.3f} "
@@ -126,7 +130,7 @@ def main() -> None:
     rows = list(shared)
     calibrated = {}
     for strategy, devices in [(s, int(d)) for s in args.strategies.split(",") for d in args.devices.split(",")]:
-        cfg = capped(base.with_devices(devices), args.max_tokens)
+        cfg, _ = costed(base.with_devices(devices), args.max_tokens)
         name = strategy if devices == 1 else f"{strategy}-{devices}dev"
         n = args.naive_questions if strategy == "naive" and args.naive_questions else len(qs)
         sub = symoe.Assignment(a.models, a.experts[:n], a.question_ids[:n])
