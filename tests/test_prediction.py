@@ -3,6 +3,8 @@ starts, and summary.json keeping the prediction beside the measurement per stage
 Fake engines on a scaled clock; no timing is asserted, only that the figures are the cost model's."""
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,7 +135,9 @@ def test_embedding_speed_is_measured_and_kept_per_machine(tmp_path, cache):
     assert embedding_speed.observe(3, 1.0, 0.5) is None  # too few texts to mean anything
     first = embedding_speed.observe(10, 2.0, 0.6)
     assert first is not None and first.seconds_per_text == pytest.approx(0.2) and first.texts == 10
-    assert embedding_speed.speed_path().parent == cache / "profiles"
+    # The machine profiles' folder ($SYMOE_PROFILES, a fresh one per test in conftest), never the cache's.
+    assert embedding_speed.speed_path().parent == Path(os.environ["SYMOE_PROFILES"])
+    assert first.source == str(embedding_speed.speed_path()) and not (cache / "profiles").exists()
     again = embedding_speed.observe(30, 3.0, 0.4)
     assert again is not None and again.seconds_per_text == pytest.approx(5.0 / 40) and again.load_s == pytest.approx(0.5)
     got = embedding_speed.load_speed()
@@ -141,6 +145,20 @@ def test_embedding_speed_is_measured_and_kept_per_machine(tmp_path, cache):
     embedding_speed.speed_path().write_text("{")
     with pytest.raises(ValueError, match="embedding speed figure .*delete it"):
         embedding_speed.load_speed()
+
+
+def test_the_speed_file_is_replaced_from_a_per_process_tmp_file(cache, monkeypatch):
+    written = []
+    real = Path.replace
+
+    def replace(self, target):
+        written.append(self.name)
+        return real(self, target)
+
+    monkeypatch.setattr(Path, "replace", replace)
+    assert embedding_speed.observe(10, 2.0, 0.6) is not None
+    assert written == [embedding_speed.speed_path().with_suffix(f".{os.getpid()}.tmp").name]
+    assert [p.name for p in embedding_speed.speed_path().parent.iterdir()] == [embedding_speed.speed_path().name]
 
 
 def test_only_a_real_embedders_counters_are_observed(cache):

@@ -47,9 +47,11 @@ def threads() -> int:
 
 
 def speed_path(root: Path | None = None) -> Path:
-    """This machine's figure file: one per host, processor and thread count."""
+    """This machine's figure file, one per host, processor and thread count, in the machine profiles'
+    folder (``$SYMOE_PROFILES``, else ``<cache>/profiles``, as config/profile.py), or ``root/profiles``."""
     key = "-".join(x or "unknown" for x in (platform.node(), platform.machine())) + f"-{threads()}t"
-    return (root or cache_dir()) / "profiles" / f"embedding-{key}.json"
+    folder = root / "profiles" if root else Path(os.environ.get("SYMOE_PROFILES") or cache_dir() / "profiles")
+    return folder / f"embedding-{key}.json"
 
 
 def load_speed(root: Path | None = None) -> EmbeddingSpeed:
@@ -76,7 +78,7 @@ def observe(texts: int, encode_s: float, load_s: float, root: Path | None = None
                          load_s if not old.texts else (old.load_s + load_s) / 2, threads(), w + texts)
     path = speed_path(root)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent runs never share a half-written file
     tmp.write_text(json.dumps({k: v for k, v in asdict(new).items() if k != "source"}, indent=1))
     tmp.replace(path)
     return replace(new, source=str(path))
