@@ -3,6 +3,7 @@ starts, and summary.json keeping the prediction beside the measurement per stage
 Fake engines on a scaled clock; no timing is asserted, only that the figures are the cost model's."""
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -145,6 +146,20 @@ def test_embedding_speed_is_measured_and_kept_per_machine(tmp_path, cache):
     embedding_speed.speed_path().write_text("{")
     with pytest.raises(ValueError, match="embedding speed figure .*delete it"):
         embedding_speed.load_speed()
+
+
+def test_an_unreadable_speed_file_costs_a_warning_not_the_run(tmp_path, monkeypatch, cache, caplog):
+    routed_without_models(monkeypatch)
+    path = embedding_speed.speed_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("{")
+    with caplog.at_level(logging.WARNING):
+        res, pred = run(tmp_path)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and str(path) in warned[0], warned
+    assert pred["embedding"]["seconds_per_text"] == embedding_speed.UNMEASURED.seconds_per_text
+    assert embedding_speed.observe(10, 2.0, 0.6) is not None  # a measurement replaces the unreadable file
+    assert embedding_speed.load_speed().texts == 10
 
 
 def test_the_speed_file_is_replaced_from_a_per_process_tmp_file(cache, monkeypatch):

@@ -3,13 +3,18 @@ to the pool when it drives this machine's engines, and says where each figure ca
 
 from __future__ import annotations
 
+import logging
+import os
+
 import pytest
 
 from symoe.config import profile
 from symoe.config.pool import Config
+from symoe.execution.report import RunReport
 from symoe.generation.fake import ScaledClock, fake_engines
 from symoe.method.datasets import bundled
-from symoe.moe import SymbolicMoE
+from symoe.moe import SymbolicMoE, observe_or_warn, profile_file
+from symoe.store import Store
 
 POOL = """
 [engine]
@@ -35,3 +40,25 @@ def test_symbolic_moe_uses_the_profile(tmp_path):
     fake = SymbolicMoE(cfg, bundled("tiny_profiles.json"), bundled("tiny_task.json"), store=tmp_path / "s.sqlite",
                        engines=lambda c: fake_engines(c, clock), clock=clock)
     assert fake.config.load_seconds("gemma-3-270m") == cfg.load_seconds("gemma-3-270m")
+
+
+def corrupt_profile(cfg: Config) -> str:
+    path = profile_file(cfg)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("{not json")
+    return path
+
+
+def test_an_unreadable_profile_costs_a_warning_not_the_run(tmp_path, caplog):
+    (tmp_path / "pool.toml").write_text(POOL)
+    cfg = Config.from_toml(tmp_path / "pool.toml")
+    path = corrupt_profile(cfg)
+    with caplog.at_level(logging.WARNING):
+        moe = SymbolicMoE(cfg, bundled("tiny_profiles.json"), bundled("tiny_task.json"), store=tmp_path / "s.sqlite")
+        assert moe.config.load_seconds("gemma-3-270m") == pytest.approx(cfg.load_seconds("gemma-3-270m"))
+        assert "all from the config" in moe.cost_note and path in moe.cost_note
+        with Store(tmp_path / "s.sqlite") as store:  # after a finished run: the profile cannot take it
+            observe_or_warn(cfg, RunReport("r", [], [], 0.0, 0.0, 0, 0), store)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 2 and all(path in w for w in warned), warned

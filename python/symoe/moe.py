@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +14,7 @@ from .config.presets import Preset
 from .execution import RunOptions
 from .execution.calibration import observe
 from .execution.launch import stage_engine
+from .execution.report import RunReport
 from .generation import Clock, Sampling
 from .method.datasets import Question, bundled
 from .method.keywords import annotate
@@ -25,6 +27,22 @@ from .planning.planner import plan
 from .store import Store
 
 __all__ = ["SymbolicMoE"]
+
+log = logging.getLogger(__name__)
+
+
+def profile_file(cfg: Config) -> str:
+    """The machine profile file this machine's runs of ``cfg`` read and add to."""
+    return str(machine_profile.profile_path(machine_profile.machine_key(machine_profile.machine(cfg.engine.platform))))
+
+
+def observe_or_warn(cfg: Config, report: RunReport, store: Store) -> None:
+    """Add a finished run to this machine's profile; a failure (unreadable profile, disk full) costs
+    one warning line naming the file, never the run's results."""
+    try:
+        observe(cfg, report, store)
+    except (OSError, ValueError) as e:  # SymoeError is a ValueError
+        log.warning("this run was not added to the machine profile %s: %s", profile_file(cfg), e)
 
 
 class SymbolicMoE:
@@ -64,7 +82,12 @@ class SymbolicMoE:
         self.cost_note = "cost figures: the config's (engines given)"
         if engines is None:  # this machine's engines: its measured figures, output lengths capped at the run's
             sp = settings.sampling
-            self.config, self.cost_note = machine_profile.apply(self.config, sp.max_tokens, sp.aggregate_max_tokens)
+            try:
+                self.config, self.cost_note = machine_profile.apply(self.config, sp.max_tokens, sp.aggregate_max_tokens)
+            except (OSError, ValueError) as e:  # an unreadable profile: one warning, the config's figures
+                log.warning("machine profile %s not used: %s", profile_file(self.config), e)
+                self.cost_note = f"cost figures: all from the config (the machine profile {profile_file(self.config)} " \
+                                 "is unreadable)"
 
     @property
     def k(self) -> int:
@@ -142,5 +165,5 @@ class SymbolicMoE:
             res = run_pipeline(questions, self.config, self.profiles, self.task, store, out_dir, settings, self.engines,
                                self.clock)
             if self.engines is None:  # what this run observed improves the next prediction
-                observe(self.config, res.report, store)
+                observe_or_warn(self.config, res.report, store)
         return res

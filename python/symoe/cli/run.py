@@ -123,9 +123,9 @@ def run_plan_cmd(questions_path: str | None, fmt: str | None, limit: int | None,
                  calibrate_path: str | None, retries: int, deadline_factor: float, deadline_margin: float) -> None:
     """Execute a plan on real engines; generations go to a durable store (resumable)."""
     from ..execution import calibrate, run_plan
-    from ..execution.calibration import observe
     from ..execution.run import check_plan_matches
     from ..models.fetch import check_models
+    from ..moe import observe_or_warn
     from ..store import Store
 
     try:
@@ -144,7 +144,7 @@ def run_plan_cmd(questions_path: str | None, fmt: str | None, limit: int | None,
         with Store(store_path) as store:
             report = run_plan(p, qs, store, run_dir, sampling, rows, run_options(retries, deadline_factor,
                                                                                  deadline_margin))
-            observe(p.config, report, store)  # the next prediction on this machine uses what it saw
+            observe_or_warn(p.config, report, store)  # the next prediction on this machine uses what it saw
     except (ValueError, RuntimeError) as e:
         fail(e)
     print_run(report)

@@ -22,7 +22,7 @@ import numpy as np
 from ..config.pool import Config
 from ..generation import Sampling
 from ..method.datasets import Question
-from ..method.embedding_speed import EmbeddingSpeed, load_speed, uncached
+from ..method.embedding_speed import EmbeddingSpeed, uncached, usable_speed
 from ..method.keywords import filter_keywords
 from ..method.requests import Requests
 from ..method.routing import Assignment, Profiles, route
@@ -127,7 +127,7 @@ def predict_run(questions: Sequence[Question], cfg: Config, profiles: Profiles, 
     """The forecast before the run starts. ``routed``: keywords and matching run (else the caller
     gives the fixed ``assignment``); ``generates``: False for a run that only reads the store."""
     notes: list[str] = []
-    speed = load_speed()
+    speed = usable_speed()  # an unreadable figure file: one warning, the unmeasured figure
     if not speed.texts:
         notes.append(f"matching: no embedding speed measured on this machine yet, {speed.seconds_per_text} s/text assumed")
     stages = dict.fromkeys(STAGES, 0.0)

@@ -7,6 +7,7 @@ processor and thread count. Before any measurement a prediction uses :data:`UNME
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import time
@@ -18,6 +19,8 @@ import numpy as np
 
 from ..config.pool_file import cache_dir
 from .matching import MiniLM, embedder_folder, text_key
+
+log = logging.getLogger(__name__)
 
 MIN_TEXTS = 8      # an observation of fewer texts is mostly timer noise: not kept
 MEMORY = 2000      # texts of past observations weighed against a new one (older runs fade)
@@ -67,12 +70,25 @@ def load_speed(root: Path | None = None) -> EmbeddingSpeed:
         raise ValueError(f"embedding speed figure {path}: {e}; delete it to measure again") from e
 
 
+def usable_speed(root: Path | None = None) -> EmbeddingSpeed:
+    """:func:`load_speed`, but an unreadable file costs one warning line naming it, not the run: the
+    unmeasured figure stands in, and the run's own measurement (:func:`observe`) replaces the file."""
+    try:
+        return load_speed(root)
+    except ValueError as e:
+        log.warning("%s; the unmeasured figure is used and this run's measurement replaces it", e)
+        return replace(UNMEASURED, threads=threads())
+
+
 def observe(texts: int, encode_s: float, load_s: float, root: Path | None = None) -> EmbeddingSpeed | None:
     """Fold one observation (``texts`` embedded in ``encode_s`` seconds after a load of ``load_s``)
     into the stored figure, weighted by texts; ignored below :data:`MIN_TEXTS` texts."""
     if texts < MIN_TEXTS or not (encode_s > 0 and load_s >= 0):
         return None
-    old = load_speed(root)
+    try:
+        old = load_speed(root)
+    except ValueError:  # unreadable (the forecast warned, usable_speed): this observation replaces it
+        old = replace(UNMEASURED, threads=threads())
     w = min(old.texts, MEMORY)
     new = EmbeddingSpeed((old.seconds_per_text * w + encode_s) / (w + texts),
                          load_s if not old.texts else (old.load_s + load_s) / 2, threads(), w + texts)
