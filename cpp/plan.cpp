@@ -39,10 +39,21 @@ static double drain(const ModelCost& m, Role role, double b) {
     return s;
 }
 
+static double mean_output(const ModelCost& m, Role role) {
+    int r = int(role), K = m.q_n[r];
+    if (K == 0) return role == Role::Expert ? m.tokens.expert_output : m.tokens.aggregate_output;
+    double s = 0;
+    for (int j = 0; j < K; ++j) s += m.quantiles[r][j];
+    return s / double(K);
+}
+
+// Above max_seqs the engine admits the next request as one finishes: max_seqs stay in flight, each
+// queued request adds its mean length at rate(max_seqs), and the last max_seqs drain. Per request this
+// never rises with n (drain(cap) >= cap * mean / rate(cap)), so the lower bound's premises hold.
 static double decode_seconds(const ModelCost& m, Role role, int64_t n) {
     double cap = m.max_seqs > 0 ? m.max_seqs : double(n);
     if (double(n) <= cap) return drain(m, role, double(n));
-    return double(n) / cap * drain(m, role, cap);  // a queue keeps max_seqs in flight
+    return (double(n) - cap) * mean_output(m, role) / decode_rate(m, cap) + drain(m, role, cap);
 }
 
 double run_work(const ModelCost& m, Role role, int64_t n) {

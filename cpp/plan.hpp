@@ -80,7 +80,8 @@ inline bool fits(double bytes, double capacity) { return bytes <= capacity * (1 
 // Scalar form: overhead + max(n * (prompt / prefill + output / decode), output / stream) / speed.
 // Drain form (drain()): overhead + (n * prompt / prefill + decode(n)) / speed, where the n requests
 // start together and finish by length: decode(n) = sum_j (q_j - q_{j-1}) * step(n * (K - j) / K),
-// step(b) = b / rate(b); above max_seqs requests queue and decode(n) = n / max_seqs * decode(max_seqs).
+// step(b) = b / rate(b); above max_seqs = c requests queue, c stay in flight, and
+// decode(n) = (n - c) * mean_length / rate(c) + decode(c).
 // O(K) per call. With rate nondecreasing and rate(b) / b nonincreasing (check_model) run time is
 // nondecreasing and subadditive in n, which the lower bound relies on.
 double run_seconds(const ModelCost& m, Role role, int64_t n, int32_t tp, double tp_eff);

@@ -8,7 +8,7 @@ import tomllib
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from symoe import _core
@@ -72,11 +72,43 @@ def test_run_time_monotone_and_subadditive(curve, lengths, a, b, cap):
     assert t(a) + t(b) >= t(a + b) - 1e-9
 
 
-def test_queue_beyond_max_seqs():
-    """Above max_seqs the engine keeps max_seqs in flight: n / max_seqs drains of max_seqs each."""
-    r = row([10, 20, 40], [10, 20, 30, 40], max_seqs=4.0, overhead=0.0, prompt=0.0)
-    assert _core.run_seconds(r, 0, 12) == pytest.approx(3 * _core.run_seconds(r, 0, 4))
-    assert _core.run_seconds(r, 0, 4) == pytest.approx(reference([10, 20, 40], [10, 20, 30, 40], 4, 0.0, 1.0, 0.0))
+def queue_reference(curve: list[float], lengths: list[int], n: int, cap: int) -> float:
+    """n requests (lengths cycled) through an engine that keeps cap in flight and admits the next
+    queued request as one finishes; each token step takes alive / rate(alive)."""
+    xs = [2.0**i for i in range(len(curve))]
+    rate = lambda b: float(np.interp(b, xs, curve))  # noqa: E731
+    queue = [lengths[i % len(lengths)] for i in range(n)][::-1]
+    alive: list[int] = []
+    t = 0.0
+    while queue or alive:
+        while len(alive) < cap and queue:
+            alive += [L for L in [queue.pop()] if L > 0]
+        if alive:
+            t += len(alive) / rate(len(alive))
+            alive = [L - 1 for L in alive if L > 1]
+    return t
+
+
+@settings(max_examples=100, deadline=None)
+@given(curves(), lengths_st, st.sampled_from([1, 2, 4, 8, 16]), st.integers(1, 12))
+def test_queue_beyond_max_seqs_matches_token_by_token_queue(curve, lengths, cap, times):
+    """Above max_seqs the engine keeps max_seqs in flight (a queue, not waves): within 10% of the
+    token-by-token queue once n >= 4 max_seqs (the formula drains the last max_seqs as a fresh batch)."""
+    n = len(lengths) * times  # every length equally often, as the quantiles say
+    assume(n >= 4 * cap and max(lengths) > 0)
+    r = row(curve, lengths, max_seqs=float(cap), overhead=0.0, prompt=0.0)
+    assert _core.run_seconds(r, 0, n) == pytest.approx(queue_reference(curve, lengths, n, cap), rel=0.1)
+
+
+def test_queue_not_waves():
+    """Short answers free their slots for queued ones: 12 requests at 4 in flight take far less than
+    3 drains of 4 (waves), as the token-by-token queue shows."""
+    curve, lengths = [10, 20, 40], [10, 20, 30, 300]
+    r = row(curve, lengths, max_seqs=4.0, overhead=0.0, prompt=0.0)
+    assert _core.run_seconds(r, 0, 4) == pytest.approx(reference(curve, lengths, 4, 0.0, 1.0, 0.0))
+    want = queue_reference(curve, lengths, 48, 4)
+    assert _core.run_seconds(r, 0, 48) == pytest.approx(want, rel=0.1)
+    assert _core.run_seconds(r, 0, 48) < 0.8 * 12 * _core.run_seconds(r, 0, 4)
 
 
 def test_tail_set_by_longest_answers():
