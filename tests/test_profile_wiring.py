@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import logging
 import os
+from types import SimpleNamespace
 
 import pytest
 
+import symoe.moe
 from symoe.config import profile
 from symoe.config.pool import Config
 from symoe.execution.report import RunReport
@@ -62,3 +64,21 @@ def test_an_unreadable_profile_costs_a_warning_not_the_run(tmp_path, caplog):
             observe_or_warn(cfg, RunReport("r", [], [], 0.0, 0.0, 0, 0), store)
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 2 and all(path in w for w in warned), warned
+
+
+def test_a_cluster_pool_neither_takes_nor_feeds_this_machines_profile(tmp_path, monkeypatch):
+    (tmp_path / "pool.toml").write_text(POOL + '[cluster]\naddress = "127.0.0.1:6379"\n[[cluster.node]]\nname = "a"\n'
+                                        'resources = ["symoe_dev_0"]\n')
+    cfg = Config.from_toml(tmp_path / "pool.toml")
+    p = profile.load("cpu")
+    p.models[profile.model_key(cfg.model("gemma-3-270m"))] = profile.ModelProfile(load_s=42.0)
+    profile.save(p)
+    moe = SymbolicMoE(cfg, bundled("tiny_profiles.json"), bundled("tiny_task.json"), store=tmp_path / "s.sqlite")
+    assert moe.config.load_seconds("gemma-3-270m") == cfg.load_seconds("gemma-3-270m") != 42.0
+    assert "[cluster]" in moe.cost_note and "not applied" in moe.cost_note and "not recorded" in moe.cost_note
+    observed = []  # the run itself is a stand-in (no Ray here): only whether it is recorded matters
+    monkeypatch.setattr(symoe.moe, "provide", lambda *a: None)
+    monkeypatch.setattr(symoe.moe, "run_pipeline", lambda *a: SimpleNamespace(report=None))
+    monkeypatch.setattr(symoe.moe, "observe_or_warn", lambda *a: observed.append(a))
+    moe.run([], tmp_path / "out")
+    assert observed == []

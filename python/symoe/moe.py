@@ -80,7 +80,10 @@ class SymbolicMoE:
         self.settings = settings
         self.engines, self.clock = engines, clock
         self.cost_note = "cost figures: the config's (engines given)"
-        if engines is None:  # this machine's engines: its measured figures, output lengths capped at the run's
+        if engines is None and self.config.cluster is not None:  # Ray devices elsewhere: none of this machine's
+            self.cost_note = ("cost figures: all from the config (a [cluster] pool: this machine's profile is not "
+                              "applied to its devices, and cluster runs are not recorded into it)")
+        elif engines is None:  # this machine's engines: its measured figures, output lengths capped at the run's
             sp = settings.sampling
             try:
                 self.config, self.cost_note = machine_profile.apply(self.config, sp.max_tokens, sp.aggregate_max_tokens)
@@ -164,6 +167,6 @@ class SymbolicMoE:
         with Store(self.store_path) as store:
             res = run_pipeline(questions, self.config, self.profiles, self.task, store, out_dir, settings, self.engines,
                                self.clock)
-            if self.engines is None:  # what this run observed improves the next prediction
+            if self.engines is None and self.config.cluster is None:  # this machine's next prediction uses it
                 observe_or_warn(self.config, res.report, store)
         return res

@@ -144,7 +144,8 @@ def run_plan_cmd(questions_path: str | None, fmt: str | None, limit: int | None,
         with Store(store_path) as store:
             report = run_plan(p, qs, store, run_dir, sampling, rows, run_options(retries, deadline_factor,
                                                                                  deadline_margin))
-            observe_or_warn(p.config, report, store)  # the next prediction on this machine uses what it saw
+            if p.config.cluster is None:  # the next prediction on this machine uses what it saw (not a cluster's)
+                observe_or_warn(p.config, report, store)
     except (ValueError, RuntimeError) as e:
         fail(e)
     print_run(report)
