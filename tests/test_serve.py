@@ -297,8 +297,9 @@ def test_tiny_real_cpu_pool(tmp_path, embedder):
     cfg = symoe.Config.from_toml(fetch_tiny([smol]))
     prof = Profiles.from_dict({smol: Profiles.from_json(bundled("tiny_profiles.json")).to_dict()[smol]})
     eng = stage_engine(cfg, tmp_path / "logs")
-    # One server start for every check; the 16 requests close their window together (max_batch).
-    mix = Mixture(cfg, prof, smol, smol, eng, Store(tmp_path / "s.sqlite"), window_s=30.0, max_batch=16,
+    # One server start for every check; the 16 requests close their window together (max_batch), a
+    # single request after them waits out a short window.
+    mix = Mixture(cfg, prof, smol, smol, eng, Store(tmp_path / "s.sqlite"), window_s=0.5, max_batch=16,
                   embedder=embedder)
     mix.start()
     srv = MixtureServer(mix, MODEL, "127.0.0.1", 0, Limits(max_tokens=16))
