@@ -46,13 +46,13 @@ struct ModelCost {
     double prefill_tps = 1, decode_tps = 1;  // aggregate throughput at saturation
     double stream_tps = 1;                   // one sequence alone: floor on a batch's time
     Tokens tokens;  // this model's own prompt and output lengths (reasoning models write far more)
-    // The measured form (config/pool_file.py): with a curve or quantiles a run is timed by the drain.
+    // The measured form (config/pool_file.py): with a curve, quantiles or max_seqs a run is timed by the drain.
     int curve_n = 0;                                // valid entries of curve (0: rate from stream/decode_tps)
     std::array<double, kCurvePoints> curve{};       // aggregate decode tokens/s at 2^i sequences in flight
     double max_seqs = 0;                            // sequences in flight at most (0: no limit)
     std::array<int, 2> q_n{};                       // valid quantiles by role (0: the mean output length)
     std::array<std::array<double, kQuantiles>, 2> quantiles{};  // by role: ascending output lengths
-    bool drain() const { return curve_n > 0 || q_n[0] > 0 || q_n[1] > 0; }
+    bool drain() const { return curve_n > 0 || q_n[0] > 0 || q_n[1] > 0 || max_seqs > 0; }
 };
 
 struct Device {

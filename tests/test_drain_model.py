@@ -198,3 +198,14 @@ def test_plans_on_measured_form_are_bounded():
         p = plan(Assignment(("a", "b"), experts), cfg, aggregator="a")
         assert p.lower_bound <= simulate(p).makespan + 1e-9
 
+
+def test_max_seqs_alone_switches_the_drain_form_on():
+    """max_seqs without curve or quantiles: the drain over rate(b) = min(b * stream, decode) with the
+    mean length, queued above max_seqs; the polish's linear form no longer describes it."""
+    r = row([], [], max_seqs=2.0, overhead=0.0, prompt=0.0)  # stream 20, decode 60, mean 50
+    assert _core.run_seconds(r, 0, 2) == pytest.approx(50 * 2 / 40)
+    assert _core.run_seconds(r, 0, 6) == pytest.approx(4 * 50 / 40 + 50 * 2 / 40)
+    cfg = Config.from_dict(tomllib.loads(TOML.replace('decode_curve = [20.0, 38.0, 70.0, 120.0]\n', '')
+                                        .replace('expert_output_quantiles = [10, 20, 30, 40, 60, 80, 120, 256]\n', '')
+                                        .replace('aggregate_output_quantiles = [40, 80]\n', '')))
+    assert not cfg.linear_costs

@@ -115,8 +115,8 @@ class Config:
     def linear_costs(self) -> bool:
         """Whether every model's run time is the scalar formula (linear in n above its floor: what
         the plan polish's CP-SAT model can express)."""
-        return all(m.decode_curve is None and m.expert_output_quantiles is None and m.aggregate_output_quantiles is None
-                   for m in self.models)
+        return all(m.decode_curve is None and m.max_seqs is None and m.expert_output_quantiles is None
+                   and m.aggregate_output_quantiles is None for m in self.models)
 
     def with_max_tokens(self, expert: int, aggregate: int | None = None) -> Config:
         """The pool as a run with these new-token caps sees it: every output length (quantiles and

@@ -19,7 +19,7 @@ profile, see :mod:`.profile`):
   takes overhead + n * prompt / prefill_tps + the drain: sum over j of (q[j] - q[j-1]) * step(alive_j),
   alive_j = n * (count - j) / count, step(b) = b / rate(b); a run's max_tokens caps each length.
 
-A model with a ``decode_curve`` or quantiles is timed by the drain (without a curve its rate at b
+A model with a ``decode_curve``, quantiles or ``max_seqs`` is timed by the drain (without a curve its rate at b
 sequences is min(b * stream_tps, decode_tps)); one with neither by the scalar formula
 ``overhead + max(n * (prompt / prefill_tps + output / decode_tps), output / stream_tps)``.
 Example::
