@@ -1,5 +1,7 @@
 import json
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -223,3 +225,31 @@ def test_one_settings_object_flows_from_the_cli_to_the_pipeline(monkeypatch, tmp
         (2, "top-k", False, 0.0, 7, 1)
     with pytest.raises(ValueError, match="rare_threshold must be finite and at most 1, got nan"):
         RunSettings(rare_threshold=float("nan"))  # refused when made, before any stage or forecast
+
+
+def test_symbolic_moe_settings_assign_and_run_keeps_them(monkeypatch, tmp_path):
+    # moe.k = 5 (the API before RunSettings) rebuilds the settings, checked; run()'s baseline,
+    # skip_agreed and optimize_s left out keep the settings' own, given ones replace them for that run.
+    import symoe.moe
+    from symoe.config.pool import Config
+    from symoe.config.presets import preset
+    from symoe.execution.settings import RunSettings
+    from symoe.method.datasets import bundled
+
+    seen = []
+    monkeypatch.setattr(symoe.moe, "run_pipeline", lambda *a: seen.append(a[6]) or SimpleNamespace(report=None))
+    monkeypatch.setattr(symoe.moe, "provide", lambda *a: None)
+    monkeypatch.setattr(symoe.moe, "observe_or_warn", lambda *a: None)
+    pool = Config.load("tiny")
+    moe = symoe.moe.SymbolicMoE(pool, bundled("tiny_profiles.json"), bundled("tiny_task.json"), store=tmp_path / "s.sqlite",
+                                settings=RunSettings.of(pool, baseline="top-k", skip_agreed=True, optimize_s=0.0))
+    moe.k, moe.seed, moe.preset, moe.similarity_floor = 5, 7, "reference", 0.3
+    with pytest.raises(ValueError, match="k must be an integer"):
+        moe.k = 0
+    moe.sampling = replace(moe.sampling, max_tokens=9)
+    assert moe.config.model(moe.task.aggregator).expert_output_tokens <= 9  # lengths capped at the new limit
+    moe.run([], tmp_path / "out")
+    moe.run([], tmp_path / "out", baseline="random", skip_agreed=False, optimize_s=1.0)
+    assert [(s.baseline, s.skip_agreed, s.optimize_s) for s in seen] == [("top-k", True, 0.0), ("random", False, 1.0)]
+    assert (seen[0].k, seen[0].seed, seen[0].preset, seen[0].similarity_floor, seen[0].sampling.max_tokens) == \
+        (5, 7, preset("reference"), 0.3, 9)

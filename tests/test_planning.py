@@ -270,6 +270,10 @@ def test_plan_json_file_and_picture(tmp_path):
     assert doc["steps"][0]["kind"] == "load"
     q = symoe.Plan.from_json(tmp_path / "plan.json")
     assert q.makespan == p.makespan
+    for name in ("kind", "model", "items"):  # read by name, as when the arrays were a dict
+        assert q.arrays[name] is getattr(q.arrays, name) and np.array_equal(q.arrays[name], getattr(p.arrays, name))
+    with pytest.raises(KeyError, match="no field 'kinds'"):
+        q.arrays["kinds"]
     save_picture(p, tmp_path / "t.png")
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
     (tmp_path / "bad.json").write_text("{}")

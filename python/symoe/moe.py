@@ -11,6 +11,7 @@ from .cluster.live import with_discovered_devices
 from .config import profile as machine_profile
 from .config.pool import Config
 from .config.presets import Preset
+from .config.presets import preset as get_preset
 from .execution import RunOptions
 from .execution.calibration import observe
 from .execution.launch import stage_engine
@@ -55,7 +56,8 @@ class SymbolicMoE:
     ``k`` experts per question, routed with ``seed``; ``preset`` "symoe" or "reference" (the
     authors' code's choices); ``sampling`` defaults to the paper's (T=0.7) with the config's
     ``[engine] max_tokens``; ``settings``: all of these at once (:class:`RunSettings`, as ``symoe
-    run`` makes them), instead of the separate arguments. ``engines``/``clock`` replace the engines
+    run`` makes them), instead of the separate arguments. Each is also an attribute, and assigning one
+    (``moe.k = 5``) rebuilds the frozen ``settings``, checked as when made. ``engines``/``clock`` replace the engines
     :mod:`symoe.execution.launch` picks (tests, what-ifs).
     """
 
@@ -79,53 +81,89 @@ class SymbolicMoE:
                             "and options, not both")
         self.settings = settings
         self.engines, self.clock = engines, clock
-        self.cost_note = "cost figures: the config's (engines given)"
-        if engines is None and self.config.cluster is not None:  # Ray devices elsewhere: none of this machine's
+        self._pool = self.config  # as given (devices discovered): what the machine profile is applied to
+        self._apply_profile()
+
+    def _apply_profile(self) -> None:
+        """``config``: the pool with this machine's measured figures where this machine runs it,
+        output lengths capped at the sampling's limits; ``cost_note`` says which figures are whose."""
+        self.config, self.cost_note = self._pool, "cost figures: the config's (engines given)"
+        if self.engines is None and self._pool.cluster is not None:  # Ray devices elsewhere: none of this machine's
             self.cost_note = ("cost figures: all from the config (a [cluster] pool: this machine's profile is not "
                               "applied to its devices, and cluster runs are not recorded into it)")
-        elif engines is None:  # this machine's engines: its measured figures, output lengths capped at the run's
-            sp = settings.sampling
+        elif self.engines is None:  # this machine's engines: its measured figures, output lengths capped at the run's
+            sp = self.settings.sampling
             try:
-                self.config, self.cost_note = machine_profile.apply(self.config, sp.max_tokens, sp.aggregate_max_tokens)
+                self.config, self.cost_note = machine_profile.apply(self._pool, sp.max_tokens, sp.aggregate_max_tokens)
             except (OSError, ValueError) as e:  # an unreadable profile: one warning, the config's figures
-                log.warning("machine profile %s not used: %s", profile_file(self.config), e)
-                self.cost_note = f"cost figures: all from the config (the machine profile {profile_file(self.config)} " \
-                                 "is unreadable)"
+                where = profile_file(self._pool)
+                log.warning("machine profile %s not used: %s", where, e)
+                self.cost_note = f"cost figures: all from the config (the machine profile {where} is unreadable)"
 
+    # The settings by name; assigning one rebuilds the frozen settings (checked again, as when made).
     @property
     def k(self) -> int:
         """Experts per question."""
         return self.settings.k
 
+    @k.setter
+    def k(self, v: int) -> None:
+        self.settings = replace(self.settings, k=v)
+
     @property
     def seed(self) -> int:
-        """The routing seed."""
+        """The routing seed (the sampling's seed is its own: set ``sampling``)."""
         return self.settings.seed
+
+    @seed.setter
+    def seed(self, v: int) -> None:
+        self.settings = replace(self.settings, seed=v)
 
     @property
     def preset(self) -> Preset:
-        """The resolved preset."""
+        """The resolved preset (set by name or :class:`Preset`; ``rare_threshold`` stays as set)."""
         return self.settings.preset
+
+    @preset.setter
+    def preset(self, v: Preset | str) -> None:
+        self.settings = replace(self.settings, preset=get_preset(v) if isinstance(v, str) else v)
 
     @property
     def rare_threshold(self) -> float:
         """The rare-expert filter share (the preset's unless given)."""
         return self.settings.rare_threshold
 
+    @rare_threshold.setter
+    def rare_threshold(self, v: float) -> None:
+        self.settings = replace(self.settings, rare_threshold=v)
+
     @property
     def similarity_floor(self) -> float | None:
         """Test keywords matched below this are dropped."""
         return self.settings.similarity_floor
 
+    @similarity_floor.setter
+    def similarity_floor(self, v: float | None) -> None:
+        self.settings = replace(self.settings, similarity_floor=v)
+
     @property
     def sampling(self) -> Sampling:
-        """The sampling of every generation."""
+        """The sampling of every generation (set: the pool's lengths capped at its new limits again)."""
         return self.settings.sampling
+
+    @sampling.setter
+    def sampling(self, v: Sampling) -> None:
+        self.settings = replace(self.settings, sampling=v)
+        self._apply_profile()
 
     @property
     def options(self) -> RunOptions:
         """Time and fault options of the runs."""
         return self.settings.options
+
+    @options.setter
+    def options(self, v: RunOptions) -> None:
+        self.settings = replace(self.settings, options=v)
 
     @classmethod
     def from_bundled(cls, name: str = "tiny", **kwargs: object) -> SymbolicMoE:
@@ -157,12 +195,15 @@ class SymbolicMoE:
         return plan(assignment, self.config, aggregator=self.task.aggregator if aggregate else None,
                     strategy=strategy)  # type: ignore[arg-type]
 
-    def run(self, questions: Sequence[Question], out_dir: str | Path = "runs/default", baseline: Baseline = "none",
-            skip_agreed: bool = False, optimize_s: float | None = None) -> RunResult:
+    def run(self, questions: Sequence[Question], out_dir: str | Path = "runs/default", baseline: Baseline | None = None,
+            skip_agreed: bool | None = None, optimize_s: float | None = None) -> RunResult:
         """The whole method (or a ``baseline``) on ``questions``; results, plan and logs in ``out_dir``.
         ``optimize_s``: the plan's polish budget (``plan()``'s; 0: the heuristic plan alone). These
-        three replace the settings' own."""
-        settings = replace(self.settings, baseline=baseline, skip_agreed=skip_agreed, optimize_s=optimize_s)
+        three, when given, replace the settings' own for this run (None: the settings' value)."""
+        s = self.settings
+        settings = replace(s, baseline=s.baseline if baseline is None else baseline,
+                           skip_agreed=s.skip_agreed if skip_agreed is None else skip_agreed,
+                           optimize_s=s.optimize_s if optimize_s is None else optimize_s)
         provide(self.config, self.config.names)
         with Store(self.store_path) as store:
             res = run_pipeline(questions, self.config, self.profiles, self.task, store, out_dir, settings, self.engines,

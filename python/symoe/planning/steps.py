@@ -134,3 +134,9 @@ class PlanArrays:
     def as_dict(self) -> dict[str, np.ndarray]:
         """The arrays by name, as the core's ``simulate`` and the plan file take them."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        """``a["kind"]``: a field by name, as when a plan's arrays were a dict (``a.kind`` reads the same)."""
+        if name not in ARRAY_DTYPES:
+            raise KeyError(f"plan arrays have no field {name!r} (fields: {', '.join(f.name for f in fields(self))})")
+        return getattr(self, name)  # type: ignore[no-any-return]
