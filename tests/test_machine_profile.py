@@ -72,6 +72,11 @@ def test_profile_figures_replace_the_configs(tmp_path, monkeypatch):
     capped, _ = profile.apply(cfg, max_tokens=48, profile=p)
     assert max(capped.model("small").expert_output_quantiles or ()) == 48
     assert capped.run_seconds("small", "expert", 8) < got.run_seconds("small", "expert", 8)
+    # Aggregate lengths are capped by the aggregate cap, not the expert one (review 14 #4).
+    profile.add_lengths(p.models[profile.model_key(cfg.model("small"))], "aggregate", 512, [100, 300, 500])
+    both, _ = profile.apply(cfg, max_tokens=48, aggregate_max_tokens=512, profile=p)
+    assert both.model("small").aggregate_output_quantiles == (100.0, 300.0, 500.0)
+    assert max(both.model("small").expert_output_quantiles or ()) == 48
     # Two CPU devices on this host: each engine has one core; no curve measured there: the 2-core one scaled.
     two, note = profile.apply(cfg.with_devices(2), profile=p)
     assert two.model("small").decode_curve == (5.0, 10.0, 15.0, 15.0)

@@ -214,9 +214,11 @@ def clean_curve(rates: list[float]) -> tuple[float, ...]:
 
 
 def apply_model(m: ModelSpec, mp: ModelProfile, cap: int | None, prompt: float = 0.0,
-                share: str = "gpu") -> tuple[ModelSpec, list[str]]:
+                share: str = "gpu", aggregate_cap: int | None = None) -> tuple[ModelSpec, list[str]]:
     """``m`` with the profile's figures (``prompt``: its expert prompt tokens, for what its KV cache
-    holds; ``share``: the engine's, :func:`engine_share`); the names of those it took."""
+    holds; ``share``: the engine's, :func:`engine_share`; ``cap`` / ``aggregate_cap``: the run's
+    new-token caps by role, None: ``cap``); the names of those it took."""
+    caps = {"expert": cap, "aggregate": cap if aggregate_cap is None else aggregate_cap}
     upd: dict[str, object] = {}
     curve_note = "decode_curve"
     if mp.start_s is not None and mp.read_gbps and mp.init_s is not None:
@@ -233,7 +235,7 @@ def apply_model(m: ModelSpec, mp: ModelProfile, cap: int | None, prompt: float =
     if mp.kv_tokens and cap:
         upd["max_seqs"] = max(1, int(mp.kv_tokens // (prompt + (m.max_tokens or cap))))
     for role in ROLES:
-        ls = lengths_for(mp, role, m.max_tokens or cap)
+        ls = lengths_for(mp, role, m.max_tokens or caps[role])
         if ls:
             upd[f"{role}_output_quantiles"] = quantiles(ls)
             upd[f"{role}_output_tokens"] = float(np.mean(ls))
@@ -257,7 +259,7 @@ def apply(cfg: Config, max_tokens: int | None = None, aggregate_max_tokens: int 
         mp = p.models.get(model_key(m)) if m.endpoint is None else None
         names: list[str] = []
         if mp is not None:
-            m, names = apply_model(m, mp, cap, cfg.model_tokens(m.name).expert_prompt, share)
+            m, names = apply_model(m, mp, cap, cfg.model_tokens(m.name).expert_prompt, share, aggregate_max_tokens)
             f = rate_factor(replace(cfg, models=(m,)), m, mp.runs, share)  # runs seen correct the curve's level
             if f is not None:
                 m = scaled(m, f)
