@@ -18,6 +18,7 @@ from symoe.execution.prediction import (
     STEP_GROUPS,
     comparison_rows,
     forecast_line,
+    keyword_seconds,
     plan_seconds,
     plan_step_groups,
     step_group,
@@ -191,6 +192,17 @@ def test_uncached_counts_what_the_embeddings_file_lacks(tmp_path):
     assert embedding_speed.uncached(path, ["law", "law", "physics"]) == 2
     np.savez(path, **{text_key("law"): np.zeros(3, dtype=np.float32)})
     assert embedding_speed.uncached(path, ["law", "physics", "biology"]) == 2
+
+
+def test_the_keyword_stage_is_predicted_at_the_keyword_cap():
+    # A keyword model with its own long max_tokens still answers keyword requests in at most
+    # keyword_max_tokens (48) new tokens (method/requests.py): its forecast too.
+    own = Config.from_dict({"devices": {"memory_gb": 80.0, "count": 2},
+                            "model": [{"name": "org/a", "weight_gb": 1.0, "max_tokens": 4000}]})
+    plain = pool()
+    cap = SAMPLING.keyword_max_tokens
+    assert keyword_seconds(own, "org/a", 30, cap) == pytest.approx(keyword_seconds(plain, "org/a", 30, cap), rel=1e-12)
+    assert keyword_seconds(own, "org/a", 30, cap) < own.run_seconds("org/a", "keywords", 30)
 
 
 def test_step_groups():

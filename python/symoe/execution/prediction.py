@@ -110,7 +110,9 @@ def keyword_seconds(cfg: Config, model: str, n: int, max_tokens: int) -> float:
     one run, unload (nothing if none)."""
     if n <= 0:
         return 0.0
-    return cfg.load_seconds(model) + cfg.with_max_tokens(max_tokens).run_seconds(model, "keywords", n) + \
+    # Keyword requests take the keyword cap, never the model's own max_tokens (method/requests.py).
+    capped = replace(cfg, models=tuple(replace(m, max_tokens=None) if m.name == model else m for m in cfg.models))
+    return cfg.load_seconds(model) + capped.with_max_tokens(max_tokens).run_seconds(model, "keywords", n) + \
         float(cfg.model(model).unload_s)
 
 
