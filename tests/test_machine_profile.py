@@ -168,3 +168,37 @@ def test_runs_seen_rescale_the_curve(tmp_path):
     assert got.model("small").decode_curve == pytest.approx(tuple(x / 2 for x in base.model("small").decode_curve or ()),
                                                             rel=0.02)
     assert "rates x0.50 from 3 runs seen" in note
+
+
+def test_recalibrate_keeps_what_runs_saw_and_measures_the_tasks_aggregator(tmp_path, monkeypatch):
+    """symoe calibrate --task: aggregate lengths for that task's aggregator; a second calibration
+    keeps runs, loads and run lengths, and trimming keeps the new lengths (review 14 #5)."""
+    cfg = pool(tmp_path)
+    calls: list[tuple[str, bool]] = []
+
+    def fake_measure(cfg_, name, qs, aggregate, log_dir, say):  # no engine: what measure_model returns
+        calls.append((name, aggregate))
+        mp = profile.ModelProfile(load_s=5.0, curves={"2": [10.0, 20.0]})
+        profile.add_lengths(mp, "expert", 256, [7] * profile.MAX_LENGTHS)
+        return mp
+
+    monkeypatch.setattr("symoe.execution.measure.measure_model", fake_measure)
+    monkeypatch.setattr("symoe.cli.calibrate.load_questions", lambda *a, **k: [])
+    (tmp_path / "task.json").write_text(json.dumps({"name": "t", "aggregator": "other", "keyword_model": "small"}))
+    p = profile.load(cfg.engine.platform)
+    key = profile.model_key(cfg.model("small"))
+    old = profile.ModelProfile(loads=[7.5], run_lengths={"expert": {"256": [50]}}, curves={"1": [4.0]},
+                               runs=[profile.RunSeen(n=2, prompt_tokens=600, tokens=100, seconds=3.0, role="expert",
+                                                     share="2")])
+    profile.add_lengths(old, "expert", 256, [99] * 10)
+    p.models[key] = old
+    profile.save(p)
+    args = ["calibrate", "--config", str(tmp_path / "pool.toml"), "--task", str(tmp_path / "task.json"),
+            "--log-dir", str(tmp_path / "logs")]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert sorted(calls) == [("other", True), ("small", False)]
+    mp = profile.load(cfg.engine.platform).models[key]
+    assert (mp.loads, mp.run_lengths, len(mp.runs), mp.load_s) == ([7.5], {"expert": {"256": [50]}}, 1, 5.0)
+    assert mp.curves == {"1": [4.0], "2": [10.0, 20.0]}
+    assert mp.lengths["expert"]["256"] == [7] * profile.MAX_LENGTHS  # the new ones kept, the old trimmed

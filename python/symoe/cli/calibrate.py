@@ -12,6 +12,7 @@ import click
 from ..config import profile
 from ..config.pool import Config
 from ..method.datasets import bundled, load_questions
+from ..pipeline import Task
 from ..progress import progress_bar
 from .common import config_opt, fail, table
 
@@ -42,9 +43,11 @@ def _show(cfg: Config) -> None:
 @click.option("--model", "only", multiple=True, help="Measure only this model (repeatable; default: all local ones).")
 @click.option("--devices", type=click.IntRange(min=1), default=None, help="Measure one engine as a pool of this many "
               "devices runs it (CPU: its share of the cores; curves are kept per share). Default: the pool's.")
+@click.option("--task", "task_path", default=None, help="Task config JSON whose aggregator's aggregate lengths are "
+              "measured (default: the bundled one).")
 @click.option("--log-dir", default="runs/calibrate", show_default=True, help="Engine worker logs.")
 def calibrate_cmd(config_path: str, show: bool, n_questions: int, only: tuple[str, ...], devices: int | None,
-                  log_dir: str) -> None:
+                  task_path: str | None, log_dir: str) -> None:
     """Measure this machine's cost figures (load phases, decode tokens/s at 1-16 sequences in
     flight, output lengths on validation questions) for the pool's models with the real engine,
     into the machine profile that `symoe run`, `symoe plan` and the API then use."""
@@ -59,22 +62,16 @@ def calibrate_cmd(config_path: str, show: bool, n_questions: int, only: tuple[st
         for n in names:
             cfg.model(n)
         qs = load_questions("mmlu_pro", split="validation", limit=n_questions)
-        task = json.loads(bundled("tiny_task.json").read_text())
+        aggregator = Task.from_json(task_path or bundled("tiny_task.json")).aggregator
         p = profile.load(cfg.engine.platform)
         bar = progress_bar(True, len(names), "calibrate")
         t_all = time.perf_counter()
         for name in names:
             t0 = time.perf_counter()
             lines: list[str] = []
-            mp = measure_model(cfg, name, qs, name == task.get("aggregator"), Path(log_dir), lines.append)
+            mp = measure_model(cfg, name, qs, name == aggregator, Path(log_dir), lines.append)
             key = profile.model_key(cfg.model(name))
-            old = p.models.get(key)
-            if old is not None:  # lengths and other shares' curves accumulate; the rest is this measurement's
-                mp.curves = {**old.curves, **mp.curves}
-                for role, by_cap in old.lengths.items():
-                    for cap, ls in by_cap.items():
-                        profile.add_lengths(mp, role, int(cap), ls)
-            p.models[key] = mp
+            p.models[key] = profile.recalibrated(p.models.get(key), mp)  # what runs observed stays
             path = profile.save(p)
             bar(1)
             click.echo(f"{name}: {time.perf_counter() - t0:.0f} s; " + "; ".join(lines))

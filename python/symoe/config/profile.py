@@ -188,6 +188,20 @@ def add_lengths(mp: ModelProfile, role: str, cap: int, lengths: list[int]) -> No
     del kept[:-MAX_LENGTHS]
 
 
+def recalibrated(old: ModelProfile | None, new: ModelProfile) -> ModelProfile:
+    """``new`` (a fresh calibration) kept with what ``old`` gathered: other shares' curves, lengths
+    (the new ones last, so trimming to :data:`MAX_LENGTHS` drops old ones first), runs, loads, run lengths."""
+    if old is None:
+        return new
+    out = new.model_copy(update={"curves": {**old.curves, **new.curves}, "runs": [*old.runs, *new.runs],
+                                 "loads": [*old.loads, *new.loads], "run_lengths": {**old.run_lengths, **new.run_lengths},
+                                 "lengths": {r: {c: list(ls) for c, ls in by.items()} for r, by in old.lengths.items()}})
+    for role, by_cap in new.lengths.items():
+        for cap, ls in by_cap.items():
+            add_lengths(out, role, int(cap), ls)
+    return out
+
+
 def quantiles(lengths: list[int] | np.ndarray, count: int = QUANTILES) -> tuple[float, ...]:
     """``count`` lengths (fewer for few observations), entry i the (i + 0.5) / count quantile."""
     x = np.asarray(lengths, dtype=float)
