@@ -213,7 +213,7 @@ def test_one_settings_object_flows_from_the_cli_to_the_pipeline(monkeypatch, tmp
 
     monkeypatch.setattr(symoe.moe, "run_pipeline", pipeline)
     monkeypatch.setattr(symoe.moe, "provide", lambda *a: None)  # nothing fetched
-    monkeypatch.setattr(symoe.cli.run, "forecast", lambda *a: None)
+    monkeypatch.setattr(symoe.moe, "forecast", lambda *a: None)
     monkeypatch.setattr(symoe.cli.run, "forecast_line", lambda p: "forecast")
     r = CliRunner().invoke(main, ["run", "--limit", "2", "--preset", "reference", "-k", "2", "--baseline", "top-k",
                                   "--optimize", "0", "--max-tokens", "7", "--retries", "1",

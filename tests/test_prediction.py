@@ -205,6 +205,24 @@ def test_the_keyword_stage_is_predicted_at_the_keyword_cap():
     assert keyword_seconds(own, "org/a", 30, cap) < own.run_seconds("org/a", "keywords", 30)
 
 
+def test_the_forecast_is_planned_once_for_the_run_it_describes(tmp_path, monkeypatch, cache):
+    # symoe run prints SymbolicMoE.forecast and then runs: the run reuses that forecast (its prior
+    # routing planned once), and a run of other settings makes its own.
+    import symoe.moe
+
+    made = []
+    real = symoe.pipeline.predict_run
+    monkeypatch.setattr(symoe.pipeline, "predict_run", lambda *a, **k: made.append(1) or real(*a, **k))
+    moe = symoe.moe.SymbolicMoE(pool(), PROFILES, TASK, store=tmp_path / "s.sqlite", engines=engines, clock=ScaledClock(0),
+                                settings=RunSettings.of(pool(), sampling=SAMPLING, options=QUIET, baseline="top-k"))
+    qs = questions()
+    told = moe.forecast(qs, tmp_path / "out")
+    res = moe.run(qs, tmp_path / "out")
+    assert len(made) == 1 and res.prediction is not None and res.prediction.forecast == told
+    moe.run(qs, tmp_path / "out", baseline="random")  # not the forecast's settings: its own
+    assert len(made) == 2
+
+
 def test_step_groups():
     K = StepKind
     assert [step_group(k, r) for k, r in ((K.LOAD, None), (K.RUN, "expert"), (K.RUN, "aggregate"), (K.PARK, None),

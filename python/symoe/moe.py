@@ -15,6 +15,7 @@ from .config.presets import preset as get_preset
 from .execution import RunOptions
 from .execution.calibration import observe
 from .execution.launch import stage_engine
+from .execution.prediction import RunPrediction
 from .execution.report import RunReport
 from .generation import Clock, Sampling
 from .method.datasets import Question, bundled
@@ -22,7 +23,7 @@ from .method.keywords import annotate
 from .method.matching import Embedder, match_keywords
 from .method.routing import Assignment, Profiles, route
 from .models.fetch import check_models, provide
-from .pipeline import Baseline, EngineFactory, RunResult, RunSettings, Task, run_pipeline
+from .pipeline import Baseline, EngineFactory, RunResult, RunSettings, Task, forecast, run_pipeline
 from .planning.plan import Plan
 from .planning.planner import plan
 from .store import Store
@@ -81,6 +82,7 @@ class SymbolicMoE:
                             "and options, not both")
         self.settings = settings
         self.engines, self.clock = engines, clock
+        self._forecast: tuple[object, RunPrediction] | None = None  # made by forecast(), for the next run()
         self._pool = self.config  # as given (devices discovered): what the machine profile is applied to
         self._apply_profile()
 
@@ -195,6 +197,17 @@ class SymbolicMoE:
         return plan(assignment, self.config, aggregator=self.task.aggregator if aggregate else None,
                     strategy=strategy)  # type: ignore[arg-type]
 
+    def forecast(self, questions: Sequence[Question], out_dir: str | Path = "runs/default") -> RunPrediction:
+        """The run of ``questions`` into ``out_dir`` predicted before anything loads; the next
+        :meth:`run` of the same questions, folder and settings reuses it (planned once)."""
+        with Store(self.store_path) as store:
+            pred = forecast(questions, self.config, self.profiles, self.task, store, out_dir, self.settings)
+        self._forecast = (self._forecast_key(questions, out_dir, self.settings), pred)
+        return pred
+
+    def _forecast_key(self, questions: Sequence[Question], out_dir: str | Path, settings: RunSettings) -> object:
+        return [(q.id, q.text_hash) for q in questions], Path(out_dir), settings, self.config
+
     def run(self, questions: Sequence[Question], out_dir: str | Path = "runs/default", baseline: Baseline | None = None,
             skip_agreed: bool | None = None, optimize_s: float | None = None) -> RunResult:
         """The whole method (or a ``baseline``) on ``questions``; results, plan and logs in ``out_dir``.
@@ -204,10 +217,12 @@ class SymbolicMoE:
         settings = replace(s, baseline=s.baseline if baseline is None else baseline,
                            skip_agreed=s.skip_agreed if skip_agreed is None else skip_agreed,
                            optimize_s=s.optimize_s if optimize_s is None else optimize_s)
+        made, self._forecast = self._forecast, None  # a forecast is used once, by the run it describes
+        predicted = made[1] if made is not None and made[0] == self._forecast_key(questions, out_dir, settings) else None
         provide(self.config, self.config.names)
         with Store(self.store_path) as store:
             res = run_pipeline(questions, self.config, self.profiles, self.task, store, out_dir, settings, self.engines,
-                               self.clock)
+                               self.clock, predicted)
             if self.engines is None and self.config.cluster is None:  # this machine's next prediction uses it
                 observe_or_warn(self.config, res.report, store)
         return res

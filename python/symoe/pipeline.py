@@ -156,11 +156,12 @@ def forecast(questions: Sequence[Question], cfg: Config, profiles: Profiles, tas
 
 def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles, task: Task, store: Store,
                  out_dir: str | Path, settings: RunSettings, engines: EngineFactory | None = None,
-                 clock: Clock | None = None) -> RunResult:
+                 clock: Clock | None = None, predicted: RunPrediction | None = None) -> RunResult:
     """The run ``settings`` ask for on ``questions``; results, plans and logs in ``out_dir``. With
     ``skip_agreed``, where all k extracted answers are equal that answer is final (the question's
     aggregator is -1 in the saved plan). ``engines``/``clock``: for tests and what-if runs
-    (default: the engines :mod:`symoe.execution.launch` picks)."""
+    (default: the engines :mod:`symoe.execution.launch` picks). ``predicted``: this run's
+    :func:`forecast` when the caller made it already (planned once, not again here)."""
     check_run(questions, cfg, profiles, task, settings)
     sampling, k, seed = settings.sampling, settings.k, settings.seed
     baseline, skip_agreed = settings.baseline, settings.skip_agreed
@@ -170,7 +171,8 @@ def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles,
     except OSError as e:
         raise SymoeError(f"output folder {out}: {e.strerror}") from e
     t_run = time.perf_counter()
-    predicted = forecast(questions, cfg, profiles, task, store, out, settings)
+    if predicted is None:
+        predicted = forecast(questions, cfg, profiles, task, store, out, settings)
     times: dict[str, float] = {}
     ids = [q.id for q in questions]
     kws: dict[str, list[str]] = {}

@@ -14,9 +14,8 @@ from ..execution import RunReport
 from ..execution.prediction import comparison_rows, forecast_line
 from ..generation import Sampling
 from ..method.routing import Assignment
-from ..pipeline import NO_AGGREGATOR, forecast
+from ..pipeline import NO_AGGREGATOR
 from ..planning.plan import Plan
-from ..store import Store
 from .common import (
     SettingsFor,
     config_opt,
@@ -76,8 +75,7 @@ def run_cmd(questions_path: str | None, fmt: str | None, config_path: str, store
         moe = SymbolicMoE(cfg, profiles_path or bundled("tiny_profiles.json"), task_path or bundled("tiny_task.json"),
                           store=store_path, settings=s)
         click.echo(moe.cost_note)  # which figures came from this machine's profile, which from the config
-        with Store(moe.store_path) as st:  # the whole run predicted, before anything loads
-            click.echo(forecast_line(forecast(qs, moe.config, moe.profiles, moe.task, st, out_dir, s)))
+        click.echo(forecast_line(moe.forecast(qs, out_dir)))  # the whole run predicted before anything loads; run reuses it
         t0 = time.perf_counter()
         res = moe.run(qs, out_dir, s.baseline, s.skip_agreed, s.optimize_s)
         wall = time.perf_counter() - t0
