@@ -209,3 +209,16 @@ def test_max_seqs_alone_switches_the_drain_form_on():
                                         .replace('expert_output_quantiles = [10, 20, 30, 40, 60, 80, 120, 256]\n', '')
                                         .replace('aggregate_output_quantiles = [40, 80]\n', '')))
     assert not cfg.linear_costs
+
+
+@pytest.mark.parametrize("line, match", [
+    ("decode_curve = [10.0, 25.0]", r"pool.toml \[\[model\]\] #1 \(a\) decode_curve: point 1 \(25.0 tokens/s"),
+    ("decode_curve = [10.0, 8.0]", r"#1 \(a\) decode_curve: point 1"),
+    ("aggregate_output_quantiles = [40, 20]", r"pool.toml \[\[model\]\] #1.*aggregate_output_quantiles.*ascending"),
+])
+def test_bad_measured_figures_refused_at_load(tmp_path, line, match):
+    """A bad curve or quantiles is refused when the pool loads, naming file, [[model]] and field (review 14 #3)."""
+    text = TOML.replace('aggregate_output_quantiles = [40, 80]', line)
+    (tmp_path / "pool.toml").write_text(text)
+    with pytest.raises(ValueError, match=match):
+        Config.from_toml(tmp_path / "pool.toml")

@@ -15,6 +15,7 @@ def resolve_model(d: CostDefaults, m: ModelEntry, i: int, base: Path | None, sou
     g = CostDefaults(**{**d.model_dump(), **m.model_dump(include=set(CostDefaults.model_fields) & m.model_fields_set)})
     where = f"{source} [[model]] #{i + 1} ({m.name})"
     check_serving(m, where)
+    _check_curve(g.decode_curve, f"{where} decode_curve" + ("" if "decode_curve" in m.model_fields_set else " (from [defaults])"))
     if m.weight_bytes is not None:
         wb = m.weight_bytes
     elif m.endpoint is not None:  # remote: nothing held locally, nothing to load
@@ -53,3 +54,12 @@ def resolve_model(d: CostDefaults, m: ModelEntry, i: int, base: Path | None, sou
 
 def _tuple(v: list[float] | None) -> tuple[float, ...] | None:
     return None if v is None else tuple(v)
+
+
+def _check_curve(curve: list[float] | None, where: str) -> None:
+    """What the core needs of a curve (plan.cpp check_model), said here with the file and model: twice
+    the sequences never decode slower, nor more than twice as fast."""
+    for i, (prev, v) in enumerate(zip(curve or [], (curve or [])[1:]), start=1):
+        if not prev <= v <= 2 * prev:
+            raise SymoeError(f"{where}: point {i} ({v} tokens/s at {2**i} sequences) must lie in "
+                             f"[previous, 2 x previous] = [{prev}, {2 * prev}]")
