@@ -10,17 +10,19 @@ profile, see :mod:`.profile`):
 - load = ``start_s`` (process and engine start) + weight bytes / ``load_bandwidth_gbps`` +
   ``init_s`` (KV-cache allocation, compilation or graph capture); ``load_s`` overrides the sum.
 - ``decode_curve = [t1, t2, t4, ...]``: aggregate decode tokens/s with 1, 2, 4, ... (2**i)
-  sequences in flight, at most :data:`CURVE_POINTS` entries; between points the rate is
-  interpolated over log2(sequences), beyond the last it stays flat. ``max_seqs``: sequences an
-  engine holds in flight at once (more requests run in waves).
+  sequences in flight, at most :data:`CURVE_POINTS` entries, each at least the previous and at most
+  twice it; between points the rate is interpolated linearly in the number of sequences, beyond the
+  last it stays flat. ``max_seqs``: sequences an engine holds in flight at once (more requests
+  queue: the next starts as one finishes).
 - ``expert_output_quantiles`` / ``aggregate_output_quantiles`` (per ``[[model]]``): at most
   :data:`QUANTILES` output lengths, ascending, each standing for an equal share of that model's
   requests of that role (entry i is the (i + 0.5) / count quantile). A run of n requests then
   takes overhead + n * prompt / prefill_tps + the drain: sum over j of (q[j] - q[j-1]) * step(alive_j),
   alive_j = n * (count - j) / count, step(b) = b / rate(b); a run's max_tokens caps each length.
+  Above ``max_seqs`` = c: (n - c) * mean length / rate(c) + the drain of c.
 
-A model with a ``decode_curve``, quantiles or ``max_seqs`` is timed by the drain (without a curve its rate at b
-sequences is min(b * stream_tps, decode_tps)); one with neither by the scalar formula
+A model with a ``decode_curve``, quantiles or ``max_seqs`` is timed by the drain (without a curve its
+rate at b sequences is min(b * stream_tps, decode_tps)); one with none of them by the scalar formula
 ``overhead + max(n * (prompt / prefill_tps + output / decode_tps), output / stream_tps)``.
 Example::
 
