@@ -161,13 +161,41 @@ def test_runs_seen_rescale_the_curve(tmp_path):
         mean = sum(base.model("small").expert_output_quantiles or ()) / 16
         overhead = base.model("small").overhead_s
         mp.runs.append(profile.RunSeen(n=n, prompt_tokens=300 * n, tokens=round(mean * n),
-                                       seconds=overhead + 2 * (want - overhead), role="expert", share=share))
+                                       seconds=overhead + 2 * (want - overhead), role="expert", share=share,
+                                       run=f"run{n}"))
         got, note = profile.apply(cfg, profile=p)
         if len(mp.runs) < 3:
             assert got.model("small").decode_curve == base.model("small").decode_curve
     assert got.model("small").decode_curve == pytest.approx(tuple(x / 2 for x in base.model("small").decode_curve or ()),
                                                             rel=0.02)
     assert "rates x0.50 from 3 runs seen" in note
+
+
+def test_rescaling_counts_runs_on_this_share_and_disregards_outliers(tmp_path):
+    """Three generate steps of one run are one run seen; other shares' runs are not counted in the
+    note; a median beyond FACTOR_RANGE is disregarded, not clipped (review 14 #14)."""
+    cfg = pool(tmp_path)
+    p = measured(cfg)
+    mp = p.models[profile.model_key(cfg.model("small"))]
+    base, _ = profile.apply(cfg, profile=p)
+    share = profile.engine_share(cfg)
+    mean = sum(base.model("small").expert_output_quantiles or ()) / 16
+    overhead = base.model("small").overhead_s
+
+    def seen(n: int, slower: float, run: str, on: str = share) -> profile.RunSeen:
+        want = base.run_seconds("small", "expert", n)
+        return profile.RunSeen(n=n, prompt_tokens=300 * n, tokens=round(mean * n), seconds=overhead + slower * (want - overhead),
+                               role="expert", share=on, run=run)
+
+    mp.runs = [seen(n, 2.0, "one") for n in (2, 4, 8)] + [seen(4, 2.0, f"x{i}", "other-share") for i in range(5)]
+    got, note = profile.apply(cfg, profile=p)
+    assert got.model("small").decode_curve == base.model("small").decode_curve and "runs seen" not in note
+    mp.runs += [seen(n, 2.0, f"r{n}") for n in (2, 4)]
+    got, note = profile.apply(cfg, profile=p)
+    assert "rates x0.50 from 3 runs seen" in note
+    mp.runs = [seen(n, 10.0, f"r{n}") for n in (2, 4, 8)]  # ten times the figures: other conditions
+    got, note = profile.apply(cfg, profile=p)
+    assert got.model("small").decode_curve == base.model("small").decode_curve and "runs seen" not in note
 
 
 def test_recalibrate_keeps_what_runs_saw_and_measures_the_tasks_aggregator(tmp_path, monkeypatch):

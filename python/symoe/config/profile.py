@@ -46,6 +46,7 @@ class RunSeen(BaseModel):
     seconds: float
     role: str
     share: str
+    run: str = ""  # the run's id (observe): MIN_RUNS counts runs, not their steps
 
 
 class ModelProfile(BaseModel):
@@ -274,10 +275,10 @@ def apply(cfg: Config, max_tokens: int | None = None, aggregate_max_tokens: int 
         names: list[str] = []
         if mp is not None:
             m, names = apply_model(m, mp, cap, cfg.model_tokens(m.name).expert_prompt, share, aggregate_max_tokens)
-            f = rate_factor(replace(cfg, models=(m,)), m, mp.runs, share)  # runs seen correct the curve's level
-            if f is not None:
-                m = scaled(m, f)
-                names.append(f"rates x{1 / f:.2f} from {len(mp.runs)} runs seen")
+            fit = rate_factor(replace(cfg, models=(m,)), m, mp.runs, share)  # runs seen correct the curve's level
+            if fit is not None:
+                m = scaled(m, fit.factor)
+                names.append(f"rates x{1 / fit.factor:.2f} from {fit.runs} runs seen")
         models.append(m)
         (took if names else kept).append(f"{m.name} ({', '.join(names)})" if names else m.name)
     out = replace(cfg, models=tuple(models))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -16,8 +16,15 @@ from .spec import ModelSpec
 if TYPE_CHECKING:
     from .pool import Config
 
-MIN_RUNS = 3            # fewer runs seen: the calibration's figures alone
-FACTOR_RANGE = (0.25, 4.0)  # a ratio beyond this says the figures are for other conditions, not slower rates
+MIN_RUNS = 3            # fewer runs seen (runs, not their generate steps): the calibration's figures alone
+FACTOR_RANGE = (0.25, 4.0)  # a ratio beyond this says the figures are for other conditions, not slower rates: disregarded
+
+
+class Fit(NamedTuple):
+    """The rescaling runs seen give: rates divided by ``factor``, from ``runs`` runs."""
+
+    factor: float
+    runs: int
 
 
 class Seen(Protocol):
@@ -29,13 +36,16 @@ class Seen(Protocol):
     seconds: float
     role: str
     share: str
+    run: str  # the run it was a step of ("": not recorded, profiles before runs were told apart)
 
 
-def rate_factor(cfg: Config, m: ModelSpec, runs: Sequence[Seen], share: str) -> float | None:
-    """Measured / predicted generation seconds of ``m``'s runs seen on ``share`` (median), or None
-    with fewer than :data:`MIN_RUNS` or no measured curve."""
+def rate_factor(cfg: Config, m: ModelSpec, runs: Sequence[Seen], share: str) -> Fit | None:
+    """Measured / predicted generation seconds of ``m``'s generate steps seen on ``share`` (median),
+    or None with steps of fewer than :data:`MIN_RUNS` runs, no measured curve, or a median beyond
+    :data:`FACTOR_RANGE`."""
     seen = [r for r in runs if r.share == share and r.n > 0 and r.tokens > 0 and r.role in ("expert", "aggregate")]
-    if len(seen) < MIN_RUNS or m.decode_curve is None:
+    count = len({r.run for r in seen})
+    if count < MIN_RUNS or m.decode_curve is None:
         return None
     ratios = []
     for r in seen:
@@ -47,9 +57,8 @@ def rate_factor(cfg: Config, m: ModelSpec, runs: Sequence[Seen], share: str) -> 
         work = replace(cfg, models=(one,)).run_seconds(m.name, r.role, r.n) - m.overhead_s
         if work > 0:
             ratios.append(max(r.seconds - m.overhead_s, 1e-3) / work)
-    if len(ratios) < MIN_RUNS:
-        return None
-    return float(np.clip(np.median(ratios), *FACTOR_RANGE))
+    f = float(np.median(ratios)) if ratios else 0.0
+    return Fit(f, count) if FACTOR_RANGE[0] <= f <= FACTOR_RANGE[1] else None
 
 
 def scaled(m: ModelSpec, factor: float) -> ModelSpec:

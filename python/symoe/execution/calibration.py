@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,6 +79,7 @@ def observe(cfg: Config, report: RunReport, store: Store | None = None) -> Path:
     lists replace the profile's, so rerunning adds nothing twice). Returns the profile's path."""
     p = profile.load(cfg.engine.platform)
     lengths = store.output_lengths() if store is not None else {}
+    run = uuid.uuid4().hex[:12]  # its steps are one run seen (profile_fit.MIN_RUNS counts runs)
     for m in cfg.models:
         if m.endpoint is not None:
             continue
@@ -89,7 +91,8 @@ def observe(cfg: Config, report: RunReport, store: Store | None = None) -> Path:
         mp.loads = (mp.loads + [r.end - r.start for r in steps if r.kind == StepKind.LOAD])[-profile.MAX_RUNS:]
         share = profile.engine_share(cfg)
         mp.runs = (mp.runs + [profile.RunSeen(n=int(r.info["generated"]), prompt_tokens=r.prompt_tokens, tokens=r.tokens,
-                                              seconds=r.end - r.start, role=str(r.info.get("role", "expert")), share=share)
+                                              seconds=r.end - r.start, role=str(r.info.get("role", "expert")), share=share,
+                                              run=run)
                               for r in steps if r.kind == StepKind.RUN and r.info.get("generated")])[-profile.MAX_RUNS:]
         for role, by_cap in mine.items():
             mp.run_lengths[role] = {str(cap): ls[-profile.MAX_LENGTHS:] for cap, ls in by_cap.items()}
