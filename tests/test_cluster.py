@@ -1,6 +1,7 @@
 """Cluster topology without a cluster: the [cluster] table, devices by node from ray.nodes()-shaped
 records (GPUs per node, or for CPU testing one custom resource per device), lost nodes."""
 
+import dataclasses
 import importlib
 import tomllib
 import types
@@ -225,3 +226,12 @@ def test_a_tensor_parallel_plan_is_refused_before_the_cluster_is_touched(monkeyp
             on_cluster.run_on_cluster(p, [], store, tmp_path / "run", topology)
         with pytest.raises(SymoeError, match=r"tensor-parallel over devices \[0, 1\]"):  # a pool with [cluster]
             on_cluster.run_on_config(p, [], store, tmp_path / "run", Sampling(), None, RunOptions())
+    # The reference plan's pause (model -1) spans both devices too: no model is hosted there, so it
+    # is neither refused alone nor named in place of the TP model after it.
+    arrays = p.arrays.copy()
+    arrays.tp[arrays.model >= 0] = 1
+    on_cluster.refuse_tensor_parallel(dataclasses.replace(p, arrays=arrays))
+    arrays.tp[4:] = 2  # the first TP step is the pause at 3; the first TP model step comes after it
+    assert arrays.model[3] == -1 and (arrays.model[4:] >= 0).all()
+    with pytest.raises(SymoeError, match=rf"step 4: model {agg} is planned tensor-parallel over devices \[0, 1\]"):
+        on_cluster.refuse_tensor_parallel(dataclasses.replace(p, arrays=arrays))

@@ -27,8 +27,9 @@ def refuse_tensor_parallel(plan: Plan) -> None:
     """A tensor-parallel step is refused before the cluster is touched, not at the step's load after
     the steps before it ran (the Ray engine hosts each model on one device)."""
     a = plan.arrays
-    if (a.tp > 1).any():
-        s = int(a.tp.argmax())
+    hosted = (a.tp > 1) & (a.model >= 0)  # a pause (model -1) may span devices: it hosts nothing
+    if hosted.any():
+        s = int(hosted.argmax())
         group = range(int(a.device[s]), int(a.device[s]) + int(a.tp[s]))
         raise SymoeError(tp_refused(f"step {s}", plan.config.names[int(a.model[s])], list(group)))
 
