@@ -1,6 +1,7 @@
 """A small, scriptable, misbehaving OpenAI-like server on 127.0.0.1 (stdlib http.server) for the
 remote-engine tests: each completion request takes the next behaviour of a script (``ok``,
-``500``, ``429``, ``404``, ``echo500``, ``malformed``, ``hang``, ``close``), then the default one."""
+``500``, ``429``, ``404``, ``echo500``, ``malformed``, ``hang``, ``close``, ``stream_error``: a
+streamed answer's first chunks then an SSE error event), then the default one."""
 
 from __future__ import annotations
 
@@ -91,6 +92,12 @@ class FakeOpenAI:
                 if how in ("500", "429", "404"):
                     hdr = {"Retry-After": "0"} if how == "429" else None
                     self._send(int(how), json.dumps({"error": {"message": f"scripted {how}"}}).encode(), hdr)
+                    return
+                if how == "stream_error" and body.get("stream"):  # two chunks, then an SSE error event
+                    words = stream(body).split(b"\n\n")[:2]
+                    err = b'data: {"error": {"message": "scripted error mid-stream"}}'
+                    self.close_connection = True
+                    self._send(200, b"\n\n".join([*words, err, b""]), {"Content-Type": "text/event-stream"})
                     return
                 if how == "malformed":
                     self._send(200, b'{"id": "x", "choices": [{"index": 0, "mess')

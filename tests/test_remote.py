@@ -72,6 +72,24 @@ def test_retries_500_429_malformed_close_then_answers():
     assert all(b["model"] == "m" and "messages" in b for b in srv.requests)
 
 
+def test_an_error_event_mid_stream_is_retried_unstreamed():
+    # An SSE {"error": ...} event (the openai library raises a bare APIError) after two chunks: the
+    # request is tried again unstreamed, as a malformed streamed answer is, not the batch failed.
+    from symoe.generation.openai_client import RemoteClient
+
+    seen = []
+    with FakeOpenAI(script=["stream_error"]) as srv:
+        client = RemoteClient(EndpointSettings("m", srv.url, **FAST))
+        try:
+            [r] = reqs(1)
+            ev = client.request(r, Clock().now() + 30, Clock(), threading.Event(), lambda key, text: seen.append(text))
+        finally:
+            client.close()
+    assert ev["text"] == f"seed {r.params.seed}: the answer is (A)" and ev["tokens"] == 7
+    assert seen and seen[-1] != ev["text"]  # the stream's first words arrived before its error
+    assert client.retries == 1 and [b.get("stream", False) for b in srv.requests] == [True, False]
+
+
 def test_completion_endpoint_and_served_name():
     with FakeOpenAI(models=["org/served-id"]) as srv:
         s = EndpointSettings("m", srv.url, served_name="org/served-id", chat=False, **FAST)

@@ -98,6 +98,8 @@ class RemoteClient:
             raise _Retry(f"{type(e).__name__}: {e}") from None
         except (openai.APIResponseValidationError, ValueError) as e:  # unparsable JSON included
             raise Malformed(f"unparsable response: {str(e)[:200]}") from None
+        except openai.APIError as e:  # an SSE {"error": ...} event mid-stream: tried again unstreamed
+            raise Malformed(f"error event in the stream: {str(e)[:200]}") from None
         try:
             choice = resp.choices[0]
             text = choice.message.content if self.s.chat else choice.text
