@@ -190,3 +190,32 @@ def test_calibration_learns_lengths_from_the_store(tmp_path):
     assert (r1.expert_prompt, r1.expert_output, r1.aggregate_prompt, r1.aggregate_output) == (305, 6000, 2500, 9000)
     assert (llama.expert_prompt, llama.expert_output) == (280, 400)
     assert llama.aggregate_output == cfg.tokens.aggregate_output  # the benchmark's role is not aggregation
+
+
+def test_calibration_rescales_a_measured_curve(tmp_path):
+    """run-plan --calibrate on a model timed by the drain: its curve (which the drain reads, unlike
+    decode_tps) divided by how much longer its steps took, quantiles from the store (review 14 #10)."""
+    import tomllib
+
+    from symoe import Config
+    from symoe.execution.calibration import calibrate
+    from symoe.execution.report import RunReport, StepRecord
+    from symoe.planning.steps import StepKind
+    from symoe.records import Generation
+    from symoe.store import Store
+
+    cfg = Config.from_dict(tomllib.loads('[devices]\nmemory_gb = 8.0\n[[model]]\nname = "a"\nweight_gb = 1.0\n'
+                                         'decode_curve = [20.0, 38.0, 70.0]\nmax_seqs = 4\n'
+                                         'expert_output_quantiles = [10, 20, 30, 40]\nexpert_prompt_tokens = 100\n'))
+    with Store(tmp_path / "s.sqlite") as store:
+        for i, out in enumerate((10, 30, 50, 70)):
+            store.put(Generation(f"k{i}", "a", f"q{i}", "expert", 0, "{}", "text", 100, out, "stop"))
+        want = Config.from_dict(tomllib.loads(cfg.to_toml().replace("[10.0, 20.0, 30.0, 40.0]", "[10, 30, 50, 70]")))
+        oh = cfg.model("a").overhead_s
+        steps = [StepRecord(i, 0, StepKind.RUN, "a", 0.0, oh + 3 * (want.run_seconds("a", "expert", n) - oh), 0.0, 0.0,
+                            n, 40 * n, 100 * n, {"role": "expert", "generated": n}) for i, n in enumerate((2, 4, 8))]
+        new = calibrate(cfg, RunReport("r", steps, [], 1.0, 1.0, 14, 0), store)
+    a = new.model("a")
+    assert a.decode_curve == pytest.approx((20 / 3, 38 / 3, 70 / 3))
+    assert a.expert_output_quantiles == (10, 30, 50, 70)
+    assert new.run_seconds("a", "expert", 4) == pytest.approx(steps[1].end)

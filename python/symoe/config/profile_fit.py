@@ -47,6 +47,14 @@ def rate_factor(cfg: Config, m: ModelSpec, runs: Sequence[Seen], share: str) -> 
     count = len({r.run for r in seen})
     if count < MIN_RUNS or m.decode_curve is None:
         return None
+    ratios = step_ratios(cfg, m, seen)
+    f = float(np.median(ratios)) if ratios else 0.0
+    return Fit(f, count) if FACTOR_RANGE[0] <= f <= FACTOR_RANGE[1] else None
+
+
+def step_ratios(cfg: Config, m: ModelSpec, seen: Sequence[Seen]) -> list[float]:
+    """Measured / predicted seconds (overhead aside) of each generate step seen, predicted from
+    ``m``'s figures with its lengths scaled to that step's mean."""
     ratios = []
     for r in seen:
         q = getattr(m, f"{r.role}_output_quantiles") or (r.tokens / r.n,)
@@ -57,11 +65,11 @@ def rate_factor(cfg: Config, m: ModelSpec, runs: Sequence[Seen], share: str) -> 
         work = replace(cfg, models=(one,)).run_seconds(m.name, r.role, r.n) - m.overhead_s
         if work > 0:
             ratios.append(max(r.seconds - m.overhead_s, 1e-3) / work)
-    f = float(np.median(ratios)) if ratios else 0.0
-    return Fit(f, count) if FACTOR_RANGE[0] <= f <= FACTOR_RANGE[1] else None
+    return ratios
 
 
 def scaled(m: ModelSpec, factor: float) -> ModelSpec:
     """``m`` with its prefill and decode rates divided by ``factor`` (its runs ``factor`` times longer)."""
     curve = None if m.decode_curve is None else tuple(x / factor for x in m.decode_curve)
-    return replace(m, decode_curve=curve, prefill_tps=m.prefill_tps / factor)
+    return replace(m, decode_curve=curve, prefill_tps=m.prefill_tps / factor, decode_tps=m.decode_tps / factor,
+                   stream_tps=m.stream_tps / factor)

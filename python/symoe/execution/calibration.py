@@ -12,11 +12,18 @@ import numpy as np
 
 from ..config import profile
 from ..config.pool import Config
+from ..config.profile_fit import scaled, step_ratios
+from ..config.spec import ModelSpec
 from ..planning.steps import StepKind
 from .report import RunReport, StepRecord
 
 if TYPE_CHECKING:
     from ..store import Store
+
+
+def drain_form(m: ModelSpec) -> bool:
+    """Whether ``m`` is timed by the drain (curve, quantiles or max_seqs), which ignores decode_tps."""
+    return any(v is not None for v in (m.decode_curve, m.max_seqs, m.expert_output_quantiles, m.aggregate_output_quantiles))
 
 
 def calibrate(cfg: Config, report: RunReport, store: Store | None = None) -> Config:
@@ -25,8 +32,11 @@ def calibrate(cfg: Config, report: RunReport, store: Store | None = None) -> Con
     (``seconds - overhead = prompt_tokens / prefill_tps + tokens / decode_tps``), and the observed
     tokens per request by role: per model (its ``*_tokens`` figures: the mean lengths of all its
     generations in ``store`` when given, reused ones from earlier runs included, else of this run's)
-    and over all models (``[tokens]``, the figures of models the run did not measure)."""
+    and over all models (``[tokens]``, the figures of models the run did not measure). A model timed
+    by the drain (:func:`drain_form`) instead gets the store's output lengths as quantiles and all its
+    rates divided by the median measured / predicted seconds of its steps (``profile_fit``)."""
     stored = store.token_lengths() if store is not None else {}
+    stored_lengths = store.output_lengths() if store is not None else {}
     loads: dict[str, list[float]] = {}
     runs: dict[str, list[StepRecord]] = {}
     for r in report.steps:
@@ -40,7 +50,18 @@ def calibrate(cfg: Config, report: RunReport, store: Store | None = None) -> Con
         if m.name in loads:
             upd["load_s"] = float(np.median(loads[m.name]))
         rs = runs.get(m.name, [])
-        if rs and all(r.info["generated"] == 1 for r in rs):
+        if rs and drain_form(m):  # timed by the drain: its rates rescaled by what the steps took (profile_fit)
+            lengths = {role: [L for ls in by_cap.values() for L in ls] for (name, role), by_cap in stored_lengths.items()
+                       if name == m.name}
+            qs: dict[str, Any] = {f"{role}_output_quantiles": profile.quantiles(ls) for role, ls in lengths.items()
+                                  if role in profile.ROLES and ls}
+            mq = replace(m, **qs)
+            seen = [profile.RunSeen(n=int(r.info["generated"]), prompt_tokens=r.prompt_tokens, tokens=r.tokens,
+                                    seconds=r.end - r.start, role=str(r.info.get("role", "expert")), share="")
+                    for r in rs]
+            ratios = step_ratios(replace(cfg, models=(mq,)), mq, seen)
+            m = scaled(mq, float(np.median(ratios))) if ratios else mq
+        elif rs and all(r.info["generated"] == 1 for r in rs):
             # Only single requests (a naive run): they measure one stream, not a saturated batch.
             t = sum(max(r.end - r.start - m.overhead_s, 1e-3) for r in rs)
             upd["stream_tps"] = sum(r.tokens for r in rs) / t
