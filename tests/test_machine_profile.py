@@ -14,7 +14,7 @@ from symoe.cli import main
 from symoe.config import profile
 from symoe.config.pool import GB, Config
 from symoe.execution.calibration import observe
-from symoe.execution.measure import curve_point, kv_tokens, load_phases
+from symoe.execution.measure import curve_batches, curve_point, kv_tokens, load_phases
 from symoe.execution.report import RunReport, StepRecord
 from symoe.generation.engine import BatchInfo
 from symoe.planning.steps import StepKind
@@ -135,6 +135,14 @@ def test_load_phases_from_vllm_log(tmp_path):
     assert kv_tokens(log) == 23296
     log.write_text("nothing timed\n")
     assert load_phases(log) is None
+
+
+def test_curve_batches_reach_the_cores_curve_on_gpu():
+    """On a GPU the curve is measured up to min(128, what the KV cache holds) sequences (review 14 #6)."""
+    assert curve_batches("cpu", 10**6) == (1, 2, 4, 8, 16)
+    assert curve_batches("gpu", None) == (1, 2, 4, 8, 16, 32, 64, 128)
+    assert curve_batches("gpu", 40 * 88) == (1, 2, 4, 8, 16, 32)
+    assert curve_batches("gpu", 10) == (1,)
 
 
 def test_curve_point():

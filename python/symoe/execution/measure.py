@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.pool import Config
+from ..config.pool_file import CURVE_POINTS
 from ..config.profile import ModelProfile, add_lengths, engine_share
 from ..generation.engine import BatchInfo, ModelSettings
 from ..generation.local import LocalEngine
@@ -21,7 +22,8 @@ from ..method.requests import Requests
 from ..records import Generation, Request, Sampling, SamplingParams
 
 NO_DEADLINE = math.inf
-BATCHES = (1, 2, 4, 8, 16)  # the curve's points: 2**i sequences in flight
+BATCHES = (1, 2, 4, 8, 16)  # the curve's points on CPU: 2**i sequences in flight (more add little there, slowly)
+CURVE_PROMPT = 64           # tokens the curve's prompt takes at most (chat template included)
 CURVE_TOKENS = 24           # new tokens per sequence for the curve (eos ignored: all of them)
 PROMPT = ({"role": "user", "content": "Write a short story about a lighthouse keeper."},)
 # vLLM's INFO lines that time the load's phases (weights read; KV cache, profiling and warm-up)
@@ -65,6 +67,15 @@ def kv_tokens(log: Path) -> int | None:
     return int(found[-1].replace(",", "")) if found else None
 
 
+def curve_batches(platform: str, kv: int | None) -> tuple[int, ...]:
+    """The curve's points: on CPU :data:`BATCHES`; on a GPU 1, 2, 4, ... up to what the core's curve
+    holds (2**(CURVE_POINTS-1)) and the KV cache fits (``kv`` tokens; unknown: the core's limit)."""
+    if platform == "cpu":
+        return BATCHES
+    fits = (kv // (CURVE_PROMPT + CURVE_TOKENS)) if kv else 2 ** (CURVE_POINTS - 1)
+    return tuple(2**i for i in range(CURVE_POINTS) if i == 0 or 2**i <= fits)
+
+
 def curve_point(b: int, info: BatchInfo, tokens: int) -> tuple[float, float | None]:
     """(decode tokens/s with b in flight, prefill tokens/s) of one fixed-length batch: the first token
     ends the prefill, every later step decodes all b."""
@@ -99,7 +110,7 @@ def measure_model(cfg: Config, name: str, questions: Sequence[Question], aggrega
         say(f"load {mp.load_s:.1f} s" + (f" (start {mp.start_s:.1f}, weights {phases[0]:.1f}, init {phases[1]:.1f})"
                                          if phases and mp.start_s is not None else ""))
         curve, prefill = [], None
-        for b in BATCHES:
+        for b in curve_batches(cfg.engine.platform, mp.kv_tokens):
             info = eng.generate(name, _fixed(name, settings.chat, b, CURVE_TOKENS), lambda g: None,
                                 f"calibrate {name} x{b}", NO_DEADLINE)
             rate, pre = curve_point(b, info, CURVE_TOKENS)
