@@ -166,7 +166,10 @@ def drain(curve: tuple[float, ...], q: tuple[float, ...], n: int, max_seqs: int)
             s += (x - prev) * inflight / rate(inflight)
             prev = x
         return s
-    return run(n) if n <= max_seqs else n / max_seqs * run(max_seqs)
+    if n <= max_seqs:
+        return run(n)
+    # a queue: max_seqs stay in flight, each queued request adds its mean length at rate(max_seqs)
+    return (n - max_seqs) * sum(q) / len(q) / rate(max_seqs) + run(max_seqs)
 
 
 def workload(rare: float = 0.05, seed: int = 0) -> list[list[int]]:
