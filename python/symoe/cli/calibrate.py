@@ -12,9 +12,13 @@ import click
 from ..config import profile
 from ..config.pool import Config
 from ..method.datasets import bundled, load_questions
+from ..method.embedding_speed import measure as measure_embedding
+from ..method.routing import Profiles
 from ..pipeline import Task
 from ..progress import progress_bar
 from .common import config_opt, fail, table
+
+EMBED_TEXTS = 128  # keywords timed for the matching stage's figure (~10 s on 2 cores)
 
 
 def _show(cfg: Config) -> None:
@@ -77,6 +81,12 @@ def calibrate_cmd(config_path: str, show: bool, n_questions: int, only: tuple[st
             click.echo(f"{name}: {time.perf_counter() - t0:.0f} s; " + "; ".join(lines))
         bar(None)
         click.echo(f"wrote {path} ({time.perf_counter() - t_all:.0f} s)")
+        # The matching stage's figure: the embedder on keywords of the profile vocabulary (as a run embeds them).
+        vocabulary = Profiles.from_json(bundled("tiny_profiles.json")).vocabulary[:EMBED_TEXTS]
+        speed = measure_embedding(vocabulary)
+        if speed is not None:
+            click.echo(f"embedder: {speed.seconds_per_text * 1000:.1f} ms per keyword on {speed.threads} threads, "
+                       f"load {speed.load_s:.1f} s ({speed.source})")
         click.echo(profile.apply(cfg, profile=p)[1])
     except (ValueError, RuntimeError) as e:
         fail(e)
