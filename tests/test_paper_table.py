@@ -1,6 +1,8 @@
 """The paper's GPQA timing table (issue 21 item 4): configs/paper16_gpqa.toml and bench/paper_table.py."""
 
+import itertools
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,16 +28,27 @@ def test_paper16_gpqa_is_the_replays_figures():
                 assert cfg.run_seconds(name, role, n) == pytest.approx(pt.run_s(pt.CHOSEN, m, role, n), rel=1e-3)
 
 
-@pytest.mark.xfail(strict=True, reason="with vLLM's queue above max_seqs (review 14 #1; was: waves) the chosen set predicts "
-                   "batched 19.29 s/q (-25%); bench/paper_table.py --grid: no set within the stated ranges is within 15% "
-                   "of both (best A100: naive +20.5%, batched -21.7%). The figures and README table need a refit or a reword")
-def test_paper16_gpqa_reproduces_the_papers_gpqa_table():
+def test_paper16_gpqa_reproduces_the_papers_naive_time_and_no_set_its_batched_time():
     # 198 questions, k = 3, one GPU: the paper measured 196.92 s per question naive and 25.76 s batched.
+    # With vLLM's queue above max_seqs (review 14 #1) the chosen set is within 15% of the naive time only.
     rows = pt.workload(rare=0.0)
     assert abs(pt.naive(pt.CHOSEN, rows).per_question() / pt.PAPER_NAIVE - 1) <= 0.15
-    assert abs(pt.batched(pt.CHOSEN, rows).per_question() / pt.PAPER_BATCHED - 1) <= 0.15
-    # The planner's plan of the authors' schedule on the bundled pool predicts the batched time too.
+    batched = pt.batched(pt.CHOSEN, rows).per_question()
+    assert batched / pt.PAPER_BATCHED - 1 < -0.15
+    # The planner's plan of the authors' schedule on the bundled pool is the replay's batched time.
     cfg = Config.bundled("paper16_gpqa").with_devices(1)
     a = symoe.Assignment(cfg.names, np.array(rows))
     ref = symoe.plan(a, cfg, aggregator=pt.POOL[pt.AGGREGATOR], strategy="reference", optimize_s=0)
-    assert abs(ref.makespan / len(rows) / pt.PAPER_BATCHED - 1) <= 0.15
+    assert ref.makespan / len(rows) == pytest.approx(batched, rel=0.02)
+    # No set within 15% of both among the ends of --grid's ranges on an A100 (README: why).
+    for init, med, r1, agg, top, r1top in itertools.product((10, 30), (300, 700), (2000, 6000), (1000, 4500),
+                                                            (False, True), (False, True)):
+        f = pt.Figures(pt.GPUS["A100"], pt.Load(init_s=init), pt.Lengths(med, top_at_cap=top),
+                       pt.Lengths(r1, cap=32768, top_at_cap=r1top), pt.Lengths(agg, cap=32768, top_at_cap=r1top))
+        nv = pt.naive(f, rows).per_question() / pt.PAPER_NAIVE - 1
+        bt = pt.batched(f, rows).per_question() / pt.PAPER_BATCHED - 1
+        assert max(abs(nv), abs(bt)) > 0.15, (init, med, r1, agg, top, r1top, nv, bt)
+    # What would reconcile both (README): cold weights at 0.25 GB/s, not the cited 0.55.
+    slow = replace(pt.CHOSEN, load=pt.Load(bandwidth_gbps=0.25))
+    assert abs(pt.naive(slow, rows).per_question() / pt.PAPER_NAIVE - 1) <= 0.15
+    assert abs(pt.batched(slow, rows).per_question() / pt.PAPER_BATCHED - 1) <= 0.15
