@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
@@ -212,14 +213,16 @@ def test_recalibrate_keeps_what_runs_saw_and_measures_the_tasks_aggregator(tmp_p
     cfg = pool(tmp_path)
     calls: list[tuple[str, bool]] = []
 
-    def fake_measure(cfg_, name, qs, aggregate, log_dir, say):  # no engine: what measure_model returns
-        calls.append((name, aggregate))
+    def fake_measure(cfg_, name, qs, aggregate, log_dir, say, keywords=False):  # no engine: what measure_model returns
+        calls.append((name, aggregate, keywords))
         mp = profile.ModelProfile(load_s=5.0, curves={"2": [10.0, 20.0]})
         profile.add_lengths(mp, "expert", 256, [7] * profile.MAX_LENGTHS)
         return mp
 
     monkeypatch.setattr("symoe.execution.measure.measure_model", fake_measure)
     monkeypatch.setattr("symoe.cli.calibrate.load_questions", lambda *a, **k: [])
+    timed: list[int] = []
+    monkeypatch.setattr("symoe.cli.calibrate.measure_embedding", lambda texts: timed.append(len(texts)))
     (tmp_path / "task.json").write_text(json.dumps({"name": "t", "aggregator": "other", "keyword_model": "small"}))
     p = profile.load(cfg.engine.platform)
     key = profile.model_key(cfg.model("small"))
@@ -233,8 +236,31 @@ def test_recalibrate_keeps_what_runs_saw_and_measures_the_tasks_aggregator(tmp_p
             "--log-dir", str(tmp_path / "logs")]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
-    assert sorted(calls) == [("other", True), ("small", False)]
+    assert sorted(calls) == [("other", True, False), ("small", False, True)]  # the keyword model's samples too
+    assert timed == [128]  # and the embedder, on profile keywords
     mp = profile.load(cfg.engine.platform).models[key]
     assert (mp.loads, mp.run_lengths, len(mp.runs), mp.load_s) == ([7.5], {"expert": {"256": [50]}}, 1, 5.0)
     assert mp.curves == {"1": [4.0], "2": [10.0, 20.0]}
     assert mp.lengths["expert"]["256"] == [7] * profile.MAX_LENGTHS  # the new ones kept, the old trimmed
+
+
+def test_keyword_lengths_time_the_keyword_stage(tmp_path):
+    # Keyword samples are short (a list of skills), the keyword model's expert answers long: the
+    # keyword stage's forecast uses the samples' own measured lengths, kept through a pool file.
+    from symoe.execution.prediction import keyword_seconds
+
+    cfg = pool(tmp_path)
+    p = measured(cfg)
+    without, _ = profile.apply(cfg, profile=p)
+    profile.add_lengths(p.models[profile.model_key(cfg.model("small"))], "keywords", 48, [8, 12, 16, 20])
+    got, _ = profile.apply(cfg, profile=p)
+    assert got.model("small").keywords_output_quantiles == (8.0, 12.0, 16.0, 20.0)
+    assert got.model("small").expert_output_quantiles == without.model("small").expert_output_quantiles
+    expert_like = keyword_seconds(without, "small", 30, 48)
+    short = keyword_seconds(got, "small", 30, 48)
+    assert short < expert_like
+    drain = replace(got.model("small"), expert_output_quantiles=(8.0, 12.0, 16.0, 20.0), max_tokens=None)
+    assert short == pytest.approx(got.load_seconds("small") + replace(got, models=(drain, *got.models[1:]))
+                                  .with_max_tokens(48).run_seconds("small", "expert", 30) + got.model("small").unload_s)
+    again = Config.from_dict(tomllib.loads(got.to_toml()))
+    assert again.model("small").keywords_output_quantiles == (8.0, 12.0, 16.0, 20.0)

@@ -66,14 +66,15 @@ def calibrate_cmd(config_path: str, show: bool, n_questions: int, only: tuple[st
         for n in names:
             cfg.model(n)
         qs = load_questions("mmlu_pro", split="validation", limit=n_questions)
-        aggregator = Task.from_json(task_path or bundled("tiny_task.json")).aggregator
+        task = Task.from_json(task_path or bundled("tiny_task.json"))
         p = profile.load(cfg.engine.platform)
         bar = progress_bar(True, len(names), "calibrate")
         t_all = time.perf_counter()
         for name in names:
             t0 = time.perf_counter()
             lines: list[str] = []
-            mp = measure_model(cfg, name, qs, name == aggregator, Path(log_dir), lines.append)
+            mp = measure_model(cfg, name, qs, name == task.aggregator, Path(log_dir), lines.append,
+                               keywords=name == task.keyword_model)
             key = profile.model_key(cfg.model(name))
             p.models[key] = profile.recalibrated(p.models.get(key), mp)  # what runs observed stays
             path = profile.save(p)

@@ -20,6 +20,8 @@ profile, see :mod:`.profile`):
   takes overhead + n * prompt / prefill_tps + the drain: sum over j of (q[j] - q[j-1]) * step(alive_j),
   alive_j = n * (count - j) / count, step(b) = b / rate(b); a run's max_tokens caps each length.
   Above ``max_seqs`` = c: (n - c) * mean length / rate(c) + the drain of c.
+  ``keywords_output_quantiles``: the same for the model's keyword samples (the keyword stage's
+  forecast; never planned by the core).
 
 A model with a ``decode_curve``, quantiles or ``max_seqs`` is timed by the drain (without a curve its
 rate at b sequences is min(b * stream_tps, decode_tps)); one with none of them by the scalar formula
@@ -119,13 +121,14 @@ class ModelEntry(CostDefaults):
     aggregate_output_tokens: NonNegativeFloat | None = None
     expert_output_quantiles: Lengths | None = None     # output lengths, ascending, equal shares
     aggregate_output_quantiles: Lengths | None = None
+    keywords_output_quantiles: Lengths | None = None  # keyword samples (the keyword stage's forecast)
     endpoint: str | None = None            # an OpenAI-compatible server's base URL (http://host:port/v1)
     served_name: str | None = None         # the model id that server knows (None: name)
     api_key_env: str | None = None         # NAME of the environment variable holding its API key
     max_concurrency: PositiveInt = 8       # requests in flight to the endpoint at once
     serve: Literal["vllm"] | None = None   # a local model run in a vLLM server symoe starts
 
-    @field_validator("expert_output_quantiles", "aggregate_output_quantiles")
+    @field_validator("expert_output_quantiles", "aggregate_output_quantiles", "keywords_output_quantiles")
     @classmethod
     def _ascending(cls, v: list[float] | None) -> list[float] | None:
         if v is not None and any(b < a for a, b in zip(v, v[1:])):

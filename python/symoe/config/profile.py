@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 MAX_LENGTHS = 2000  # observed lengths kept per model, role and cap (the newest)
 MAX_RUNS = 500      # observed runs and loads kept per model
 ROLES = ("expert", "aggregate")
+LENGTH_ROLES = (*ROLES, "keywords")  # lengths kept: the planned roles and the keyword samples
 
 
 class RunSeen(BaseModel):
@@ -254,6 +255,8 @@ def apply_model(m: ModelSpec, mp: ModelProfile, cap: int | None, prompt: float =
         if ls:
             upd[f"{role}_output_quantiles"] = quantiles(ls)
             upd[f"{role}_output_tokens"] = float(np.mean(ls))
+    if ls := lengths_for(mp, "keywords", None):  # keyword samples: the forecast caps them at the keyword cap
+        upd["keywords_output_quantiles"] = quantiles(ls)
     names = ["load" if k == "load_s" else "lengths" if k.endswith("quantiles") else curve_note if k == "decode_curve"
              else k for k in upd if not k.endswith("_tokens")]
     return replace(m, **upd), list(dict.fromkeys(names))  # type: ignore[arg-type]

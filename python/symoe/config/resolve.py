@@ -49,7 +49,8 @@ def resolve_model(d: CostDefaults, m: ModelEntry, i: int, base: Path | None, sou
         endpoint=m.endpoint, served_name=m.served_name, api_key_env=m.api_key_env, max_concurrency=m.max_concurrency,
         serve=m.serve, decode_curve=None if g.decode_curve is None else tuple(g.decode_curve), max_seqs=g.max_seqs,
         expert_output_quantiles=_tuple(m.expert_output_quantiles),
-        aggregate_output_quantiles=_tuple(m.aggregate_output_quantiles))
+        aggregate_output_quantiles=_tuple(m.aggregate_output_quantiles),
+        keywords_output_quantiles=_tuple(m.keywords_output_quantiles))
 
 
 def _tuple(v: list[float] | None) -> tuple[float, ...] | None:

@@ -58,6 +58,7 @@ class ModelSpec:
     max_seqs: PositiveInt | None = None
     expert_output_quantiles: tuple[NonNeg, ...] | None = None
     aggregate_output_quantiles: tuple[NonNeg, ...] | None = None
+    keywords_output_quantiles: tuple[NonNeg, ...] | None = None  # the keyword stage only (Python forecast)
 
     @property
     def resident_bytes(self) -> float:

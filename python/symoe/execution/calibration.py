@@ -105,7 +105,7 @@ def observe(cfg: Config, report: RunReport, store: Store | None = None) -> Path:
         if m.endpoint is not None:
             continue
         steps = [r for r in report.steps if r.model == m.name]
-        mine = {role: by_cap for (name, role), by_cap in lengths.items() if name == m.name and role in profile.ROLES}
+        mine = {role: by_cap for (name, role), by_cap in lengths.items() if name == m.name and role in profile.LENGTH_ROLES}
         if not steps and not mine:
             continue
         mp = p.models.setdefault(profile.model_key(m), profile.ModelProfile())

@@ -85,9 +85,9 @@ def curve_point(b: int, info: BatchInfo, tokens: int) -> tuple[float, float | No
 
 
 def measure_model(cfg: Config, name: str, questions: Sequence[Question], aggregate: bool, log_dir: Path,
-                  say: Progress) -> ModelProfile:
-    """One model's figures: load phases, the decode curve, expert (and aggregate) output lengths at
-    the pool's new-token cap, on device 0 of this machine."""
+                  say: Progress, keywords: bool = False) -> ModelProfile:
+    """One model's figures: load phases, the decode curve, expert (and aggregate, and keyword-sample)
+    output lengths at the pool's new-token caps, on device 0 of this machine."""
     m, settings = cfg.model(name), ModelSettings.of(cfg, name)
     eng = LocalEngine.for_config(cfg, 0, log_dir)
     eng.env = {**eng.env, "VLLM_LOGGING_LEVEL": "INFO"}  # the load's phases are logged at INFO
@@ -134,6 +134,12 @@ def measure_model(cfg: Config, name: str, questions: Sequence[Question], aggrega
             eng.generate(name, reqs, agg.append, f"calibrate {name} aggregations", NO_DEADLINE)
             add_lengths(mp, "aggregate", m.max_tokens or sampling.aggregate_max_tokens, [g.tokens for g in agg])
             say(f"aggregate lengths {sorted(g.tokens for g in agg)}")
+        if keywords:  # the task's keyword model: its samples' lengths time the keyword stage's forecast
+            kws: list[Generation] = []
+            eng.generate(name, [r for q in questions for r in build.keywords(name, q)], kws.append,
+                         f"calibrate {name} keywords", NO_DEADLINE)
+            add_lengths(mp, "keywords", sampling.keyword_max_tokens, [g.tokens for g in kws])
+            say(f"keyword lengths {sorted(g.tokens for g in kws)}")
     finally:
         eng.close()
     return mp

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..config.pool import Config
+from ..config.spec import ModelSpec
 from ..generation import Sampling
 from ..method.datasets import Question
 from ..method.embedding_speed import EmbeddingSpeed, uncached, usable_speed
@@ -111,7 +112,13 @@ def keyword_seconds(cfg: Config, model: str, n: int, max_tokens: int) -> float:
     if n <= 0:
         return 0.0
     # Keyword requests take the keyword cap, never the model's own max_tokens (method/requests.py).
-    capped = replace(cfg, models=tuple(replace(m, max_tokens=None) if m.name == model else m for m in cfg.models))
+    # Its measured keyword lengths where the profile has them (else its expert answers' lengths).
+    def keywords_model(m: ModelSpec) -> ModelSpec:
+        q = m.keywords_output_quantiles
+        return replace(m, max_tokens=None) if q is None else \
+            replace(m, max_tokens=None, expert_output_quantiles=q, expert_output_tokens=sum(q) / len(q))
+
+    capped = replace(cfg, models=tuple(keywords_model(m) if m.name == model else m for m in cfg.models))
     return cfg.load_seconds(model) + capped.with_max_tokens(max_tokens).run_seconds(model, "keywords", n) + \
         float(cfg.model(model).unload_s)
 
