@@ -122,7 +122,7 @@ def main() -> None:
                     r = load(url, texts, rate, a.clients, a.max_tokens)
                 finally:
                     batches = stop(p)
-                print(f"| {rate:g} | {name} | {r['p50']:.3f} | {r['p99']:.3f} | {r['rps']:.1f} | "
+                print(f"| {rate:g} | {name} | {r['p50']:.3f} | {r['p99']:.3f} | {r['rps']:.3g} | "
                       f"{batches / len(texts):.2f} | {r['calls']:.1f} |", flush=True)
 
 
