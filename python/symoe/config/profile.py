@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import SymoeError
 from .pool_file import CURVE_POINTS, GB, QUANTILES, cache_dir
+from .profile_fit import RunSeen as RunSeen  # kept in profile files (ModelProfile.runs)
 from .profile_fit import rate_factor, scaled
 from .spec import ModelSpec
 
@@ -34,20 +35,6 @@ MAX_LENGTHS = 2000  # observed lengths kept per model, role and cap (the newest)
 MAX_RUNS = 500      # observed runs and loads kept per model
 ROLES = ("expert", "aggregate")
 LENGTH_ROLES = (*ROLES, "keywords")  # lengths kept: the planned roles and the keyword samples
-
-
-class RunSeen(BaseModel):
-    """One generate step of a finished run: its requests, their prompt and output tokens in all,
-    its seconds, the role and the engine share (:func:`engine_share`) it ran on."""
-
-    model_config = ConfigDict(extra="ignore")
-    n: int
-    prompt_tokens: int
-    tokens: int
-    seconds: float
-    role: str
-    share: str
-    run: str = ""  # the run's id (observe): MIN_RUNS counts runs, not their steps
 
 
 class ModelProfile(BaseModel):

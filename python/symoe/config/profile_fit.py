@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from .spec import ModelSpec
 
@@ -27,19 +28,21 @@ class Fit(NamedTuple):
     runs: int
 
 
-class Seen(Protocol):
-    """What :func:`rate_factor` reads of a run seen (``profile.RunSeen``)."""
+class RunSeen(BaseModel):
+    """One generate step of a finished run: its requests, their prompt and output tokens in all,
+    its seconds, the role and the engine share (``profile.engine_share``) it ran on."""
 
+    model_config = ConfigDict(extra="ignore")
     n: int
     prompt_tokens: int
     tokens: int
     seconds: float
     role: str
     share: str
-    run: str  # the run it was a step of ("": not recorded, profiles before runs were told apart)
+    run: str = ""  # the run's id (observe): MIN_RUNS counts runs, not their steps
 
 
-def rate_factor(cfg: Config, m: ModelSpec, runs: Sequence[Seen], share: str) -> Fit | None:
+def rate_factor(cfg: Config, m: ModelSpec, runs: Sequence[RunSeen], share: str) -> Fit | None:
     """Measured / predicted generation seconds of ``m``'s generate steps seen on ``share`` (median),
     or None with steps of fewer than :data:`MIN_RUNS` runs, no measured curve, or a median beyond
     :data:`FACTOR_RANGE`."""
@@ -52,7 +55,7 @@ def rate_factor(cfg: Config, m: ModelSpec, runs: Sequence[Seen], share: str) -> 
     return Fit(f, count) if FACTOR_RANGE[0] <= f <= FACTOR_RANGE[1] else None
 
 
-def step_ratios(cfg: Config, m: ModelSpec, seen: Sequence[Seen]) -> list[float]:
+def step_ratios(cfg: Config, m: ModelSpec, seen: Sequence[RunSeen]) -> list[float]:
     """Measured / predicted seconds (overhead aside) of each generate step seen, predicted from
     ``m``'s figures with its lengths scaled to that step's mean."""
     ratios = []

@@ -56,9 +56,7 @@ def calibrate(cfg: Config, report: RunReport, store: Store | None = None) -> Con
             qs: dict[str, Any] = {f"{role}_output_quantiles": profile.quantiles(ls) for role, ls in lengths.items()
                                   if role in profile.ROLES and ls}
             mq = replace(m, **qs)
-            seen = [profile.RunSeen(n=int(r.info["generated"]), prompt_tokens=r.prompt_tokens, tokens=r.tokens,
-                                    seconds=r.end - r.start, role=str(r.info.get("role", "expert")), share="")
-                    for r in rs]
+            seen = [_seen(r, share="") for r in rs]
             ratios = step_ratios(replace(cfg, models=(mq,)), mq, seen)
             m = scaled(mq, float(np.median(ratios))) if ratios else mq
         elif rs and all(r.info["generated"] == 1 for r in rs):
@@ -93,6 +91,12 @@ def calibrate(cfg: Config, report: RunReport, store: Store | None = None) -> Con
     return replace(cfg, models=tuple(models), tokens=tokens)
 
 
+def _seen(r: StepRecord, share: str, run: str = "") -> profile.RunSeen:
+    """A generate step of this run as the profile keeps it."""
+    return profile.RunSeen(n=int(r.info["generated"]), prompt_tokens=r.prompt_tokens, tokens=r.tokens,
+                           seconds=r.end - r.start, role=str(r.info.get("role", "expert")), share=share, run=run)
+
+
 def observe(cfg: Config, report: RunReport, store: Store | None = None) -> Path:
     """Add what a finished run observed to this machine's profile (:mod:`symoe.config.profile`), so
     the next prediction uses it: per model its loads, its runs (requests, prompt and output tokens,
@@ -111,10 +115,8 @@ def observe(cfg: Config, report: RunReport, store: Store | None = None) -> Path:
         mp = p.models.setdefault(profile.model_key(m), profile.ModelProfile())
         mp.loads = (mp.loads + [r.end - r.start for r in steps if r.kind == StepKind.LOAD])[-profile.MAX_RUNS:]
         share = profile.engine_share(cfg)
-        mp.runs = (mp.runs + [profile.RunSeen(n=int(r.info["generated"]), prompt_tokens=r.prompt_tokens, tokens=r.tokens,
-                                              seconds=r.end - r.start, role=str(r.info.get("role", "expert")), share=share,
-                                              run=run)
-                              for r in steps if r.kind == StepKind.RUN and r.info.get("generated")])[-profile.MAX_RUNS:]
+        mp.runs = (mp.runs + [_seen(r, share, run) for r in steps
+                              if r.kind == StepKind.RUN and r.info.get("generated")])[-profile.MAX_RUNS:]
         for role, by_cap in mine.items():
             mp.run_lengths[role] = {str(cap): ls[-profile.MAX_LENGTHS:] for cap, ls in by_cap.items()}
     return profile.save(p)
