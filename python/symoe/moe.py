@@ -6,6 +6,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Generic, TypeVar, cast, overload
 
 from .cluster.live import with_discovered_devices
 from .config import profile as machine_profile
@@ -45,6 +46,28 @@ def observe_or_warn(cfg: Config, report: RunReport, store: Store) -> None:
         observe(cfg, report, store)
     except (OSError, ValueError) as e:  # SymoeError is a ValueError
         log.warning("this run was not added to the machine profile %s: %s", profile_file(cfg), e)
+
+
+T = TypeVar("T")
+
+
+class _Setting(Generic[T]):
+    """A field of :class:`SymbolicMoE`'s frozen settings, read and assigned by name; assigning
+    rebuilds the settings (checked again, as when made)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> _Setting[T]: ...
+    @overload
+    def __get__(self, obj: SymbolicMoE, owner: type | None = None) -> T: ...
+    def __get__(self, obj: SymbolicMoE | None, owner: type | None = None) -> T | _Setting[T]:
+        return self if obj is None else cast(T, getattr(obj.settings, self.name))
+
+    def __set__(self, obj: SymbolicMoE, v: T) -> None:
+        fields: dict[str, object] = {self.name: v}
+        obj.settings = replace(obj.settings, **fields)  # type: ignore[arg-type]  # one field, by name
 
 
 class SymbolicMoE:
@@ -103,23 +126,11 @@ class SymbolicMoE:
                 self.cost_note = f"cost figures: all from the config (the machine profile {where} is unreadable)"
 
     # The settings by name; assigning one rebuilds the frozen settings (checked again, as when made).
-    @property
-    def k(self) -> int:
-        """Experts per question."""
-        return self.settings.k
-
-    @k.setter
-    def k(self, v: int) -> None:
-        self.settings = replace(self.settings, k=v)
-
-    @property
-    def seed(self) -> int:
-        """The routing seed (the sampling's seed is its own: set ``sampling``)."""
-        return self.settings.seed
-
-    @seed.setter
-    def seed(self, v: int) -> None:
-        self.settings = replace(self.settings, seed=v)
+    k = _Setting[int]()  # Experts per question.
+    seed = _Setting[int]()  # The routing seed (the sampling's seed is its own: set ``sampling``).
+    rare_threshold = _Setting[float]()  # The rare-expert filter share (the preset's unless given).
+    similarity_floor = _Setting[float | None]()  # Test keywords matched below this are dropped.
+    options = _Setting[RunOptions]()  # Time and fault options of the runs.
 
     @property
     def preset(self) -> Preset:
@@ -131,24 +142,6 @@ class SymbolicMoE:
         self.settings = replace(self.settings, preset=get_preset(v) if isinstance(v, str) else v)
 
     @property
-    def rare_threshold(self) -> float:
-        """The rare-expert filter share (the preset's unless given)."""
-        return self.settings.rare_threshold
-
-    @rare_threshold.setter
-    def rare_threshold(self, v: float) -> None:
-        self.settings = replace(self.settings, rare_threshold=v)
-
-    @property
-    def similarity_floor(self) -> float | None:
-        """Test keywords matched below this are dropped."""
-        return self.settings.similarity_floor
-
-    @similarity_floor.setter
-    def similarity_floor(self, v: float | None) -> None:
-        self.settings = replace(self.settings, similarity_floor=v)
-
-    @property
     def sampling(self) -> Sampling:
         """The sampling of every generation (set: the pool's lengths capped at its new limits again)."""
         return self.settings.sampling
@@ -157,15 +150,6 @@ class SymbolicMoE:
     def sampling(self, v: Sampling) -> None:
         self.settings = replace(self.settings, sampling=v)
         self._apply_profile()
-
-    @property
-    def options(self) -> RunOptions:
-        """Time and fault options of the runs."""
-        return self.settings.options
-
-    @options.setter
-    def options(self, v: RunOptions) -> None:
-        self.settings = replace(self.settings, options=v)
 
     @classmethod
     def from_bundled(cls, name: str = "tiny", **kwargs: object) -> SymbolicMoE:
