@@ -345,7 +345,7 @@ def test_residency_keeps_what_fits_and_swaps_the_least_recently_used(tmp_path, e
     assert loaded == [KW, NAMES[2]]
     assert all(code == 200 for code, _ in out)
     assert NAMES[0] in {e["model"] for _, b in out for e in b["symoe"]["experts"]}
-    assert mix.setup.residency.evictions >= 1 and eng.peak_bytes <= cfg.devices[0].memory_bytes
+    assert mix.setup.lanes.evictions >= 1 and eng.peak_bytes <= cfg.devices[0].memory_bytes
     loads = [m for op, m in eng.calls if op == "load"]
     assert loads[:2] == [KW, NAMES[2]] and NAMES[0] in loads
 

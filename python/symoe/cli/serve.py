@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -12,11 +13,20 @@ import click
 
 from .. import _core
 from ..config.pool import Config
-from ..execution.launch import Launch, stage_engine
+from ..execution.launch import Launch, serve_engines
+from ..execution.on_cluster import serve_on_cluster
+from ..generation import Engine
 from ..generation.fake import ScaledClock
 from ..method.datasets import bundled
 from ..method.routing import Profiles
+from ..serve.placement import ServePlanning
 from .common import config_opt, fail, store_opt
+
+
+def close(engines: Sequence[Engine]) -> None:
+    """Close every engine (the workers, servers or actors their loads started)."""
+    for e in engines:
+        e.close()
 
 
 @click.command("serve")
@@ -41,12 +51,14 @@ from .common import config_opt, fail, store_opt
 @click.option("--run-dir", default=None, type=click.Path(file_okay=False),
               help="On stopping, write results.jsonl and summary.json here (requests that gave a gold answer), "
                    "for `symoe report`.")
+@click.option("--replan-every", type=click.IntRange(min=0), default=ServePlanning().replan_every, show_default=True,
+              help="Windows between two placement plans (which model on which device, which stay resident); 0: once.")
 @click.option("--fake", "fake_scale", type=click.FloatRange(min=0), default=None,
               help="Fake engine (tests, load tests): the cost model's times scaled by this (0: instant).")
 def serve_cmd(config_path: str, profiles_path: str | None, task_path: str | None, host: str, port: int,
               window_ms: float, k: int, skip_agreed: bool, api_key_env: str | None, store_path: str,
               max_tokens: int | None, max_body_kb: int, max_batch: int, drain_s: float, run_dir: str | None,
-              fake_scale: float | None) -> None:
+              replan_every: int, fake_scale: float | None) -> None:
     """Serve the mixture as one OpenAI-compatible model, symoe-<task name>."""
     from ..pipeline import Task
     from ..serve import Limits, Mixture, MixtureServer
@@ -61,21 +73,24 @@ def serve_cmd(config_path: str, profiles_path: str | None, task_path: str | None
         cfg = Config.load(config_path)
         profiles = Profiles.from_json(profiles_path or bundled("tiny_profiles.json"))
         task = Task.from_json(task_path or bundled("tiny_task.json"))
-        engine = stage_engine(cfg, Path(store_path).parent / "serve-logs",
-                              Launch(fake=None if fake_scale is None else ScaledClock(fake_scale)))
+        launch = Launch(fake=None if fake_scale is None else ScaledClock(fake_scale))
+        if cfg.cluster is not None and launch.fake is None:  # the cluster's devices, one Ray engine each
+            cfg, launch = serve_on_cluster(cfg)
+        engines = serve_engines(cfg, Path(store_path).parent / "serve-logs", launch)
         store = Store(store_path)
     except (ValueError, RuntimeError, OSError) as e:
         fail(e)
     try:
-        mixture = Mixture(cfg, profiles, task.keyword_model, task.aggregator, engine, store, k=k,
+        mixture = Mixture(cfg, profiles, task.keyword_model, task.aggregator, engines.devices, store, k=k,
                           window_s=window_ms / 1000, skip_agreed=skip_agreed, max_batch=max_batch,
-                          embeddings=Path(store_path).parent / "embeddings.npz")  # as symoe run keeps them
+                          embeddings=Path(store_path).parent / "embeddings.npz",  # as symoe run keeps them
+                          endpoints=engines.endpoints, planning=ServePlanning(replan_every=replan_every))
         limits = Limits(max_body_kb * 1024, max_tokens or cfg.engine.max_tokens or 4096)
         # The address first: a port in use is found before any model loads.
         server = MixtureServer(mixture, f"symoe-{task.name}", host, port, limits, key)
         loaded = mixture.start()
     except (ValueError, RuntimeError, OSError) as e:
-        engine.close()  # workers or servers a load started
+        close(engines.all())  # workers or servers a load started
         store.close()
         fail(e)
     stop = threading.Event()
@@ -87,14 +102,16 @@ def serve_cmd(config_path: str, profiles_path: str | None, task_path: str | None
     signal.signal(signal.SIGINT, on_signal)
     server.serve_in_thread()
     click.echo(f"serving symoe-{task.name} at {server.url} (window {window_ms:g} ms, k={k}; resident: "
-               f"{', '.join(loaded) or 'none'})", err=True)
+               f"{', '.join(loaded) or 'none'}; {mixture.setup.lanes.describe()})", err=True)
     while not stop.wait(0.5):
         pass
     click.echo("stopping: no new requests; finishing those in flight", err=True)
     failed = server.close(drain_s)
-    engine.close()
+    close(engines.all())
     store.close()
     if run_dir is not None:
         click.echo(f"{mixture.results.write(run_dir)} graded answers written to {run_dir}", err=True)
-    click.echo(f"stopped after {mixture.windows} windows ({len(mixture.calls)} engine batches); "
+    lanes = mixture.setup.lanes
+    click.echo(f"stopped after {mixture.windows} windows ({len(mixture.calls)} engine batches; {lanes.loads} loads, "
+               f"{lanes.replans} re-plans, {lanes.swaps} changed the placement); "
                f"{failed} queued requests failed for lack of time", err=True)

@@ -1,5 +1,6 @@
 """The one home for choosing engines (as vLLM's ``Executor.get_class``): which engine runs a device
-and the models on it. Plan runs, the pipeline's stages and ``symoe serve`` all get theirs here.
+and the models on it. Plan runs, the pipeline's stages and ``symoe serve`` (every device's engine,
+each endpoint model's own) all get theirs here.
 
 The kinds: in-process vLLM workers (:class:`LocalEngine`), a vLLM server symoe starts for each
 ``serve = "vllm"`` model (:class:`ServedEngine`, the other models passed to the in-process one),
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from ..config.pool import Config
     from ..config.topology import Topology
 
-__all__ = ["Launch", "device_engine", "plan_engines", "stage_engine"]
+__all__ = ["Launch", "ServeEngines", "device_engine", "plan_engines", "serve_engines", "stage_engine"]
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,8 @@ class Launch:
 
 def device_engine(cfg: Config, device: int, log_dir: Path, launch: Launch = Launch(), every_model: bool = False) -> Engine:
     """The engine of ``device``. ``every_model``: the whole pool goes through this one engine (the
-    stages and ``symoe serve`` run every model on device 0), so endpoint models are routed to their
-    own remote engines; in a plan an endpoint model has its own virtual device instead."""
+    stages run every model on device 0), so endpoint models are routed to their own remote engines;
+    in a plan (and in ``symoe serve``) an endpoint model has an engine of its own instead."""
     if launch.fake is not None:
         return FakeEngine(device, cfg, launch.fake)
     if launch.topology is not None:
@@ -70,6 +71,33 @@ def plan_engines(cfg: Config, log_dir: Path, launch: Launch = Launch()) -> list[
 
 
 def stage_engine(cfg: Config, log_dir: Path, launch: Launch = Launch()) -> Engine:
-    """The one engine of the pipeline's stages (keywords, profiling, aggregator selection) and of
-    ``symoe serve``: every model of the pool on device 0."""
+    """The one engine of the pipeline's stages (keywords, profiling, aggregator selection): every
+    model of the pool on device 0."""
     return device_engine(cfg, 0, log_dir, launch, every_model=True)
+
+
+@dataclass(frozen=True)
+class ServeEngines:
+    """``symoe serve``'s engines: one per local device (``devices[d]`` runs device ``d``'s models)
+    and one per endpoint model (its own remote engine, a lane of its own)."""
+
+    devices: list[Engine]
+    endpoints: dict[str, Engine]
+
+    def all(self) -> list[Engine]:
+        """Every engine, devices first."""
+        return [*self.devices, *self.endpoints.values()]
+
+
+def serve_engines(cfg: Config, log_dir: Path, launch: Launch = Launch()) -> ServeEngines:
+    """The engines ``symoe serve`` spreads the pool over: each local device of ``cfg`` (or of the
+    cluster's ``launch.topology``) its own, each endpoint model a remote engine numbered after them."""
+    local = [d for d, dev in enumerate(cfg.devices) if dev.endpoint is None]
+    if launch.topology is not None and len(launch.topology.devices) != len(local):
+        raise EngineError(f"the pool has {len(local)} devices, the cluster topology {len(launch.topology.devices)}")
+    devices = [device_engine(cfg, d, log_dir, launch) for d in local]
+    endpoints: dict[str, Engine] = {}
+    for i, m in enumerate(m for m in cfg.models if m.endpoint):
+        endpoints[m.name] = (FakeEngine(0, cfg, launch.fake) if launch.fake is not None
+                             else RemoteEngine(len(local) + i, EndpointSettings.of(m)))
+    return ServeEngines(devices, endpoints)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..cluster.live import connect, live_topology, lost_devices
+from ..cluster.live import connect, live_topology, lost_devices, with_discovered_devices
 from ..cluster.ray_engine import tp_refused
 from ..config.topology import Topology
 from ..errors import SymoeError
@@ -17,6 +17,7 @@ from .replan import run_replanning
 from .scheduler import RunOptions
 
 if TYPE_CHECKING:
+    from ..config.pool import Config
     from ..method.datasets import Question
     from ..planning.plan import Plan
     from ..store import Store
@@ -32,6 +33,13 @@ def refuse_tensor_parallel(plan: Plan) -> None:
         s = int(hosted.argmax())
         group = range(int(a.device[s]), int(a.device[s]) + int(a.tp[s]))
         raise SymoeError(tp_refused(f"step {s}", plan.config.names[int(a.model[s])], list(group)))
+
+
+def serve_on_cluster(cfg: Config) -> tuple[Config, Launch]:
+    """``symoe serve`` on ``cfg``'s ``[cluster]``: the pool with the running cluster's devices, and
+    the launch of one Ray engine per device (this process connected to the cluster)."""
+    cfg = with_discovered_devices(cfg)
+    return cfg, Launch(topology=live_topology(cfg))
 
 
 def run_on_config(plan: Plan, questions: Sequence[Question], store: Store, run_dir: str | Path,

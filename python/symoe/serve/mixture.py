@@ -1,8 +1,10 @@
 """The live mixture: requests queue up, and one worker thread takes every request that arrived
 within a window (``window_s`` after the first one waiting; 0: one request at a time, no
-cross-request batching) and runs them together through :func:`.window.run_window`. Stopping
-(SIGTERM) refuses new requests, lets the queue drain within a deadline, then fails what is left
-with a 503."""
+cross-request batching) and runs them together through :func:`.window.run_window`, on the lanes
+(:mod:`.lanes`: one per device engine and endpoint engine). Every ``replan_every`` windows, after
+a window's answers are sent, the placement is planned again from the demand seen
+(:mod:`.placement`). Stopping (SIGTERM) refuses new requests, lets the queue drain within a
+deadline, then fails what is left with a 503."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..config.pool import Config
@@ -18,18 +20,24 @@ from ..generation import Engine
 from ..method.matching import Embedder
 from ..method.routing import Profiles
 from ..store import Store
+from .lanes import Lanes
+from .placement import ServePlanning
 from .protocol import Answer, ApiError, ServeRequest
-from .residency import Residency, expected_frequency
+from .residency import expected_frequency
 from .results import ServedResults
 from .window import Call, Job, Setup, run_window
 
 
 class Mixture:
-    """Answers :class:`ServeRequest` s in windows, batched by model, on one engine."""
+    """Answers :class:`ServeRequest` s in windows, batched by model, on the pool's engines:
+    ``engine`` one per local device (:func:`~symoe.execution.launch.serve_engines`), or one for
+    every model; ``endpoints``: endpoint models' own engines; ``planning``: :class:`.placement.ServePlanning`."""
 
-    def __init__(self, cfg: Config, profiles: Profiles, keyword_model: str, aggregator: str, engine: Engine,
-                 store: Store, k: int = 3, window_s: float = 0.1, skip_agreed: bool = False, max_batch: int = 256,
-                 embedder: Embedder | None = None, embeddings: Path | None = None):
+    def __init__(self, cfg: Config, profiles: Profiles, keyword_model: str, aggregator: str,
+                 engine: Engine | Sequence[Engine], store: Store, k: int = 3, window_s: float = 0.1,
+                 skip_agreed: bool = False, max_batch: int = 256, embedder: Embedder | None = None,
+                 embeddings: Path | None = None, endpoints: Mapping[str, Engine] | None = None,
+                 planning: ServePlanning = ServePlanning()):
         for m in profiles.models:
             if m not in cfg.names:
                 raise ValueError(f"profiles name model {m!r}, which is not in the pool ({', '.join(cfg.names)})")
@@ -39,8 +47,9 @@ class Mixture:
         if window_s < 0 or max_batch < 1:
             raise ValueError(f"window must be >= 0 s and max_batch >= 1, got {window_s}, {max_batch}")
         # The embedder loads in start(): the CLI binds its address first, so a port in use is refused at once.
-        self.setup = Setup(cfg, profiles, keyword_model, aggregator, Residency(cfg, engine), store, embedder, k,
-                           skip_agreed)
+        lanes = Lanes(cfg, engine, endpoints or {}, keyword_model, aggregator, k, expected_frequency(profiles, k),
+                      planning)
+        self.setup = Setup(cfg, profiles, keyword_model, aggregator, lanes, store, embedder, k, skip_agreed)
         self.embeddings = embeddings  # the embedder's on-disk cache (the vocabulary is embedded once per cache)
         self.window_s, self.max_batch = window_s, max_batch
         self.windows = 0
@@ -52,19 +61,13 @@ class Mixture:
         self._thread = threading.Thread(target=self._loop, name="symoe-serve-mixture", daemon=True)
 
     def start(self, preload: bool = True) -> list[str]:
-        """Load the models chosen to stay resident (see :mod:`.residency`), then take requests;
-        returns the models loaded."""
+        """Plan the placement and load the models it keeps resident (``preload``; else each on
+        demand), then take requests; returns the models loaded."""
         s = self.setup
         s.embedder = s.embedder or Embedder(self.embeddings)
         s.embedder.embed(list(s.profiles.vocabulary))  # once, before the first request waits on it
         s.embedder.cache_path = None  # requests' keywords stay in memory: a save per window rewrites the whole file
-        loaded: list[str] = []
-        if preload:
-            freq = expected_frequency(s.profiles, s.k)
-            ranked = sorted(freq, key=lambda m: -freq[m])
-            for m in s.residency.plan_start([s.keyword_model, s.aggregator], ranked):
-                s.residency.ensure(m)
-                loaded.append(m)
+        loaded = s.lanes.plan(load=preload, strict=True)
         self._thread.start()
         return loaded
 
@@ -127,6 +130,8 @@ class Mixture:
                 self.windows += 1
                 for j in jobs:
                     j.finish()
+                if self.setup.lanes.replan_due() and not self._stopping:  # between windows, answers sent
+                    self.setup.lanes.replan()
                 with self._cv:
                     self._busy = False
                     self._cv.notify_all()

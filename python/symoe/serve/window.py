@@ -1,9 +1,10 @@
 """One window of live requests through the whole method, batched by model: one keyword batch,
-then one batch per recruited expert (resident experts first), then one aggregation batch. Each
-request's keywords, matching, seeded routing and prompts are the library's own (``keywords``,
-``matching``, ``routing``, ``generation.Requests``); every generation goes to the store, and what
-the store already holds (the same prompt with the same seed) is reused, as in batch runs. An
-engine fault fails only the requests whose generations that call held (503)."""
+then one batch per recruited expert (each on its model's lane, the lanes at once: :mod:`.lanes`),
+then one aggregation batch. Each request's keywords, matching, seeded routing and prompts are the
+library's own (``keywords``, ``matching``, ``routing``, ``generation.Requests``); every generation
+goes to the store, and what the store already holds (the same prompt with the same seed) is
+reused, as in batch runs. An engine fault fails only the requests whose generations that call
+held (503). The window's expert slots are recorded as demand for the next placement plans."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import threading
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from ..config.pool import Config
@@ -26,8 +28,8 @@ from ..method.requests import Requests
 from ..method.routing import Profiles, route
 from ..records import StoredQuestion
 from ..store import Store
+from .lanes import Lanes
 from .protocol import Answer, ApiError, ServeRequest
-from .residency import Residency
 
 
 @dataclass
@@ -76,13 +78,13 @@ class Call:
 
 @dataclass
 class Setup:
-    """What every window uses: pool, profiles, task models, engine residency, store, embedder."""
+    """What every window uses: pool, profiles, task models, the lanes (engines and residency), store, embedder."""
 
     cfg: Config
     profiles: Profiles
     keyword_model: str
     aggregator: str
-    residency: Residency
+    lanes: Lanes
     store: Store
     embedder: Embedder | None  # None until Mixture.start
     k: int = 3
@@ -111,17 +113,18 @@ def _batch(s: Setup, window: int, model: str, items: Sequence[tuple[Job, Request
             got[g.key] = g
 
         role = todo[0].role
+        lane = s.lanes.of(model)
         try:
-            s.residency.ensure(model, keep)
-            now = getattr(s.residency.engine, "clock", Clock()).now
+            lane.ensure(model, keep)
+            now = getattr(lane.engine, "clock", Clock()).now
             deadline = now() + DEADLINE_FACTOR * s.cfg.run_seconds(model, role, len(todo)) + DEADLINE_MARGIN_S
             what = f"serve window {window}: {role} on {model}"
             if on_text is not None and streamed:
-                s.residency.engine.generate_streaming(model, todo, done, on_text, streamed, what, deadline)
+                lane.engine.generate_streaming(model, todo, done, on_text, streamed, what, deadline)
             else:
-                s.residency.engine.generate(model, todo, done, what, deadline)
+                lane.engine.generate(model, todo, done, what, deadline)
         except EngineError as e:
-            s.residency.fault(model)  # the next window that needs it loads it again
+            lane.fault(model)  # the next window that needs it loads it again
             for j, r in items:
                 if r.key not in got:
                     _fail(j, ApiError(503, f"engine fault on model {model} ({role}): {e}", "server_error",
@@ -158,9 +161,12 @@ def run_window(s: Setup, window: int, jobs: Sequence[Job]) -> None:
     for j in live:
         for r in experts[id(j)]:
             by_model.setdefault(r.model, []).append((j, r))
-    resident = s.residency.resident
-    for m in sorted(by_model, key=lambda m: (m not in resident, -resident.get(m, 0))):
+    # each expert's batch on its lane: lanes (devices, endpoints) at once, one lane's batches in turn
+
+    def expert_batch(m: str) -> None:
         got.update(_batch(s, window, m, by_model[m], ()))
+
+    s.lanes.run({m: partial(expert_batch, m) for m in by_model})
     t2 = time.perf_counter()
     # 3. aggregation batch, skipped where the experts agree (--skip-agreed)
     final: dict[int, Generation] = {}
@@ -207,3 +213,4 @@ def run_window(s: Setup, window: int, jobs: Sequence[Job]) -> None:
         j.stream_to(g.text)  # the rest, or all of it (an engine that does not stream, a stored or skipped aggregation)
         j.answer = Answer(g.text, g.finish if g.finish in ("stop", "length") else "stop",
                           sum(x.prompt_tokens for x in j.gens), sum(x.tokens for x in j.gens), len(j.gens), details)
+    s.lanes.observe({m: len(v) for m, v in by_model.items()}, len(live))  # the demand the next plans weigh
