@@ -207,7 +207,8 @@ def test_one_settings_object_flows_from_the_cli_to_the_pipeline(monkeypatch, tmp
 
     seen = []
 
-    def pipeline(questions, cfg, profiles, task, store, out_dir, settings, engines=None, clock=None, predicted=None):
+    def pipeline(questions, cfg, profiles, task, store, out_dir, settings, engines=None, clock=None, predicted=None,
+                 launch=None):
         seen.append(settings)
         raise RuntimeError("stop here")
 

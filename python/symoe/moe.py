@@ -15,7 +15,7 @@ from .config.presets import Preset
 from .config.presets import preset as get_preset
 from .execution import RunOptions
 from .execution.calibration import observe
-from .execution.launch import stage_engine
+from .execution.launch import Launch, stage_engine
 from .execution.prediction import RunPrediction
 from .execution.report import RunReport
 from .generation import Clock, Sampling
@@ -82,16 +82,21 @@ class SymbolicMoE:
     ``[engine] max_tokens``; ``settings``: all of these at once (:class:`RunSettings`, as ``symoe
     run`` makes them), instead of the separate arguments. Each is also an attribute, and assigning one
     (``moe.k = 5``) rebuilds the frozen ``settings``, checked as when made. ``engines``/``clock`` replace the engines
-    :mod:`symoe.execution.launch` picks (tests, what-ifs).
+    :mod:`symoe.execution.launch` picks (tests, what-ifs); ``launch`` with a ``fake`` clock: every engine of
+    the run, the keyword stage's too, is the cost model's fake (``symoe run --fake``: load tests).
+    Either way the config's figures are used, and the run is not added to the machine profile.
     """
 
     def __init__(self, pool: Config | str | Path, profiles: Profiles | str | Path, task: Task | str | Path, *,
                  store: str | Path = "runs/store.sqlite", k: int = 3, seed: int = 0, preset: str = "symoe",
                  rare_threshold: float | None = None, similarity_floor: float | None = None,
                  sampling: Sampling | None = None, options: RunOptions = RunOptions(),
-                 settings: RunSettings | None = None, engines: EngineFactory | None = None, clock: Clock | None = None):
+                 settings: RunSettings | None = None, engines: EngineFactory | None = None, clock: Clock | None = None,
+                 launch: Launch = Launch()):
         self.config = pool if isinstance(pool, Config) else Config.load(pool)
-        if self.config.cluster is not None and self.config.cluster.discover and engines is None:
+        self.launch = launch
+        self.simulated = engines is not None or launch.fake is not None  # no machine's figures, no real engine
+        if self.config.cluster is not None and self.config.cluster.discover and not self.simulated:
             self.config = with_discovered_devices(self.config)  # plans over the running cluster's devices
         self.profiles = profiles if isinstance(profiles, Profiles) else Profiles.from_json(profiles)
         self.task = task if isinstance(task, Task) else Task.from_json(task)
@@ -112,11 +117,12 @@ class SymbolicMoE:
     def _apply_profile(self) -> None:
         """``config``: the pool with this machine's measured figures where this machine runs it,
         output lengths capped at the sampling's limits; ``cost_note`` says which figures are whose."""
-        self.config, self.cost_note = self._pool, "cost figures: the config's (engines given)"
-        if self.engines is None and self._pool.cluster is not None:  # Ray devices elsewhere: none of this machine's
+        given = "engines given" if self.engines is not None else "fake engine"
+        self.config, self.cost_note = self._pool, f"cost figures: the config's ({given})"
+        if not self.simulated and self._pool.cluster is not None:  # Ray devices elsewhere: none of this machine's
             self.cost_note = ("cost figures: all from the config (a [cluster] pool: this machine's profile is not "
                               "applied to its devices, and cluster runs are not recorded into it)")
-        elif self.engines is None:  # this machine's engines: its measured figures, output lengths capped at the run's
+        elif not self.simulated:  # this machine's engines: its measured figures, output lengths capped at the run's
             sp = self.settings.sampling
             try:
                 self.config, self.cost_note = machine_profile.apply(self._pool, sp.max_tokens, sp.aggregate_max_tokens)
@@ -160,11 +166,13 @@ class SymbolicMoE:
 
     def keywords(self, questions: Sequence[Question], run_dir: str | Path = "runs/keywords") -> dict[str, list[str]]:
         """Skill keywords of each question, from the task's keyword model (stored; resumable)."""
-        provide(self.config, [self.task.keyword_model])
+        if self.launch.fake is None:  # the fake loads nothing
+            provide(self.config, [self.task.keyword_model])
         check_models(self.config, [self.task.keyword_model])
         with Store(self.store_path) as store:
             return annotate(questions, self.config, self.task.keyword_model, store,
-                            stage_engine(self.config, Path(run_dir) / "logs"), self.sampling, progress=self.options.progress)
+                            stage_engine(self.config, Path(run_dir) / "logs", self.launch), self.sampling,
+                            progress=self.options.progress)
 
     def route(self, questions: Sequence[Question], keywords: Mapping[str, Sequence[str]] | None = None,
               embeddings: str | Path = "runs/embeddings.npz") -> Assignment:
@@ -203,10 +211,11 @@ class SymbolicMoE:
                            optimize_s=s.optimize_s if optimize_s is None else optimize_s)
         made, self._forecast = self._forecast, None  # a forecast is used once, by the run it describes
         predicted = made[1] if made is not None and made[0] == self._forecast_key(questions, out_dir, settings) else None
-        provide(self.config, self.config.names)
+        if self.launch.fake is None:  # the fake loads nothing
+            provide(self.config, self.config.names)
         with Store(self.store_path) as store:
             res = run_pipeline(questions, self.config, self.profiles, self.task, store, out_dir, settings, self.engines,
-                               self.clock, predicted)
-            if self.engines is None and self.config.cluster is None:  # this machine's next prediction uses it
+                               self.clock, predicted, self.launch)
+            if not self.simulated and self.config.cluster is None:  # this machine's next prediction uses it
                 observe_or_warn(self.config, res.report, store)
         return res

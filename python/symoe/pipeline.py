@@ -19,7 +19,7 @@ from .evaluation.from_store import (
     write_jsonl,
 )
 from .execution import RunReport, run_plan
-from .execution.launch import stage_engine
+from .execution.launch import Launch, plan_engines, stage_engine
 from .execution.prediction import Comparison, RunPrediction, compare, predict_run
 from .execution.settings import BASELINES, NO_AGGREGATOR, ROUTED, Baseline, RunSettings
 from .generation import Clock, Engine, ModelSettings, Sampling
@@ -125,9 +125,10 @@ def _check_stored_keywords(questions: Sequence[Question], cfg: Config, task: Tas
 
 
 def _run(p: Plan, questions: Sequence[Question], store: Store, run_dir: Path, settings: RunSettings,
-         engines: EngineFactory | None, clock: Clock | None) -> RunReport:
-    return run_plan(p, questions, store, run_dir, settings.sampling, options=settings.options,
-                    engines=engines(p.config) if engines else None, clock=clock)
+         engines: EngineFactory | None, clock: Clock | None, launch: Launch) -> RunReport:
+    made = engines(p.config) if engines else plan_engines(p.config, run_dir / "logs", launch) if launch.fake else None
+    return run_plan(p, questions, store, run_dir, settings.sampling, options=settings.options, engines=made,
+                    clock=clock or launch.fake)
 
 
 def _then(first: RunReport, second: RunReport, reused_again: int) -> RunReport:
@@ -156,12 +157,13 @@ def forecast(questions: Sequence[Question], cfg: Config, profiles: Profiles, tas
 
 def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles, task: Task, store: Store,
                  out_dir: str | Path, settings: RunSettings, engines: EngineFactory | None = None,
-                 clock: Clock | None = None, predicted: RunPrediction | None = None) -> RunResult:
+                 clock: Clock | None = None, predicted: RunPrediction | None = None, launch: Launch = Launch()) -> RunResult:
     """The run ``settings`` ask for on ``questions``; results, plans and logs in ``out_dir``. With
     ``skip_agreed``, where all k extracted answers are equal that answer is final (the question's
     aggregator is -1 in the saved plan). ``engines``/``clock``: for tests and what-if runs
     (default: the engines :mod:`symoe.execution.launch` picks). ``predicted``: this run's
-    :func:`forecast` when the caller made it already (planned once, not again here)."""
+    :func:`forecast` when the caller made it already (planned once, not again here). ``launch``: the
+    keyword stage's engine and, unless ``engines`` are given, the plan's (a ``fake`` clock: all fake)."""
     check_run(questions, cfg, profiles, task, settings)
     sampling, k, seed = settings.sampling, settings.k, settings.seed
     baseline, skip_agreed = settings.baseline, settings.skip_agreed
@@ -181,7 +183,7 @@ def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles,
     if baseline == "oracle":
         _check_stored_keywords(questions, cfg, task, store, sampling)
     if baseline in ROUTED:
-        kws = annotate(questions, cfg, task.keyword_model, store, stage_engine(cfg, out / "logs"), sampling,
+        kws = annotate(questions, cfg, task.keyword_model, store, stage_engine(cfg, out / "logs", launch), sampling,
                        progress=settings.options.progress)
         times["keywords"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -206,7 +208,7 @@ def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles,
         p_experts.question_hashes = hashes
         times["planning"] = time.perf_counter() - t
         t = time.perf_counter()
-        first = _run(p_experts, questions, store, out / "run-experts", settings, engines, clock)
+        first = _run(p_experts, questions, store, out / "run-experts", settings, engines, clock, launch)
         times["generation"] = time.perf_counter() - t
         t = time.perf_counter()
         skipped = [agreed_answer(r.expert_answers) is not None for r in first.results]
@@ -225,7 +227,7 @@ def run_pipeline(questions: Sequence[Question], cfg: Config, profiles: Profiles,
         report = RunReport("oracle", [], grade_from_store(p, questions, sampling, store, oracle=True).results,
                            0.0, 0.0, 0, len(questions) * p.k)
     else:
-        report = _run(p, questions, store, out / "run", settings, engines, clock)
+        report = _run(p, questions, store, out / "run", settings, engines, clock, launch)
         if skip_agreed and agg is not None:
             report = _then(first, report, len(questions) * p.k)
     times["generation"] = times.get("generation", 0.0) + time.perf_counter() - t

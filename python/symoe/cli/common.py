@@ -16,7 +16,9 @@ from rich.table import Table
 from .. import _core
 from ..config.presets import PRESETS, RARE_THRESHOLD
 from ..execution import RunOptions
+from ..execution.launch import Launch
 from ..execution.settings import BASELINES, RunSettings
+from ..generation.fake import ScaledClock
 from ..method.datasets import DATASETS, SPLITS, Format, Question, bundled, dataset_path, load_questions, select
 
 if TYPE_CHECKING:
@@ -72,6 +74,9 @@ format_opt = click.option("--format", "fmt", type=click.Choice(FORMATS), default
 config_opt = click.option("--config", "config_path", default="tiny", show_default=True,
                           help="Pool config: a TOML path or a bundled name (tiny, paper16).")
 store_opt = click.option("--store", "store_path", default="runs/store.sqlite", show_default=True)
+# The fake engine (`symoe run`, `symoe serve`): load tests and what-ifs without a model; off by default.
+fake_opt = click.option("--fake", "fake_scale", type=click.FloatRange(min=0), default=None,
+                        help="Fake engine (tests, load tests): the cost model's times scaled by this (0: instant).")
 tokens_opt = click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="New tokens per expert answer "
                           "(default: the config's [engine] max_tokens, else 4096 as in the paper).")
 
@@ -142,6 +147,11 @@ def settings_opts(f: F) -> F:
     for opt in reversed(opts):
         wrapper = opt(wrapper)
     return wrapper  # type: ignore[return-value]
+
+
+def launch_of(fake_scale: float | None) -> Launch:
+    """Where the engines run: this machine's, or the fake on a clock scaled by ``--fake``."""
+    return Launch() if fake_scale is None else Launch(fake=ScaledClock(fake_scale))
 
 
 def questions(path: str | None, fmt: str | None, limit: int | None = None,

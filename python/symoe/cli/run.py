@@ -20,8 +20,10 @@ from .common import (
     SettingsFor,
     config_opt,
     fail,
+    fake_opt,
     faults_opts,
     format_opt,
+    launch_of,
     limit_opt,
     questions,
     questions_opt,
@@ -62,8 +64,10 @@ def print_run(report: RunReport) -> None:
 @click.option("--devices", type=int, default=None)
 @click.option("--out", "out_dir", default="runs/default", show_default=True)
 @settings_opts
+@fake_opt
 def run_cmd(questions_path: str | None, fmt: str | None, config_path: str, store_path: str, profiles_path: str | None,
-            task_path: str | None, limit: int | None, devices: int | None, out_dir: str, settings: SettingsFor) -> None:
+            task_path: str | None, limit: int | None, devices: int | None, out_dir: str, settings: SettingsFor,
+            fake_scale: float | None) -> None:
     """The whole Symbolic-MoE pipeline on real models (default: bundled MMLU-Pro sample, tiny pool)."""
     from ..method.datasets import bundled
     from ..moe import SymbolicMoE
@@ -73,7 +77,7 @@ def run_cmd(questions_path: str | None, fmt: str | None, config_path: str, store
         s = settings(cfg)  # every option checked before anything loads or is predicted
         qs = questions(questions_path, fmt, limit)
         moe = SymbolicMoE(cfg, profiles_path or bundled("tiny_profiles.json"), task_path or bundled("tiny_task.json"),
-                          store=store_path, settings=s)
+                          store=store_path, settings=s, launch=launch_of(fake_scale))
         click.echo(moe.cost_note)  # which figures came from this machine's profile, which from the config
         click.echo(forecast_line(moe.forecast(qs, out_dir)))  # the whole run predicted before anything loads; run reuses it
         t0 = time.perf_counter()
