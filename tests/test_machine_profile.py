@@ -213,7 +213,7 @@ def test_recalibrate_keeps_what_runs_saw_and_measures_the_tasks_aggregator(tmp_p
     cfg = pool(tmp_path)
     calls: list[tuple[str, bool]] = []
 
-    def fake_measure(cfg_, name, qs, aggregate, log_dir, say, keywords=False):  # no engine: what measure_model returns
+    def fake_measure(cfg_, name, qs, aggregate, log_dir, say, keywords=False, prefill=()):  # no engine: measure_model's figures
         calls.append((name, aggregate, keywords))
         mp = profile.ModelProfile(load_s=5.0, curves={"2": [10.0, 20.0]})
         profile.add_lengths(mp, "expert", 256, [7] * profile.MAX_LENGTHS)

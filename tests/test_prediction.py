@@ -5,6 +5,7 @@ Fake engines on a scaled clock; no timing is asserted, only that the figures are
 import json
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -95,11 +96,13 @@ def test_summary_keeps_every_stage_and_step_kind_predicted_beside_measured(tmp_p
         assert pred["step_kinds"][g]["predicted_s"] == pytest.approx(groups[g], rel=1e-12)
     assert groups["load"] > 0 and groups["expert run"] > 0 and groups["aggregate run"] > 0
     # Keywords: 6 questions x 5 samples the store lacked, on the keyword model (load, run, unload),
-    # their lengths capped at the samples' new-token cap.
+    # their lengths capped at the samples' new-token cap, each question's prompt prefilled once.
     m = TASK.keyword_model
     n = 6 * SAMPLING.keyword_samples
     assert pred["keyword_requests"] == n
-    run_s = cfg.with_max_tokens(SAMPLING.keyword_max_tokens).run_seconds(m, "keywords", n)
+    shared = replace(cfg, models=tuple(replace(x, expert_prompt_tokens=cfg.model_tokens(m).expert_prompt /
+                                               SAMPLING.keyword_samples) if x.name == m else x for x in cfg.models))
+    run_s = shared.with_max_tokens(SAMPLING.keyword_max_tokens).run_seconds(m, "keywords", n)
     assert run_s < cfg.run_seconds(m, "keywords", n)  # 48 new tokens, not an expert's answer
     assert pred["stages"]["keywords"]["predicted_s"] == pytest.approx(
         cfg.load_seconds(m) + run_s + cfg.model(m).unload_s, rel=1e-12)

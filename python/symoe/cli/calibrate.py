@@ -30,10 +30,12 @@ def _show(cfg: Config) -> None:
     for key, mp in sorted(p.models.items()):
         lens = {r: len([x for ls in mp.lengths.get(r, {}).values() for x in ls]) for r in profile.ROLES}
         curve = "; ".join(f"{k} cores: " * k.isdigit() + " ".join(f"{x:.0f}" for x in c) for k, c in mp.curves.items())
-        rows.append([key, mp.load_s, mp.start_s, mp.read_gbps, mp.init_s, mp.prefill_tps, curve,
+        prefill = "; ".join(f"{k}: {x:.0f}" for k, x in mp.prefills.items()) or mp.prefill_tps
+        rows.append([key, mp.worker_start_s, mp.load_s, mp.start_s, mp.read_gbps, mp.init_s, prefill, curve,
                      f"{lens['expert']} / {lens['aggregate']}"])
     if rows:
-        table(rows, ["model", "load s", "start s", "read GB/s", "init s", "prefill tok/s", "decode tok/s at 1, 2, 4, ...",
+        table(rows, ["model", "worker start s", "load s", "start s", "read GB/s", "init s", "prefill tok/s",
+                     "decode tok/s at 1, 2, 4, ...",
                      "lengths (expert / aggregate)"])
     _, note = profile.apply(cfg, profile=p)
     click.echo(note)
@@ -60,12 +62,14 @@ def calibrate_cmd(config_path: str, show: bool, n_questions: int, only: tuple[st
         if show:
             _show(cfg)
             return
-        from ..execution.measure import measure_model  # vLLM's engine: only when measuring
+        from ..execution.measure import PREFILL_PROMPTS, measure_model  # vLLM's engine: only when measuring
 
         names = list(only) or [m.name for m in cfg.models if m.endpoint is None and m.serve is None]
         for n in names:
             cfg.model(n)
-        qs = load_questions("mmlu_pro", split="validation", limit=n_questions)
+        # The first n_questions give the lengths; PREFILL_PROMPTS distinct ones time the prefill.
+        many = load_questions("mmlu_pro", split="validation", limit=max(n_questions, PREFILL_PROMPTS))
+        qs = many[:n_questions]
         task = Task.from_json(task_path or bundled("tiny_task.json"))
         p = profile.load(cfg.engine.platform)
         bar = progress_bar(True, len(names), "calibrate")
@@ -74,7 +78,7 @@ def calibrate_cmd(config_path: str, show: bool, n_questions: int, only: tuple[st
             t0 = time.perf_counter()
             lines: list[str] = []
             mp = measure_model(cfg, name, qs, name == task.aggregator, Path(log_dir), lines.append,
-                               keywords=name == task.keyword_model)
+                               keywords=name == task.keyword_model, prefill=many[:PREFILL_PROMPTS])
             key = profile.model_key(cfg.model(name))
             p.models[key] = profile.recalibrated(p.models.get(key), mp)  # what runs observed stays
             path = profile.save(p)

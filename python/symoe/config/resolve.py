@@ -50,7 +50,7 @@ def resolve_model(d: CostDefaults, m: ModelEntry, i: int, base: Path | None, sou
         serve=m.serve, decode_curve=None if g.decode_curve is None else tuple(g.decode_curve), max_seqs=g.max_seqs,
         expert_output_quantiles=_tuple(m.expert_output_quantiles),
         aggregate_output_quantiles=_tuple(m.aggregate_output_quantiles),
-        keywords_output_quantiles=_tuple(m.keywords_output_quantiles))
+        keywords_output_quantiles=_tuple(m.keywords_output_quantiles), keywords_prompt_tokens=m.keywords_prompt_tokens)
 
 
 def _tuple(v: list[float] | None) -> tuple[float, ...] | None:

@@ -59,6 +59,7 @@ class ModelSpec:
     expert_output_quantiles: tuple[NonNeg, ...] | None = None
     aggregate_output_quantiles: tuple[NonNeg, ...] | None = None
     keywords_output_quantiles: tuple[NonNeg, ...] | None = None  # the keyword stage only (Python forecast)
+    keywords_prompt_tokens: NonNeg | None = None  # a keyword request's prompt (None: its expert prompt's)
 
     @property
     def resident_bytes(self) -> float:

@@ -8,7 +8,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,9 @@ NO_DEADLINE = math.inf
 BATCHES = (1, 2, 4, 8, 16)  # the curve's points on CPU: 2**i sequences in flight (more add little there, slowly)
 CURVE_PROMPT = 64           # tokens the curve's prompt takes at most (chat template included)
 CURVE_TOKENS = 24           # new tokens per sequence for the curve (eos ignored: all of them)
+# Distinct real prompts the prefill rate is timed on (one new token each): a run prefills batches of
+# 3-60 prompts, and per token a batch of 4 prefills far slower than one of 16 (245 vs ~400 tokens/s).
+PREFILL_PROMPTS = 16
 PROMPT = ({"role": "user", "content": "Write a short story about a lighthouse keeper."},)
 # vLLM's INFO lines that time the load's phases (weights read; KV cache, profiling and warm-up)
 _WEIGHTS = re.compile(r"Loading weights took ([0-9.]+) ?s")
@@ -84,10 +87,17 @@ def curve_point(b: int, info: BatchInfo, tokens: int) -> tuple[float, float | No
     return decode, (info.prompt_tokens / first if first > 0 else None)
 
 
+def prefill_rate(info: BatchInfo) -> float | None:
+    """Prompt tokens per second of a batch whose requests generate one token each."""
+    seconds = info.first_token_s or info.seconds
+    return info.prompt_tokens / seconds if seconds > 0 and info.prompt_tokens else None
+
+
 def measure_model(cfg: Config, name: str, questions: Sequence[Question], aggregate: bool, log_dir: Path,
-                  say: Progress, keywords: bool = False) -> ModelProfile:
-    """One model's figures: load phases, the decode curve, expert (and aggregate, and keyword-sample)
-    output lengths at the pool's new-token caps, on device 0 of this machine."""
+                  say: Progress, keywords: bool = False, prefill: Sequence[Question] = ()) -> ModelProfile:
+    """One model's figures: the worker's start, load phases, the decode curve, the prefill rate on
+    ``prefill``'s distinct prompts (else on ``questions``' answers), expert (and aggregate, and
+    keyword-sample) output lengths at the pool's new-token caps, on device 0 of this machine."""
     m, settings = cfg.model(name), ModelSettings.of(cfg, name)
     eng = LocalEngine.for_config(cfg, 0, log_dir)
     eng.env = {**eng.env, "VLLM_LOGGING_LEVEL": "INFO"}  # the load's phases are logged at INFO
@@ -99,6 +109,7 @@ def measure_model(cfg: Config, name: str, questions: Sequence[Question], aggrega
         log = eng.spare.log_path
         eng.spare.wait_ready(f"calibrate {name}: worker start", NO_DEADLINE)  # a run's spare has imported vllm
         mp.worker_start_s = time.perf_counter() - t0  # paid by a device's first load only (later: a warm spare)
+        say(f"worker start {mp.worker_start_s:.1f} s")
         t0 = time.perf_counter()
         eng.load(settings, f"calibrate load {name}", NO_DEADLINE, keep_spare=False)
         mp.load_s = time.perf_counter() - t0
@@ -109,22 +120,29 @@ def measure_model(cfg: Config, name: str, questions: Sequence[Question], aggrega
             mp.start_s = max(0.0, mp.load_s - phases[0] - phases[1])
         say(f"load {mp.load_s:.1f} s" + (f" (start {mp.start_s:.1f}, weights {phases[0]:.1f}, init {phases[1]:.1f})"
                                          if phases and mp.start_s is not None else ""))
-        curve, prefill = [], None
+        curve, curve_prefill = [], None
         for b in curve_batches(cfg.engine.platform, mp.kv_tokens):
             info = eng.generate(name, _fixed(name, settings.chat, b, CURVE_TOKENS), lambda g: None,
                                 f"calibrate {name} x{b}", NO_DEADLINE)
             rate, pre = curve_point(b, info, CURVE_TOKENS)
             curve.append(rate)
-            prefill = pre or prefill
+            curve_prefill = pre or curve_prefill
             say(f"{b} in flight: {rate:.0f} tokens/s")
-        mp.curves[engine_share(cfg)], mp.prefill_tps = curve, prefill
+        mp.curves[engine_share(cfg)], mp.prefill_tps = curve, curve_prefill
         sampling = Sampling.for_pool(cfg)
         build = Requests(cfg, sampling)
+        if prefill:  # distinct prompts: vLLM's prefix cache would serve repeats of one
+            one = [replace(r, key=f"calibrate-prefill-{r.key}", params=replace(r.params, max_tokens=1))
+                   for r in (build.expert(name, q, 0) for q in prefill)]
+            mp.prefill_tps = prefill_rate(eng.generate(name, one, lambda g: None, f"calibrate {name} prefill", NO_DEADLINE))
         got: list[Generation] = []
         info = eng.generate(name, [build.expert(name, q, 0) for q in questions], got.append, f"calibrate {name} answers",
                             NO_DEADLINE)
-        if info.first_token_s:  # real prompts' prefill (the curve's short prompt mostly times the step overhead)
+        if info.first_token_s and not prefill:  # real prompts' prefill (the curve's short prompt mostly times the step overhead)
             mp.prefill_tps = info.prompt_tokens / info.first_token_s
+        if mp.prefill_tps:
+            mp.prefills[engine_share(cfg)] = mp.prefill_tps
+        say(f"prefill {mp.prefill_tps or 0:.0f} tokens/s")
         add_lengths(mp, "expert", m.max_tokens or sampling.max_tokens, [g.tokens for g in got])
         say(f"expert lengths {sorted(g.tokens for g in got)}")
         if aggregate:
@@ -136,9 +154,10 @@ def measure_model(cfg: Config, name: str, questions: Sequence[Question], aggrega
             say(f"aggregate lengths {sorted(g.tokens for g in agg)}")
         if keywords:  # the task's keyword model: its samples' lengths time the keyword stage's forecast
             kws: list[Generation] = []
-            eng.generate(name, [r for q in questions for r in build.keywords(name, q)], kws.append,
-                         f"calibrate {name} keywords", NO_DEADLINE)
+            reqs = [r for q in questions for r in build.keywords(name, q)]
+            kinfo = eng.generate(name, reqs, kws.append, f"calibrate {name} keywords", NO_DEADLINE)
             add_lengths(mp, "keywords", sampling.keyword_max_tokens, [g.tokens for g in kws])
+            mp.keywords_prompt_tokens = kinfo.prompt_tokens / len(reqs) if reqs else None
             say(f"keyword lengths {sorted(g.tokens for g in kws)}")
     finally:
         eng.close()

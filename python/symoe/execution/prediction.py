@@ -106,21 +106,24 @@ def measured_step_groups(steps: Sequence[StepRecord]) -> dict[str, float]:
     return out
 
 
-def keyword_seconds(cfg: Config, model: str, n: int, max_tokens: int) -> float:
-    """The keyword stage's generation of ``n`` samples of at most ``max_tokens`` new tokens: load,
-    one run, unload (nothing if none)."""
+def keyword_seconds(cfg: Config, model: str, n: int, max_tokens: int, samples: int = 1) -> float:
+    """The keyword stage's generation of ``n`` samples (``samples`` per question) of at most
+    ``max_tokens`` new tokens: its engine's worker start, the load, one run, the unload (nothing if none)."""
     if n <= 0:
         return 0.0
     # Keyword requests take the keyword cap, never the model's own max_tokens (method/requests.py).
     # Its measured keyword lengths where the profile has them (else its expert answers' lengths).
+    # A question's samples share one prompt: vLLM's prefix cache prefills it once, so each sample
+    # counts a 1/samples share of it.
     def keywords_model(m: ModelSpec) -> ModelSpec:
-        q = m.keywords_output_quantiles
-        return replace(m, max_tokens=None) if q is None else \
-            replace(m, max_tokens=None, expert_output_quantiles=q, expert_output_tokens=sum(q) / len(q))
+        q, prompt = m.keywords_output_quantiles, m.keywords_prompt_tokens
+        prompt = cfg.model_tokens(m.name).expert_prompt if prompt is None else prompt
+        m = replace(m, max_tokens=None, expert_prompt_tokens=prompt / max(samples, 1))
+        return m if q is None else replace(m, expert_output_quantiles=q, expert_output_tokens=sum(q) / len(q))
 
     capped = replace(cfg, models=tuple(keywords_model(m) if m.name == model else m for m in cfg.models))
-    return cfg.load_seconds(model) + capped.with_max_tokens(max_tokens).run_seconds(model, "keywords", n) + \
-        float(cfg.model(model).unload_s)
+    return float(cfg.engine.worker_start_s) + cfg.load_seconds(model) + \
+        capped.with_max_tokens(max_tokens).run_seconds(model, "keywords", n) + float(cfg.model(model).unload_s)
 
 
 def prior_assignment(profiles: Profiles, n: int, k: int, seed: int, rare_threshold: float) -> Assignment:
@@ -145,7 +148,8 @@ def predict_run(questions: Sequence[Question], cfg: Config, profiles: Profiles, 
         reqs = [r for q in questions for r in Requests(cfg, sampling).keywords(keyword_model, q)]
         have = store.existing([r.key for r in reqs])
         missing = len(reqs) - len(have)
-        stages["keywords"] = keyword_seconds(cfg, keyword_model, missing, sampling.keyword_max_tokens)
+        stages["keywords"] = keyword_seconds(cfg, keyword_model, missing, sampling.keyword_max_tokens,
+                                             sampling.keyword_samples)
         texts = float(uncached(embeddings, profiles.vocabulary))
         if missing:
             texts += KEYWORDS_PER_QUESTION * len(questions)  # not generated yet: an estimate, all new

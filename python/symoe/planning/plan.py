@@ -221,8 +221,19 @@ def simulate(p: Plan, config: Config | None = None) -> Timeline:
     cfg = config or p.config
     r = _core.simulate({"devices": len(cfg.devices), **p.arrays.as_dict()}, experts=p.experts, aggregator=p.aggregator,
                        **cfg.core_args())
-    return Timeline(r["start"], r["end"], float(r["makespan"]), r["busy"], int(r["loads"]), float(r["bytes_loaded"]),
-                    float(r["finish"]))
+    start, end = r["start"], r["end"]
+    wait = float(cfg.engine.worker_start_s) if len(start) else 0.0
+    if wait > 0:
+        # Every device's worker starts at once, so the whole timeline moves by the start; each device's
+        # first load begins at 0 and takes it in, as a run measures it (its first load waits for it).
+        start, end = start + wait, end + wait
+        devices = p.arrays.device
+        for d in np.unique(devices):
+            first = int(np.flatnonzero(devices == d)[0])
+            if p.arrays.kind_of(first) == StepKind.LOAD:
+                start[first] = 0.0
+    return Timeline(start, end, float(r["makespan"]) + wait, r["busy"], int(r["loads"]), float(r["bytes_loaded"]),
+                    float(r["finish"]) + wait)
 
 
 def save_picture(p: Plan, path: str | Path, title: str | None = None) -> None:
