@@ -51,6 +51,11 @@ class ServePlanning:
     prior_slots: float = 64.0  # how many observed expert slots the prior counts as
     horizon: int = 64  # requests in the core's planning horizon
 
+    def __post_init__(self) -> None:
+        if self.replan_every < 0 or not self.prior_slots >= 0 or self.horizon < 1:
+            raise ValueError(f"ServePlanning: replan_every must be >= 0, prior_slots >= 0 and horizon >= 1, got "
+                             f"{self.replan_every}, {self.prior_slots}, {self.horizon}")
+
 
 @dataclass
 class Demand:
