@@ -73,6 +73,7 @@ class Result:
     """The table's rows and each mode's extracted answer of every question (index = request)."""
 
     rows: list[Row] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)  # the batch mode's seconds per stage (summary.json)
     answers: dict[str, list[str | None]] = field(default_factory=dict)  # by "<mode> @ <rate>" or "batch mode"
 
 
@@ -142,7 +143,7 @@ def load(url: str, texts: list[str], rate: float, clients: int,
 
 
 def batch_mode(pool: Path, folder: Path, qs: Sequence[Question], scale: float | None,
-               max_tokens: int | None) -> tuple[Row, list[str | None]]:
+               max_tokens: int | None) -> tuple[Row, list[str | None], dict[str, float]]:
     """``symoe run`` over ``qs`` (the first of the bundled MMLU-Pro test split, as the load sent)
     with the same pool and engine, into a fresh store. Its wall time is the pipeline's (summary.json
     ``wall_s``: keywords to results written; imports and the forecast excluded); every answer is
@@ -165,7 +166,7 @@ def batch_mode(pool: Path, folder: Path, qs: Sequence[Question], scale: float | 
         calls = st.count()  # every generation of this run (a fresh store): keyword samples, experts, aggregations
     wall, n = float(summary["wall_s"]), len(qs)
     return Row(None, "batch mode (symoe run)", wall, wall, n / wall, runs / n, calls / n), \
-        [rows[q.id]["final_answer"] for q in qs]
+        [rows[q.id]["final_answer"] for q in qs], summary["stage_seconds"]
 
 
 def same(a: Sequence[str | None], b: Sequence[str | None]) -> int:
@@ -206,7 +207,7 @@ def run(argv: Sequence[str] | None = None) -> Result:
                 res.rows.append(row)
                 res.answers[f"{name} @ {rate:g}"] = answers
                 print(row.line(), flush=True)
-        row, res.answers["batch mode"] = batch_mode(pool, folder, qs, scale, a.max_tokens)
+        row, res.answers["batch mode"], res.stages = batch_mode(pool, folder, qs, scale, a.max_tokens)
         res.rows.append(row)
         print(row.line(), flush=True)
     report(res, a.tiny)
@@ -216,7 +217,8 @@ def run(argv: Sequence[str] | None = None) -> Result:
 def report(res: Result, tiny: bool) -> None:
     """The highest rate each mode sustains, and how the modes' answers agree."""
     print(f"\nsustained: throughput >= {SUSTAINED:.0%} of the offered rate. Batch mode: every answer is ready only "
-          f"when the run ends, so p50 = p99 = its wall time (keywords to results written).")
+          f"when the run ends, so p50 = p99 = its wall time (keywords to results written): "
+          + ", ".join(f"{k} {v:.2f} s" for k, v in res.stages.items()) + ".")
     for mode in dict.fromkeys(r.mode for r in res.rows if r.rate is not None):
         ok = [r.rate for r in res.rows if r.mode == mode and r.sustained and r.rate is not None]
         print(f"highest rate sustained, {mode}: " + (f"{max(ok):g} req/s" if ok else "none of those offered"))
