@@ -3,6 +3,7 @@
 --fake`` on the same questions, as one more row of the table."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -39,3 +40,18 @@ def test_load_test_answers_every_request_with_its_own_answer_and_adds_the_batch_
     assert "| all at once | batch mode (symoe run) |" in out and "p50 = p99 = its wall time" in out
     assert "highest rate sustained, batched (50 ms):" in out and "highest rate sustained, per request:" in out
     assert "extracted answers, batch mode = batched (50 ms) @ 30:" in out
+
+
+def test_symoe_run_fake_runs_every_stage_on_the_fake_engine_with_the_configs_figures(tmp_path):
+    # The pool's models have no folder (the fake loads nothing): a real engine could not run them.
+    from click.testing import CliRunner
+
+    from symoe.cli import main
+
+    pool = serve_load().pool_file(tmp_path)
+    r = CliRunner().invoke(main, ["run", "--config", str(pool), "--dataset", "mmlu_pro", "--limit", "3", "--fake", "0",
+                                  "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert "cost figures: the config's (fake engine)" in r.output  # not this machine's profile
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["questions"] == 3 and summary["model_calls"] == 3 * (3 + 1)  # experts and aggregations
