@@ -62,7 +62,7 @@ def calibrate_cmd(config_path: str, show: bool, n_questions: int, only: tuple[st
         if show:
             _show(cfg)
             return
-        from ..execution.measure import PREFILL_PROMPTS, measure_model  # vLLM's engine: only when measuring
+        from ..execution.measure import PREFILL_PROMPTS, measure_together  # vLLM's engine: only when measuring
 
         names = list(only) or [m.name for m in cfg.models if m.endpoint is None and m.serve is None]
         for n in names:
@@ -77,7 +77,7 @@ def calibrate_cmd(config_path: str, show: bool, n_questions: int, only: tuple[st
         for name in names:
             t0 = time.perf_counter()
             lines: list[str] = []
-            mp = measure_model(cfg, name, qs, name == task.aggregator, Path(log_dir), lines.append,
+            mp = measure_together(cfg, name, qs, name == task.aggregator, Path(log_dir), lines.append,
                                keywords=name == task.keyword_model, prefill=many[:PREFILL_PROMPTS])
             key = profile.model_key(cfg.model(name))
             p.models[key] = profile.recalibrated(p.models.get(key), mp)  # what runs observed stays

@@ -46,6 +46,10 @@ class ModelProfile(BaseModel):
     load_s: float | None = None       # the whole load as measured (start + read + init)
     prefill_tps: float | None = None  # the last calibration's (profiles before ``prefills``)
     prefills: dict[str, float] = Field(default_factory=dict)  # prefill tokens/s by engine share, as curves
+    # Worker start and whole load by engine share: a 1-core engine loads slower (weights are converted
+    # on its cores), and engines starting together on one host slow each other (measure_together).
+    worker_starts: dict[str, float | None] = Field(default_factory=dict)
+    loads_by_share: dict[str, float | None] = Field(default_factory=dict)
     keywords_prompt_tokens: float | None = None  # a keyword request's prompt (all its samples share it)
     # Decode tokens/s at 1, 2, 4, ... sequences in flight, by the engine's share of the machine
     # (:func:`engine_share`: its CPU cores, "gpu"): two CPU devices on one host give each half the cores.
@@ -155,6 +159,8 @@ def recalibrated(old: ModelProfile | None, new: ModelProfile) -> ModelProfile:
     if old is None:
         return new
     out = new.model_copy(update={"curves": {**old.curves, **new.curves}, "prefills": {**old.prefills, **new.prefills},
+                                 "worker_starts": {**old.worker_starts, **new.worker_starts},
+                                 "loads_by_share": {**old.loads_by_share, **new.loads_by_share},
                                  "runs": [*old.runs, *new.runs],
                                  "loads": [*old.loads, *new.loads], "run_lengths": {**old.run_lengths, **new.run_lengths},
                                  "lengths": {r: {c: list(ls) for c, ls in by.items()} for r, by in old.lengths.items()}})
@@ -197,7 +203,9 @@ def apply_model(m: ModelSpec, mp: ModelProfile, cap: int | None, prompt: float =
     caps = {"expert": cap, "aggregate": cap if aggregate_cap is None else aggregate_cap}
     upd: dict[str, object] = {}
     curve_note = "decode_curve"
-    if mp.start_s is not None and mp.read_gbps and mp.init_s is not None:
+    if mp.loads_by_share.get(share) is not None:
+        upd["load_s"] = mp.loads_by_share[share]
+    elif mp.start_s is not None and mp.read_gbps and mp.init_s is not None:
         upd["load_s"] = mp.start_s + m.weight_bytes / (mp.read_gbps * GB) + mp.init_s
     elif mp.load_s is not None:
         upd["load_s"] = mp.load_s
@@ -240,8 +248,9 @@ def apply(cfg: Config, max_tokens: int | None = None, aggregate_max_tokens: int 
         mp = p.models.get(model_key(m)) if m.endpoint is None else None
         names: list[str] = []
         if mp is not None:
-            if mp.worker_start_s is not None:
-                starts.append(mp.worker_start_s)
+            start = mp.worker_starts.get(share, mp.worker_start_s)
+            if start is not None:
+                starts.append(start)
             m, names = apply_model(m, mp, cap, cfg.model_tokens(m.name).expert_prompt, share, aggregate_max_tokens)
             fit = rate_factor(replace(cfg, models=(m,)), m, mp.runs, share)  # runs seen correct the curve's level
             if fit is not None:

@@ -8,6 +8,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -94,12 +95,12 @@ def prefill_rate(info: BatchInfo) -> float | None:
 
 
 def measure_model(cfg: Config, name: str, questions: Sequence[Question], aggregate: bool, log_dir: Path,
-                  say: Progress, keywords: bool = False, prefill: Sequence[Question] = ()) -> ModelProfile:
+                  say: Progress, keywords: bool = False, prefill: Sequence[Question] = (), device: int = 0) -> ModelProfile:
     """One model's figures: the worker's start, load phases, the decode curve, the prefill rate on
     ``prefill``'s distinct prompts (else on ``questions``' answers), expert (and aggregate, and
-    keyword-sample) output lengths at the pool's new-token caps, on device 0 of this machine."""
+    keyword-sample) output lengths at the pool's new-token caps, on ``device`` of this machine."""
     m, settings = cfg.model(name), ModelSettings.of(cfg, name)
-    eng = LocalEngine.for_config(cfg, 0, log_dir)
+    eng = LocalEngine.for_config(cfg, device, log_dir)
     eng.env = {**eng.env, "VLLM_LOGGING_LEVEL": "INFO"}  # the load's phases are logged at INFO
     mp = ModelProfile()
     try:
@@ -140,8 +141,10 @@ def measure_model(cfg: Config, name: str, questions: Sequence[Question], aggrega
                             NO_DEADLINE)
         if info.first_token_s and not prefill:  # real prompts' prefill (the curve's short prompt mostly times the step overhead)
             mp.prefill_tps = info.prompt_tokens / info.first_token_s
+        share = engine_share(cfg)
         if mp.prefill_tps:
-            mp.prefills[engine_share(cfg)] = mp.prefill_tps
+            mp.prefills[share] = mp.prefill_tps
+        mp.loads_by_share[share], mp.worker_starts[share] = mp.load_s, mp.worker_start_s
         say(f"prefill {mp.prefill_tps or 0:.0f} tokens/s")
         add_lengths(mp, "expert", m.max_tokens or sampling.max_tokens, [g.tokens for g in got])
         say(f"expert lengths {sorted(g.tokens for g in got)}")
@@ -161,4 +164,33 @@ def measure_model(cfg: Config, name: str, questions: Sequence[Question], aggrega
             say(f"keyword lengths {sorted(g.tokens for g in kws)}")
     finally:
         eng.close()
+    return mp
+
+
+def measure_together(cfg: Config, name: str, questions: Sequence[Question], aggregate: bool, log_dir: Path,
+                     say: Progress, keywords: bool = False, prefill: Sequence[Question] = ()) -> ModelProfile:
+    """:func:`measure_model` on every local CPU device of ``cfg`` at once, as a run with that many
+    devices on this host runs them: their engines share the machine (memory, caches, SMT siblings),
+    and two 1-core engines busy together each ran 1.5-2x slower than one alone (2 vCPUs). The
+    figures are device 0's with the worker start, load, prefill and curve averaged over the devices."""
+    local = [d for d, dev in enumerate(cfg.devices) if dev.endpoint is None]
+    if cfg.engine.platform != "cpu" or len(local) < 2:
+        return measure_model(cfg, name, questions, aggregate, log_dir, say, keywords, prefill)
+    with ThreadPoolExecutor(len(local)) as pool:
+        got = list(pool.map(lambda d: measure_model(cfg, name, questions, aggregate, log_dir,
+                                                    say if d == local[0] else lambda s: None, keywords, prefill, d), local))
+    mp, share = got[0], engine_share(cfg)
+
+    def mean(values: Sequence[float | None]) -> float | None:
+        xs = [x for x in values if x is not None]
+        return sum(xs) / len(xs) if xs else None
+
+    mp.worker_start_s = mp.worker_starts[share] = mean([g.worker_start_s for g in got])
+    mp.load_s = mp.loads_by_share[share] = mean([g.load_s for g in got])
+    if all(share in g.prefills for g in got) and (rate := mean([g.prefills[share] for g in got])):
+        mp.prefill_tps = mp.prefills[share] = rate
+    if all(share in g.curves for g in got):
+        mp.curves[share] = [sum(xs) / len(xs) for xs in zip(*(g.curves[share] for g in got))]
+    say(f"{len(local)} engines at once: worker start {mp.worker_start_s or 0:.1f} s, load {mp.load_s or 0:.1f} s, "
+        f"prefill {mp.prefill_tps or 0:.0f} tokens/s, curve {' '.join(f'{x:.0f}' for x in mp.curves.get(share, []))}")
     return mp
