@@ -22,6 +22,9 @@ from symoe.store import Store
 PAPER = symoe.Config.bundled("paper16")
 AGG = "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"
 QUIET = RunOptions(progress=False, pictures=False)
+SMALL_S = 1.5  # real seconds of a small plan's run: the tests that use it assert no timing, only order and counts
+LARGE_S = 25.0  # real seconds of a 10,000-question run (its makespan is checked against the plan's)
+CORESIDENT_S = 10.0  # real seconds of a co-residency run (ditto)
 
 
 def workload(n, seed=0):
@@ -34,7 +37,7 @@ def workload(n, seed=0):
     return qs, a
 
 
-def fake_run(p, qs, tmp_path, real_seconds=3.0, faults=(), options=QUIET, slow=None, engine=FakeEngine):
+def fake_run(p, qs, tmp_path, real_seconds=SMALL_S, faults=(), options=QUIET, slow=None, engine=FakeEngine):
     # Real time per plan second: the plan's predicted makespan takes about ``real_seconds``.
     clock = ScaledClock(real_seconds / p.makespan)
     engines = [engine(d, p.config, clock, faults if d == 0 else (), (slow or {}).get(d, 1.0))
@@ -72,14 +75,14 @@ def test_large_plans_run_as_predicted(devices, tmp_path):
     old = threading.excepthook
     threading.excepthook = lambda args: raised.append(args)
     try:
-        report, engines = fake_run(p, qs, tmp_path, real_seconds=25.0)
+        report, engines = fake_run(p, qs, tmp_path, real_seconds=LARGE_S)
     finally:
         threading.excepthook = old
     assert not raised
     check_exactly_once_and_ordered(p, qs, engines, tmp_path)
     assert report.generated == len(qs) * (p.k + 1) and report.reused == 0
     # The run follows the plan's timeline: a scheduler that serialised devices or missed overlaps would
-    # be off by far more than the 10% a busy machine's thread wake-ups can add over 25 real seconds.
+    # be off by far more than the 10% a busy machine's thread wake-ups can add over LARGE_S real seconds.
     assert abs(report.makespan / p.makespan - 1) < 0.10, (report.makespan, p.makespan)
     if devices > 1:  # cross-device aggregation: experts of one question on several devices
         assert len({int(d) for d in p.arrays.device[p.arrays.kind == StepKind.RUN]}) == devices
@@ -101,10 +104,10 @@ def test_coresidency_prefetch_and_evictions(case, tmp_path):
         assert [StepKind(k) for k in p.arrays.kind[p.arrays.device == 0]][:3] == [StepKind.LOAD, StepKind.LOAD, StepKind.RUN]
     else:
         assert kinds[StepKind.PARK] > 10 and kinds[StepKind.WAKE] > 10
-    report, engines = fake_run(p, qs, tmp_path, real_seconds=10.0)
+    report, engines = fake_run(p, qs, tmp_path, real_seconds=CORESIDENT_S)
     check_exactly_once_and_ordered(p, qs, engines, tmp_path)
     # The run follows the plan's timeline: a scheduler that serialised devices or missed overlaps would
-    # be off by far more than the 10% a busy machine's thread wake-ups can add over 25 real seconds.
+    # be off by far more than the 10% a busy machine's thread wake-ups can add over CORESIDENT_S real seconds.
     assert abs(report.makespan / p.makespan - 1) < 0.10, (report.makespan, p.makespan)
 
 
@@ -214,7 +217,7 @@ def test_answers_stored_meanwhile_by_another_run_release_aggregation(tmp_path):
             for i in a.items[a.item_begin[s]:a.item_end[s]]]
     assert dev1
     other = [build.expert(p.config.names[p.experts[i // p.k, i % p.k]], qs[i // p.k], i % p.k) for i in dev1]
-    clock = ScaledClock(3.0 / p.makespan)
+    clock = ScaledClock(SMALL_S / p.makespan)
 
     class Meanwhile(FakeEngine):
         def generate(self, model, requests, on_done, what, deadline):
@@ -236,7 +239,7 @@ def one_of_two_runs(i, tmp_path, barrier):
     """One run of test_two_concurrent_runs..., in a process of its own (its own pid, connection
     and clock); what it generated goes to ``run<i>.json``."""
     qs, p = small(tmp_path, n=120)
-    clock = ScaledClock(3.0 / p.makespan)
+    clock = ScaledClock(SMALL_S / p.makespan)
     engines = [FakeEngine(d, p.config, clock) for d in range(2)]
     barrier.wait(60)
     with Store(tmp_path / "store.sqlite") as store:
