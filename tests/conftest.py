@@ -12,6 +12,8 @@ from symoe.method.datasets import bundled
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from ray_cluster import ray_cluster  # noqa: E402,F401 (a session fixture: one Ray cluster start for the session)
+
 # Hypothesis: under CI (the CI variable set) the same examples every run (derandomize: a failure
 # reproduces on rerun) and no example database; everywhere, a failure prints the blob that replays it.
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)

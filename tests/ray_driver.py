@@ -1,9 +1,11 @@
-"""Driver of test_ray_e2e.py, run inside its private network namespace (see ray_netns.sh).
+"""Driver of test_ray_e2e.py and test_serve_ray.py, run inside their private network namespace
+(see ray_netns.sh and ray_cluster.py).
 
 Phases, on one two-node cluster (node-a: device 0, node-b: device 1), each writing what it saw to
-``<out>/<phase>.json`` for the test to check. The pool file is the tiny pool's with a ``[cluster]``
+``<out>/<phase>.json`` for the tests to check. The pool file is the tiny pool's with a ``[cluster]``
 table (discover = true); runs go through ``run_plan`` (no engines given: the config's cluster).
 - ``both``: a plan with work on both nodes and aggregation across them, run to the end;
+- ``serve``: ``symoe serve`` on the cluster's two devices (ray_serve_driver.py); needs both nodes;
 - ``fault``: another store; node-b's raylet is killed once its model is loaded and the first
   generation is stored; the run must stop with a report naming the node;
 - ``rerun``: ``symoe run-plan --retries 1`` on the fault phase's plan file: device 1 is found
@@ -164,11 +166,16 @@ def phase_rerun(out: Path) -> dict:
 
 def main() -> None:
     out = Path(sys.argv[1])
+    failed = False
     for phase in sys.argv[2:]:
         t0 = time.monotonic()
         try:
             if phase == "both":
                 res = phase_both(out)
+            elif phase == "serve":
+                from ray_serve_driver import serve  # this folder is on the path: the script's own
+
+                res = serve(out)
             elif phase == "fault":
                 res = phase_fault(out)
             elif phase == "rerun":
@@ -182,7 +189,11 @@ def main() -> None:
         print(f"phase {phase}: {res['seconds']:.0f} s", file=sys.stderr, flush=True)
         if "crash" in res:
             print(res["crash"], file=sys.stderr)
-            raise SystemExit(1)
+            if phase != "serve":  # the serve phase's server is stopped whatever happened: the others can go on
+                raise SystemExit(1)
+            failed = True
+    if failed:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

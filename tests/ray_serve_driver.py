@@ -1,10 +1,10 @@
-"""Driver of test_serve_ray.py, run inside its private network namespace (see ray_netns.sh), on a
-two-node Ray cluster (node-a: device 0, node-b: device 1).
+"""The ``serve`` phase of ray_driver.py (test_serve_ray.py), run inside the private network namespace
+of ray_cluster.py on its two-node Ray cluster (node-a: device 0, node-b: device 1).
 
 ``symoe serve`` on the tiny pool's SmolLM2 (keywords, an expert, the aggregator) and gemma-3-270m
 (an expert) with a ``[cluster]`` table: the placement puts them on the cluster's two devices, each
 a Ray actor. Three chat requests are sent at once, then one malformed body; then SIGTERM. What it
-saw goes to ``<out>/serve.json``. Every wait is bounded.
+saw goes to ``<out>/serve.json`` (written by ray_driver.py). Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from pathlib import Path
 
 import httpx
@@ -34,13 +33,13 @@ START_S, ANSWER_S = 600, 600
 
 def files(out: Path) -> tuple[Path, Path, Path]:
     """The pool (with its [cluster] table), the two experts' profiles and the task."""
-    pool = out / "pool.toml"
+    pool = out / "serve-pool.toml"  # ray_driver.py's other phases write pool.toml
     pool.write_text(Path(fetch_tiny([SMOL, GEMMA])).read_text()
                     + f'\n[cluster]\nbackend = "ray"\naddress = "{os.environ["RAY_ADDRESS"]}"\ndiscover = true\n')
     tiny = Profiles.from_json(bundled("tiny_profiles.json")).to_dict()
-    prof = out / "profiles.json"
+    prof = out / "serve-profiles.json"
     prof.write_text(json.dumps({"profiles": {m: tiny[m] for m in (SMOL, GEMMA)}}))
-    task = out / "task.json"
+    task = out / "serve-task.json"
     task.write_text(json.dumps({"name": "mmlu_pro", "aggregator": SMOL, "keyword_model": SMOL}))
     return pool, prof, task
 
@@ -92,19 +91,3 @@ def serve(out: Path) -> dict:
     with Store(out / "serve.sqlite") as store:
         res["stored"] = {role: store.count(role) for role in ("keywords", "expert", "aggregate")}
     return res
-
-
-def main() -> None:
-    out = Path(sys.argv[1])
-    t0 = time.monotonic()
-    try:
-        res = serve(out)
-    except Exception:
-        res = {"crash": traceback.format_exc()}
-    res["seconds"] = time.monotonic() - t0
-    (out / "serve.json").write_text(json.dumps(res, indent=1))
-    print(f"serve: {res['seconds']:.0f} s", file=sys.stderr, flush=True)
-
-
-if __name__ == "__main__":
-    main()
